@@ -1,0 +1,127 @@
+"""The facade's one connection to the broker: a DEALER socket read by one asyncio task.
+
+Replies are routed to waiters by request id. A ping every heartbeat interval tells
+whether the broker is alive; when it misses ``HEARTBEAT_LIVENESS`` intervals every
+waiter gets a BROKER_UNAVAILABLE error, so no HTTP request hangs on a dead broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import zmq
+import zmq.asyncio
+
+from xb import protocol as p
+from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+
+log = logging.getLogger("xb.api")
+
+Reply = p.Message
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class BrokerBridge:
+    def __init__(self, address: str, *, heartbeat_interval: float = HEARTBEAT_INTERVAL) -> None:
+        self.address = address
+        self.interval = heartbeat_interval
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._waiters: dict[str, asyncio.Queue[Reply]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_seen = time.monotonic()
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() - self._last_seen <= self.interval * HEARTBEAT_LIVENESS
+
+    async def start(self) -> None:
+        self._sock.connect(self.address)
+        self._last_seen = time.monotonic()
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def _send(self, message: p.Message) -> None:
+        # A DEALER send only queues the frames; it does not wait, so cleanup code may call it.
+        self._sock.send_multipart(p.encode(message))
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            self._last_seen = time.monotonic()
+            try:
+                message = p.decode(frames)
+            except p.ProtocolError as exc:
+                log.warning("dropped malformed frame from broker: %s", exc)
+                continue
+            queue = self._waiters.get(getattr(message, "request_id", ""))
+            if queue is not None:
+                queue.put_nowait(message)
+
+    async def _ping(self) -> None:
+        was_up = True
+        while True:
+            self._send(p.Ping())
+            await asyncio.sleep(self.interval)
+            if not self.up:
+                if was_up:
+                    log.warning("broker %s is not answering", self.address)
+                for rid, queue in self._waiters.items():
+                    queue.put_nowait(p.Error(rid, p.ErrorCode.BROKER_UNAVAILABLE,
+                                             f"the broker at {self.address} is not answering"))
+            was_up = self.up
+
+    async def call(self, make: Callable[[str], p.Message], timeout: float | None = 30.0) -> Reply:
+        """Send the management message ``make(request_id)`` and wait for its one reply."""
+        rid = new_request_id()
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self._waiters[rid] = queue
+        try:
+            self._send(make(rid))
+            try:
+                return await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                return p.Error(rid, p.ErrorCode.BROKER_UNAVAILABLE,
+                               f"the broker did not answer within {timeout:.0f} s")
+        finally:
+            del self._waiters[rid]
+
+    async def stream(self, submit: p.Submit) -> AsyncIterator[p.Partial | p.Final | p.Error]:
+        """Submit a request and yield its frames up to and including FINAL or ERROR.
+
+        Leaving the loop early (the HTTP client went away) cancels the request.
+        """
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self._waiters[submit.request_id] = queue
+        finished = False
+        try:
+            self._send(submit)
+            while True:
+                message = await queue.get()
+                if isinstance(message, p.Partial):
+                    yield message
+                elif isinstance(message, p.Final | p.Error):
+                    finished = True
+                    yield message
+                    return
+        finally:
+            del self._waiters[submit.request_id]
+            if not finished:
+                self._send(p.Cancel(submit.request_id))

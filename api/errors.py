@@ -1,0 +1,89 @@
+"""Errors as the OpenAI error object, with the status that fits each protocol error code."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from xb.protocol import ErrorCode
+
+log = logging.getLogger("xb.api")
+
+_STATUS: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.INVALID_REQUEST: (400, "invalid_request_error"),
+    ErrorCode.UNKNOWN_MODEL: (404, "invalid_request_error"),
+    ErrorCode.DUPLICATE_MODEL: (400, "invalid_request_error"),
+    ErrorCode.UNKNOWN_WORKER: (400, "invalid_request_error"),
+    ErrorCode.NO_REPLICA: (503, "server_error"),
+    ErrorCode.QUEUE_FULL: (429, "rate_limit_error"),
+    ErrorCode.WORKER_LOST: (503, "server_error"),
+    ErrorCode.MODEL_FAILED: (500, "server_error"),
+    ErrorCode.LAUNCH_REFUSED: (503, "server_error"),
+    ErrorCode.CANCELLED: (499, "server_error"),
+    ErrorCode.BROKER_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.INTERNAL: (500, "server_error"),
+}
+RETRY_AFTER_SECONDS = 1
+
+
+class APIError(Exception):
+    """An error to answer with; ``param`` names the offending request field, if any."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error",
+        param: str | None = None, code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    @classmethod
+    def from_code(cls, code: ErrorCode, message: str, param: str | None = None) -> APIError:
+        status, kind = _STATUS.get(code, (500, "server_error"))
+        return cls(status, message, type=kind, param=param, code=code.value)
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status in (429, 503) else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    where = f"'{param}': " if param else ""
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{where}{first.get('msg', 'invalid value')}{more}", param
+
+
+def install(app: FastAPI) -> None:
+    """Make every error the app answers an OpenAI error object."""
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return APIError(400, message, param=param, code="invalid_value").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return APIError(500, f"internal error: {exc}", type="server_error").response()

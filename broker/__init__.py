@@ -1,0 +1,1 @@
+"""The broker role: routes request frames to workers and places models on them."""

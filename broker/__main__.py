@@ -1,0 +1,3 @@
+from xb.broker.cli import main
+
+main()

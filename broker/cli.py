@@ -1,0 +1,72 @@
+"""``xb-broker``: the broker and the REST facade in one process, and with --local a worker."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import typer
+import uvicorn
+
+from xb.api.app import create_app
+from xb.broker.server import Broker, serve_in_thread
+from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
+
+app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
+log = logging.getLogger("xb.broker")
+
+
+@app.command()
+def run(
+    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address the broker binds for workers."),
+    port: int = typer.Option(BROKER_PORT, "--port", help="Broker port for workers."),
+    api_host: str = typer.Option(DEFAULT_HOST, "--api-host", help="Address of the REST API."),
+    api_port: int = typer.Option(API_PORT, "--api-port", help="Port of the REST API."),
+    local: bool = typer.Option(False, "--local", help="Also start a worker on this machine."),
+    launch: list[str] = typer.Option(
+        [], "--launch", help="Launch this model once a worker joins: 'xb-demo' or a .gguf path."
+    ),
+    heartbeat_interval: float = typer.Option(
+        HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between heartbeats."
+    ),
+) -> None:
+    """Serve the broker on HOST:PORT and the API on API_HOST:API_PORT."""
+    serve(host, port, api_host, api_port, local, launch, heartbeat_interval)
+
+
+def serve(
+    host: str, port: int, api_host: str, api_port: int, local: bool, launch: list[str],
+    heartbeat_interval: float,
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    broker = Broker(f"tcp://{host}:{port}", heartbeat_interval=heartbeat_interval)
+    thread = serve_in_thread(broker)
+    reach = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
+    address = f"tcp://{reach}:{port}"
+    worker: subprocess.Popen[bytes] | None = None
+    if local:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "xb.worker", "--broker", address,
+             "--heartbeat-interval", str(heartbeat_interval)]
+        )
+    log.warning("broker for workers on %s; OpenAI API on http://%s:%d/v1",
+                broker.address, api_host, api_port)
+    try:
+        uvicorn.run(
+            create_app(address, heartbeat_interval=heartbeat_interval, launch_on_start=launch),
+            host=api_host, port=api_port, log_level="warning",
+        )
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        broker.stop()
+        thread.join(5)
+
+
+def main() -> None:
+    app()

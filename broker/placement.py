@@ -1,0 +1,39 @@
+"""Where the replicas of a launch go: workers with room, most free memory first, spread out."""
+
+from __future__ import annotations
+
+from xb.broker.table import WorkerEntry
+
+_GIB = 1024**3
+
+
+class PlacementError(Exception):
+    """No worker can take the model; the message gives the need and the largest free space."""
+
+
+def place(
+    workers: list[WorkerEntry], need: int, count: int, hosting: dict[bytes, int]
+) -> list[WorkerEntry]:
+    """Pick a worker for each of ``count`` replicas that each need ``need`` bytes.
+
+    ``hosting`` counts replicas of this model already on each worker: a worker with fewer
+    goes first, so replicas spread before they stack.
+    """
+    if not workers:
+        raise PlacementError("no worker is connected; start one with xb-worker --broker ...")
+    free = {w.identity: w.memory.free - w.reserved for w in workers}
+    placed = dict(hosting)
+    chosen: list[WorkerEntry] = []
+    for _ in range(count):
+        fits = [w for w in workers if free[w.identity] >= need]
+        if not fits:
+            largest = max(free.values())
+            raise PlacementError(
+                f"the model needs {need / _GIB:.2f} GiB and the largest free worker has "
+                f"{max(largest, 0) / _GIB:.2f} GiB; terminate a model or add a worker"
+            )
+        best = min(fits, key=lambda w: (placed.get(w.identity, 0), -free[w.identity]))
+        chosen.append(best)
+        free[best.identity] -= need
+        placed[best.identity] = placed.get(best.identity, 0) + 1
+    return chosen

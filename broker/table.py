@@ -1,0 +1,84 @@
+"""The broker's view of the cluster, rebuilt from what workers announce."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from xb import protocol as p
+
+
+@dataclass
+class WorkerEntry:
+    identity: bytes
+    worker_id: str
+    host: str
+    pid: int
+    memory: p.Memory
+    slots: int
+    last_seen: float
+    queue_depth: int = 0
+    in_flight: int = 0
+    reserved: int = 0  # bytes promised to replicas still loading here
+
+    def info(self, now: float, replicas: list[p.ReplicaStatus]) -> p.WorkerInfo:
+        return p.WorkerInfo(
+            worker_id=self.worker_id,
+            host=self.host,
+            pid=self.pid,
+            memory=self.memory,
+            slots=self.slots,
+            replicas=replicas,
+            queue_depth=self.queue_depth,
+            in_flight=self.in_flight,
+            heartbeat_age=round(now - self.last_seen, 3),
+        )
+
+
+@dataclass
+class Replica:
+    replica_id: str
+    model_uid: str
+    worker: bytes
+    state: p.ModelState
+    error: str | None = None
+    in_flight: int = 0  # requests the broker sent here that have not ended
+    reserved: int = 0
+
+
+@dataclass
+class Waiter:
+    """A facade waiting on a request id (a launch, say)."""
+
+    client: bytes
+    request_id: str
+
+
+@dataclass
+class Model:
+    uid: str
+    name: str
+    path: str | None
+    n_ctx: int
+    model_format: str
+    replica: int
+    created: int
+    abilities: list[str] = field(default_factory=lambda: ["generate", "chat"])
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    queue: deque[tuple[bytes, p.Submit]] = field(default_factory=deque)
+    launch_waiters: list[Waiter] = field(default_factory=list)
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.state == p.ModelState.READY]
+
+    def loading(self) -> bool:
+        return any(r.state == p.ModelState.LOADING for r in self.replicas.values())
+
+
+@dataclass
+class InFlight:
+    client: bytes
+    submit: p.Submit
+    replica_id: str
+    worker: bytes
+    started: bool = False  # a token reached the client: it can no longer be retried

@@ -1,0 +1,361 @@
+"""The xb wire protocol: every frame layout, command code, error code and body, defined once.
+
+A message is a multipart ZeroMQ message of three frames::
+
+    [VERSION, COMMAND, BODY]
+
+preceded by the peer's identity frame where it passes a ROUTER socket. COMMAND is one
+byte; BODY is the msgpack encoding of the struct that COMMAND names in ``_TYPES``.
+Nothing is pickled. ``decode`` turns any frame list it cannot read into a
+``ProtocolError``, which receivers count, log and drop.
+
+Who sends what:
+
+* worker -> broker: READY, HEARTBEAT, MODEL_EVENT, PARTIAL, FINAL, ERROR, DISCONNECT
+* broker -> worker: REQUEST, CANCEL, LAUNCH, TERMINATE, HEARTBEAT, DISCONNECT
+* facade -> broker: SUBMIT, CANCEL, LAUNCH_MODEL, TERMINATE_MODEL, LIST_MODELS,
+  DESCRIBE_MODEL, CLUSTER_INFO, PING
+* broker -> facade: PARTIAL, FINAL, ERROR, MODEL_INFO, MODEL_LIST, CLUSTER, ACK, PONG
+* worker <-> its model processes: REQUEST, CANCEL in; MODEL_EVENT, PARTIAL, FINAL, ERROR out
+
+This module imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import msgspec
+
+VERSION = b"XB1"
+
+# Frames larger than this are refused before decoding (principle 7: bounded everything).
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """A frame list that does not follow this protocol; log it and drop it."""
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a request or management call failed; the facade maps each to an HTTP status."""
+
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_MODEL = "model_not_found"
+    DUPLICATE_MODEL = "model_exists"
+    NO_REPLICA = "no_ready_replica"
+    QUEUE_FULL = "queue_full"
+    WORKER_LOST = "worker_lost"
+    MODEL_FAILED = "model_failed"
+    LAUNCH_REFUSED = "launch_refused"
+    UNKNOWN_WORKER = "worker_not_found"
+    CANCELLED = "cancelled"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    INTERNAL = "internal_error"
+
+
+class ModelState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Base of every wire body: immutable, extra fields from newer peers are ignored."""
+
+
+# ---- shared pieces -------------------------------------------------------------------
+
+
+class Memory(Struct):
+    total: int
+    free: int
+    gpu_total: int = 0
+    gpu_free: int = 0
+
+
+class ReplicaStatus(Struct):
+    replica_id: str
+    model_uid: str
+    model_name: str
+    state: ModelState
+    error: str | None = None
+    in_flight: int = 0
+    queue_depth: int = 0
+    abilities: list[str] = []
+
+
+class ChatMessage(Struct):
+    role: str
+    content: str
+
+
+class GenerateParams(Struct):
+    """One generation: either ``messages`` (chat) or ``prompt`` (text completion)."""
+
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: list[str] = []
+    seed: int | None = None
+
+
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ModelSpec(Struct):
+    """What a worker needs to load one replica of a model."""
+
+    model_uid: str
+    model_name: str
+    model_path: str | None = None
+    n_ctx: int = 2048
+    model_format: str = "gguf"
+
+
+# ---- worker <-> broker -----------------------------------------------------------------
+
+
+class Ready(Struct):
+    worker_id: str
+    host: str
+    pid: int
+    memory: Memory
+    slots: int
+    replicas: list[ReplicaStatus] = []
+
+
+class Heartbeat(Struct):
+    memory: Memory | None = None
+    replicas: list[ReplicaStatus] = []
+    queue_depth: int = 0
+    in_flight: int = 0
+
+
+class Disconnect(Struct):
+    reason: str = ""
+
+
+class ModelEvent(Struct):
+    """A replica changed state; sent at once rather than waiting for the next heartbeat."""
+
+    status: ReplicaStatus
+
+
+class Request(Struct):
+    request_id: str
+    replica_id: str
+    kind: Literal["chat", "completion"]
+    params: GenerateParams
+
+
+class Cancel(Struct):
+    request_id: str
+
+
+class Launch(Struct):
+    replica_id: str
+    spec: ModelSpec
+
+
+class Terminate(Struct):
+    replica_id: str
+
+
+class Partial(Struct):
+    request_id: str
+    text: str
+    tokens: int
+
+
+class Final(Struct):
+    request_id: str
+    finish_reason: str
+    usage: Usage
+    text: str = ""
+
+
+class Error(Struct):
+    request_id: str
+    code: ErrorCode
+    message: str
+
+
+# ---- facade <-> broker -----------------------------------------------------------------
+
+
+class Submit(Struct):
+    request_id: str
+    model_uid: str
+    kind: Literal["chat", "completion"]
+    params: GenerateParams
+
+
+class LaunchModel(Struct):
+    request_id: str
+    model_name: str
+    model_uid: str
+    model_path: str | None = None
+    replica: int = 1
+    n_ctx: int = 2048
+    worker: str | None = None
+
+
+class TerminateModel(Struct):
+    request_id: str
+    model_uid: str
+
+
+class ListModels(Struct):
+    request_id: str
+
+
+class DescribeModel(Struct):
+    request_id: str
+    model_uid: str
+
+
+class ClusterInfo(Struct):
+    request_id: str
+
+
+class Ping(Struct):
+    request_id: str = ""
+
+
+class Pong(Struct):
+    request_id: str = ""
+
+
+class ReplicaPlace(Struct):
+    replica_id: str
+    worker_id: str
+    host: str
+    state: ModelState
+    error: str | None = None
+
+
+class ModelInfo(Struct):
+    request_id: str
+    model_uid: str
+    model_name: str
+    model_path: str | None
+    model_format: str
+    n_ctx: int
+    abilities: list[str]
+    replica: int
+    replicas: list[ReplicaPlace]
+    created: int
+
+
+class ModelList(Struct):
+    request_id: str
+    models: list[ModelInfo]
+
+
+class WorkerInfo(Struct):
+    worker_id: str
+    host: str
+    pid: int
+    memory: Memory
+    slots: int
+    replicas: list[ReplicaStatus]
+    queue_depth: int
+    in_flight: int
+    heartbeat_age: float
+
+
+class Cluster(Struct):
+    request_id: str
+    workers: list[WorkerInfo]
+
+
+class Ack(Struct):
+    request_id: str
+
+
+Message = (
+    Ready
+    | Heartbeat
+    | Disconnect
+    | ModelEvent
+    | Request
+    | Cancel
+    | Launch
+    | Terminate
+    | Partial
+    | Final
+    | Error
+    | Submit
+    | LaunchModel
+    | TerminateModel
+    | ListModels
+    | DescribeModel
+    | ClusterInfo
+    | Ping
+    | Pong
+    | ModelInfo
+    | ModelList
+    | Cluster
+    | Ack
+)
+
+# One byte per command; the order is the wire format, append only.
+_TYPES: tuple[type[Message], ...] = (
+    Ready,
+    Heartbeat,
+    Disconnect,
+    ModelEvent,
+    Request,
+    Cancel,
+    Launch,
+    Terminate,
+    Partial,
+    Final,
+    Error,
+    Submit,
+    LaunchModel,
+    TerminateModel,
+    ListModels,
+    DescribeModel,
+    ClusterInfo,
+    Ping,
+    Pong,
+    ModelInfo,
+    ModelList,
+    Cluster,
+    Ack,
+)
+_COMMAND = {cls: bytes([i + 1]) for i, cls in enumerate(_TYPES)}
+_DECODERS = {bytes([i + 1]): msgspec.msgpack.Decoder(cls) for i, cls in enumerate(_TYPES)}
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: Message) -> list[bytes]:
+    """The frames for ``message``, without any identity frame."""
+    return [VERSION, _COMMAND[type(message)], _encoder.encode(message)]
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Read ``[VERSION, COMMAND, BODY]``; anything else raises ``ProtocolError``."""
+    if len(frames) != 3:
+        raise ProtocolError(f"expected 3 frames, got {len(frames)}")
+    version, command, body = frames
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version[:16]!r}, expected {VERSION!r}")
+    decoder = _DECODERS.get(command)
+    if decoder is None:
+        raise ProtocolError(f"unknown command {command[:16]!r}")
+    if len(body) > MAX_BODY_BYTES:
+        raise ProtocolError(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+    try:
+        message: Message = decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"bad {decoder.type.__name__} body: {exc}") from exc
+    return message

@@ -1,0 +1,18 @@
+"""Defaults shared by every role, and the xb home folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BROKER_PORT = 9998
+API_PORT = 9997
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_ENDPOINT = f"http://{DEFAULT_HOST}:{API_PORT}"
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_LIVENESS = 3  # intervals a peer may miss before it is dead
+
+
+def xb_home() -> Path:
+    """``$XB_HOME``, else ``~/.xb``: caches, models and state."""
+    return Path(os.environ.get("XB_HOME") or Path.home() / ".xb")

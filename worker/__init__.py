@@ -1,0 +1,1 @@
+"""The worker role: connects to a broker and hosts models, each in its own process."""

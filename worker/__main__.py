@@ -1,0 +1,3 @@
+from xb.worker.cli import main
+
+main()

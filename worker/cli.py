@@ -1,0 +1,39 @@
+"""``xb-worker``: connect to a broker and host models."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import typer
+
+from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
+from xb.worker.server import Worker
+
+app = typer.Typer(add_completion=False, help="Host models for an xb broker.")
+
+
+@app.command()
+def run(
+    broker: str = typer.Option(
+        f"tcp://{DEFAULT_HOST}:{BROKER_PORT}", "--broker", help="Broker address, tcp://HOST:PORT."
+    ),
+    heartbeat_interval: float = typer.Option(
+        HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between heartbeats."
+    ),
+) -> None:
+    """Connect to BROKER, announce this machine and serve the models it places here."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    worker = Worker(broker, heartbeat_interval=heartbeat_interval)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()
+
+
+def main() -> None:
+    app()

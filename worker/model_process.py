@@ -1,0 +1,181 @@
+"""One model replica in its own process: load the model, then run requests one at a time.
+
+Run as ``python -m xb.worker.model_process ADDRESS REPLICA_ID SPEC_JSON``. A crash or
+abort in native inference code ends this process, not the worker that started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import msgspec
+import psutil
+import zmq
+
+from xb import protocol as p
+from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
+from xb.modelfile import estimate_memory, read_gguf_info
+from xb.settings import xb_home
+from xb.worker.backend import Backend, BackendError, Piece
+
+log = logging.getLogger("xb.model")
+
+# Later tokens are coalesced into one frame per this many seconds; the first goes at once.
+COALESCE_SECONDS = float(os.environ.get("XB_COALESCE_MS", "10")) / 1000
+_GIB = 1024**3
+
+
+class LoadError(Exception):
+    """The model cannot be loaded here; the message says why and what to do."""
+
+
+def resolve_path(spec: p.ModelSpec) -> Path:
+    if spec.model_path:
+        return Path(spec.model_path).expanduser()
+    if spec.model_name == DEMO_MODEL_NAME:
+        return ensure_demo_model(xb_home())
+    raise LoadError(
+        f"model {spec.model_name!r} is not built in; give model_path (a GGUF file on the worker)"
+    )
+
+
+def load_backend(spec: p.ModelSpec) -> Backend:
+    if spec.model_format != "gguf":
+        raise LoadError(f"model format {spec.model_format!r} is not supported; use 'gguf'")
+    path = resolve_path(spec)
+    try:
+        need = estimate_memory(read_gguf_info(path), spec.n_ctx)
+    except Exception as exc:
+        raise LoadError(str(exc)) from exc
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise LoadError(
+            f"model {spec.model_uid!r} needs {need / _GIB:.1f} GiB and this worker has "
+            f"{free / _GIB:.1f} GiB free; terminate a model or use another worker"
+        )
+    from xb.worker.llama_backend import LlamaBackend
+
+    return LlamaBackend(path, spec.n_ctx)
+
+
+class Runner:
+    """Receives REQUEST and CANCEL frames and answers with PARTIAL, FINAL or ERROR."""
+
+    def __init__(self, sock: zmq.Socket[bytes], backend: Backend) -> None:
+        self._sock = sock
+        self._backend = backend
+        self._queue: deque[p.Request] = deque()
+        self._cancelled: set[str] = set()
+        self._parent = os.getppid()
+        self._next_parent_check = 0.0
+
+    def _send(self, message: p.Message) -> None:
+        self._sock.send_multipart(p.encode(message))
+
+    def _drain(self, timeout_ms: int) -> None:
+        if self._sock.poll(timeout_ms):
+            while True:
+                try:
+                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle(frames)
+        now = time.monotonic()
+        if now >= self._next_parent_check:
+            self._next_parent_check = now + 1.0
+            if os.getppid() != self._parent:  # the worker is gone: nobody will read our output
+                log.warning("worker process went away; exiting")
+                os._exit(0)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            message = p.decode(frames)
+        except p.ProtocolError as exc:
+            log.warning("dropped malformed frame from worker: %s", exc)
+            return
+        if isinstance(message, p.Request):
+            self._queue.append(message)
+        elif isinstance(message, p.Cancel):
+            queued = [r for r in self._queue if r.request_id == message.request_id]
+            for request in queued:
+                self._queue.remove(request)
+                self._send(p.Error(request.request_id, p.ErrorCode.CANCELLED, "cancelled"))
+            if not queued:
+                self._cancelled.add(message.request_id)
+
+    def run(self) -> None:
+        while True:
+            if not self._queue:
+                self._drain(1000)
+                continue
+            self._execute(self._queue.popleft())
+
+    def _execute(self, request: p.Request) -> None:
+        rid = request.request_id
+        self._cancelled.discard(rid)
+        pending: list[str] = []
+        pending_tokens = 0
+        sent_first = False
+        last_sent = time.monotonic()
+        try:
+            for item in self._backend.generate(request.kind, request.params):
+                if isinstance(item, Piece):
+                    pending.append(item.text)
+                    pending_tokens += 1
+                    now = time.monotonic()
+                    if (not sent_first and item.text) or now - last_sent >= COALESCE_SECONDS:
+                        self._send(p.Partial(rid, "".join(pending), pending_tokens))
+                        pending.clear()
+                        pending_tokens = 0
+                        sent_first, last_sent = True, now
+                    self._drain(0)
+                    if rid in self._cancelled:
+                        self._cancelled.discard(rid)
+                        self._send(p.Error(rid, p.ErrorCode.CANCELLED, "cancelled"))
+                        return
+                else:
+                    text = "".join(pending) + item.text
+                    self._send(p.Final(rid, item.finish_reason, item.usage, text))
+        except BackendError as exc:
+            self._send(p.Error(rid, p.ErrorCode.INVALID_REQUEST, str(exc)))
+        except Exception as exc:
+            log.exception("generation failed")
+            self._send(p.Error(rid, p.ErrorCode.MODEL_FAILED, f"generation failed: {exc}"))
+
+
+def main(argv: list[str]) -> int:
+    address, replica_id, spec_json = argv
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s model {replica_id} %(message)s")
+    spec = msgspec.json.decode(spec_json, type=p.ModelSpec)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.setsockopt(zmq.IDENTITY, replica_id.encode())
+    sock.connect(address)
+
+    def event(state: p.ModelState, error: str | None = None, abilities: list[str] = []) -> None:
+        status = p.ReplicaStatus(
+            replica_id, spec.model_uid, spec.model_name, state, error, abilities=abilities
+        )
+        sock.send_multipart(p.encode(p.ModelEvent(status)))
+
+    try:
+        backend = load_backend(spec)
+    except Exception as exc:
+        log.warning("load failed: %s", exc)
+        event(p.ModelState.FAILED, str(exc) if isinstance(exc, LoadError) else f"load failed: {exc}")
+        sock.close()
+        ctx.term()
+        return 1
+    event(p.ModelState.READY, abilities=backend.abilities)
+    Runner(sock, backend).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,290 @@
+"""The worker: one DEALER to the broker, one ROUTER to its model processes, one poll loop.
+
+Model loading happens in the model processes, so nothing here blocks heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import msgspec
+import zmq
+
+from xb import protocol as p
+from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.worker.memory import memory_snapshot
+
+log = logging.getLogger("xb.worker")
+
+SLOTS_PER_REPLICA = 1  # llama.cpp runs one sequence at a time per model process
+_KILL_GRACE = 5.0
+
+
+@dataclass
+class Replica:
+    spec: p.ModelSpec
+    replica_id: str
+    process: subprocess.Popen[bytes]
+    state: p.ModelState = p.ModelState.LOADING
+    error: str | None = None
+    abilities: list[str] = field(default_factory=list)
+    in_flight: set[str] = field(default_factory=set)
+
+    def status(self) -> p.ReplicaStatus:
+        return p.ReplicaStatus(
+            replica_id=self.replica_id,
+            model_uid=self.spec.model_uid,
+            model_name=self.spec.model_name,
+            state=self.state,
+            error=self.error,
+            in_flight=min(len(self.in_flight), SLOTS_PER_REPLICA),
+            queue_depth=max(len(self.in_flight) - SLOTS_PER_REPLICA, 0),
+            abilities=self.abilities,
+        )
+
+
+class Worker:
+    def __init__(
+        self,
+        broker: str,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        worker_id: str | None = None,
+    ) -> None:
+        self.broker = broker
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.interval = heartbeat_interval
+        self.replicas: dict[str, Replica] = {}
+        self._dying: list[tuple[subprocess.Popen[bytes], float]] = []
+        self._ctx = zmq.Context()
+        self._models = self._ctx.socket(zmq.ROUTER)
+        self._models.setsockopt(zmq.LINGER, 0)
+        port = self._models.bind_to_random_port("tcp://127.0.0.1")
+        self._models_address = f"tcp://127.0.0.1:{port}"
+        self._poller = zmq.Poller()
+        self._poller.register(self._models, zmq.POLLIN)
+        self._broker: zmq.Socket[bytes] | None = None
+        self._broker_seen = 0.0
+        self._running = True
+
+    # ---- sockets ----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._broker is not None:
+            self._poller.unregister(self._broker)
+            self._broker.close(linger=0)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+        sock.connect(self.broker)
+        self._poller.register(sock, zmq.POLLIN)
+        self._broker = sock
+        self._broker_seen = time.monotonic()
+        self._send_broker(
+            p.Ready(
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                memory=memory_snapshot(),
+                slots=SLOTS_PER_REPLICA,
+                replicas=[r.status() for r in self.replicas.values()],
+            )
+        )
+        log.info("worker %s announced to %s", self.worker_id, self.broker)
+
+    def _send_broker(self, message: p.Message) -> None:
+        assert self._broker is not None
+        self._broker.send_multipart(p.encode(message))
+
+    def _send_model(self, replica_id: str, message: p.Message) -> None:
+        self._models.send_multipart([replica_id.encode(), *p.encode(message)])
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        self._connect()
+        next_heartbeat = time.monotonic() + self.interval
+        try:
+            while self._running:
+                assert self._broker is not None
+                broker = self._broker
+                timeout = max(0.0, next_heartbeat - time.monotonic())
+                events = dict(self._poller.poll(timeout * 1000))
+                if events.get(self._models):
+                    self._receive_models()
+                if events.get(broker):
+                    self._receive_broker(broker)
+                self._reap()
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.interval
+                    if now - self._broker_seen > self.interval * HEARTBEAT_LIVENESS:
+                        log.warning("broker silent for %.1f s; reconnecting", now - self._broker_seen)
+                        self._connect()
+                    else:
+                        self._send_heartbeat()
+        finally:
+            self.shutdown()
+
+    def _send_heartbeat(self) -> None:
+        statuses = [r.status() for r in self.replicas.values()]
+        self._send_broker(
+            p.Heartbeat(
+                memory=memory_snapshot(),
+                replicas=statuses,
+                queue_depth=sum(s.queue_depth for s in statuses),
+                in_flight=sum(s.in_flight for s in statuses),
+            )
+        )
+
+    def _receive_broker(self, broker: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = broker.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._broker_seen = time.monotonic()
+            try:
+                message = p.decode(frames)
+            except p.ProtocolError as exc:
+                log.warning("dropped malformed frame from broker: %s", exc)
+                continue
+            self.process_broker(message)
+            if broker is not self._broker:  # re-announced: the old socket is closed
+                return
+
+    def _receive_models(self) -> None:
+        while True:
+            try:
+                identity, *frames = self._models.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = p.decode(frames)
+            except p.ProtocolError as exc:
+                log.warning("dropped malformed frame from a model process: %s", exc)
+                continue
+            self.process_model(identity.decode(errors="replace"), message)
+
+    # ---- protocol verbs ---------------------------------------------------------------
+
+    def process_broker(self, message: p.Message) -> None:
+        if isinstance(message, p.Request):
+            replica = self.replicas.get(message.replica_id)
+            if replica is None or replica.state != p.ModelState.READY:
+                self._send_broker(
+                    p.Error(
+                        message.request_id,
+                        p.ErrorCode.NO_REPLICA,
+                        f"replica {message.replica_id!r} is not ready on worker {self.worker_id}",
+                    )
+                )
+                return
+            replica.in_flight.add(message.request_id)
+            self._send_model(replica.replica_id, message)
+        elif isinstance(message, p.Cancel):
+            for replica in self.replicas.values():
+                if message.request_id in replica.in_flight:
+                    self._send_model(replica.replica_id, message)
+        elif isinstance(message, p.Launch):
+            self.launch(message)
+        elif isinstance(message, p.Terminate):
+            self.terminate(message.replica_id)
+        elif isinstance(message, p.Disconnect):
+            log.info("broker asked us to re-announce: %s", message.reason)
+            self._connect()
+        elif not isinstance(message, p.Heartbeat):
+            log.warning("unexpected %s from broker dropped", type(message).__name__)
+
+    def process_model(self, replica_id: str, message: p.Message) -> None:
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            return  # a terminated replica's last words
+        if isinstance(message, p.Final | p.Error):
+            replica.in_flight.discard(message.request_id)
+            self._send_broker(message)
+        elif isinstance(message, p.Partial):
+            self._send_broker(message)
+        elif isinstance(message, p.ModelEvent):
+            replica.state, replica.error = message.status.state, message.status.error
+            replica.abilities = list(message.status.abilities)
+            log.info("replica %s is %s %s", replica_id, replica.state, replica.error or "")
+            self._send_broker(p.ModelEvent(replica.status()))
+
+    def launch(self, message: p.Launch) -> None:
+        if message.replica_id in self.replicas:
+            log.warning("replica %s already hosted; launch ignored", message.replica_id)
+            return
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xb.worker.model_process",
+                self._models_address,
+                message.replica_id,
+                msgspec.json.encode(message.spec).decode(),
+            ]
+        )
+        replica = Replica(message.spec, message.replica_id, process)
+        self.replicas[message.replica_id] = replica
+        log.info("loading %s (%s) in pid %d", message.replica_id, message.spec.model_name, process.pid)
+        self._send_broker(p.ModelEvent(replica.status()))
+
+    def terminate(self, replica_id: str) -> None:
+        replica = self.replicas.pop(replica_id, None)
+        if replica is None:
+            return
+        for request_id in replica.in_flight:
+            self._send_broker(p.Error(request_id, p.ErrorCode.CANCELLED, "model terminated"))
+        replica.process.send_signal(signal.SIGTERM)
+        self._dying.append((replica.process, time.monotonic() + _KILL_GRACE))
+        log.info("terminated %s", replica_id)
+
+    def _reap(self) -> None:
+        """Notice model processes that died, and finish off those asked to stop."""
+        for replica in self.replicas.values():
+            code = replica.process.poll()
+            if code is None or replica.state == p.ModelState.FAILED:
+                continue
+            reason = f"model process exited with code {code}"
+            replica.state, replica.error = p.ModelState.FAILED, replica.error or reason
+            log.warning("replica %s failed: %s", replica.replica_id, replica.error)
+            for request_id in replica.in_flight:
+                self._send_broker(p.Error(request_id, p.ErrorCode.MODEL_FAILED, reason))
+            replica.in_flight.clear()
+            self._send_broker(p.ModelEvent(replica.status()))
+        now = time.monotonic()
+        still: list[tuple[subprocess.Popen[bytes], float]] = []
+        for process, deadline in self._dying:
+            if process.poll() is None:
+                if now > deadline:
+                    process.kill()
+                still.append((process, deadline))
+        self._dying = still
+
+    def shutdown(self) -> None:
+        processes = [r.process for r in self.replicas.values()] + [d[0] for d in self._dying]
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        for process in processes:
+            process.wait()
+        if self._broker is not None:
+            try:
+                self._send_broker(p.Disconnect("worker shutting down"))
+            except zmq.ZMQError:
+                pass
+            self._broker.close(linger=100)
+        self._models.close(linger=0)
+        self._ctx.term()
