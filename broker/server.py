@@ -18,6 +18,7 @@ from xb import protocol as p
 from xb.broker.placement import PlacementError, place
 from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.table import InFlight, Model, Replica, Waiter, WorkerEntry
+from xb.demo_model import DEMO_MODEL_NAME
 from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 
@@ -117,6 +118,8 @@ class Broker:
                 flight.started = True
                 self._sock.send_multipart([flight.client, *frames])
         elif isinstance(message, p.Final | p.Error):
+            if isinstance(message, p.Final) and message.request_id in self.in_flight:
+                worker.served += 1
             self._finish(message.request_id, frames)
         elif isinstance(message, p.Heartbeat):
             if message.memory is not None:
@@ -323,6 +326,11 @@ class Broker:
             return
         if launch.replica < 1:
             self._error(client, rid, p.ErrorCode.INVALID_REQUEST, "replica must be at least 1")
+            return
+        if not launch.model_path and launch.model_name != DEMO_MODEL_NAME:
+            self._error(client, rid, p.ErrorCode.INVALID_REQUEST,
+                        f"model {launch.model_name!r} is not built in (built in: "
+                        f"{DEMO_MODEL_NAME}); give model_path, a GGUF file on the worker")
             return
         candidates = list(self.workers.values())
         if launch.worker:

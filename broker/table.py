@@ -20,6 +20,7 @@ class WorkerEntry:
     queue_depth: int = 0
     in_flight: int = 0
     reserved: int = 0  # bytes promised to replicas still loading here
+    served: int = 0  # requests that ended here with FINAL
 
     def info(self, now: float, replicas: list[p.ReplicaStatus]) -> p.WorkerInfo:
         return p.WorkerInfo(
@@ -32,6 +33,7 @@ class WorkerEntry:
             queue_depth=self.queue_depth,
             in_flight=self.in_flight,
             heartbeat_age=round(now - self.last_seen, 3),
+            served=self.served,
         )
 
 

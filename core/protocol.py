@@ -269,6 +269,7 @@ class WorkerInfo(Struct):
     queue_depth: int
     in_flight: int
     heartbeat_age: float
+    served: int = 0
 
 
 class Cluster(Struct):

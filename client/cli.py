@@ -1,0 +1,169 @@
+"""``xb``: manage models and chat from the shell, through the REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xb.client.client import Client, ClientError
+from xb.settings import DEFAULT_ENDPOINT
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Manage and chat with the models of an xb cluster.")
+console = Console()
+err = Console(stderr=True)
+
+_endpoint = typer.Option(
+    os.environ.get("XB_ENDPOINT", DEFAULT_ENDPOINT), "--endpoint", "-e",
+    help="REST API of the xb broker (env XB_ENDPOINT).",
+)
+_as_json = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+def _client(endpoint: str) -> Client:
+    return Client(endpoint)
+
+
+def _fail(exc: ClientError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+@app.command()
+def launch(
+    model_name: str = typer.Argument(..., help="Model name: 'xb-demo', or any name with --model-path."),
+    model_path: str | None = typer.Option(None, "--model-path", "-p", help="GGUF file on the worker."),
+    uid: str | None = typer.Option(None, "--uid", "-u", help="Model uid (default: the name)."),
+    replica: int = typer.Option(1, "--replica", "-r", help="Number of replicas."),
+    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length in tokens."),
+    worker: str | None = typer.Option(None, "--worker", "-w", help="Worker id or host to use."),
+    endpoint: str = _endpoint,
+    as_json: bool = _as_json,
+) -> None:
+    """Launch a model and wait until it is ready."""
+    with _client(endpoint) as client:
+        try:
+            with console.status(f"launching {model_name} ..."):
+                model_uid = client.launch_model(model_name, model_path=model_path, model_uid=uid,
+                                                replica=replica, n_ctx=n_ctx, worker=worker)
+        except ClientError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        _print_json({"model_uid": model_uid})
+    else:
+        console.print(f"model [bold]{model_uid}[/bold] is ready")
+
+
+@app.command("list")
+def list_models(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
+    """List running models."""
+    with _client(endpoint) as client:
+        try:
+            models = client.list_models()
+        except ClientError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        _print_json(models)
+        return
+    table = Table("UID", "Name", "Format", "Abilities", "Replicas", "Where")
+    for m in models:
+        ready = sum(r["state"] == "ready" for r in m["replicas"])
+        where = ", ".join(sorted({r["worker_id"] for r in m["replicas"]}))
+        table.add_row(m["id"], m["model_name"], m["model_format"], ", ".join(m["abilities"]),
+                      f"{ready}/{m['replica']}", where)
+    console.print(table)
+
+
+@app.command()
+def terminate(
+    model_uid: str | None = typer.Argument(None, help="Model uid."),
+    model_uid_option: str | None = typer.Option(None, "--model-uid", help="Model uid."),
+    endpoint: str = _endpoint,
+) -> None:
+    """Terminate a model and free its memory."""
+    uid = model_uid or model_uid_option
+    if not uid:
+        raise typer.BadParameter("give the model uid")
+    with _client(endpoint) as client:
+        try:
+            client.terminate_model(uid)
+        except ClientError as exc:
+            raise _fail(exc) from exc
+    console.print(f"model [bold]{uid}[/bold] terminated")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f}"
+
+
+@app.command()
+def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
+    """List workers with their memory, models and load."""
+    with _client(endpoint) as client:
+        try:
+            infos = client.cluster_info()
+        except ClientError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        _print_json(infos)
+        return
+    table = Table("Worker", "Host", "Free/Total GiB", "Models", "Queue", "In flight", "Heartbeat")
+    for w in infos:
+        mem = w["memory"]
+        models = ", ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-"
+        table.add_row(w["worker_id"], w["host"], f"{_gib(mem['free'])}/{_gib(mem['total'])}",
+                      models, str(w["queue_depth"]), str(w["in_flight"]),
+                      f"{w['heartbeat_age']:.1f} s ago")
+    console.print(table)
+
+
+@app.command()
+def chat(
+    model_uid: str = typer.Argument(..., help="Model uid to chat with."),
+    message: str | None = typer.Option(None, "--message", "-m", help="Send one message and exit."),
+    system: str | None = typer.Option(None, "--system", help="System prompt."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens per answer at most."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
+    endpoint: str = _endpoint,
+) -> None:
+    """Chat with a model, streaming its answers; an empty line or Ctrl-D ends the chat."""
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        params["temperature"] = temperature
+    with _client(endpoint) as client:
+        while True:
+            if message is not None:
+                text = message
+            else:
+                try:
+                    text = console.input("[bold green]you>[/bold green] ")
+                except (EOFError, KeyboardInterrupt):
+                    break
+                if not text.strip():
+                    break
+            history.append({"role": "user", "content": text})
+            answer: list[str] = []
+            try:
+                for piece in client.chat_stream(model_uid, history, **params):
+                    answer.append(piece)
+                    console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            except ClientError as exc:
+                raise _fail(exc) from exc
+            console.print()
+            history.append({"role": "assistant", "content": "".join(answer)})
+            if message is not None:
+                break
+
+
+def main() -> None:
+    app()

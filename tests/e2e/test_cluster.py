@@ -1,0 +1,142 @@
+"""Two workers: load balancing, replica spreading, a worker killed mid-stream, bad frames."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import zmq
+
+from tests.conftest import Stack, wait_until
+from xb import protocol as p
+
+pytestmark = pytest.mark.e2e
+
+
+def test_forty_concurrent_requests_share_two_workers(
+    make_stack: Callable[[int], Stack], tiny_model: Path
+) -> None:
+    stack = make_stack(2)
+    first, second = (stack.worker_id(w) for w in stack.workers)
+    stack.launch(model_name="a", model_path=str(tiny_model), model_uid="on-a", worker=first)
+    stack.launch(model_name="a", model_path=str(tiny_model), model_uid="on-b", worker=second)
+    # One model uid with a replica on each worker, as a user would launch it.
+    uid = stack.launch(model_name="tiny", model_path=str(tiny_model), replica=2)
+    places = {r["worker_id"] for r in httpx.get(f"{stack.url}/v1/models/{uid}").json()["replicas"]}
+    assert places == {first, second}
+    before = {w["worker_id"]: w["served"] for w in stack.cluster()}
+
+    async def run() -> list[int]:
+        client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+        async def one(i: int) -> int:
+            reply = await client.chat.completions.create(
+                model=uid, messages=[{"role": "user", "content": f"question {i}"}], max_tokens=24
+            )
+            assert reply.usage is not None
+            assert reply.choices[0].finish_reason in ("stop", "length")
+            return reply.usage.completion_tokens
+        try:
+            return await asyncio.gather(*(one(i) for i in range(40)))
+        finally:
+            await client.close()
+
+    tokens = asyncio.run(run())
+    assert len(tokens) == 40 and sum(tokens) > 40  # the model may end an answer at once
+    served = {w["worker_id"]: w["served"] - before[w["worker_id"]] for w in stack.cluster()}
+    assert sum(served.values()) == 40
+    assert min(served.values()) >= 14, served  # a fair share is 20 each
+
+
+def test_worker_killed_mid_stream_ends_the_stream_with_an_error(
+    make_stack: Callable[[int], Stack], endless_model: Path
+) -> None:
+    stack = make_stack(2)
+    victim, survivor = stack.workers
+    victim_id = stack.worker_id(victim)
+    stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096, worker=victim_id)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(
+        model="endless", messages=[{"role": "user", "content": "go"}], max_tokens=4000,
+        stream=True,
+    )
+    chunks = iter(stream)
+    first = next(chunks)
+    assert first.choices[0].delta.content
+    victim.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(openai.APIError) as info:
+        for _ in chunks:
+            pass
+    assert time.monotonic() - killed < 5.0
+    assert "lost" in str(info.value.message)
+    wait_until(lambda: victim_id not in {w["worker_id"] for w in stack.cluster()}, timeout=5)
+    assert stack.worker_id(survivor) in {w["worker_id"] for w in stack.cluster()}
+    # The model lost its only replica: requests fail at once with a clear error, no hang.
+    with pytest.raises(openai.APIStatusError) as unavailable:
+        client.chat.completions.create(model="endless", messages=[{"role": "user", "content": "x"}])
+    assert unavailable.value.status_code == 503
+
+
+def test_malformed_frames_do_not_hurt_the_broker(
+    make_stack: Callable[[int], Stack], tiny_model: Path
+) -> None:
+    stack = make_stack(1)
+    stack.launch(model_name="tiny", model_path=str(tiny_model))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(stack.broker_address)
+    try:
+        garbage = [
+            [b"hello"],
+            [b"", b"", b"", b""],
+            [b"XB9", b"\x01", b"\x80"],
+            [p.VERSION, b"\xff", b"\x00"],
+            [p.VERSION, b"\x0c", b"not msgpack at all \xc1"],
+            [p.VERSION, p.encode(p.Submit("r", "tiny", "chat", p.GenerateParams()))[1], b"\x93\x01"],
+            p.encode(p.Final("nobody", "stop", p.Usage(0, 0, 0))),
+            p.encode(p.Ready("fake", "h", 1, p.Memory(1, 1), 1))[:2] + [b"\x00" * 64],
+            [p.VERSION, b"\x0c", b"x" * 100_000],
+        ]
+        for frames in garbage:
+            sock.send_multipart(frames)
+        # A client that pings gets its pong: the broker is alive and reading.
+        sock.send_multipart(p.encode(p.Ping("after")))
+        assert sock.poll(5000), "broker did not answer after malformed frames"
+        assert p.decode(sock.recv_multipart()) == p.Pong("after")
+    finally:
+        sock.close()
+        ctx.term()
+    assert stack.broker is not None and stack.broker.poll() is None
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "still there?"}], max_tokens=5
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_client_disconnect_cancels_generation(
+    make_stack: Callable[[int], Stack], endless_model: Path
+) -> None:
+    stack = make_stack(1)
+    stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
+    body = {"model": "endless", "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 4000, "stream": True}
+
+    def in_flight() -> int:
+        return sum(r["in_flight"] for w in stack.cluster() for r in w["replicas"])
+
+    with httpx.stream("POST", stack.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()  # held, not abandoned: closing the generator closes the socket
+        assert next(line for line in lines if line.startswith("data: "))
+        assert in_flight() == 1
+    closed = time.monotonic()
+    # 4000 tokens take several seconds on this model; a cancelled request frees its slot at once.
+    wait_until(lambda: in_flight() == 0, timeout=2.0)
+    assert time.monotonic() - closed < 2.0
