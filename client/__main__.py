@@ -1,0 +1,3 @@
+from xb.client.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""Bad HTTP input gets a 4xx with the OpenAI error object, never a 500."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def url(module_stack: Stack, tiny_model: Path) -> str:
+    module_stack.launch(model_name="tiny", model_path=str(tiny_model), n_ctx=256)
+    return module_stack.url
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return dict(error)
+
+
+CHAT = "/v1/chat/completions"
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (CHAT, {"model": "tiny"}, "messages"),
+        (CHAT, {"messages": HI}, "model"),
+        (CHAT, {"model": "tiny", "messages": []}, "messages"),
+        (CHAT, {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
+         "messages.0.role"),
+        (CHAT, {"model": "tiny", "messages": HI, "temperature": 5}, "temperature"),
+        (CHAT, {"model": "tiny", "messages": HI, "max_tokens": 0}, "max_tokens"),
+        (CHAT, {"model": "tiny", "messages": HI, "max_tokens": "many"}, "max_tokens"),
+        (CHAT, {"model": "tiny", "messages": HI, "n": 2}, "n"),
+        (CHAT, {"model": "tiny", "messages": HI, "tools": [{"type": "function"}]}, "tools"),
+        (CHAT, {"model": "tiny", "messages": HI, "response_format": {"type": "json_object"}},
+         "response_format"),
+        ("/v1/completions", {"model": "tiny"}, "prompt"),
+        ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, "prompt"),
+        ("/v1/models", {"model_name": "x", "replica": 0}, "replica"),
+        ("/v1/models", {"model_name": "x", "model_uid": "../etc"}, "model_uid"),
+        ("/v1/models", {"model_path": "/x.gguf"}, "model_name"),
+    ],
+)
+def test_invalid_bodies_are_400(url: str, path: str, body: dict[str, Any], param: str) -> None:
+    assert_error(httpx.post(url + path, json=body, timeout=10), 400, param)
+
+
+def test_malformed_json_is_400(url: str) -> None:
+    response = httpx.post(url + CHAT, content=b"{not json", timeout=10,
+                          headers={"content-type": "application/json"})
+    assert_error(response, 400)
+
+
+def test_unknown_fields_are_ignored(url: str) -> None:
+    body = {"model": "tiny", "messages": HI, "max_tokens": 2, "frobnicate": True}
+    assert httpx.post(url + CHAT, json=body, timeout=10).status_code == 200
+
+
+def test_unknown_model_name_without_a_path_is_400(url: str) -> None:
+    error = assert_error(httpx.post(url + "/v1/models", json={"model_name": "nothing"}), 400)
+    assert "model_path" in error["message"]
+
+
+def test_unknown_worker_is_400(url: str, tiny_model: Path) -> None:
+    body = {"model_name": "t", "model_path": str(tiny_model), "worker": "no-such-worker"}
+    error = assert_error(httpx.post(url + "/v1/models", json=body, timeout=10), 400)
+    assert "no-such-worker" in error["message"]
+
+
+def test_unknown_model_is_404(url: str) -> None:
+    assert_error(httpx.get(url + "/v1/models/ghost"), 404)
+    assert_error(httpx.post(url + CHAT, json={"model": "ghost", "messages": HI}), 404)
+
+
+def test_unknown_route_and_wrong_method(url: str) -> None:
+    assert_error(httpx.get(url + "/v1/nothing-here"), 404)
+    assert_error(httpx.get(url + CHAT), 405)
+
+
+def test_a_file_that_is_not_gguf_is_400(url: str, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"this is not a model" * 10)
+    body = {"model_name": "bogus", "model_path": str(bogus)}
+    error = assert_error(httpx.post(url + "/v1/models", json=body, timeout=30), 400)
+    assert "GGUF" in error["message"]

@@ -1,0 +1,71 @@
+"""Routing policy and placement, on the broker's own tables."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from xb import protocol as p
+from xb.broker.placement import PlacementError, place
+from xb.broker.routing import LeastLoaded
+from xb.broker.table import Replica, WorkerEntry
+
+pytestmark = pytest.mark.unit
+GIB = 1024**3
+
+
+def replica(name: str, in_flight: int = 0) -> Replica:
+    return Replica(name, "m", name.encode(), p.ModelState.READY, in_flight=in_flight)
+
+
+def worker(name: str, free_gib: float) -> WorkerEntry:
+    return WorkerEntry(name.encode(), name, "host", 1, p.Memory(64 * GIB, int(free_gib * GIB)),
+                       1, 0.0)
+
+
+def test_least_loaded_picks_the_idle_replica() -> None:
+    busy, idle = replica("a", 1), replica("b", 0)
+    assert LeastLoaded().choose([busy, idle], {b"a": 2, b"b": 2}) is idle
+
+
+def test_no_free_slot_means_none() -> None:
+    assert LeastLoaded().choose([replica("a", 1), replica("b", 1)], {}) is None
+
+
+def test_ties_are_broken_at_random_evenly() -> None:
+    policy = LeastLoaded(random.Random(0))
+    replicas = [replica("a"), replica("b"), replica("c")]
+    counts = Counter(policy.choose(replicas, {}).replica_id for _ in range(3000))  # type: ignore[union-attr]
+    assert set(counts) == {"a", "b", "c"}
+    assert min(counts.values()) > 900
+
+
+def test_placement_prefers_most_free_memory() -> None:
+    small, big = worker("small", 2), worker("big", 10)
+    assert place([small, big], GIB, 1, {}) == [big]
+
+
+def test_replicas_spread_before_they_stack() -> None:
+    small, big = worker("small", 4), worker("big", 10)
+    assert {w.worker_id for w in place([small, big], GIB, 2, {})} == {"small", "big"}
+
+
+def test_placement_counts_what_it_already_placed() -> None:
+    only = worker("only", 3)
+    assert len(place([only], GIB, 3, {})) == 3
+    with pytest.raises(PlacementError):
+        place([only], GIB, 4, {})
+
+
+def test_refusal_gives_need_and_largest_free() -> None:
+    w = worker("w", 1.5)
+    w.reserved = GIB // 2
+    with pytest.raises(PlacementError, match=r"needs 2\.00 GiB.*largest free worker has 1\.00 GiB"):
+        place([w], 2 * GIB, 1, {})
+
+
+def test_no_workers() -> None:
+    with pytest.raises(PlacementError, match="no worker"):
+        place([], 1, 1, {})

@@ -1,0 +1,97 @@
+"""The ``xb`` and ``xb-broker`` commands, run as a user runs them, against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Stack, free_port, kill_tree, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def xb(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xb.client", *args, "--endpoint", stack.url],
+        input=stdin, capture_output=True, text=True, timeout=60,
+        env={**stack.env(), "COLUMNS": "200"},  # tables wider than the default 80 stay on one line
+    )
+
+
+def test_launch_list_chat_workers_terminate(module_stack: Stack, tiny_model: Path) -> None:
+    launched = xb(module_stack, "launch", "tiny", "--model-path", str(tiny_model), "--uid", "cli",
+                  "--json")
+    assert launched.returncode == 0, launched.stderr
+    assert json.loads(launched.stdout) == {"model_uid": "cli"}
+
+    listed = xb(module_stack, "list", "--json")
+    assert [m["id"] for m in json.loads(listed.stdout)] == ["cli"]
+    table = xb(module_stack, "list")
+    assert "cli" in table.stdout and "1/1" in table.stdout
+
+    workers = json.loads(xb(module_stack, "workers", "--json").stdout)
+    assert len(workers) == 1 and workers[0]["replicas"][0]["model_uid"] == "cli"
+    assert "cli (ready)" in xb(module_stack, "workers").stdout
+
+    one_shot = xb(module_stack, "chat", "cli", "-m", "hello", "--max-tokens", "8")
+    assert one_shot.returncode == 0, one_shot.stderr
+    assert one_shot.stdout.strip()
+
+    session = xb(module_stack, "chat", "cli", "--max-tokens", "4", stdin="first\nsecond\n\n")
+    assert session.returncode == 0, session.stderr
+    assert session.stdout.count("you>") == 3  # two questions, then the empty line ends it
+
+    assert xb(module_stack, "terminate", "--model-uid", "cli").returncode == 0
+    assert json.loads(xb(module_stack, "list", "--json").stdout) == []
+
+
+def test_errors_are_clear_and_exit_nonzero(module_stack: Stack) -> None:
+    missing = xb(module_stack, "terminate", "ghost")
+    assert missing.returncode == 1
+    assert "ghost" in missing.stderr and "404" in missing.stderr
+    refused = xb(module_stack, "chat", "ghost", "-m", "hi")
+    assert refused.returncode == 1 and "not running" in refused.stderr
+
+
+def test_unreachable_endpoint() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xb.client", "list", "--endpoint", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "cannot reach xb" in result.stderr
+
+
+def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
+    """The README's main job: xb-broker --local --launch xb-demo, on a fresh home, offline."""
+    api = free_port()
+    env = {**os.environ, "XB_HOME": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xb.broker", "--local", "--launch", "xb-demo",
+         "--port", str(free_port()), "--api-port", str(api)],
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{api}"
+
+        def demo_ready() -> bool:
+            models = httpx.get(url + "/v1/models", timeout=2).json()["data"]
+            return any(m["id"] == "xb-demo" and m["replicas"][0]["state"] == "ready"
+                       for m in models)
+
+        wait_until(demo_ready, timeout=60)
+        assert (tmp_path / "models" / "xb-demo.gguf").exists()
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(
+            model="xb-demo", messages=[{"role": "user", "content": "hello"}], max_tokens=16
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        kill_tree(process)

@@ -1,0 +1,66 @@
+"""The wire protocol: round trips, and every kind of bad frame raises ProtocolError."""
+
+from __future__ import annotations
+
+import pytest
+
+from xb import protocol as p
+
+pytestmark = pytest.mark.unit
+
+MESSAGES: list[p.Message] = [
+    p.Ready("w1", "host", 42, p.Memory(8, 4, 2, 1), 1,
+            [p.ReplicaStatus("m-0", "m", "name", p.ModelState.READY, abilities=["chat"])]),
+    p.Heartbeat(p.Memory(8, 4), [], queue_depth=2, in_flight=1),
+    p.Submit("r1", "m", "chat", p.GenerateParams(messages=[p.ChatMessage("user", "hi")],
+                                                stop=["x"], seed=3)),
+    p.Request("r1", "m-0", "completion", p.GenerateParams(prompt="hello", max_tokens=5)),
+    p.Partial("r1", "text", 2),
+    p.Final("r1", "length", p.Usage(3, 5, 8), "tail"),
+    p.Error("r1", p.ErrorCode.QUEUE_FULL, "full"),
+    p.Launch("m-0", p.ModelSpec("m", "name", "/x.gguf", 512)),
+    p.Cancel("r1"),
+    p.Ping("r"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: p.Message) -> None:
+    frames = p.encode(message)
+    assert len(frames) == 3 and frames[0] == p.VERSION
+    assert p.decode(frames) == message
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b"only one"],
+        [p.VERSION, b"\x01"],
+        [b"XB0", b"\x01", b"\x80"],
+        [p.VERSION, b"\xee", b"\x80"],
+        [p.VERSION, b"", b"\x80"],
+        [p.VERSION, p.encode(p.Ping())[1], b"\xc1"],
+        # A body of the wrong type for its command.
+        [p.VERSION, p.encode(p.Ready("w", "h", 1, p.Memory(1, 1), 1))[1],
+         p.encode(p.Cancel("x"))[2]],
+        [p.VERSION, p.encode(p.Partial("r", "t", 1))[1], b"\x93\xa1r\x01\xa1t"],
+        [p.VERSION, p.encode(p.Ping())[1], b"\x81" + b"\xa1a" * 2, b"extra"],
+    ],
+)
+def test_bad_frames_raise_protocol_error(frames: list[bytes]) -> None:
+    with pytest.raises(p.ProtocolError):
+        p.decode(frames)
+
+
+def test_oversized_body_is_refused() -> None:
+    frames = p.encode(p.Partial("r", "x" * (p.MAX_BODY_BYTES + 1), 1))
+    with pytest.raises(p.ProtocolError, match="exceeds"):
+        p.decode(frames)
+
+
+def test_fields_from_newer_peers_are_ignored() -> None:
+    import msgspec
+
+    body = msgspec.msgpack.encode({"request_id": "r", "future_field": 1})
+    assert p.decode([p.VERSION, p.encode(p.Cancel("r"))[1], body]) == p.Cancel("r")
