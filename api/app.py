@@ -12,13 +12,11 @@ from typing import Any
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-
 from xb import __version__
 from xb import protocol as p
 from xb.api import errors
 from xb.api.bridge import BrokerBridge, new_request_id
 from xb.api.errors import APIError
-from xb.settings import HEARTBEAT_INTERVAL
 from xb.api.schemas import (
     UNSUPPORTED,
     ChatCompletionRequest,
@@ -26,6 +24,7 @@ from xb.api.schemas import (
     LaunchRequest,
     _Sampling,
 )
+from xb.settings import HEARTBEAT_INTERVAL
 
 log = logging.getLogger("xb.api")
 
@@ -36,7 +35,9 @@ _json = msgspec.json.Encoder()
 def _fail(message: p.Message) -> APIError:
     if isinstance(message, p.Error):
         return APIError.from_code(message.code, message.message)
-    return APIError(500, f"unexpected {type(message).__name__} from the broker", type="server_error")
+    return APIError(
+        500, f"unexpected {type(message).__name__} from the broker", type="server_error"
+    )
 
 
 def _check_supported(body: _Sampling) -> None:
@@ -45,8 +46,12 @@ def _check_supported(body: _Sampling) -> None:
         if name in UNSUPPORTED:
             if value in (None, False, UNSUPPORTED[name]) or value == {"type": "text"}:
                 continue
-            raise APIError(400, f"parameter '{name}' is not supported yet", param=name,
-                           code="unsupported_parameter")
+            raise APIError(
+                400,
+                f"parameter '{name}' is not supported yet",
+                param=name,
+                code="unsupported_parameter",
+            )
         log.info("ignoring unknown request field %r", name)
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n", code="unsupported_parameter")
@@ -138,8 +143,12 @@ def create_app(
             log.info("ignoring unknown launch fields %s", sorted(body.model_extra))
         reply = await call(
             lambda rid: p.LaunchModel(
-                request_id=rid, model_name=body.model_name, model_uid=body.model_uid or "",
-                model_path=body.model_path, replica=body.replica, n_ctx=body.n_ctx,
+                request_id=rid,
+                model_name=body.model_name,
+                model_uid=body.model_uid or "",
+                model_path=body.model_path,
+                replica=body.replica,
+                n_ctx=body.n_ctx,
                 worker=body.worker,
             ),
             timeout=None,  # loading takes as long as it takes; a dead broker still ends it
@@ -169,8 +178,9 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         messages = [p.ChatMessage(m.role, m.text()) for m in body.messages]
-        params = _params(body, messages=messages,
-                         max_tokens=body.max_completion_tokens or body.max_tokens)
+        params = _params(
+            body, messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens
+        )
         submit = p.Submit(new_request_id(), body.model, "chat", params)
         return await _run(bridge, submit, body.stream, _ChatShape(body.model, submit.request_id))
 
@@ -179,8 +189,12 @@ def create_app(
         prompt = body.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
-                raise APIError(400, "only one prompt per request is supported", param="prompt",
-                               code="unsupported_parameter")
+                raise APIError(
+                    400,
+                    "only one prompt per request is supported",
+                    param="prompt",
+                    code="unsupported_parameter",
+                )
             prompt = prompt[0]
         submit = p.Submit(new_request_id(), body.model, "completion", _params(body, prompt=prompt))
         return await _run(bridge, submit, body.stream, _TextShape(body.model, submit.request_id))
@@ -202,9 +216,11 @@ async def _launch_on_start(bridge: BrokerBridge, names: list[str]) -> None:
             await asyncio.sleep(0.2)
         path = name if name.endswith(".gguf") else None
         model_name = name.rsplit("/", 1)[-1].removesuffix(".gguf")
-        launched = await bridge.call(
-            lambda rid, n=model_name, f=path: p.LaunchModel(rid, n, "", f), timeout=None
-        )
+
+        def launch(rid: str, name: str = model_name, path: str | None = path) -> p.Message:
+            return p.LaunchModel(rid, name, "", path)
+
+        launched = await bridge.call(launch, timeout=None)
         if isinstance(launched, p.ModelInfo):
             log.warning("model %r is ready as %r", name, launched.model_uid)
         else:
@@ -223,16 +239,29 @@ class _ChatShape:
             delta["role"] = "assistant"
         if text:
             delta["content"] = text
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
     def whole(self, text: str, final: p.Final) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion", "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": final.finish_reason}],
-                "usage": msgspec.to_builtins(final.usage)}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": final.finish_reason,
+                }
+            ],
+            "usage": msgspec.to_builtins(final.usage),
+        }
 
 
 class _TextShape:
@@ -242,10 +271,15 @@ class _TextShape:
         self.model, self.id, self.created = model, f"cmpl-{request_id}", int(time.time())
 
     def chunk(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
-        return {"id": self.id, "object": "text_completion", "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "text": text or "", "finish_reason": finish,
-                             "logprobs": None}]}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            ],
+        }
 
     def whole(self, text: str, final: p.Final) -> dict[str, Any]:
         body = self.chunk(text, final.finish_reason)
@@ -303,5 +337,8 @@ async def _run(
         finally:
             await frames.aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

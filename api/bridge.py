@@ -12,11 +12,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import zmq
 import zmq.asyncio
-
 from xb import protocol as p
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 
@@ -84,8 +83,13 @@ class BrokerBridge:
                 if was_up:
                     log.warning("broker %s is not answering", self.address)
                 for rid, queue in self._waiters.items():
-                    queue.put_nowait(p.Error(rid, p.ErrorCode.BROKER_UNAVAILABLE,
-                                             f"the broker at {self.address} is not answering"))
+                    queue.put_nowait(
+                        p.Error(
+                            rid,
+                            p.ErrorCode.BROKER_UNAVAILABLE,
+                            f"the broker at {self.address} is not answering",
+                        )
+                    )
             was_up = self.up
 
     async def call(self, make: Callable[[str], p.Message], timeout: float | None = 30.0) -> Reply:
@@ -98,12 +102,15 @@ class BrokerBridge:
             try:
                 return await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
-                return p.Error(rid, p.ErrorCode.BROKER_UNAVAILABLE,
-                               f"the broker did not answer within {timeout:.0f} s")
+                return p.Error(
+                    rid,
+                    p.ErrorCode.BROKER_UNAVAILABLE,
+                    f"the broker did not answer within {timeout:.0f} s",
+                )
         finally:
             del self._waiters[rid]
 
-    async def stream(self, submit: p.Submit) -> AsyncIterator[p.Partial | p.Final | p.Error]:
+    async def stream(self, submit: p.Submit) -> AsyncGenerator[p.Partial | p.Final | p.Error, None]:
         """Submit a request and yield its frames up to and including FINAL or ERROR.
 
         Leaving the loop early (the HTTP client went away) cancels the request.

@@ -8,7 +8,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from xb.protocol import ErrorCode
 
 log = logging.getLogger("xb.api")
@@ -34,11 +33,22 @@ class APIError(Exception):
     """An error to answer with; ``param`` names the offending request field, if any."""
 
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
 
     @classmethod
     def from_code(cls, code: ErrorCode, message: str, param: str | None = None) -> APIError:
@@ -46,8 +56,14 @@ class APIError(Exception):
         return cls(status, message, type=kind, param=param, code=code.value)
 
     def body(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status in (429, 503) else None

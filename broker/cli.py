@@ -8,7 +8,6 @@ import sys
 
 import typer
 import uvicorn
-
 from xb.api.app import create_app
 from xb.broker.server import Broker, serve_in_thread
 from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
@@ -36,7 +35,12 @@ def run(
 
 
 def serve(
-    host: str, port: int, api_host: str, api_port: int, local: bool, launch: list[str],
+    host: str,
+    port: int,
+    api_host: str,
+    api_port: int,
+    local: bool,
+    launch: list[str],
     heartbeat_interval: float,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -47,15 +51,28 @@ def serve(
     worker: subprocess.Popen[bytes] | None = None
     if local:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "xb.worker", "--broker", address,
-             "--heartbeat-interval", str(heartbeat_interval)]
+            [
+                sys.executable,
+                "-m",
+                "xb.worker",
+                "--broker",
+                address,
+                "--heartbeat-interval",
+                str(heartbeat_interval),
+            ]
         )
-    log.warning("broker for workers on %s; OpenAI API on http://%s:%d/v1",
-                broker.address, api_host, api_port)
+    log.warning(
+        "broker for workers on %s; OpenAI API on http://%s:%d/v1",
+        broker.address,
+        api_host,
+        api_port,
+    )
     try:
         uvicorn.run(
             create_app(address, heartbeat_interval=heartbeat_interval, launch_on_start=launch),
-            host=api_host, port=api_port, log_level="warning",
+            host=api_host,
+            port=api_port,
+            log_level="warning",
         )
     finally:
         if worker is not None:

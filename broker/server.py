@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import zmq
-
 from xb import protocol as p
 from xb.broker.placement import PlacementError, place
 from xb.broker.routing import LeastLoaded, RoutingPolicy
@@ -61,7 +60,7 @@ class Broker:
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min(next_heartbeat - time.monotonic(), 0.25))
-                if self._sock.poll(timeout * 1000):
+                if self._sock.poll(int(timeout * 1000)):
                     self._drain()
                 now = time.monotonic()
                 if now >= next_heartbeat:
@@ -132,7 +131,9 @@ class Broker:
         elif isinstance(message, p.Disconnect):
             self._remove_worker(identity, f"worker disconnected: {message.reason}")
         else:
-            log.warning("unexpected %s from worker %s dropped", type(message).__name__, worker.worker_id)
+            log.warning(
+                "unexpected %s from worker %s dropped", type(message).__name__, worker.worker_id
+            )
 
     def _register(self, identity: bytes, ready: p.Ready) -> None:
         if identity in self.workers:
@@ -146,7 +147,9 @@ class Broker:
             slots=max(ready.slots, 1),
             last_seen=time.monotonic(),
         )
-        log.info("worker %s joined (%s, %d replicas)", ready.worker_id, ready.host, len(ready.replicas))
+        log.info(
+            "worker %s joined (%s, %d replicas)", ready.worker_id, ready.host, len(ready.replicas)
+        )
         for status in ready.replicas:
             self._apply_status(self.workers[identity], status, adopt=True)
 
@@ -157,8 +160,13 @@ class Broker:
                 return
             # The broker restarted while the worker kept the model: take it back.
             model = Model(
-                uid=status.model_uid, name=status.model_name, path=None, n_ctx=0,
-                model_format="gguf", replica=0, created=int(time.time()),
+                uid=status.model_uid,
+                name=status.model_name,
+                path=None,
+                n_ctx=0,
+                model_format="gguf",
+                replica=0,
+                created=int(time.time()),
             )
             self.models[model.uid] = model
         replica = model.replicas.get(status.replica_id)
@@ -176,8 +184,13 @@ class Broker:
         if status.state != p.ModelState.LOADING:
             worker.reserved = max(worker.reserved - replica.reserved, 0)
             replica.reserved = 0
-        log.info("replica %s on %s is %s %s", replica.replica_id, worker.worker_id,
-                 status.state, status.error or "")
+        log.info(
+            "replica %s on %s is %s %s",
+            replica.replica_id,
+            worker.worker_id,
+            status.state,
+            status.error or "",
+        )
         self._check_launch(model)
         self.dispatch(model)
 
@@ -221,12 +234,16 @@ class Broker:
             if flight.worker != identity:
                 continue
             del self.in_flight[request_id]
-            model = self.models.get(flight.submit.model_uid)
-            if not flight.started and model is not None and model.ready():
-                model.queue.appendleft((flight.client, flight.submit))  # no token sent: retry
+            owner = self.models.get(flight.submit.model_uid)
+            if not flight.started and owner is not None and owner.ready():
+                owner.queue.appendleft((flight.client, flight.submit))  # no token sent: retry
             else:
-                self._error(flight.client, request_id, p.ErrorCode.WORKER_LOST,
-                            f"the worker serving this request was lost ({reason})")
+                self._error(
+                    flight.client,
+                    request_id,
+                    p.ErrorCode.WORKER_LOST,
+                    f"the worker serving this request was lost ({reason})",
+                )
         for model in touched:
             self._check_launch(model)
             self.dispatch(model)
@@ -238,8 +255,12 @@ class Broker:
         if not model.ready() and not model.loading():
             while model.queue:
                 client, submit = model.queue.popleft()
-                self._error(client, submit.request_id, p.ErrorCode.NO_REPLICA,
-                            f"model {model.uid!r} has no ready replica")
+                self._error(
+                    client,
+                    submit.request_id,
+                    p.ErrorCode.NO_REPLICA,
+                    f"model {model.uid!r} has no ready replica",
+                )
             return
         slots = {w.identity: w.slots for w in self.workers.values()}
         while model.queue:
@@ -287,8 +308,12 @@ class Broker:
 
     def _unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
         known = ", ".join(sorted(self.models)) or "none"
-        self._error(client, request_id, p.ErrorCode.UNKNOWN_MODEL,
-                    f"model {uid!r} is not running (running: {known}); launch it first")
+        self._error(
+            client,
+            request_id,
+            p.ErrorCode.UNKNOWN_MODEL,
+            f"model {uid!r} is not running (running: {known}); launch it first",
+        )
 
     def _submit(self, client: bytes, submit: p.Submit) -> None:
         model = self.models.get(submit.model_uid)
@@ -296,12 +321,20 @@ class Broker:
             self._unknown_model(client, submit.request_id, submit.model_uid)
             return
         if not model.ready() and not model.loading():
-            self._error(client, submit.request_id, p.ErrorCode.NO_REPLICA,
-                        f"model {model.uid!r} has no ready replica")
+            self._error(
+                client,
+                submit.request_id,
+                p.ErrorCode.NO_REPLICA,
+                f"model {model.uid!r} has no ready replica",
+            )
             return
         if len(model.queue) >= self.max_queue:
-            self._error(client, submit.request_id, p.ErrorCode.QUEUE_FULL,
-                        f"model {model.uid!r} has {len(model.queue)} requests waiting; retry later")
+            self._error(
+                client,
+                submit.request_id,
+                p.ErrorCode.QUEUE_FULL,
+                f"model {model.uid!r} has {len(model.queue)} requests waiting; retry later",
+            )
             return
         model.queue.append((client, submit))
         self.dispatch(model)
@@ -321,36 +354,56 @@ class Broker:
         rid = launch.request_id
         uid = launch.model_uid or self._fresh_uid(launch.model_name)
         if uid in self.models:
-            self._error(client, rid, p.ErrorCode.DUPLICATE_MODEL,
-                        f"model uid {uid!r} is already running; pick another uid or terminate it")
+            self._error(
+                client,
+                rid,
+                p.ErrorCode.DUPLICATE_MODEL,
+                f"model uid {uid!r} is already running; pick another uid or terminate it",
+            )
             return
         if launch.replica < 1:
             self._error(client, rid, p.ErrorCode.INVALID_REQUEST, "replica must be at least 1")
             return
         if not launch.model_path and launch.model_name != DEMO_MODEL_NAME:
-            self._error(client, rid, p.ErrorCode.INVALID_REQUEST,
-                        f"model {launch.model_name!r} is not built in (built in: "
-                        f"{DEMO_MODEL_NAME}); give model_path, a GGUF file on the worker")
+            self._error(
+                client,
+                rid,
+                p.ErrorCode.INVALID_REQUEST,
+                f"model {launch.model_name!r} is not built in (built in: "
+                f"{DEMO_MODEL_NAME}); give model_path, a GGUF file on the worker",
+            )
             return
         candidates = list(self.workers.values())
         if launch.worker:
             candidates = [w for w in candidates if launch.worker in (w.worker_id, w.host)]
             if not candidates:
                 known = ", ".join(w.worker_id for w in self.workers.values()) or "none"
-                self._error(client, rid, p.ErrorCode.UNKNOWN_WORKER,
-                            f"no worker named {launch.worker!r} (connected: {known})")
+                self._error(
+                    client,
+                    rid,
+                    p.ErrorCode.UNKNOWN_WORKER,
+                    f"no worker named {launch.worker!r} (connected: {known})",
+                )
                 return
         try:
             need = self._estimate(launch)
             chosen = place(candidates, need, launch.replica, {})
         except (PlacementError, ModelFileError) as exc:
-            code = (p.ErrorCode.LAUNCH_REFUSED if isinstance(exc, PlacementError)
-                    else p.ErrorCode.INVALID_REQUEST)
+            code = (
+                p.ErrorCode.LAUNCH_REFUSED
+                if isinstance(exc, PlacementError)
+                else p.ErrorCode.INVALID_REQUEST
+            )
             self._error(client, rid, code, f"cannot launch {uid!r}: {exc}")
             return
         model = Model(
-            uid=uid, name=launch.model_name, path=launch.model_path, n_ctx=launch.n_ctx,
-            model_format="gguf", replica=launch.replica, created=int(time.time()),
+            uid=uid,
+            name=launch.model_name,
+            path=launch.model_path,
+            n_ctx=launch.n_ctx,
+            model_format="gguf",
+            replica=launch.replica,
+            created=int(time.time()),
         )
         model.launch_waiters.append(Waiter(client, rid))
         self.models[uid] = model
@@ -362,8 +415,12 @@ class Broker:
             )
             worker.reserved += need
             self._send(worker.identity, p.Launch(replica_id, spec))
-        log.info("launching %s (%s) on %s", uid, launch.model_name,
-                 ", ".join(w.worker_id for w in chosen))
+        log.info(
+            "launching %s (%s) on %s",
+            uid,
+            launch.model_name,
+            ", ".join(w.worker_id for w in chosen),
+        )
 
     def _fresh_uid(self, name: str) -> str:
         if name not in self.models:
@@ -390,8 +447,12 @@ class Broker:
         if failed or len(model.replicas) < model.replica:
             reason = failed[0].error if failed else "its worker was lost while loading"
             for waiter in model.launch_waiters:
-                self._error(waiter.client, waiter.request_id, p.ErrorCode.MODEL_FAILED,
-                            f"model {model.uid!r} failed to load: {reason}")
+                self._error(
+                    waiter.client,
+                    waiter.request_id,
+                    p.ErrorCode.MODEL_FAILED,
+                    f"model {model.uid!r} failed to load: {reason}",
+                )
             model.launch_waiters.clear()
             self._drop_model(model, "launch failed")
         elif all(r.state == p.ModelState.READY for r in model.replicas.values()):
@@ -405,8 +466,12 @@ class Broker:
             self._unknown_model(client, message.request_id, message.model_uid)
             return
         for waiter in model.launch_waiters:
-            self._error(waiter.client, waiter.request_id, p.ErrorCode.CANCELLED,
-                        f"model {model.uid!r} was terminated while loading")
+            self._error(
+                waiter.client,
+                waiter.request_id,
+                p.ErrorCode.CANCELLED,
+                f"model {model.uid!r} was terminated while loading",
+            )
         model.launch_waiters.clear()
         self._drop_model(model, "terminated")
         self._send(client, p.Ack(message.request_id))
@@ -421,13 +486,21 @@ class Broker:
                 self._send(worker.identity, p.Terminate(replica.replica_id))
         while model.queue:
             client, submit = model.queue.popleft()
-            self._error(client, submit.request_id, p.ErrorCode.UNKNOWN_MODEL,
-                        f"model {model.uid!r} was {reason}")
+            self._error(
+                client,
+                submit.request_id,
+                p.ErrorCode.UNKNOWN_MODEL,
+                f"model {model.uid!r} was {reason}",
+            )
         for request_id, flight in list(self.in_flight.items()):
             if flight.submit.model_uid == model.uid:
                 del self.in_flight[request_id]
-                self._error(flight.client, request_id, p.ErrorCode.UNKNOWN_MODEL,
-                            f"model {model.uid!r} was {reason}")
+                self._error(
+                    flight.client,
+                    request_id,
+                    p.ErrorCode.UNKNOWN_MODEL,
+                    f"model {model.uid!r} was {reason}",
+                )
 
     # ---- descriptions -----------------------------------------------------------------
 

@@ -9,17 +9,21 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
-
 from xb.client.client import Client, ClientError
 from xb.settings import DEFAULT_ENDPOINT
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Manage and chat with the models of an xb cluster.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Manage and chat with the models of an xb cluster.",
+)
 console = Console()
 err = Console(stderr=True)
 
 _endpoint = typer.Option(
-    os.environ.get("XB_ENDPOINT", DEFAULT_ENDPOINT), "--endpoint", "-e",
+    os.environ.get("XB_ENDPOINT", DEFAULT_ENDPOINT),
+    "--endpoint",
+    "-e",
     help="REST API of the xb broker (env XB_ENDPOINT).",
 )
 _as_json = typer.Option(False, "--json", help="Print JSON for scripts.")
@@ -40,8 +44,12 @@ def _print_json(value: Any) -> None:
 
 @app.command()
 def launch(
-    model_name: str = typer.Argument(..., help="Model name: 'xb-demo', or any name with --model-path."),
-    model_path: str | None = typer.Option(None, "--model-path", "-p", help="GGUF file on the worker."),
+    model_name: str = typer.Argument(
+        ..., help="Model name: 'xb-demo', or any name with --model-path."
+    ),
+    model_path: str | None = typer.Option(
+        None, "--model-path", "-p", help="GGUF file on the worker."
+    ),
     uid: str | None = typer.Option(None, "--uid", "-u", help="Model uid (default: the name)."),
     replica: int = typer.Option(1, "--replica", "-r", help="Number of replicas."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length in tokens."),
@@ -53,8 +61,14 @@ def launch(
     with _client(endpoint) as client:
         try:
             with console.status(f"launching {model_name} ..."):
-                model_uid = client.launch_model(model_name, model_path=model_path, model_uid=uid,
-                                                replica=replica, n_ctx=n_ctx, worker=worker)
+                model_uid = client.launch_model(
+                    model_name,
+                    model_path=model_path,
+                    model_uid=uid,
+                    replica=replica,
+                    n_ctx=n_ctx,
+                    worker=worker,
+                )
         except ClientError as exc:
             raise _fail(exc) from exc
     if as_json:
@@ -78,8 +92,14 @@ def list_models(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     for m in models:
         ready = sum(r["state"] == "ready" for r in m["replicas"])
         where = ", ".join(sorted({r["worker_id"] for r in m["replicas"]}))
-        table.add_row(m["id"], m["model_name"], m["model_format"], ", ".join(m["abilities"]),
-                      f"{ready}/{m['replica']}", where)
+        table.add_row(
+            m["id"],
+            m["model_name"],
+            m["model_format"],
+            ", ".join(m["abilities"]),
+            f"{ready}/{m['replica']}",
+            where,
+        )
     console.print(table)
 
 
@@ -120,9 +140,15 @@ def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     for w in infos:
         mem = w["memory"]
         models = ", ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-"
-        table.add_row(w["worker_id"], w["host"], f"{_gib(mem['free'])}/{_gib(mem['total'])}",
-                      models, str(w["queue_depth"]), str(w["in_flight"]),
-                      f"{w['heartbeat_age']:.1f} s ago")
+        table.add_row(
+            w["worker_id"],
+            w["host"],
+            f"{_gib(mem['free'])}/{_gib(mem['total'])}",
+            models,
+            str(w["queue_depth"]),
+            str(w["in_flight"]),
+            f"{w['heartbeat_age']:.1f} s ago",
+        )
     console.print(table)
 
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-
 from xb.settings import DEFAULT_ENDPOINT
 
 
@@ -20,8 +19,9 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str = DEFAULT_ENDPOINT, api_key: str | None = None,
-                 timeout: float = 600.0) -> None:
+    def __init__(
+        self, base_url: str = DEFAULT_ENDPOINT, api_key: str | None = None, timeout: float = 600.0
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
@@ -39,7 +39,9 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ClientError(f"cannot reach xb at {self.base_url} ({exc}); is xb-broker running?") from exc
+            raise ClientError(
+                f"cannot reach xb at {self.base_url} ({exc}); is xb-broker running?"
+            ) from exc
         if response.status_code >= 400:
             raise ClientError(_error_message(response), response.status_code)
         return response.json()
@@ -64,8 +66,9 @@ class Client:
         body = {"model": model_uid, "messages": messages, **params, "stream": False}
         return dict(self._request("POST", "/v1/chat/completions", json=body))
 
-    def chat_stream(self, model_uid: str, messages: list[dict[str, str]],
-                    **params: Any) -> Iterator[str]:
+    def chat_stream(
+        self, model_uid: str, messages: list[dict[str, str]], **params: Any
+    ) -> Iterator[str]:
         """Yield the text of each streamed chunk."""
         body = {"model": model_uid, "messages": messages, **params, "stream": True}
         try:

@@ -15,6 +15,7 @@ import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,8 +82,9 @@ def write_demo_model(path: Path, config: DemoModelConfig = DemoModelConfig()) ->
     rng = np.random.default_rng(config.seed)
     big = np.float16 if config.f16 else np.float32
 
-    def matrix(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    def matrix(rows: int, cols: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        scale = np.float32(1.0 / np.sqrt(cols))
+        return rng.standard_normal((rows, cols), dtype=np.float32) * scale
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # concurrent writers do not collide

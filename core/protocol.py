@@ -68,14 +68,14 @@ class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 # ---- shared pieces -------------------------------------------------------------------
 
 
-class Memory(Struct):
+class Memory(Struct, frozen=True):
     total: int
     free: int
     gpu_total: int = 0
     gpu_free: int = 0
 
 
-class ReplicaStatus(Struct):
+class ReplicaStatus(Struct, frozen=True):
     replica_id: str
     model_uid: str
     model_name: str
@@ -86,12 +86,12 @@ class ReplicaStatus(Struct):
     abilities: list[str] = []
 
 
-class ChatMessage(Struct):
+class ChatMessage(Struct, frozen=True):
     role: str
     content: str
 
 
-class GenerateParams(Struct):
+class GenerateParams(Struct, frozen=True):
     """One generation: either ``messages`` (chat) or ``prompt`` (text completion)."""
 
     messages: list[ChatMessage] | None = None
@@ -103,13 +103,13 @@ class GenerateParams(Struct):
     seed: int | None = None
 
 
-class Usage(Struct):
+class Usage(Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class ModelSpec(Struct):
+class ModelSpec(Struct, frozen=True):
     """What a worker needs to load one replica of a model."""
 
     model_uid: str
@@ -122,7 +122,7 @@ class ModelSpec(Struct):
 # ---- worker <-> broker -----------------------------------------------------------------
 
 
-class Ready(Struct):
+class Ready(Struct, frozen=True):
     worker_id: str
     host: str
     pid: int
@@ -131,57 +131,57 @@ class Ready(Struct):
     replicas: list[ReplicaStatus] = []
 
 
-class Heartbeat(Struct):
+class Heartbeat(Struct, frozen=True):
     memory: Memory | None = None
     replicas: list[ReplicaStatus] = []
     queue_depth: int = 0
     in_flight: int = 0
 
 
-class Disconnect(Struct):
+class Disconnect(Struct, frozen=True):
     reason: str = ""
 
 
-class ModelEvent(Struct):
+class ModelEvent(Struct, frozen=True):
     """A replica changed state; sent at once rather than waiting for the next heartbeat."""
 
     status: ReplicaStatus
 
 
-class Request(Struct):
+class Request(Struct, frozen=True):
     request_id: str
     replica_id: str
     kind: Literal["chat", "completion"]
     params: GenerateParams
 
 
-class Cancel(Struct):
+class Cancel(Struct, frozen=True):
     request_id: str
 
 
-class Launch(Struct):
+class Launch(Struct, frozen=True):
     replica_id: str
     spec: ModelSpec
 
 
-class Terminate(Struct):
+class Terminate(Struct, frozen=True):
     replica_id: str
 
 
-class Partial(Struct):
+class Partial(Struct, frozen=True):
     request_id: str
     text: str
     tokens: int
 
 
-class Final(Struct):
+class Final(Struct, frozen=True):
     request_id: str
     finish_reason: str
     usage: Usage
     text: str = ""
 
 
-class Error(Struct):
+class Error(Struct, frozen=True):
     request_id: str
     code: ErrorCode
     message: str
@@ -190,14 +190,14 @@ class Error(Struct):
 # ---- facade <-> broker -----------------------------------------------------------------
 
 
-class Submit(Struct):
+class Submit(Struct, frozen=True):
     request_id: str
     model_uid: str
     kind: Literal["chat", "completion"]
     params: GenerateParams
 
 
-class LaunchModel(Struct):
+class LaunchModel(Struct, frozen=True):
     request_id: str
     model_name: str
     model_uid: str
@@ -207,33 +207,33 @@ class LaunchModel(Struct):
     worker: str | None = None
 
 
-class TerminateModel(Struct):
+class TerminateModel(Struct, frozen=True):
     request_id: str
     model_uid: str
 
 
-class ListModels(Struct):
+class ListModels(Struct, frozen=True):
     request_id: str
 
 
-class DescribeModel(Struct):
+class DescribeModel(Struct, frozen=True):
     request_id: str
     model_uid: str
 
 
-class ClusterInfo(Struct):
+class ClusterInfo(Struct, frozen=True):
     request_id: str
 
 
-class Ping(Struct):
+class Ping(Struct, frozen=True):
     request_id: str = ""
 
 
-class Pong(Struct):
+class Pong(Struct, frozen=True):
     request_id: str = ""
 
 
-class ReplicaPlace(Struct):
+class ReplicaPlace(Struct, frozen=True):
     replica_id: str
     worker_id: str
     host: str
@@ -241,7 +241,7 @@ class ReplicaPlace(Struct):
     error: str | None = None
 
 
-class ModelInfo(Struct):
+class ModelInfo(Struct, frozen=True):
     request_id: str
     model_uid: str
     model_name: str
@@ -254,12 +254,12 @@ class ModelInfo(Struct):
     created: int
 
 
-class ModelList(Struct):
+class ModelList(Struct, frozen=True):
     request_id: str
     models: list[ModelInfo]
 
 
-class WorkerInfo(Struct):
+class WorkerInfo(Struct, frozen=True):
     worker_id: str
     host: str
     pid: int
@@ -272,12 +272,12 @@ class WorkerInfo(Struct):
     served: int = 0
 
 
-class Cluster(Struct):
+class Cluster(Struct, frozen=True):
     request_id: str
     workers: list[WorkerInfo]
 
 
-class Ack(Struct):
+class Ack(Struct, frozen=True):
     request_id: str
 
 

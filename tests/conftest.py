@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,6 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-
 from xb.demo_model import DemoModelConfig, write_demo_model
 
 
@@ -47,10 +47,8 @@ def kill_tree(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> No
     except psutil.NoSuchProcess:
         children = []
     for proc in [*children]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
     if process.poll() is None:
         process.send_signal(sig)
     process.wait(10)
@@ -63,8 +61,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(models_dir: Path) -> Path:
-    """64 dims, 2 layers: answers of ~90 tokens on average, thousands of tokens per second."""
-    return write_demo_model(models_dir / "tiny.gguf")
+    """64 dims, 2 layers, thousands of tokens per second; never ends an answer by itself,
+    so every answer is exactly max_tokens long unless a stop string ends it."""
+    return write_demo_model(models_dir / "tiny.gguf", DemoModelConfig(eos_logit=-1000.0))
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +96,17 @@ class Stack:
 
     def start(self) -> None:
         self.broker = subprocess.Popen(
-            [sys.executable, "-m", "xb.broker", "--host", "127.0.0.1",
-             "--port", str(self.broker_port), "--api-port", str(self.api_port)],
+            [
+                sys.executable,
+                "-m",
+                "xb.broker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.broker_port),
+                "--api-port",
+                str(self.api_port),
+            ],
             env=self.env(),
         )
         wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200)

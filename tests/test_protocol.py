@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import pytest
-
 from xb import protocol as p
 
 pytestmark = pytest.mark.unit
 
 MESSAGES: list[p.Message] = [
-    p.Ready("w1", "host", 42, p.Memory(8, 4, 2, 1), 1,
-            [p.ReplicaStatus("m-0", "m", "name", p.ModelState.READY, abilities=["chat"])]),
+    p.Ready(
+        "w1",
+        "host",
+        42,
+        p.Memory(8, 4, 2, 1),
+        1,
+        [p.ReplicaStatus("m-0", "m", "name", p.ModelState.READY, abilities=["chat"])],
+    ),
     p.Heartbeat(p.Memory(8, 4), [], queue_depth=2, in_flight=1),
-    p.Submit("r1", "m", "chat", p.GenerateParams(messages=[p.ChatMessage("user", "hi")],
-                                                stop=["x"], seed=3)),
+    p.Submit(
+        "r1",
+        "m",
+        "chat",
+        p.GenerateParams(messages=[p.ChatMessage("user", "hi")], stop=["x"], seed=3),
+    ),
     p.Request("r1", "m-0", "completion", p.GenerateParams(prompt="hello", max_tokens=5)),
     p.Partial("r1", "text", 2),
     p.Final("r1", "length", p.Usage(3, 5, 8), "tail"),
@@ -42,8 +51,11 @@ def test_round_trip(message: p.Message) -> None:
         [p.VERSION, b"", b"\x80"],
         [p.VERSION, p.encode(p.Ping())[1], b"\xc1"],
         # A body of the wrong type for its command.
-        [p.VERSION, p.encode(p.Ready("w", "h", 1, p.Memory(1, 1), 1))[1],
-         p.encode(p.Cancel("x"))[2]],
+        [
+            p.VERSION,
+            p.encode(p.Ready("w", "h", 1, p.Memory(1, 1), 1))[1],
+            p.encode(p.Cancel("x"))[2],
+        ],
         [p.VERSION, p.encode(p.Partial("r", "t", 1))[1], b"\x93\xa1r\x01\xa1t"],
         [p.VERSION, p.encode(p.Ping())[1], b"\x81" + b"\xa1a" * 2, b"extra"],
     ],

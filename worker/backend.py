@@ -31,7 +31,7 @@ class Done:
 class Backend(ABC):
     """One loaded model. ``generate`` yields a ``Piece`` per token, then one ``Done``."""
 
-    abilities: list[str] = ["generate"]
+    abilities: tuple[str, ...] = ("generate",)
 
     @abstractmethod
     def generate(self, kind: str, params: GenerateParams) -> Iterator[Piece | Done]: ...

@@ -30,7 +30,7 @@ class LlamaBackend(Backend):
                 bos_token=self._token_text(self._llm.token_bos()),
                 stop_token_ids=[self._eos],
             )
-            self.abilities = ["generate", "chat"]
+            self.abilities = ("generate", "chat")
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -66,8 +66,13 @@ class LlamaBackend(Backend):
         produced, finish = 0, "length"
         if limit > 0:
             for token in self._llm.generate(
-                tokens, temp=params.temperature, top_p=params.top_p, top_k=40, min_p=0.05,
-                repeat_penalty=1.0, reset=True,
+                tokens,
+                temp=params.temperature,
+                top_p=params.top_p,
+                top_k=40,
+                min_p=0.05,
+                repeat_penalty=1.0,
+                reset=True,
             ):
                 if token == self._eos:
                     finish = "stop"

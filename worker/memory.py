@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import psutil
-
 from xb.protocol import Memory
 
 

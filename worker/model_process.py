@@ -16,7 +16,6 @@ from pathlib import Path
 import msgspec
 import psutil
 import zmq
-
 from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
 from xb.modelfile import estimate_memory, read_gguf_info
@@ -158,7 +157,11 @@ def main(argv: list[str]) -> int:
     sock.setsockopt(zmq.IDENTITY, replica_id.encode())
     sock.connect(address)
 
-    def event(state: p.ModelState, error: str | None = None, abilities: list[str] = []) -> None:
+    def event(
+        state: p.ModelState, error: str | None = None, abilities: list[str] | None = None
+    ) -> None:
+        if abilities is None:
+            abilities = []
         status = p.ReplicaStatus(
             replica_id, spec.model_uid, spec.model_name, state, error, abilities=abilities
         )
@@ -168,11 +171,13 @@ def main(argv: list[str]) -> int:
         backend = load_backend(spec)
     except Exception as exc:
         log.warning("load failed: %s", exc)
-        event(p.ModelState.FAILED, str(exc) if isinstance(exc, LoadError) else f"load failed: {exc}")
+        event(
+            p.ModelState.FAILED, str(exc) if isinstance(exc, LoadError) else f"load failed: {exc}"
+        )
         sock.close()
         ctx.term()
         return 1
-    event(p.ModelState.READY, abilities=backend.abilities)
+    event(p.ModelState.READY, abilities=list(backend.abilities))
     Runner(sock, backend).run()
     return 0
 

@@ -5,6 +5,7 @@ Model loading happens in the model processes, so nothing here blocks heartbeats.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 
 import msgspec
 import zmq
-
 from xb import protocol as p
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from xb.worker.memory import memory_snapshot
@@ -120,7 +120,7 @@ class Worker:
                 assert self._broker is not None
                 broker = self._broker
                 timeout = max(0.0, next_heartbeat - time.monotonic())
-                events = dict(self._poller.poll(timeout * 1000))
+                events = dict(self._poller.poll(int(timeout * 1000)))
                 if events.get(self._models):
                     self._receive_models()
                 if events.get(broker):
@@ -130,7 +130,9 @@ class Worker:
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.interval
                     if now - self._broker_seen > self.interval * HEARTBEAT_LIVENESS:
-                        log.warning("broker silent for %.1f s; reconnecting", now - self._broker_seen)
+                        log.warning(
+                            "broker silent for %.1f s; reconnecting", now - self._broker_seen
+                        )
                         self._connect()
                     else:
                         self._send_heartbeat()
@@ -238,7 +240,9 @@ class Worker:
         )
         replica = Replica(message.spec, message.replica_id, process)
         self.replicas[message.replica_id] = replica
-        log.info("loading %s (%s) in pid %d", message.replica_id, message.spec.model_name, process.pid)
+        log.info(
+            "loading %s (%s) in pid %d", message.replica_id, message.spec.model_name, process.pid
+        )
         self._send_broker(p.ModelEvent(replica.status()))
 
     def terminate(self, replica_id: str) -> None:
@@ -281,10 +285,8 @@ class Worker:
         for process in processes:
             process.wait()
         if self._broker is not None:
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 self._send_broker(p.Disconnect("worker shutting down"))
-            except zmq.ZMQError:
-                pass
             self._broker.close(linger=100)
         self._models.close(linger=0)
         self._ctx.term()

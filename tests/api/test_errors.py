@@ -39,15 +39,21 @@ HI = [{"role": "user", "content": "hi"}]
         (CHAT, {"model": "tiny"}, "messages"),
         (CHAT, {"messages": HI}, "model"),
         (CHAT, {"model": "tiny", "messages": []}, "messages"),
-        (CHAT, {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
-         "messages.0.role"),
+        (
+            CHAT,
+            {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages.0.role",
+        ),
         (CHAT, {"model": "tiny", "messages": HI, "temperature": 5}, "temperature"),
         (CHAT, {"model": "tiny", "messages": HI, "max_tokens": 0}, "max_tokens"),
         (CHAT, {"model": "tiny", "messages": HI, "max_tokens": "many"}, "max_tokens"),
         (CHAT, {"model": "tiny", "messages": HI, "n": 2}, "n"),
         (CHAT, {"model": "tiny", "messages": HI, "tools": [{"type": "function"}]}, "tools"),
-        (CHAT, {"model": "tiny", "messages": HI, "response_format": {"type": "json_object"}},
-         "response_format"),
+        (
+            CHAT,
+            {"model": "tiny", "messages": HI, "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
         ("/v1/completions", {"model": "tiny"}, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, "prompt"),
         ("/v1/models", {"model_name": "x", "replica": 0}, "replica"),
@@ -60,8 +66,9 @@ def test_invalid_bodies_are_400(url: str, path: str, body: dict[str, Any], param
 
 
 def test_malformed_json_is_400(url: str) -> None:
-    response = httpx.post(url + CHAT, content=b"{not json", timeout=10,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        url + CHAT, content=b"{not json", timeout=10, headers={"content-type": "application/json"}
+    )
     assert_error(response, 400)
 
 

@@ -6,7 +6,6 @@ import random
 from collections import Counter
 
 import pytest
-
 from xb import protocol as p
 from xb.broker.placement import PlacementError, place
 from xb.broker.routing import LeastLoaded
@@ -21,8 +20,9 @@ def replica(name: str, in_flight: int = 0) -> Replica:
 
 
 def worker(name: str, free_gib: float) -> WorkerEntry:
-    return WorkerEntry(name.encode(), name, "host", 1, p.Memory(64 * GIB, int(free_gib * GIB)),
-                       1, 0.0)
+    return WorkerEntry(
+        name.encode(), name, "host", 1, p.Memory(64 * GIB, int(free_gib * GIB)), 1, 0.0
+    )
 
 
 def test_least_loaded_picks_the_idle_replica() -> None:

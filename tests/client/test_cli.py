@@ -20,14 +20,18 @@ pytestmark = pytest.mark.e2e
 def xb(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "xb.client", *args, "--endpoint", stack.url],
-        input=stdin, capture_output=True, text=True, timeout=60,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**stack.env(), "COLUMNS": "200"},  # tables wider than the default 80 stay on one line
     )
 
 
 def test_launch_list_chat_workers_terminate(module_stack: Stack, tiny_model: Path) -> None:
-    launched = xb(module_stack, "launch", "tiny", "--model-path", str(tiny_model), "--uid", "cli",
-                  "--json")
+    launched = xb(
+        module_stack, "launch", "tiny", "--model-path", str(tiny_model), "--uid", "cli", "--json"
+    )
     assert launched.returncode == 0, launched.stderr
     assert json.loads(launched.stdout) == {"model_uid": "cli"}
 
@@ -62,8 +66,17 @@ def test_errors_are_clear_and_exit_nonzero(module_stack: Stack) -> None:
 
 def test_unreachable_endpoint() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "xb.client", "list", "--endpoint", f"http://127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "xb.client",
+            "list",
+            "--endpoint",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert "cannot reach xb" in result.stderr
@@ -74,8 +87,18 @@ def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
     api = free_port()
     env = {**os.environ, "XB_HOME": str(tmp_path)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "xb.broker", "--local", "--launch", "xb-demo",
-         "--port", str(free_port()), "--api-port", str(api)],
+        [
+            sys.executable,
+            "-m",
+            "xb.broker",
+            "--local",
+            "--launch",
+            "xb-demo",
+            "--port",
+            str(free_port()),
+            "--api-port",
+            str(api),
+        ],
         env=env,
     )
     try:
@@ -83,8 +106,9 @@ def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
 
         def demo_ready() -> bool:
             models = httpx.get(url + "/v1/models", timeout=2).json()["data"]
-            return any(m["id"] == "xb-demo" and m["replicas"][0]["state"] == "ready"
-                       for m in models)
+            return any(
+                m["id"] == "xb-demo" and m["replicas"][0]["state"] == "ready" for m in models
+            )
 
         wait_until(demo_ready, timeout=60)
         assert (tmp_path / "models" / "xb-demo.gguf").exists()

@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 import zmq
+from xb import protocol as p
 
 from tests.conftest import Stack, wait_until
-from xb import protocol as p
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +34,7 @@ def test_forty_concurrent_requests_share_two_workers(
 
     async def run() -> list[int]:
         client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+
         async def one(i: int) -> int:
             reply = await client.chat.completions.create(
                 model=uid, messages=[{"role": "user", "content": f"question {i}"}], max_tokens=24
@@ -41,13 +42,14 @@ def test_forty_concurrent_requests_share_two_workers(
             assert reply.usage is not None
             assert reply.choices[0].finish_reason in ("stop", "length")
             return reply.usage.completion_tokens
+
         try:
             return await asyncio.gather(*(one(i) for i in range(40)))
         finally:
             await client.close()
 
     tokens = asyncio.run(run())
-    assert len(tokens) == 40 and sum(tokens) > 40  # the model may end an answer at once
+    assert tokens == [24] * 40
     served = {w["worker_id"]: w["served"] - before[w["worker_id"]] for w in stack.cluster()}
     assert sum(served.values()) == 40
     assert min(served.values()) >= 14, served  # a fair share is 20 each
@@ -62,7 +64,9 @@ def test_worker_killed_mid_stream_ends_the_stream_with_an_error(
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096, worker=victim_id)
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
     stream = client.chat.completions.create(
-        model="endless", messages=[{"role": "user", "content": "go"}], max_tokens=4000,
+        model="endless",
+        messages=[{"role": "user", "content": "go"}],
+        max_tokens=4000,
         stream=True,
     )
     chunks = iter(stream)
@@ -99,9 +103,13 @@ def test_malformed_frames_do_not_hurt_the_broker(
             [b"XB9", b"\x01", b"\x80"],
             [p.VERSION, b"\xff", b"\x00"],
             [p.VERSION, b"\x0c", b"not msgpack at all \xc1"],
-            [p.VERSION, p.encode(p.Submit("r", "tiny", "chat", p.GenerateParams()))[1], b"\x93\x01"],
+            [
+                p.VERSION,
+                p.encode(p.Submit("r", "tiny", "chat", p.GenerateParams()))[1],
+                b"\x93\x01",
+            ],
             p.encode(p.Final("nobody", "stop", p.Usage(0, 0, 0))),
-            p.encode(p.Ready("fake", "h", 1, p.Memory(1, 1), 1))[:2] + [b"\x00" * 64],
+            [*p.encode(p.Ready("fake", "h", 1, p.Memory(1, 1), 1))[:2], b"\x00" * 64],
             [p.VERSION, b"\x0c", b"x" * 100_000],
         ]
         for frames in garbage:
@@ -126,8 +134,12 @@ def test_client_disconnect_cancels_generation(
 ) -> None:
     stack = make_stack(1)
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
-    body = {"model": "endless", "messages": [{"role": "user", "content": "go"}],
-            "max_tokens": 4000, "stream": True}
+    body = {
+        "model": "endless",
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 4000,
+        "stream": True,
+    }
 
     def in_flight() -> int:
         return sum(r["in_flight"] for w in stack.cluster() for r in w["replicas"])
