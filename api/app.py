@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 from xb import __version__
 from xb import protocol as p
 from xb.api import errors

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Callable
 
 import zmq
 import zmq.asyncio
+
 from xb import protocol as p
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 

@@ -8,6 +8,7 @@ import sys
 
 import typer
 import uvicorn
+
 from xb.api.app import create_app
 from xb.broker.server import Broker, serve_in_thread
 from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import zmq
+
 from xb import protocol as p
 from xb.broker.placement import PlacementError, place
 from xb.broker.routing import LeastLoaded, RoutingPolicy

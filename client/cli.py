@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from xb.client.client import Client, ClientError
 from xb.settings import DEFAULT_ENDPOINT
 

@@ -2,56 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
-import psutil
 import pytest
+
+from tests.stack import Stack
 from xb.demo_model import DemoModelConfig, write_demo_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.TransportError, ConnectionError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
-
-
-def kill_tree(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    try:
-        children = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    for proc in [*children]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(sig)
-    if process.poll() is None:
-        process.send_signal(sig)
-    process.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -71,70 +28,6 @@ def endless_model(models_dir: Path) -> Path:
     """Never emits end-of-sequence and is slow enough that a stream lasts seconds."""
     config = DemoModelConfig(n_embd=256, n_layer=6, n_head=4, n_ff=512, eos_logit=-1000.0)
     return write_demo_model(models_dir / "endless.gguf", config)
-
-
-@dataclass
-class Stack:
-    """A real xb-broker (with its facade) and any number of xb-worker processes."""
-
-    home: Path
-    broker_port: int = field(default_factory=free_port)
-    api_port: int = field(default_factory=free_port)
-    broker: subprocess.Popen[bytes] | None = None
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def broker_address(self) -> str:
-        return f"tcp://127.0.0.1:{self.broker_port}"
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "XB_HOME": str(self.home)}
-
-    def start(self) -> None:
-        self.broker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xb.broker",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.broker_port),
-                "--api-port",
-                str(self.api_port),
-            ],
-            env=self.env(),
-        )
-        wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200)
-
-    def add_worker(self) -> subprocess.Popen[bytes]:
-        before = {w["worker_id"] for w in self.cluster()}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "xb.worker", "--broker", self.broker_address], env=self.env()
-        )
-        self.workers.append(worker)
-        wait_until(lambda: len({w["worker_id"] for w in self.cluster()} - before) == 1)
-        return worker
-
-    def worker_id(self, worker: subprocess.Popen[bytes]) -> str:
-        return next(w["worker_id"] for w in self.cluster() if w["pid"] == worker.pid)
-
-    def cluster(self) -> list[dict[str, Any]]:
-        return list(httpx.get(self.url + "/v1/cluster/info", timeout=5).json())
-
-    def launch(self, **body: Any) -> str:
-        response = httpx.post(self.url + "/v1/models", json=body, timeout=60)
-        assert response.status_code == 200, response.text
-        return str(response.json()["model_uid"])
-
-    def stop(self) -> None:
-        for process in [*self.workers, self.broker]:
-            if process is not None:
-                kill_tree(process)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from xb import protocol as p
 
 pytestmark = pytest.mark.unit

@@ -7,6 +7,7 @@ import signal
 from types import FrameType
 
 import typer
+
 from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
 from xb.worker.server import Worker
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 import psutil
 import zmq
+
 from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
 from xb.modelfile import estimate_memory, read_gguf_info

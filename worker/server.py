@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 import zmq
+
 from xb import protocol as p
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from xb.worker.memory import memory_snapshot

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from xb import protocol as p
 from xb.broker.placement import PlacementError, place
 from xb.broker.routing import LeastLoaded

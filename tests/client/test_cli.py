@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Stack, free_port, kill_tree, wait_until
+from tests.stack import Stack, free_port, kill_tree, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 import zmq
-from xb import protocol as p
 
-from tests.conftest import Stack, wait_until
+from tests.stack import Stack, wait_until
+from xb import protocol as p
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from xb.protocol import ChatMessage, GenerateParams
 from xb.worker.backend import BackendError, Done, Piece, StopText
 from xb.worker.llama_backend import LlamaBackend
