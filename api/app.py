@@ -86,6 +86,7 @@ def _model_entry(info: p.ModelInfo) -> dict[str, Any]:
         "abilities": info.abilities,
         "replica": info.replica,
         "replicas": msgspec.to_builtins(info.replicas),
+        "queued": info.queued,
     }
 
 

@@ -10,7 +10,7 @@ import typer
 import uvicorn
 
 from xb.api.app import create_app
-from xb.broker.server import Broker, serve_in_thread
+from xb.broker.server import DEFAULT_MAX_QUEUE, Broker, serve_in_thread
 from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
 
 app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
@@ -30,9 +30,15 @@ def run(
     heartbeat_interval: float = typer.Option(
         HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between heartbeats."
     ),
+    max_queue: int = typer.Option(
+        DEFAULT_MAX_QUEUE,
+        "--max-queue",
+        min=0,
+        help="Requests that may wait per model when every replica is busy; then 429.",
+    ),
 ) -> None:
     """Serve the broker on HOST:PORT and the API on API_HOST:API_PORT."""
-    serve(host, port, api_host, api_port, local, launch, heartbeat_interval)
+    serve(host, port, api_host, api_port, local, launch, heartbeat_interval, max_queue)
 
 
 def serve(
@@ -43,9 +49,12 @@ def serve(
     local: bool,
     launch: list[str],
     heartbeat_interval: float,
+    max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    broker = Broker(f"tcp://{host}:{port}", heartbeat_interval=heartbeat_interval)
+    broker = Broker(
+        f"tcp://{host}:{port}", heartbeat_interval=heartbeat_interval, max_queue=max_queue
+    )
     thread = serve_in_thread(broker)
     reach = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
     address = f"tcp://{reach}:{port}"

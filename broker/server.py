@@ -48,6 +48,8 @@ class Broker:
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_BODY_BYTES + 4096)
+        # A worker that reconnects with its old identity takes over from its stale connection.
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._sock.bind(bind)
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -137,8 +139,17 @@ class Broker:
             )
 
     def _register(self, identity: bytes, ready: p.Ready) -> None:
-        if identity in self.workers:
-            self._remove_worker(identity, "worker re-announced itself")
+        known = self.workers.get(identity)
+        if known is not None and known.pid != ready.pid:
+            self._remove_worker(identity, "worker restarted")
+        elif known is not None:
+            # The same worker announcing again (it lost touch with us): keep what still runs.
+            hosted = {status.replica_id for status in ready.replicas}
+            self._forget_replicas(identity, keep=hosted)
+            known.memory, known.last_seen = ready.memory, time.monotonic()
+            for status in ready.replicas:
+                self._apply_status(known, status, adopt=True)
+            return
         self.workers[identity] = WorkerEntry(
             identity=identity,
             worker_id=ready.worker_id,
@@ -224,15 +235,24 @@ class Broker:
     def _remove_worker(self, identity: bytes, reason: str) -> None:
         worker = self.workers.pop(identity)
         log.warning("dropping worker %s: %s", worker.worker_id, reason)
+        self._forget_replicas(identity, set(), reason)
+
+    def _forget_replicas(self, identity: bytes, keep: set[str], reason: str = "") -> None:
+        """Drop the replicas on worker ``identity`` not in ``keep``, and end their requests."""
+        reason = reason or "the worker no longer hosts its replica"
         touched: list[Model] = []
+        lost: set[str] = set()
         for model in self.models.values():
-            gone = [rid for rid, r in model.replicas.items() if r.worker == identity]
+            gone = [
+                rid for rid, r in model.replicas.items() if r.worker == identity and rid not in keep
+            ]
             for rid in gone:
                 del model.replicas[rid]
+            lost.update(gone)
             if gone:
                 touched.append(model)
         for request_id, flight in list(self.in_flight.items()):
-            if flight.worker != identity:
+            if flight.replica_id not in lost:
                 continue
             del self.in_flight[request_id]
             owner = self.models.get(flight.submit.model_uid)
@@ -529,6 +549,7 @@ class Broker:
             replica=model.replica,
             replicas=places,
             created=model.created,
+            queued=len(model.queue),
         )
 
     def _cluster(self, request_id: str) -> p.Cluster:

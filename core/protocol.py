@@ -252,6 +252,7 @@ class ModelInfo(Struct, frozen=True):
     replica: int
     replicas: list[ReplicaPlace]
     created: int
+    queued: int = 0
 
 
 class ModelList(Struct, frozen=True):

@@ -31,12 +31,12 @@ def endless_model(models_dir: Path) -> Path:
 
 
 @pytest.fixture
-def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], Stack]]:
+def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
     """Start a stack with N workers; every process is killed when the test ends."""
     stacks: list[Stack] = []
 
-    def make(n_workers: int = 1) -> Stack:
-        stack = Stack(home=tmp_path_factory.mktemp("xbhome"))
+    def make(n_workers: int = 1, *broker_args: str) -> Stack:
+        stack = Stack(home=tmp_path_factory.mktemp("xbhome"), broker_args=list(broker_args))
         stacks.append(stack)
         stack.start()
         for _ in range(n_workers):

@@ -59,6 +59,7 @@ class Stack:
     home: Path
     broker_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    broker_args: list[str] = field(default_factory=list)
     broker: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -85,6 +86,7 @@ class Stack:
                 str(self.broker_port),
                 "--api-port",
                 str(self.api_port),
+                *self.broker_args,
             ],
             env=self.env(),
         )

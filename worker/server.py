@@ -89,6 +89,9 @@ class Worker:
         self._poller.register(sock, zmq.POLLIN)
         self._broker = sock
         self._broker_seen = time.monotonic()
+        self._announce()
+
+    def _announce(self) -> None:
         self._send_broker(
             p.Ready(
                 worker_id=self.worker_id,
@@ -103,7 +106,10 @@ class Worker:
 
     def _send_broker(self, message: p.Message) -> None:
         assert self._broker is not None
-        self._broker.send_multipart(p.encode(message))
+        try:
+            self._broker.send_multipart(p.encode(message), zmq.NOBLOCK)
+        except zmq.Again:  # the broker has been away long enough to fill the queue
+            log.warning("broker unreachable; dropped %s", type(message).__name__)
 
     def _send_model(self, replica_id: str, message: p.Message) -> None:
         self._models.send_multipart([replica_id.encode(), *p.encode(message)])
@@ -206,7 +212,7 @@ class Worker:
             self.terminate(message.replica_id)
         elif isinstance(message, p.Disconnect):
             log.info("broker asked us to re-announce: %s", message.reason)
-            self._connect()
+            self._announce()
         elif not isinstance(message, p.Heartbeat):
             log.warning("unexpected %s from broker dropped", type(message).__name__)
 

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -13,14 +14,14 @@ import openai
 import pytest
 import zmq
 
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, kill_tree, wait_until
 from xb import protocol as p
 
 pytestmark = pytest.mark.e2e
 
 
 def test_forty_concurrent_requests_share_two_workers(
-    make_stack: Callable[[int], Stack], tiny_model: Path
+    make_stack: Callable[..., Stack], tiny_model: Path
 ) -> None:
     stack = make_stack(2)
     first, second = (stack.worker_id(w) for w in stack.workers)
@@ -56,7 +57,7 @@ def test_forty_concurrent_requests_share_two_workers(
 
 
 def test_worker_killed_mid_stream_ends_the_stream_with_an_error(
-    make_stack: Callable[[int], Stack], endless_model: Path
+    make_stack: Callable[..., Stack], endless_model: Path
 ) -> None:
     stack = make_stack(2)
     victim, survivor = stack.workers
@@ -88,7 +89,7 @@ def test_worker_killed_mid_stream_ends_the_stream_with_an_error(
 
 
 def test_malformed_frames_do_not_hurt_the_broker(
-    make_stack: Callable[[int], Stack], tiny_model: Path
+    make_stack: Callable[..., Stack], tiny_model: Path
 ) -> None:
     stack = make_stack(1)
     stack.launch(model_name="tiny", model_path=str(tiny_model))
@@ -130,7 +131,7 @@ def test_malformed_frames_do_not_hurt_the_broker(
 
 
 def test_client_disconnect_cancels_generation(
-    make_stack: Callable[[int], Stack], endless_model: Path
+    make_stack: Callable[..., Stack], endless_model: Path
 ) -> None:
     stack = make_stack(1)
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
@@ -152,3 +153,55 @@ def test_client_disconnect_cancels_generation(
     # 4000 tokens take several seconds on this model; a cancelled request frees its slot at once.
     wait_until(lambda: in_flight() == 0, timeout=2.0)
     assert time.monotonic() - closed < 2.0
+
+
+def test_full_queue_is_429_with_retry_after(
+    make_stack: Callable[..., Stack], endless_model: Path
+) -> None:
+    stack = make_stack(1, "--max-queue", "1")
+    stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
+    long = {
+        "model": "endless",
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 4000,
+        "stream": True,
+    }
+    short = {"model": "endless", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with (
+        httpx.Client(base_url=stack.url, timeout=60) as http,
+        http.stream("POST", "/v1/chat/completions", json=long) as busy,
+    ):
+        lines = busy.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(http.post, "/v1/chat/completions", json=short)
+            wait_until(lambda: httpx.get(f"{stack.url}/v1/models/endless").json()["queued"] == 1)
+            refused = http.post("/v1/chat/completions", json=short)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["code"] == "queue_full"
+            lines.close()  # the long stream goes away; the queued request runs
+            busy.close()
+            assert waiting.result(timeout=30).status_code == 200
+
+
+def test_broker_restart_rebuilds_its_table_from_workers(
+    make_stack: Callable[..., Stack], tiny_model: Path
+) -> None:
+    stack = make_stack(1)
+    stack.launch(model_name="tiny", model_path=str(tiny_model))
+    assert stack.broker is not None
+    kill_tree(stack.broker)  # the broker only; the worker keeps its model process
+    stack.start()
+
+    def tiny_ready() -> bool:
+        models = httpx.get(stack.url + "/v1/models", timeout=2).json()["data"]
+        return [r["state"] for m in models if m["id"] == "tiny" for r in m["replicas"]] == ["ready"]
+
+    wait_until(tiny_ready, timeout=10)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "back?"}], max_tokens=4
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    assert len(stack.cluster()) == 1
