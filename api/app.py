@@ -23,7 +23,7 @@ from xb.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     LaunchRequest,
-    _Sampling,
+    SamplingParams,
 )
 from xb.settings import HEARTBEAT_INTERVAL
 
@@ -41,7 +41,7 @@ def _fail(message: p.Message) -> APIError:
     )
 
 
-def _check_supported(body: _Sampling) -> None:
+def _check_supported(body: SamplingParams) -> None:
     extra = body.model_extra or {}
     for name, value in extra.items():
         if name in UNSUPPORTED:
@@ -58,7 +58,7 @@ def _check_supported(body: _Sampling) -> None:
         raise APIError(400, "only n=1 is supported", param="n", code="unsupported_parameter")
 
 
-def _params(body: _Sampling, **fields: Any) -> p.GenerateParams:
+def _params(body: SamplingParams, **fields: Any) -> p.GenerateParams:
     _check_supported(body)
     return p.GenerateParams(
         max_tokens=fields.pop("max_tokens", None) or body.max_tokens,

@@ -29,7 +29,7 @@ class ChatMessageIn(BaseModel):
         return self.content or ""
 
 
-class _Sampling(_Body):
+class SamplingParams(_Body):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -46,12 +46,12 @@ class _Sampling(_Body):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingParams):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingParams):
     prompt: str | list[str]
 
 

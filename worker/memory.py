@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import psutil
 
 from xb.protocol import Memory
 
 
-def _gpu_memory() -> tuple[int, int]:
+@functools.cache
+def _nvml() -> Any | None:
+    """The initialised NVML module, or None where there is no library, driver or GPU."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # no library, no driver or no GPU: report none
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return None
+    except Exception:
+        return None
+    return pynvml
+
+
+def _gpu_memory() -> tuple[int, int]:
+    nvml = _nvml()
+    if nvml is None:
         return 0, 0
-    try:
-        total = free = 0
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
-            total += int(info.total)
-            free += int(info.free)
-        return total, free
-    finally:
-        pynvml.nvmlShutdown()
+    total = free = 0
+    for index in range(nvml.nvmlDeviceGetCount()):
+        info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index))
+        total += int(info.total)
+        free += int(info.free)
+    return total, free
 
 
 def memory_snapshot(limit: int | None = None) -> Memory:

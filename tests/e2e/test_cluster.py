@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import zmq
 
@@ -205,3 +206,39 @@ def test_broker_restart_rebuilds_its_table_from_workers(
     )
     assert reply.usage is not None and reply.usage.completion_tokens == 4
     assert len(stack.cluster()) == 1
+
+
+def test_a_crashed_model_process_fails_its_replica_not_the_worker(
+    make_stack: Callable[..., Stack], endless_model: Path, tiny_model: Path
+) -> None:
+    stack = make_stack(1)
+    (worker,) = stack.workers
+    stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
+    stack.launch(model_name="tiny", model_path=str(tiny_model))
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    stream = iter(
+        client.chat.completions.create(
+            model="endless",
+            messages=[{"role": "user", "content": "go"}],
+            max_tokens=4000,
+            stream=True,
+        )
+    )
+    next(stream)
+    model_processes = psutil.Process(worker.pid).children()
+    assert len(model_processes) == 2
+    victim = next(p for p in model_processes if "endless-0" in p.cmdline())
+    victim.send_signal(signal.SIGKILL)  # as a native abort in llama.cpp would
+    with pytest.raises(openai.APIError, match="exited"):
+        for _ in stream:
+            pass
+    states = {r["model_uid"]: r["state"] for w in stack.cluster() for r in w["replicas"]}
+    assert states == {"endless": "failed", "tiny": "ready"}
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="endless", messages=[{"role": "user", "content": "x"}])
+    assert refused.value.status_code == 503
+    assert worker.poll() is None
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "fine?"}], max_tokens=3
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 3

@@ -7,9 +7,10 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -176,7 +177,15 @@ def test_duplicate_uid_is_refused(served: dict[str, Any], tiny_model: Path) -> N
 def test_terminate_removes_the_model(served: dict[str, Any], tiny_model: Path) -> None:
     stack: Stack = served["stack"]
     uid = stack.launch(model_name="tiny", model_path=str(tiny_model), model_uid="doomed", n_ctx=256)
+    (worker,) = stack.workers
+
+    def model_processes() -> list[psutil.Process]:
+        children = psutil.Process(worker.pid).children()
+        return [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    (doomed,) = [c for c in model_processes() if "doomed-0" in c.cmdline()]
     assert httpx.delete(f"{stack.url}/v1/models/{uid}").status_code == 200
+    wait_until(lambda: doomed not in model_processes(), timeout=10)  # its memory is freed
     assert uid not in [m.id for m in served["client"].models.list().data]
     assert httpx.get(f"{stack.url}/v1/models/{uid}").status_code == 404
     assert httpx.delete(f"{stack.url}/v1/models/{uid}").status_code == 404
