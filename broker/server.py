@@ -341,14 +341,6 @@ class Broker:
         if model is None:
             self._unknown_model(client, submit.request_id, submit.model_uid)
             return
-        if not model.ready() and not model.loading():
-            self._error(
-                client,
-                submit.request_id,
-                p.ErrorCode.NO_REPLICA,
-                f"model {model.uid!r} has no ready replica",
-            )
-            return
         if len(model.queue) >= self.max_queue:
             self._error(
                 client,
@@ -358,7 +350,7 @@ class Broker:
             )
             return
         model.queue.append((client, submit))
-        self.dispatch(model)
+        self.dispatch(model)  # which also refuses it when no replica is ready or loading
 
     def _cancel(self, request_id: str) -> None:
         flight = self.in_flight.get(request_id)

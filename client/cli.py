@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,21 +22,26 @@ console = Console()
 err = Console(stderr=True)
 
 _endpoint = typer.Option(
-    os.environ.get("XB_ENDPOINT", DEFAULT_ENDPOINT),
-    "--endpoint",
-    "-e",
-    help="REST API of the xb broker (env XB_ENDPOINT).",
+    DEFAULT_ENDPOINT, "--endpoint", "-e", envvar="XB_ENDPOINT", help="REST API of the xb broker."
 )
 _as_json = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
-def _client(endpoint: str) -> Client:
-    return Client(endpoint)
+T = TypeVar("T")
 
 
 def _fail(exc: ClientError) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}")
     return typer.Exit(1)
+
+
+def _call(endpoint: str, action: Callable[[Client], T]) -> T:
+    """Run ``action`` with a client; an API error ends the command with exit code 1."""
+    with Client(endpoint) as client:
+        try:
+            return action(client)
+        except ClientError as exc:
+            raise _fail(exc) from exc
 
 
 def _print_json(value: Any) -> None:
@@ -59,19 +64,18 @@ def launch(
     as_json: bool = _as_json,
 ) -> None:
     """Launch a model and wait until it is ready."""
-    with _client(endpoint) as client:
-        try:
-            with console.status(f"launching {model_name} ..."):
-                model_uid = client.launch_model(
-                    model_name,
-                    model_path=model_path,
-                    model_uid=uid,
-                    replica=replica,
-                    n_ctx=n_ctx,
-                    worker=worker,
-                )
-        except ClientError as exc:
-            raise _fail(exc) from exc
+    with console.status(f"launching {model_name} ..."):
+        model_uid = _call(
+            endpoint,
+            lambda client: client.launch_model(
+                model_name,
+                model_path=model_path,
+                model_uid=uid,
+                replica=replica,
+                n_ctx=n_ctx,
+                worker=worker,
+            ),
+        )
     if as_json:
         _print_json({"model_uid": model_uid})
     else:
@@ -81,11 +85,7 @@ def launch(
 @app.command("list")
 def list_models(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     """List running models."""
-    with _client(endpoint) as client:
-        try:
-            models = client.list_models()
-        except ClientError as exc:
-            raise _fail(exc) from exc
+    models = _call(endpoint, Client.list_models)
     if as_json:
         _print_json(models)
         return
@@ -114,11 +114,7 @@ def terminate(
     uid = model_uid or model_uid_option
     if not uid:
         raise typer.BadParameter("give the model uid")
-    with _client(endpoint) as client:
-        try:
-            client.terminate_model(uid)
-        except ClientError as exc:
-            raise _fail(exc) from exc
+    _call(endpoint, lambda client: client.terminate_model(uid))
     console.print(f"model [bold]{uid}[/bold] terminated")
 
 
@@ -129,11 +125,7 @@ def _gib(n: int) -> str:
 @app.command()
 def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     """List workers with their memory, models and load."""
-    with _client(endpoint) as client:
-        try:
-            infos = client.cluster_info()
-        except ClientError as exc:
-            raise _fail(exc) from exc
+    infos = _call(endpoint, Client.cluster_info)
     if as_json:
         _print_json(infos)
         return
@@ -167,7 +159,7 @@ def chat(
     params: dict[str, Any] = {"max_tokens": max_tokens}
     if temperature is not None:
         params["temperature"] = temperature
-    with _client(endpoint) as client:
+    with Client(endpoint) as client:
         while True:
             if message is not None:
                 text = message
