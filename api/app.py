@@ -3,90 +3,89 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from xb import __version__
 from xb import protocol as p
-from xb.api import errors
+from xb.api import convert, errors
 from xb.api.bridge import BrokerBridge, new_request_id
 from xb.api.errors import APIError
+from xb.api.metrics import Metrics
 from xb.api.schemas import (
-    UNSUPPORTED,
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     LaunchRequest,
-    SamplingParams,
+    ScaleRequest,
 )
+from xb.api.streaming import Generation, fail
 from xb.settings import HEARTBEAT_INTERVAL
 
 log = logging.getLogger("xb.api")
 
-LLAMA_TEMPERATURE, LLAMA_TOP_P = 0.8, 0.95  # llama.cpp's defaults, which its users expect
-_json = msgspec.json.Encoder()
+LLAMA_ENGINES = {"llama.cpp", "llama-cpp", "llama_cpp", "llama-cpp-python"}
+GGUF_FORMATS = {"gguf", "ggufv2"}
 
 
-def _fail(message: p.Message) -> APIError:
-    if isinstance(message, p.Error):
-        return APIError.from_code(message.code, message.message)
-    return APIError(
-        500, f"unexpected {type(message).__name__} from the broker", type="server_error"
+def launch_message(body: LaunchRequest, request_id: str) -> p.LaunchModel:
+    """The protocol launch for Xinference's launch body; refuses what xb cannot honour."""
+    if body.model_engine is not None and body.model_engine.lower() not in LLAMA_ENGINES:
+        raise APIError(
+            400,
+            f"model_engine {body.model_engine!r} is not available; xb runs llama.cpp",
+            param="model_engine",
+        )
+    if body.model_format is not None and body.model_format.lower() not in GGUF_FORMATS:
+        raise APIError(
+            400,
+            f"model_format {body.model_format!r} is not served; use gguf",
+            param="model_format",
+        )
+    n_gpu_layers = body.n_gpu_layers
+    if n_gpu_layers is None:
+        n_gpu_layers = 0 if body.n_gpu == 0 else -1  # -1: every layer on the GPU, if built so
+    extra = dict(body.model_extra or {})
+    if extra:
+        log.info("passing launch fields %s to the engine", sorted(extra))
+    return p.LaunchModel(
+        request_id=request_id,
+        model_name=body.model_name,
+        model_uid=body.model_uid or "",
+        model_path=body.model_path,
+        replica=body.replica,
+        n_ctx=body.n_ctx,
+        worker=body.worker or body.worker_ip,
+        model_type=body.model_type,
+        n_gpu_layers=n_gpu_layers,
+        engine_kwargs=json.dumps(extra),
+        wait_ready=body.wait_ready,
+        request_limits=body.request_limits,
     )
 
 
-def _check_supported(body: SamplingParams) -> None:
-    extra = body.model_extra or {}
-    for name, value in extra.items():
-        if name in UNSUPPORTED:
-            if value in (None, False, UNSUPPORTED[name]) or value == {"type": "text"}:
-                continue
-            raise APIError(
-                400,
-                f"parameter '{name}' is not supported yet",
-                param=name,
-                code="unsupported_parameter",
-            )
-        log.info("ignoring unknown request field %r", name)
-    if body.n != 1:
-        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_parameter")
-
-
-def _params(body: SamplingParams, **fields: Any) -> p.GenerateParams:
-    _check_supported(body)
-    return p.GenerateParams(
-        max_tokens=fields.pop("max_tokens", None) or body.max_tokens,
-        temperature=LLAMA_TEMPERATURE if body.temperature is None else body.temperature,
-        top_p=LLAMA_TOP_P if body.top_p is None else body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
-        **fields,
-    )
-
-
-def _model_entry(info: p.ModelInfo) -> dict[str, Any]:
-    """One model as both the OpenAI model object and Xinference's description."""
+def progress(info: p.ModelInfo) -> dict[str, object]:
+    states = [r.state for r in info.replicas]
+    ready = sum(s == p.ModelState.READY for s in states)
+    if any(s == p.ModelState.FAILED for s in states):
+        stage = "failed"
+    elif states and ready == len(states):
+        stage = "ready"
+    else:
+        stage = "loading"
+    errors_ = [r.error for r in info.replicas if r.error]
     return {
-        "id": info.model_uid,
-        "object": "model",
-        "created": info.created,
-        "owned_by": "xb",
         "model_uid": info.model_uid,
-        "model_name": info.model_name,
-        "model_type": "LLM",
-        "model_format": info.model_format,
-        "model_path": info.model_path,
-        "n_ctx": info.n_ctx,
-        "abilities": info.abilities,
-        "replica": info.replica,
-        "replicas": msgspec.to_builtins(info.replicas),
-        "queued": info.queued,
+        "stage": stage,
+        "progress": ready / len(states) if states else 0.0,
+        "replicas": {"ready": ready, "total": len(states)},
+        "error": errors_[0] if errors_ else None,
     }
 
 
@@ -97,6 +96,7 @@ def create_app(
     launch_on_start: list[str] | None = None,
 ) -> FastAPI:
     bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,10 +112,20 @@ def create_app(
     app.state.bridge = bridge
     errors.install(app)
 
-    async def call(make: Any, timeout: float | None = 30.0) -> p.Message:
-        return await bridge.call(make, timeout)
+    async def call(
+        make: Callable[[str], p.Message], expect: type[p.Message], timeout: float | None = 30.0
+    ) -> p.Message:
+        reply = await bridge.call(make, timeout)
+        if not isinstance(reply, expect):
+            raise fail(reply)
+        return reply
 
-    # ---- health and cluster -----------------------------------------------------------
+    async def describe(uid: str) -> p.ModelInfo:
+        reply = await call(lambda rid: p.DescribeModel(rid, uid), p.ModelInfo)
+        assert isinstance(reply, p.ModelInfo)
+        return reply
+
+    # ---- health, cluster, metrics -----------------------------------------------------
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -125,87 +135,147 @@ def create_app(
 
     @app.get("/v1/cluster/info")
     async def cluster_info() -> Response:
-        reply = await call(lambda rid: p.ClusterInfo(rid))
-        if not isinstance(reply, p.Cluster):
-            raise _fail(reply)
-        return Response(_json.encode(reply.workers), media_type="application/json")
+        reply = await call(lambda rid: p.ClusterInfo(rid), p.Cluster)
+        assert isinstance(reply, p.Cluster)
+        return Response(msgspec.json.encode(reply.workers), media_type="application/json")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        models = await call(lambda rid: p.ListModels(rid), p.ModelList)
+        cluster = await call(lambda rid: p.ClusterInfo(rid), p.Cluster)
+        assert isinstance(models, p.ModelList) and isinstance(cluster, p.Cluster)
+        body = metrics.render(models.models, cluster.workers)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ---- management -------------------------------------------------------------------
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        reply = await call(lambda rid: p.ListModels(rid))
-        if not isinstance(reply, p.ModelList):
-            raise _fail(reply)
-        return JSONResponse({"object": "list", "data": [_model_entry(m) for m in reply.models]})
+        reply = await call(lambda rid: p.ListModels(rid), p.ModelList)
+        assert isinstance(reply, p.ModelList)
+        data = [convert.model_entry(m) for m in reply.models]
+        return JSONResponse({"object": "list", "data": data})
 
     @app.post("/v1/models")
     async def launch_model(body: LaunchRequest) -> JSONResponse:
-        if body.model_extra:
-            log.info("ignoring unknown launch fields %s", sorted(body.model_extra))
-        reply = await call(
-            lambda rid: p.LaunchModel(
-                request_id=rid,
-                model_name=body.model_name,
-                model_uid=body.model_uid or "",
-                model_path=body.model_path,
-                replica=body.replica,
-                n_ctx=body.n_ctx,
-                worker=body.worker,
-            ),
-            timeout=None,  # loading takes as long as it takes; a dead broker still ends it
-        )
+        # Loading takes as long as it takes; a dead broker still ends the wait.
+        reply = await bridge.call(lambda rid: launch_message(body, rid), timeout=None)
         if isinstance(reply, p.Error) and reply.code == p.ErrorCode.MODEL_FAILED:
             raise APIError(400, reply.message, code=reply.code.value)  # the file was the problem
         if not isinstance(reply, p.ModelInfo):
-            raise _fail(reply)
+            raise fail(reply)
         return JSONResponse({"model_uid": reply.model_uid})
 
     @app.get("/v1/models/{model_uid}")
     async def describe_model(model_uid: str) -> JSONResponse:
-        reply = await call(lambda rid: p.DescribeModel(rid, model_uid))
-        if not isinstance(reply, p.ModelInfo):
-            raise _fail(reply)
-        return JSONResponse(_model_entry(reply))
+        return JSONResponse(convert.model_entry(await describe(model_uid)))
+
+    @app.get("/v1/models/{model_uid}/progress")
+    async def launch_progress(model_uid: str) -> JSONResponse:
+        return JSONResponse(progress(await describe(model_uid)))
 
     @app.delete("/v1/models/{model_uid}")
     async def terminate_model(model_uid: str) -> JSONResponse:
-        reply = await call(lambda rid: p.TerminateModel(rid, model_uid))
-        if not isinstance(reply, p.Ack):
-            raise _fail(reply)
+        await call(lambda rid: p.TerminateModel(rid, model_uid), p.Ack)
         return JSONResponse({"model_uid": model_uid, "terminated": True})
+
+    @app.post("/v1/models/{model_uid}/cancel")
+    async def cancel_launch(model_uid: str) -> JSONResponse:
+        info = await describe(model_uid)
+        if progress(info)["stage"] == "ready":
+            raise APIError(400, f"model {model_uid!r} is already ready; DELETE it to stop it")
+        await call(lambda rid: p.TerminateModel(rid, model_uid), p.Ack)
+        return JSONResponse({"model_uid": model_uid, "cancelled": True})
+
+    @app.post("/v1/models/{model_uid}/replicas")
+    async def scale_model(model_uid: str, body: ScaleRequest) -> JSONResponse:
+        reply = await bridge.call(lambda rid: p.ScaleModel(rid, model_uid, body.replica), None)
+        if isinstance(reply, p.Error) and reply.code == p.ErrorCode.MODEL_FAILED:
+            raise APIError(400, reply.message, code=reply.code.value)
+        if not isinstance(reply, p.ModelInfo):
+            raise fail(reply)
+        return JSONResponse(convert.model_entry(reply))
 
     # ---- inference --------------------------------------------------------------------
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        messages = [p.ChatMessage(m.role, m.text()) for m in body.messages]
-        params = _params(
-            body, messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens
+        params = convert.chat_params(body)
+        request_id = new_request_id()
+        submits = [
+            p.Submit(f"{request_id}-{i}", body.model, "chat", _seeded(params, i))
+            for i in range(body.n)
+        ]
+        shape = convert.ChatShape(body.model, request_id, body.logprobs)
+        generation = Generation(
+            bridge,
+            submits,
+            shape,
+            metrics,
+            "chat",
+            prompt_counted=[i == 0 for i in range(body.n)],
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
-        submit = p.Submit(new_request_id(), body.model, "chat", params)
-        return await _run(bridge, submit, body.stream, _ChatShape(body.model, submit.request_id))
+        return await generation.respond(body.stream)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Response:
-        prompt = body.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(
-                    400,
-                    "only one prompt per request is supported",
-                    param="prompt",
-                    code="unsupported_parameter",
+        request_id = new_request_id()
+        submits: list[p.Submit] = []
+        counted: list[bool] = []
+        for prompt in convert.completion_prompts(body):
+            params = convert.completion_params(body, prompt)
+            for i in range(body.n):
+                submits.append(
+                    p.Submit(
+                        f"{request_id}-{len(submits)}", body.model, "completion", _seeded(params, i)
+                    )
                 )
-            prompt = prompt[0]
-        submit = p.Submit(new_request_id(), body.model, "completion", _params(body, prompt=prompt))
-        return await _run(bridge, submit, body.stream, _TextShape(body.model, submit.request_id))
+                counted.append(i == 0)
+        shape = convert.TextShape(body.model, request_id, body.logprobs is not None)
+        generation = Generation(
+            bridge,
+            submits,
+            shape,
+            metrics,
+            "completions",
+            prompt_counted=counted,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        )
+        return await generation.respond(body.stream)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> JSONResponse:
+        inputs = convert.embedding_inputs(body)
+        submit = p.Submit(
+            new_request_id(), body.model, "embedding", p.GenerateParams(inputs=inputs)
+        )
+        stream = bridge.open(submit)
+        try:
+            message = await stream.next()
+            while isinstance(message, p.Partial):
+                message = await stream.next()
+        finally:
+            stream.close()
+        if not isinstance(message, p.Final):
+            error = fail(message) if message is not None else APIError(500, "no reply")
+            metrics.request(body.model, "embeddings", error.status)
+            raise error
+        metrics.request(body.model, "embeddings", 200)
+        return JSONResponse(convert.embedding_response(body.model, message, body.encoding_format))
 
     @app.exception_handler(405)
     async def not_allowed(request: Request, exc: Exception) -> JSONResponse:
         return APIError(405, f"{request.method} is not allowed on {request.url.path}").response()
 
     return app
+
+
+def _seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:
+    """Choice ``index`` of several: its own seed, so the choices differ yet repeat."""
+    if index == 0 or params.seed is None:
+        return params
+    return msgspec.structs.replace(params, seed=params.seed + index)
 
 
 async def _launch_on_start(bridge: BrokerBridge, names: list[str]) -> None:
@@ -227,120 +297,3 @@ async def _launch_on_start(bridge: BrokerBridge, names: list[str]) -> None:
             log.warning("model %r is ready as %r", name, launched.model_uid)
         else:
             log.error("could not launch %r: %s", name, getattr(launched, "message", launched))
-
-
-class _ChatShape:
-    """Builds chat.completion objects and chunks."""
-
-    def __init__(self, model: str, request_id: str) -> None:
-        self.model, self.id, self.created = model, f"chatcmpl-{request_id}", int(time.time())
-
-    def chunk(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
-        delta: dict[str, Any] = {}
-        if first:
-            delta["role"] = "assistant"
-        if text:
-            delta["content"] = text
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-
-    def whole(self, text: str, final: p.Final) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": final.finish_reason,
-                }
-            ],
-            "usage": msgspec.to_builtins(final.usage),
-        }
-
-
-class _TextShape:
-    """Builds text_completion objects and chunks."""
-
-    def __init__(self, model: str, request_id: str) -> None:
-        self.model, self.id, self.created = model, f"cmpl-{request_id}", int(time.time())
-
-    def chunk(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            ],
-        }
-
-    def whole(self, text: str, final: p.Final) -> dict[str, Any]:
-        body = self.chunk(text, final.finish_reason)
-        body["usage"] = msgspec.to_builtins(final.usage)
-        return body
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + _json.encode(payload) + b"\n\n"
-
-
-async def _run(
-    bridge: BrokerBridge, submit: p.Submit, stream: bool, shape: _ChatShape | _TextShape
-) -> Response:
-    frames = bridge.stream(submit)
-    first = await anext(frames)
-    if isinstance(first, p.Error):  # nothing sent yet: answer with a proper status
-        await frames.aclose()
-        raise _fail(first)
-    if not stream:
-        parts: list[str] = []
-        message: p.Message = first
-        try:
-            while True:
-                if isinstance(message, p.Partial):
-                    parts.append(message.text)
-                elif isinstance(message, p.Final):
-                    parts.append(message.text)
-                    return JSONResponse(shape.whole("".join(parts), message))
-                else:
-                    raise _fail(message)
-                message = await anext(frames)
-        finally:
-            await frames.aclose()
-
-    async def events() -> AsyncIterator[bytes]:
-        message: p.Message = first
-        head = True
-        try:
-            while True:
-                if isinstance(message, p.Partial):
-                    yield _sse(shape.chunk(message.text, None, first=head))
-                    head = False
-                elif isinstance(message, p.Final):
-                    if message.text or head:
-                        yield _sse(shape.chunk(message.text, None, first=head))
-                    yield _sse(shape.chunk(None, message.finish_reason))
-                    yield b"data: [DONE]\n\n"
-                    return
-                else:  # a failure mid-stream: an SSE event with an error object
-                    yield _sse(_fail(message).body())
-                    yield b"data: [DONE]\n\n"
-                    return
-                message = await anext(frames)
-        finally:
-            await frames.aclose()
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
@@ -111,25 +111,43 @@ class BrokerBridge:
         finally:
             del self._waiters[rid]
 
-    async def stream(self, submit: p.Submit) -> AsyncGenerator[p.Partial | p.Final | p.Error, None]:
-        """Submit a request and yield its frames up to and including FINAL or ERROR.
-
-        Leaving the loop early (the HTTP client went away) cancels the request.
-        """
+    def open(self, submit: p.Submit) -> RequestStream:
+        """Submit a request; its PARTIAL, FINAL or ERROR frames arrive on the stream."""
         queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._waiters[submit.request_id] = queue
-        finished = False
-        try:
-            self._send(submit)
-            while True:
-                message = await queue.get()
-                if isinstance(message, p.Partial):
-                    yield message
-                elif isinstance(message, p.Final | p.Error):
-                    finished = True
-                    yield message
-                    return
-        finally:
-            del self._waiters[submit.request_id]
-            if not finished:
-                self._send(p.Cancel(submit.request_id))
+        self._send(submit)
+        return RequestStream(self, submit.request_id, queue)
+
+    def _release(self, request_id: str, cancel: bool) -> None:
+        self._waiters.pop(request_id, None)
+        if cancel:
+            self._send(p.Cancel(request_id))
+
+
+class RequestStream:
+    """The frames of one submitted request. Closing it before its end cancels the request."""
+
+    def __init__(self, bridge: BrokerBridge, request_id: str, queue: asyncio.Queue[Reply]) -> None:
+        self.request_id = request_id
+        self._bridge = bridge
+        self._queue = queue
+        self.finished = False
+        self._closed = False
+
+    async def next(self, timeout: float | None = None) -> p.Partial | p.Final | p.Error | None:
+        """The next frame, or None when ``timeout`` passes first."""
+        while True:
+            try:
+                message = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                return None
+            if isinstance(message, p.Final | p.Error):
+                self.finished = True
+                return message
+            if isinstance(message, p.Partial):
+                return message
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bridge._release(self.request_id, cancel=not self.finished)

@@ -17,16 +17,72 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
+        if self.content is None and self.tool_calls:
+            # The model's own earlier call, written back the way it would have produced it.
+            import json
+
+            calls = [
+                {"name": c.function.name, "arguments": json.loads(c.function.arguments or "{}")}
+                for c in self.tool_calls
+            ]
+            return json.dumps(calls[0] if len(calls) == 1 else calls)
         return self.content or ""
+
+
+class FunctionDef(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class ToolDef(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
 
 
 class SamplingParams(_Body):
@@ -34,10 +90,17 @@ class SamplingParams(_Body):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, gt=0.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
     stop: str | list[str] | None = Field(None)
     seed: int | None = None
     stream: bool = False
-    n: int = Field(1, ge=1)
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=16)
     user: str | None = None
 
     def stop_list(self) -> list[str]:
@@ -49,33 +112,50 @@ class SamplingParams(_Body):
 class ChatCompletionRequest(SamplingParams):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(SamplingParams):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1)
+    suffix: str | None = None
+
+
+class EmbeddingRequest(_Body):
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
 
 
 class LaunchRequest(_Body):
+    """Xinference's launch body; fields xb has no use for are accepted and logged."""
+
     model_name: str = Field(min_length=1, max_length=200)
     model_path: str | None = None
     model_uid: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    model_type: Literal["LLM", "embedding"] = "LLM"
+    model_engine: str | None = None
+    model_format: str | None = None
+    model_size_in_billions: int | float | str | None = None
+    quantization: str | None = None
     replica: int = Field(1, ge=1, le=64)
     n_ctx: int = Field(2048, ge=16, le=1 << 20)
     worker: str | None = None
+    worker_ip: str | None = None
+    n_gpu: int | Literal["auto"] | None = None
+    n_gpu_layers: int | None = Field(None, ge=-1)
+    request_limits: int | None = Field(None, ge=1)
+    wait_ready: bool = True
 
 
-# Parameters whose presence with a non-default value cannot be honoured yet: a 400 names
-# them rather than silently ignoring them.
-UNSUPPORTED: dict[str, Any] = {
-    "tools": None,
-    "tool_choice": None,
-    "functions": None,
-    "function_call": None,
-    "response_format": None,
-    "logprobs": None,
-    "top_logprobs": None,
-    "logit_bias": None,
-    "best_of": None,
-    "echo": False,
-    "suffix": None,
-}
+class ScaleRequest(BaseModel):
+    replica: int = Field(ge=1, le=64)

@@ -46,11 +46,11 @@ def in_process(path: Path, tokens: int) -> tuple[float, float]:
 
 def same_loop(path: Path, tokens: int) -> tuple[float, float]:
     """The same, with xb's own llama.cpp backend in this process: what transport costs."""
-    from xb.protocol import ChatMessage, GenerateParams
+    from xb.protocol import ChatMessage, GenerateParams, ModelSpec
     from xb.worker.backend import Piece
     from xb.worker.llama_backend import LlamaBackend
 
-    backend = LlamaBackend(path, 2048)
+    backend = LlamaBackend(path, ModelSpec("bench", "bench", str(path), n_ctx=2048))
     params = GenerateParams(
         messages=[ChatMessage(**m) for m in MESSAGES], max_tokens=tokens, **SAMPLING
     )

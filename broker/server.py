@@ -10,16 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 import zmq
 
 from xb import protocol as p
-from xb.broker.placement import PlacementError, place
+from xb.broker.management import ModelManagement
 from xb.broker.routing import LeastLoaded, RoutingPolicy
-from xb.broker.table import InFlight, Model, Replica, Waiter, WorkerEntry
-from xb.demo_model import DEMO_MODEL_NAME
-from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
+from xb.broker.table import InFlight, Model, Replica, WorkerEntry
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 
 log = logging.getLogger("xb.broker")
@@ -27,7 +24,7 @@ log = logging.getLogger("xb.broker")
 DEFAULT_MAX_QUEUE = 256
 
 
-class Broker:
+class Broker(ModelManagement):
     def __init__(
         self,
         bind: str,
@@ -103,9 +100,6 @@ class Broker:
     def _send(self, identity: bytes, message: p.Message) -> None:
         self._sock.send_multipart([identity, *p.encode(message)])
 
-    def _error(self, identity: bytes, request_id: str, code: p.ErrorCode, text: str) -> None:
-        self._send(identity, p.Error(request_id, code, text))
-
     # ---- workers ----------------------------------------------------------------------
 
     def process_worker(self, identity: bytes, message: p.Message, frames: list[bytes]) -> None:
@@ -177,6 +171,7 @@ class Broker:
                 path=None,
                 n_ctx=0,
                 model_format="gguf",
+                model_type="embedding" if "embed" in status.abilities else "LLM",
                 replica=0,
                 created=int(time.time()),
             )
@@ -203,7 +198,7 @@ class Broker:
             status.state,
             status.error or "",
         )
-        self._check_launch(model)
+        self._check_waiters(model)
         self.dispatch(model)
 
     def _finish(self, request_id: str, frames: list[bytes]) -> None:
@@ -239,35 +234,14 @@ class Broker:
 
     def _forget_replicas(self, identity: bytes, keep: set[str], reason: str = "") -> None:
         """Drop the replicas on worker ``identity`` not in ``keep``, and end their requests."""
-        reason = reason or "the worker no longer hosts its replica"
-        touched: list[Model] = []
-        lost: set[str] = set()
-        for model in self.models.values():
-            gone = [
-                rid for rid, r in model.replicas.items() if r.worker == identity and rid not in keep
-            ]
-            for rid in gone:
-                del model.replicas[rid]
-            lost.update(gone)
-            if gone:
-                touched.append(model)
-        for request_id, flight in list(self.in_flight.items()):
-            if flight.replica_id not in lost:
-                continue
-            del self.in_flight[request_id]
-            owner = self.models.get(flight.submit.model_uid)
-            if not flight.started and owner is not None and owner.ready():
-                owner.queue.appendleft((flight.client, flight.submit))  # no token sent: retry
-            else:
-                self._error(
-                    flight.client,
-                    request_id,
-                    p.ErrorCode.WORKER_LOST,
-                    f"the worker serving this request was lost ({reason})",
-                )
-        for model in touched:
-            self._check_launch(model)
-            self.dispatch(model)
+        lost = {
+            rid
+            for model in self.models.values()
+            for rid, replica in model.replicas.items()
+            if replica.worker == identity and rid not in keep
+        }
+        reason = reason or "it no longer hosts the replica"
+        self._remove_replicas(lost, f"the worker was lost: {reason}", terminate=False)
 
     # ---- routing ----------------------------------------------------------------------
 
@@ -307,6 +281,8 @@ class Broker:
             self._launch(client, message)
         elif isinstance(message, p.TerminateModel):
             self._terminate(client, message)
+        elif isinstance(message, p.ScaleModel):
+            self._scale(client, message)
         elif isinstance(message, p.ListModels):
             infos = [self._model_info(m, message.request_id) for m in self.models.values()]
             self._send(client, p.ModelList(message.request_id, infos))
@@ -327,20 +303,31 @@ class Broker:
             self.malformed += 1
             log.warning("unexpected %s from %r dropped", type(message).__name__, client[:32])
 
-    def _unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
-        known = ", ".join(sorted(self.models)) or "none"
-        self._error(
-            client,
-            request_id,
-            p.ErrorCode.UNKNOWN_MODEL,
-            f"model {uid!r} is not running (running: {known}); launch it first",
-        )
-
     def _submit(self, client: bytes, submit: p.Submit) -> None:
         model = self.models.get(submit.model_uid)
         if model is None:
             self._unknown_model(client, submit.request_id, submit.model_uid)
             return
+        ability = p.ABILITY[submit.kind]
+        if model.abilities and ability not in model.abilities:
+            self._error(
+                client,
+                submit.request_id,
+                p.ErrorCode.INVALID_REQUEST,
+                f"model {model.uid!r} cannot {ability} (it can: {', '.join(model.abilities)})",
+            )
+            return
+        if model.request_limits is not None:
+            busy = len(model.queue) + sum(r.in_flight for r in model.replicas.values())
+            if busy >= model.request_limits:
+                self._error(
+                    client,
+                    submit.request_id,
+                    p.ErrorCode.QUEUE_FULL,
+                    f"model {model.uid!r} is at its request_limits of {model.request_limits}; "
+                    "retry later",
+                )
+                return
         if len(model.queue) >= self.max_queue:
             self._error(
                 client,
@@ -362,200 +349,6 @@ class Broker:
                 if entry[1].request_id == request_id:
                     model.queue.remove(entry)
                     self._error(entry[0], request_id, p.ErrorCode.CANCELLED, "cancelled")
-
-    def _launch(self, client: bytes, launch: p.LaunchModel) -> None:
-        rid = launch.request_id
-        uid = launch.model_uid or self._fresh_uid(launch.model_name)
-        if uid in self.models:
-            self._error(
-                client,
-                rid,
-                p.ErrorCode.DUPLICATE_MODEL,
-                f"model uid {uid!r} is already running; pick another uid or terminate it",
-            )
-            return
-        if launch.replica < 1:
-            self._error(client, rid, p.ErrorCode.INVALID_REQUEST, "replica must be at least 1")
-            return
-        if not launch.model_path and launch.model_name != DEMO_MODEL_NAME:
-            self._error(
-                client,
-                rid,
-                p.ErrorCode.INVALID_REQUEST,
-                f"model {launch.model_name!r} is not built in (built in: "
-                f"{DEMO_MODEL_NAME}); give model_path, a GGUF file on the worker",
-            )
-            return
-        candidates = list(self.workers.values())
-        if launch.worker:
-            candidates = [w for w in candidates if launch.worker in (w.worker_id, w.host)]
-            if not candidates:
-                known = ", ".join(w.worker_id for w in self.workers.values()) or "none"
-                self._error(
-                    client,
-                    rid,
-                    p.ErrorCode.UNKNOWN_WORKER,
-                    f"no worker named {launch.worker!r} (connected: {known})",
-                )
-                return
-        try:
-            need = self._estimate(launch)
-            chosen = place(candidates, need, launch.replica, {})
-        except (PlacementError, ModelFileError) as exc:
-            code = (
-                p.ErrorCode.LAUNCH_REFUSED
-                if isinstance(exc, PlacementError)
-                else p.ErrorCode.INVALID_REQUEST
-            )
-            self._error(client, rid, code, f"cannot launch {uid!r}: {exc}")
-            return
-        model = Model(
-            uid=uid,
-            name=launch.model_name,
-            path=launch.model_path,
-            n_ctx=launch.n_ctx,
-            model_format="gguf",
-            replica=launch.replica,
-            created=int(time.time()),
-        )
-        model.launch_waiters.append(Waiter(client, rid))
-        self.models[uid] = model
-        spec = p.ModelSpec(uid, launch.model_name, launch.model_path, launch.n_ctx)
-        for index, worker in enumerate(chosen):
-            replica_id = f"{uid}-{index}"
-            model.replicas[replica_id] = Replica(
-                replica_id, uid, worker.identity, p.ModelState.LOADING, reserved=need
-            )
-            worker.reserved += need
-            self._send(worker.identity, p.Launch(replica_id, spec))
-        log.info(
-            "launching %s (%s) on %s",
-            uid,
-            launch.model_name,
-            ", ".join(w.worker_id for w in chosen),
-        )
-
-    def _fresh_uid(self, name: str) -> str:
-        if name not in self.models:
-            return name
-        n = 1
-        while f"{name}-{n}" in self.models:
-            n += 1
-        return f"{name}-{n}"
-
-    @staticmethod
-    def _estimate(launch: p.LaunchModel) -> int:
-        """Bytes the model needs, when its file is readable here; 0 leaves it to the worker."""
-        if not launch.model_path:
-            return 0
-        path = Path(launch.model_path).expanduser()
-        if not path.exists():
-            return 0  # the path may exist on the worker's machine only
-        return estimate_memory(read_gguf_info(path), launch.n_ctx)
-
-    def _check_launch(self, model: Model) -> None:
-        if not model.launch_waiters:
-            return
-        failed = [r for r in model.replicas.values() if r.state == p.ModelState.FAILED]
-        if failed or len(model.replicas) < model.replica:
-            reason = failed[0].error if failed else "its worker was lost while loading"
-            for waiter in model.launch_waiters:
-                self._error(
-                    waiter.client,
-                    waiter.request_id,
-                    p.ErrorCode.MODEL_FAILED,
-                    f"model {model.uid!r} failed to load: {reason}",
-                )
-            model.launch_waiters.clear()
-            self._drop_model(model, "launch failed")
-        elif all(r.state == p.ModelState.READY for r in model.replicas.values()):
-            for waiter in model.launch_waiters:
-                self._send(waiter.client, self._model_info(model, waiter.request_id))
-            model.launch_waiters.clear()
-
-    def _terminate(self, client: bytes, message: p.TerminateModel) -> None:
-        model = self.models.get(message.model_uid)
-        if model is None:
-            self._unknown_model(client, message.request_id, message.model_uid)
-            return
-        for waiter in model.launch_waiters:
-            self._error(
-                waiter.client,
-                waiter.request_id,
-                p.ErrorCode.CANCELLED,
-                f"model {model.uid!r} was terminated while loading",
-            )
-        model.launch_waiters.clear()
-        self._drop_model(model, "terminated")
-        self._send(client, p.Ack(message.request_id))
-
-    def _drop_model(self, model: Model, reason: str) -> None:
-        """Terminate every replica of ``model`` and end its requests."""
-        self.models.pop(model.uid, None)
-        for replica in model.replicas.values():
-            worker = self.workers.get(replica.worker)
-            if worker is not None:
-                worker.reserved = max(worker.reserved - replica.reserved, 0)
-                self._send(worker.identity, p.Terminate(replica.replica_id))
-        while model.queue:
-            client, submit = model.queue.popleft()
-            self._error(
-                client,
-                submit.request_id,
-                p.ErrorCode.UNKNOWN_MODEL,
-                f"model {model.uid!r} was {reason}",
-            )
-        for request_id, flight in list(self.in_flight.items()):
-            if flight.submit.model_uid == model.uid:
-                del self.in_flight[request_id]
-                self._error(
-                    flight.client,
-                    request_id,
-                    p.ErrorCode.UNKNOWN_MODEL,
-                    f"model {model.uid!r} was {reason}",
-                )
-
-    # ---- descriptions -----------------------------------------------------------------
-
-    def _model_info(self, model: Model, request_id: str) -> p.ModelInfo:
-        places = []
-        for replica in model.replicas.values():
-            worker = self.workers.get(replica.worker)
-            places.append(
-                p.ReplicaPlace(
-                    replica_id=replica.replica_id,
-                    worker_id=worker.worker_id if worker else "",
-                    host=worker.host if worker else "",
-                    state=replica.state,
-                    error=replica.error,
-                )
-            )
-        return p.ModelInfo(
-            request_id=request_id,
-            model_uid=model.uid,
-            model_name=model.name,
-            model_path=model.path,
-            model_format=model.model_format,
-            n_ctx=model.n_ctx,
-            abilities=model.abilities,
-            replica=model.replica,
-            replicas=places,
-            created=model.created,
-            queued=len(model.queue),
-        )
-
-    def _cluster(self, request_id: str) -> p.Cluster:
-        now = time.monotonic()
-        infos = []
-        for worker in self.workers.values():
-            statuses = [
-                p.ReplicaStatus(r.replica_id, m.uid, m.name, r.state, r.error, r.in_flight)
-                for m in self.models.values()
-                for r in m.replicas.values()
-                if r.worker == worker.identity
-            ]
-            infos.append(worker.info(now, statuses))
-        return p.Cluster(request_id, infos)
 
 
 def serve_in_thread(broker: Broker) -> threading.Thread:

@@ -50,10 +50,12 @@ class Replica:
 
 @dataclass
 class Waiter:
-    """A facade waiting on a request id (a launch, say)."""
+    """A facade waiting for replicas to be ready: a launch, or a scale-up."""
 
     client: bytes
     request_id: str
+    replica_ids: set[str]
+    initial: bool = False  # the model's first launch: if it fails, the model goes
 
 
 @dataclass
@@ -63,12 +65,18 @@ class Model:
     path: str | None
     n_ctx: int
     model_format: str
+    model_type: str
     replica: int
     created: int
-    abilities: list[str] = field(default_factory=lambda: ["generate", "chat"])
+    abilities: list[str] = field(default_factory=list)  # known once a replica is ready
+    spec: p.ModelSpec | None = None  # what new replicas load; None for adopted models
+    need: int = 0  # estimated bytes per replica
+    worker: str | None = None  # the worker the user named for its replicas
+    request_limits: int | None = None
+    next_index: int = 0
     replicas: dict[str, Replica] = field(default_factory=dict)
     queue: deque[tuple[bytes, p.Submit]] = field(default_factory=deque)
-    launch_waiters: list[Waiter] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
 
     def ready(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state == p.ModelState.READY]

@@ -19,6 +19,7 @@ class GGUFInfo:
     context_length: int
     tensor_bytes: int
     chat_template: str | None
+    pooling_type: int | None
 
 
 class ModelFileError(Exception):
@@ -63,6 +64,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         context_length=number("context_length"),
         tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
         chat_template=_field(reader, "tokenizer.chat_template"),
+        pooling_type=_field(reader, f"{arch}.pooling_type"),
     )
 
 

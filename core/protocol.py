@@ -55,6 +55,11 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal_error"
 
 
+Kind = Literal["chat", "completion", "embedding"]
+# What each request kind needs a model to be able to do.
+ABILITY = {"chat": "chat", "completion": "generate", "embedding": "embed"}
+
+
 class ModelState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
@@ -91,16 +96,57 @@ class ChatMessage(Struct, frozen=True):
     content: str
 
 
+class Tool(Struct, frozen=True):
+    """A function the model may call; ``parameters`` is its JSON schema, as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = "{}"
+
+
+class ToolCall(Struct, frozen=True):
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+class TopLogprob(Struct, frozen=True):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(Struct, frozen=True):
+    token: str
+    logprob: float
+    top: list[TopLogprob] = []
+
+
 class GenerateParams(Struct, frozen=True):
-    """One generation: either ``messages`` (chat) or ``prompt`` (text completion)."""
+    """One generation: ``messages`` (chat), ``prompt`` (text completion) or ``inputs``
+    (embedding). ``tool_choice`` is "none", "auto", "required" or a tool's name;
+    ``response_format`` is "text", "json_object" or "json_schema" (with ``json_schema``
+    holding the schema as JSON text)."""
 
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
+    inputs: list[str] | None = None
     max_tokens: int | None = None
     temperature: float = 0.8
     top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = {}
     stop: list[str] = []
     seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: str = "text"
+    json_schema: str | None = None
+    tools: list[Tool] = []
+    tool_choice: str = "auto"
 
 
 class Usage(Struct, frozen=True):
@@ -117,6 +163,9 @@ class ModelSpec(Struct, frozen=True):
     model_path: str | None = None
     n_ctx: int = 2048
     model_format: str = "gguf"
+    model_type: str = "LLM"  # or "embedding"
+    n_gpu_layers: int = 0
+    engine_kwargs: str = "{}"  # extra keyword arguments for the engine, as JSON text
 
 
 # ---- worker <-> broker -----------------------------------------------------------------
@@ -151,7 +200,7 @@ class ModelEvent(Struct, frozen=True):
 class Request(Struct, frozen=True):
     request_id: str
     replica_id: str
-    kind: Literal["chat", "completion"]
+    kind: Kind
     params: GenerateParams
 
 
@@ -172,6 +221,7 @@ class Partial(Struct, frozen=True):
     request_id: str
     text: str
     tokens: int
+    logprobs: list[TokenLogprob] = []
 
 
 class Final(Struct, frozen=True):
@@ -179,6 +229,9 @@ class Final(Struct, frozen=True):
     finish_reason: str
     usage: Usage
     text: str = ""
+    logprobs: list[TokenLogprob] = []
+    tool_calls: list[ToolCall] = []
+    embeddings: list[list[float]] = []
 
 
 class Error(Struct, frozen=True):
@@ -193,7 +246,7 @@ class Error(Struct, frozen=True):
 class Submit(Struct, frozen=True):
     request_id: str
     model_uid: str
-    kind: Literal["chat", "completion"]
+    kind: Kind
     params: GenerateParams
 
 
@@ -205,6 +258,19 @@ class LaunchModel(Struct, frozen=True):
     replica: int = 1
     n_ctx: int = 2048
     worker: str | None = None
+    model_type: str = "LLM"
+    n_gpu_layers: int = 0
+    engine_kwargs: str = "{}"
+    wait_ready: bool = True  # False: answer as soon as the replicas are placed
+    request_limits: int | None = None  # requests running or waiting at most, then 429
+
+
+class ScaleModel(Struct, frozen=True):
+    """Add or remove replicas of a running model until it has ``replica`` of them."""
+
+    request_id: str
+    model_uid: str
+    replica: int
 
 
 class TerminateModel(Struct, frozen=True):
@@ -247,6 +313,7 @@ class ModelInfo(Struct, frozen=True):
     model_name: str
     model_path: str | None
     model_format: str
+    model_type: str
     n_ctx: int
     abilities: list[str]
     replica: int
@@ -306,6 +373,7 @@ Message = (
     | ModelList
     | Cluster
     | Ack
+    | ScaleModel
 )
 
 # One byte per command; the order is the wire format, append only.
@@ -333,6 +401,7 @@ _TYPES: tuple[type[Message], ...] = (
     ModelList,
     Cluster,
     Ack,
+    ScaleModel,
 )
 _COMMAND = {cls: bytes([i + 1]) for i, cls in enumerate(_TYPES)}
 _DECODERS = {bytes([i + 1]): msgspec.msgpack.Decoder(cls) for i, cls in enumerate(_TYPES)}

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from xb.protocol import GenerateParams, Usage
+from xb.protocol import GenerateParams, TokenLogprob, ToolCall, Usage
 
 
 class BackendError(Exception):
@@ -19,6 +19,7 @@ class Piece:
     """Text of one generated token; empty while it may still be the start of a stop word."""
 
     text: str
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Done:
     finish_reason: str
     usage: Usage
     text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    embeddings: tuple[list[float], ...] = ()
 
 
 class Backend(ABC):

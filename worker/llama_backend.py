@@ -2,28 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xb.protocol import GenerateParams, Usage
+import numpy as np
+
+from xb.modelfile import read_gguf_info
+from xb.protocol import GenerateParams, ModelSpec, TokenLogprob, Tool, ToolCall, TopLogprob, Usage
 from xb.worker.backend import Backend, BackendError, Done, Piece, StopText
+
+TOOL_INSTRUCTIONS = (
+    "You can call functions. To call one, answer with only a JSON object of the form "
+    '{"name": <function name>, "arguments": <object>}. The functions:\n'
+)
 
 
 class LlamaBackend(Backend):
-    def __init__(self, path: Path, n_ctx: int, n_gpu_layers: int = 0) -> None:
+    def __init__(self, path: Path, spec: ModelSpec) -> None:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        self._embedding = spec.model_type == "embedding"
+        try:
+            extra: dict[str, Any] = json.loads(spec.engine_kwargs)
+        except ValueError as exc:
+            raise BackendError(f"engine keyword arguments are not JSON: {exc}") from exc
+        no_pooling = self._embedding and "pooling_type" not in extra
+        if no_pooling and read_gguf_info(path).pooling_type is None:
+            extra["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN  # the file names none
         self._llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=False
+            model_path=str(path),
+            n_ctx=spec.n_ctx,
+            n_gpu_layers=spec.n_gpu_layers,
+            embedding=self._embedding,
+            verbose=False,
+            **extra,
         )
         self._n_ctx = self._llm.n_ctx()
         self._eos = self._llm.token_eos()
         template = self._llm.metadata.get("tokenizer.chat_template")
+        self._template = template or ""
         self._formatter: Any = None
-        if template:
+        if self._embedding:
+            self.abilities = ("embed",)
+        elif template:
             self._formatter = Jinja2ChatFormatter(
                 template=template,
                 eos_token=self._token_text(self._eos),
@@ -37,20 +63,51 @@ class LlamaBackend(Backend):
             return ""
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
+    # ---- prompts ----------------------------------------------------------------------
+
     def _prompt_tokens(self, kind: str, params: GenerateParams) -> tuple[list[int], list[str]]:
-        if kind == "chat":
-            if self._formatter is None:
-                raise BackendError("this model file has no chat template; use /v1/completions")
-            messages = [{"role": m.role, "content": m.content} for m in params.messages or []]
-            formatted = self._formatter(messages=messages)
-            stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop or ""]
-            add_bos = not formatted.added_special
-            tokens = self._llm.tokenize(formatted.prompt.encode(), add_bos=add_bos, special=True)
-            return tokens, [s for s in stop if s]
-        tokens = self._llm.tokenize((params.prompt or "").encode(), add_bos=True, special=False)
-        return tokens, []
+        if kind != "chat":
+            tokens = self._llm.tokenize((params.prompt or "").encode(), add_bos=True)
+            return tokens, []
+        if self._formatter is None:
+            raise BackendError("this model file has no chat template; use /v1/completions")
+        messages = [{"role": m.role, "content": m.content} for m in params.messages or []]
+        tools = params.tools if params.tool_choice != "none" else []
+        if tools and "tools" not in self._template:
+            messages = _with_tool_instructions(messages, tools)
+        formatted = self._formatter(
+            messages=messages, tools=[_openai_tool(t) for t in tools] or None
+        )
+        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop or ""]
+        tokens = self._llm.tokenize(
+            formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
+        )
+        return tokens, [s for s in stop if s]
+
+    def _grammar(self, params: GenerateParams, calls: bool) -> Any:
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        try:
+            if calls:
+                return LlamaGrammar.from_json_schema(_call_schema(params), verbose=False)
+            if params.response_format == "json_schema":
+                return LlamaGrammar.from_json_schema(params.json_schema or "{}", verbose=False)
+            if params.response_format == "json_object":
+                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        except Exception as exc:  # the converter raises assorted errors on schemas it rejects
+            raise BackendError(f"cannot build a grammar from this schema: {exc}") from exc
+        return None
+
+    # ---- generation -------------------------------------------------------------------
 
     def generate(self, kind: str, params: GenerateParams) -> Iterator[Piece | Done]:
+        from llama_cpp import LogitsProcessorList
+
+        if kind == "embedding":
+            yield self._embed(params.inputs or [])
+            return
+        if self._embedding:
+            raise BackendError("this model was launched for embeddings; use /v1/embeddings")
         tokens, template_stop = self._prompt_tokens(kind, params)
         n_prompt = len(tokens)
         room = self._n_ctx - n_prompt
@@ -60,34 +117,154 @@ class LlamaBackend(Backend):
                 "shorten the prompt or launch the model with a larger n_ctx"
             )
         limit = room if params.max_tokens is None else min(params.max_tokens, room)
+        choice = params.tool_choice if params.tools else "none"
+        calls = choice not in ("none", "auto")  # the answer must be a call: constrain it
+        maybe_call = choice == "auto"  # the model may answer with a call: watch for "{"
+        grammar = self._grammar(params, calls)
+        recorder = _Recorder(params.logit_bias)
         self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
         text = StopText(template_stop + params.stop)
         history = list(tokens)
         produced, finish = 0, "length"
-        if limit > 0:
-            for token in self._llm.generate(
+        held: list[str] = []  # the output, kept back while it may be a tool call
+        holding = calls
+        for token in (
+            self._llm.generate(
                 tokens,
                 temp=params.temperature,
                 top_p=params.top_p,
-                top_k=40,
-                min_p=0.05,
-                repeat_penalty=1.0,
+                top_k=params.top_k,
+                min_p=params.min_p,
+                repeat_penalty=params.repeat_penalty,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                logits_processor=LogitsProcessorList([recorder]),
+                grammar=grammar,
                 reset=True,
-            ):
-                if token == self._eos:
-                    finish = "stop"
-                    break
-                produced += 1
-                piece = text.feed(self._llm.detokenize([token], prev_tokens=history))
-                history.append(token)
-                if text.stopped:
-                    finish = "stop"
-                    yield Piece(piece)
-                    break
-                yield Piece(piece)
-                if produced >= limit:
-                    break
-        usage = Usage(
-            prompt_tokens=n_prompt, completion_tokens=produced, total_tokens=n_prompt + produced
+            )
+            if limit > 0
+            else ()
+        ):
+            if token == self._eos:
+                finish = "stop"
+                break
+            produced += 1
+            piece = text.feed(self._llm.detokenize([token], prev_tokens=history))
+            history.append(token)
+            logprob = self._logprob(recorder, token, params) if params.logprobs else None
+            if maybe_call and not holding and not held and piece.strip():
+                holding = piece.lstrip().startswith("{")
+                maybe_call = False
+            if holding or (maybe_call and not piece.strip()):
+                held.append(piece)
+                piece = ""
+            yield Piece(piece, logprob)
+            if text.stopped:
+                finish = "stop"
+                break
+            if produced >= limit:
+                break
+        usage = Usage(n_prompt, produced, n_prompt + produced)
+        rest = "".join(held) + text.flush()
+        tool_calls = _parse_call(rest, params.tools) if held else None
+        if tool_calls:
+            yield Done("tool_calls", usage, "", tool_calls=tool_calls)
+        else:
+            yield Done(finish, usage, rest)
+
+    def _logprob(self, recorder: _Recorder, token: int, params: GenerateParams) -> TokenLogprob:
+        logits = recorder.last
+        shifted = logits - logits.max()
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        top: list[TopLogprob] = []
+        if params.top_logprobs:
+            best = np.argsort(-logprobs)[: params.top_logprobs]
+            top = [TopLogprob(self._token_text(int(i)), float(logprobs[i])) for i in best]
+        return TokenLogprob(self._token_text(token), float(logprobs[token]), top)
+
+    def _embed(self, inputs: list[str]) -> Done:
+        if not self._embedding:
+            raise BackendError(
+                "this model was not launched for embeddings; launch it with model_type 'embedding'"
+            )
+        counts = [len(self._llm.tokenize(text.encode(), add_bos=True)) for text in inputs]
+        for index, count in enumerate(counts):
+            if count > self._n_ctx:
+                raise BackendError(
+                    f"input {index} is {count} tokens and the model's context is {self._n_ctx}"
+                )
+        vectors = [list(map(float, self._llm.embed(text, normalize=True))) for text in inputs]
+        n = sum(counts)
+        return Done("stop", Usage(n, 0, n), embeddings=tuple(vectors))
+
+
+class _Recorder:
+    """A logits processor: applies ``logit_bias`` and keeps the logits it saw last."""
+
+    def __init__(self, bias: dict[int, float]) -> None:
+        self._ids = np.array(list(bias), dtype=np.intc)
+        self._values = np.array(list(bias.values()), dtype=np.single)
+        self.last: np.ndarray[Any, np.dtype[np.single]] = np.zeros(1, dtype=np.single)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if len(self._ids):
+            scores[self._ids] += self._values
+        self.last = np.array(scores, dtype=np.single)
+        return scores
+
+
+def _openai_tool(tool: Tool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": json.loads(tool.parameters),
+        },
+    }
+
+
+def _with_tool_instructions(
+    messages: list[dict[str, str]], tools: list[Tool]
+) -> list[dict[str, str]]:
+    listing = "\n".join(json.dumps(_openai_tool(t)["function"]) for t in tools)
+    note = TOOL_INSTRUCTIONS + listing
+    if messages and messages[0]["role"] == "system":
+        return [
+            {"role": "system", "content": messages[0]["content"] + "\n\n" + note},
+            *messages[1:],
+        ]
+    return [{"role": "system", "content": note}, *messages]
+
+
+def _call_schema(params: GenerateParams) -> str:
+    """The JSON schema every allowed tool call matches."""
+    tools = params.tools
+    if params.tool_choice not in ("auto", "required"):
+        tools = [t for t in tools if t.name == params.tool_choice]
+        if not tools:
+            raise BackendError(f"tool_choice names {params.tool_choice!r}, which is not a tool")
+    options = []
+    for tool in tools:
+        arguments = json.loads(tool.parameters) or {"type": "object"}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+            }
         )
-        yield Done(finish_reason=finish, usage=usage, text=text.flush())
+    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options})
+
+
+def _parse_call(text: str, tools: list[Tool]) -> tuple[ToolCall, ...]:
+    """The tool call ``text`` holds, or nothing when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    names = {t.name for t in tools}
+    if not isinstance(value, dict) or value.get("name") not in names:
+        return ()
+    arguments = value.get("arguments", {})
+    return (ToolCall(f"call_{uuid.uuid4().hex[:24]}", value["name"], json.dumps(arguments)),)

@@ -60,7 +60,7 @@ def load_backend(spec: p.ModelSpec) -> Backend:
         )
     from xb.worker.llama_backend import LlamaBackend
 
-    return LlamaBackend(path, spec.n_ctx)
+    return LlamaBackend(path, spec)
 
 
 class Runner:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xb.protocol import ChatMessage, GenerateParams
+from xb.protocol import ChatMessage, GenerateParams, ModelSpec
 from xb.worker.backend import BackendError, Done, Piece, StopText
 from xb.worker.llama_backend import LlamaBackend
 
@@ -40,7 +40,7 @@ def test_stop_text_joins_split_utf8() -> None:
 
 @pytest.fixture(scope="module")
 def backend(tiny_model: Path) -> LlamaBackend:
-    return LlamaBackend(tiny_model, 256)
+    return LlamaBackend(tiny_model, ModelSpec("t", "t", str(tiny_model), n_ctx=256))
 
 
 @pytest.mark.integration

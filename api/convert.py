@@ -1,0 +1,341 @@
+"""Between the OpenAI schema and the protocol: request bodies in, response objects out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+import time
+from typing import Any
+
+import msgspec
+
+from xb import protocol as p
+from xb.api.errors import APIError
+from xb.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    SamplingParams,
+)
+
+log = logging.getLogger("xb.api")
+
+# llama.cpp's defaults, which its users expect when a request leaves them out.
+DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+
+
+def unsupported(param: str, why: str) -> APIError:
+    return APIError(400, f"'{param}' {why}", param=param, code="unsupported_parameter")
+
+
+def _log_unknown(body: SamplingParams | EmbeddingRequest) -> None:
+    for name in body.model_extra or {}:
+        log.info("ignoring unknown request field %r", name)
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        if not key.lstrip("-").isdigit() or int(key) < 0:
+            raise APIError(400, f"logit_bias keys are token ids; got {key!r}", param="logit_bias")
+        if not -100 <= value <= 100:
+            raise APIError(400, "logit_bias values lie in [-100, 100]", param="logit_bias")
+        out[int(key)] = value
+    return out
+
+
+def _sampling(body: SamplingParams) -> dict[str, Any]:
+    _log_unknown(body)
+    fields: dict[str, Any] = {
+        name: DEFAULTS[name] if getattr(body, name) is None else getattr(body, name)
+        for name in DEFAULTS
+    }
+    return {
+        **fields,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "logit_bias": _logit_bias(body.logit_bias),
+        "stop": body.stop_list(),
+        "seed": body.seed,
+    }
+
+
+def chat_params(body: ChatCompletionRequest) -> p.GenerateParams:
+    response_format, schema = "text", None
+    if body.response_format is not None:
+        response_format = body.response_format.type
+        if response_format == "json_schema":
+            if body.response_format.json_schema is None:
+                raise APIError(
+                    400,
+                    "response_format of type json_schema needs a 'json_schema' object",
+                    param="response_format",
+                )
+            schema = json.dumps(body.response_format.json_schema.schema_)
+    tools = [
+        p.Tool(t.function.name, t.function.description, json.dumps(t.function.parameters))
+        for t in body.tools or []
+    ]
+    requested = body.tool_choice or ("auto" if tools else "none")
+    choice = requested if isinstance(requested, str) else requested.function.name
+    if choice not in ("none", "auto", "required") and choice not in {t.name for t in tools}:
+        raise APIError(
+            400, f"tool_choice names {choice!r}, which is not in 'tools'", param="tool_choice"
+        )
+    if choice == "required" and not tools:
+        raise APIError(400, "tool_choice 'required' needs 'tools'", param="tool_choice")
+    return p.GenerateParams(
+        messages=[p.ChatMessage(m.role, m.text()) for m in body.messages],
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
+        response_format=response_format,
+        json_schema=schema,
+        tools=tools,
+        tool_choice=choice,
+        **_sampling(body),
+    )
+
+
+def completion_prompts(body: CompletionRequest) -> list[str]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if any(not isinstance(item, str) for item in prompt):
+        raise unsupported("prompt", "as token ids is not supported: send text")
+    if not prompt:
+        raise APIError(400, "'prompt' is an empty list", param="prompt")
+    return [str(item) for item in prompt]
+
+
+def completion_params(body: CompletionRequest, prompt: str) -> p.GenerateParams:
+    if body.echo:
+        raise unsupported("echo", "is not supported")
+    if body.best_of not in (None, 1) and body.best_of != body.n:
+        raise unsupported("best_of", "other than n is not supported")
+    if body.suffix:
+        raise unsupported("suffix", "is not supported")
+    return p.GenerateParams(
+        prompt=prompt,
+        max_tokens=body.max_tokens or 16,  # OpenAI's default for completions
+        logprobs=body.logprobs is not None,
+        top_logprobs=body.logprobs or 0,
+        **_sampling(body),
+    )
+
+
+def embedding_inputs(body: EmbeddingRequest) -> list[str]:
+    _log_unknown(body)
+    if body.dimensions is not None:
+        raise unsupported("dimensions", "is not supported: the model's size is fixed")
+    items = [body.input] if isinstance(body.input, str) else list(body.input)
+    if not items:
+        raise APIError(400, "'input' is an empty list", param="input")
+    if any(not isinstance(item, str) for item in items):
+        raise unsupported(
+            "input",
+            "as token ids is not supported: the model's tokenizer differs from OpenAI's, "
+            "so send the text itself",
+        )
+    return [str(item) for item in items]
+
+
+# ---- responses ----------------------------------------------------------------------------
+
+
+def usage(finals: list[p.Final], prompt_counted: list[bool] | None = None) -> dict[str, int]:
+    """Usage over choices; ``prompt_counted`` says whose prompt tokens count (n > 1 shares)."""
+    counted = prompt_counted or [True] * len(finals)
+    prompt = sum(f.usage.prompt_tokens for f, c in zip(finals, counted, strict=True) if c)
+    completion = sum(f.usage.completion_tokens for f in finals)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def chat_logprobs(items: list[p.TokenLogprob]) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {
+                **entry(i.token, i.logprob),
+                "top_logprobs": [entry(t.token, t.logprob) for t in i.top],
+            }
+            for i in items
+        ]
+    }
+
+
+def text_logprobs(items: list[p.TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    offsets = []
+    for item in items:
+        offsets.append(offset)
+        offset += len(item.token)
+    return {
+        "tokens": [i.token for i in items],
+        "token_logprobs": [i.logprob for i in items],
+        "top_logprobs": [{t.token: t.logprob for t in i.top} for i in items],
+        "text_offset": offsets,
+    }
+
+
+def tool_calls(calls: list[p.ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+
+
+class Shape:
+    """Builds one endpoint's response objects and stream chunks."""
+
+    object_whole = ""
+    object_chunk = ""
+    prefix = ""
+
+    def __init__(self, model: str, request_id: str, logprobs: bool) -> None:
+        self.model = model
+        self.id = f"{self.prefix}-{request_id}"
+        self.created = int(time.time())
+        self.logprobs = logprobs
+
+    def envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def usage_chunk(self, used: dict[str, int]) -> dict[str, Any]:
+        return {**self.envelope(self.object_chunk, []), "usage": used}
+
+    def chunk(
+        self, index: int, first: bool, text: str, lp: list[p.TokenLogprob], final: p.Final | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def whole(
+        self, parts: list[tuple[str, list[p.TokenLogprob], p.Final]], used: dict[str, int]
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ChatShape(Shape):
+    object_whole, object_chunk, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+
+    def chunk(
+        self, index: int, first: bool, text: str, lp: list[p.TokenLogprob], final: p.Final | None
+    ) -> dict[str, Any]:
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+        if text:
+            delta["content"] = text
+        if final is not None and final.tool_calls:
+            delta["tool_calls"] = [
+                {"index": i, **call} for i, call in enumerate(tool_calls(final.tool_calls))
+            ]
+        choice: dict[str, Any] = {
+            "index": index,
+            "delta": delta,
+            "finish_reason": final.finish_reason if final is not None else None,
+            "logprobs": chat_logprobs(lp) if self.logprobs and lp else None,
+        }
+        return self.envelope(self.object_chunk, [choice])
+
+    def whole(
+        self, parts: list[tuple[str, list[p.TokenLogprob], p.Final]], used: dict[str, int]
+    ) -> dict[str, Any]:
+        choices = []
+        for index, (text, lp, final) in enumerate(parts):
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if final.tool_calls:
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": tool_calls(final.tool_calls),
+                }
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "finish_reason": final.finish_reason,
+                    "logprobs": chat_logprobs(lp) if self.logprobs else None,
+                }
+            )
+        return {**self.envelope(self.object_whole, choices), "usage": used}
+
+
+class TextShape(Shape):
+    object_whole, object_chunk, prefix = "text_completion", "text_completion", "cmpl"
+
+    def chunk(
+        self, index: int, first: bool, text: str, lp: list[p.TokenLogprob], final: p.Final | None
+    ) -> dict[str, Any]:
+        choice = {
+            "index": index,
+            "text": text,
+            "finish_reason": final.finish_reason if final is not None else None,
+            "logprobs": text_logprobs(lp) if self.logprobs and lp else None,
+        }
+        return self.envelope(self.object_chunk, [choice])
+
+    def whole(
+        self, parts: list[tuple[str, list[p.TokenLogprob], p.Final]], used: dict[str, int]
+    ) -> dict[str, Any]:
+        choices = [
+            {
+                "index": index,
+                "text": text,
+                "finish_reason": final.finish_reason,
+                "logprobs": text_logprobs(lp) if self.logprobs else None,
+            }
+            for index, (text, lp, final) in enumerate(parts)
+        ]
+        return {**self.envelope(self.object_whole, choices), "usage": used}
+
+
+def embedding_response(model: str, final: p.Final, encoding: str) -> dict[str, Any]:
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return vector
+
+    return {
+        "object": "list",
+        "model": model,
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(v)}
+            for i, v in enumerate(final.embeddings)
+        ],
+        "usage": {
+            "prompt_tokens": final.usage.prompt_tokens,
+            "total_tokens": final.usage.total_tokens,
+        },
+    }
+
+
+def model_entry(info: p.ModelInfo) -> dict[str, Any]:
+    """One model as both the OpenAI model object and Xinference's description."""
+    return {
+        "id": info.model_uid,
+        "object": "model",
+        "created": info.created,
+        "owned_by": "xb",
+        "model_uid": info.model_uid,
+        "model_name": info.model_name,
+        "model_type": info.model_type,
+        "model_format": info.model_format,
+        "model_path": info.model_path,
+        "n_ctx": info.n_ctx,
+        "abilities": info.abilities,
+        "replica": info.replica,
+        "replicas": msgspec.to_builtins(info.replicas),
+        "queued": info.queued,
+    }

@@ -1,0 +1,105 @@
+"""Prometheus metrics of the facade; worker figures come from the broker's heartbeat table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from xb import protocol as p
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_TOKEN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+class _ClusterCollector(Collector):
+    """Gauges read from the latest cluster snapshot, taken just before each scrape."""
+
+    def __init__(self) -> None:
+        self.models: list[p.ModelInfo] = []
+        self.workers: list[p.WorkerInfo] = []
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily("xb_model_queue_depth", "Requests waiting", labels=["model"])
+        replicas = GaugeMetricFamily(
+            "xb_model_replicas", "Replicas by state", labels=["model", "state"]
+        )
+        for model in self.models:
+            queue.add_metric([model.model_uid], model.queued)
+            for state in p.ModelState:
+                count = sum(r.state == state for r in model.replicas)
+                replicas.add_metric([model.model_uid, state.value], count)
+        alive = GaugeMetricFamily("xb_workers_alive", "Workers sending heartbeats")
+        alive.add_metric([], len(self.workers))
+        per_worker: dict[str, tuple[str, Callable[[p.WorkerInfo], float]]] = {
+            "xb_worker_memory_free_bytes": ("Free memory", lambda w: w.memory.free),
+            "xb_worker_memory_total_bytes": ("Total memory", lambda w: w.memory.total),
+            "xb_worker_gpu_memory_free_bytes": ("Free GPU memory", lambda w: w.memory.gpu_free),
+            "xb_worker_gpu_memory_total_bytes": ("GPU memory", lambda w: w.memory.gpu_total),
+            "xb_worker_queue_depth": ("Requests queued on the worker", lambda w: w.queue_depth),
+            "xb_worker_in_flight": ("Requests running on the worker", lambda w: w.in_flight),
+            "xb_worker_heartbeat_age_seconds": (
+                "Since the last heartbeat",
+                lambda w: w.heartbeat_age,
+            ),
+        }
+        yield queue
+        yield replicas
+        yield alive
+        for name, (text, read) in per_worker.items():
+            family = GaugeMetricFamily(name, text, labels=["worker"])
+            for worker in self.workers:
+                family.add_metric([worker.worker_id], float(read(worker)))
+            yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "xb_requests",
+            "Requests by model, endpoint and HTTP status",
+            ["model", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self._ttft = Histogram(
+            "xb_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._per_token = Histogram(
+            "xb_time_per_output_token_seconds",
+            "Time between output tokens",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self._generated = Counter(
+            "xb_generated_tokens", "Tokens generated", ["model"], registry=self.registry
+        )
+        self._prompt = Counter(
+            "xb_prompt_tokens", "Prompt tokens read", ["model"], registry=self.registry
+        )
+        self.cluster: _ClusterCollector = _ClusterCollector()
+        self.registry.register(self.cluster)
+
+    def request(self, model: str, endpoint: str, status: int) -> None:
+        self._requests.labels(model, endpoint, str(status)).inc()
+
+    def ttft(self, model: str, seconds: float) -> None:
+        self._ttft.labels(model).observe(seconds)
+
+    def per_token(self, model: str, seconds: float) -> None:
+        self._per_token.labels(model).observe(seconds)
+
+    def tokens(self, model: str, prompt: int, generated: int) -> None:
+        self._prompt.labels(model).inc(prompt)
+        self._generated.labels(model).inc(generated)
+
+    def render(self, models: list[p.ModelInfo], workers: list[p.WorkerInfo]) -> bytes:
+        self.cluster.models, self.cluster.workers = models, workers
+        return generate_latest(self.registry)

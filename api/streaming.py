@@ -1,0 +1,200 @@
+"""Running generations for the facade: fan-out over choices, whole answers and SSE streams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from xb import protocol as p
+from xb.api import convert
+from xb.api.bridge import BrokerBridge, RequestStream
+from xb.api.errors import APIError
+from xb.api.metrics import Metrics
+
+# Seconds without a frame before the SSE stream gets a keep-alive comment; also how long
+# the facade waits for the first frame before it commits to a 200 and starts streaming.
+KEEPALIVE_SECONDS = float(os.environ.get("XB_SSE_KEEPALIVE_S", "5"))
+_json = msgspec.json.Encoder()
+
+
+def fail(message: p.Message) -> APIError:
+    if isinstance(message, p.Error):
+        return APIError.from_code(message.code, message.message)
+    return APIError(
+        500, f"unexpected {type(message).__name__} from the broker", type="server_error"
+    )
+
+
+def sse(payload: object) -> bytes:
+    return b"data: " + _json.encode(payload) + b"\n\n"
+
+
+@dataclass
+class Choice:
+    """What one choice has produced so far."""
+
+    stream: RequestStream
+    text: list[str] = field(default_factory=list)
+    logprobs: list[p.TokenLogprob] = field(default_factory=list)
+    final: p.Final | None = None
+    first_at: float = 0.0
+
+
+@dataclass
+class Generation:
+    bridge: BrokerBridge
+    submits: list[p.Submit]
+    shape: convert.Shape
+    metrics: Metrics
+    endpoint: str
+    prompt_counted: list[bool] | None = None
+    include_usage: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def model(self) -> str:
+        return self.submits[0].model_uid
+
+    def _record(self, status: int, choices: list[Choice]) -> None:
+        self.metrics.request(self.model, self.endpoint, status)
+        for choice in choices:
+            if choice.final is None or not choice.first_at:
+                continue
+            tokens = choice.final.usage.completion_tokens
+            self.metrics.tokens(self.model, choice.final.usage.prompt_tokens, tokens)
+            self.metrics.ttft(self.model, choice.first_at - self.started)
+            if tokens > 1:
+                per_token = (time.perf_counter() - choice.first_at) / (tokens - 1)
+                self.metrics.per_token(self.model, per_token)
+
+    async def respond(self, stream: bool) -> Response:
+        choices = [Choice(self.bridge.open(s)) for s in self.submits]
+        try:
+            early = await self._first_frames(choices, None if not stream else KEEPALIVE_SECONDS)
+        except BaseException:
+            self._close(choices)
+            raise
+        if not stream:
+            try:
+                return await self._whole(choices, early)
+            finally:
+                self._close(choices)
+        return StreamingResponse(
+            self._events(choices, early),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _first_frames(
+        self, choices: list[Choice], timeout: float | None
+    ) -> list[tuple[int, p.Partial | p.Final | p.Error]]:
+        """Wait (up to ``timeout``) for each choice's first frame; an early error is raised
+        as an HTTP error, since no byte of the response has been sent."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        early: list[tuple[int, p.Partial | p.Final | p.Error]] = []
+        for index, choice in enumerate(choices):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            message = await choice.stream.next(left)
+            if message is None:
+                break
+            if isinstance(message, p.Error):
+                self.metrics.request(self.model, self.endpoint, fail(message).status)
+                raise fail(message)
+            early.append((index, message))
+        return early
+
+    def _take(
+        self, choice: Choice, message: p.Partial | p.Final
+    ) -> tuple[str, list[p.TokenLogprob]]:
+        if not choice.first_at:
+            choice.first_at = time.perf_counter()
+        choice.text.append(message.text)
+        choice.logprobs += message.logprobs
+        if isinstance(message, p.Final):
+            choice.final = message
+        return message.text, list(message.logprobs)
+
+    async def _whole(
+        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
+    ) -> Response:
+        pending = list(early)
+        for index, choice in enumerate(choices):
+            while choice.final is None:
+                if pending and pending[0][0] == index:
+                    message: p.Message | None = pending.pop(0)[1]
+                else:
+                    message = await choice.stream.next()
+                if not isinstance(message, p.Partial | p.Final):
+                    error = fail(message) if message is not None else APIError(500, "no reply")
+                    self._record(error.status, choices)
+                    raise error
+                self._take(choice, message)
+        finals = [c.final for c in choices if c.final is not None]
+        parts = [("".join(c.text), c.logprobs, f) for c, f in zip(choices, finals, strict=True)]
+        self._record(200, choices)
+        body = self.shape.whole(parts, convert.usage(finals, self.prompt_counted))
+        return JSONResponse(body)
+
+    async def _events(
+        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
+    ) -> AsyncIterator[bytes]:
+        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]] = asyncio.Queue()
+        for item in early:
+            merged.put_nowait(item)
+        # Each reader carries on after the frame its choice already gave (a finished one stops).
+        readers = [asyncio.create_task(self._read(i, c, merged)) for i, c in enumerate(choices)]
+        status = 200
+        try:
+            open_choices = len(choices)
+            while open_choices:
+                try:
+                    index, message = await asyncio.wait_for(merged.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                choice = choices[index]
+                if isinstance(message, p.Error):
+                    error = fail(message)
+                    status = error.status
+                    yield sse(error.body())
+                    break
+                first = not choice.first_at
+                text, lp = self._take(choice, message)
+                final = message if isinstance(message, p.Final) else None
+                if first or text or lp or final is not None:
+                    yield sse(self.shape.chunk(index, first, text, lp, None))
+                if final is not None:
+                    yield sse(self.shape.chunk(index, False, "", [], final))
+                    open_choices -= 1
+            else:
+                if self.include_usage:
+                    finals = [c.final for c in choices if c.final is not None]
+                    yield sse(self.shape.usage_chunk(convert.usage(finals, self.prompt_counted)))
+            yield b"data: [DONE]\n\n"
+        finally:
+            for task in readers:
+                task.cancel()
+            self._close(choices)
+            self._record(status, choices)
+
+    @staticmethod
+    async def _read(
+        index: int,
+        choice: Choice,
+        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]],
+    ) -> None:
+        while not choice.stream.finished:
+            message = await choice.stream.next()
+            if message is not None:
+                merged.put_nowait((index, message))
+
+    @staticmethod
+    def _close(choices: list[Choice]) -> None:
+        for choice in choices:
+            choice.stream.close()

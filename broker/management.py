@@ -1,0 +1,357 @@
+"""Model lifecycle on the broker: launch, scale, terminate and describe.
+
+A mixin of ``Broker``: it works on the broker's tables and sends through its socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from xb import protocol as p
+from xb.broker.placement import PlacementError, place
+from xb.broker.table import InFlight, Model, Replica, Waiter, WorkerEntry
+from xb.demo_model import DEMO_MODEL_NAME
+from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
+
+log = logging.getLogger("xb.broker")
+
+
+class ModelManagement:
+    workers: dict[bytes, WorkerEntry]
+    models: dict[str, Model]
+    in_flight: dict[str, InFlight]
+
+    def _send(self, identity: bytes, message: p.Message) -> None:
+        raise NotImplementedError
+
+    def _error(self, identity: bytes, request_id: str, code: p.ErrorCode, text: str) -> None:
+        self._send(identity, p.Error(request_id, code, text))
+
+    def dispatch(self, model: Model) -> None:
+        raise NotImplementedError
+
+    def _unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
+        known = ", ".join(sorted(self.models)) or "none"
+        self._error(
+            client,
+            request_id,
+            p.ErrorCode.UNKNOWN_MODEL,
+            f"model {uid!r} is not running (running: {known}); launch it first",
+        )
+
+    # ---- launch and scale -------------------------------------------------------------
+
+    def _launch(self, client: bytes, launch: p.LaunchModel) -> None:
+        rid = launch.request_id
+        uid = launch.model_uid or self._fresh_uid(launch.model_name)
+        refusal = self._launch_refusal(uid, launch)
+        if refusal is not None:
+            self._error(client, rid, *refusal)
+            return
+        try:
+            need = self._estimate(launch)
+        except ModelFileError as exc:
+            self._error(client, rid, p.ErrorCode.INVALID_REQUEST, f"cannot launch {uid!r}: {exc}")
+            return
+        model = Model(
+            uid=uid,
+            name=launch.model_name,
+            path=launch.model_path,
+            n_ctx=launch.n_ctx,
+            model_format="gguf",
+            model_type=launch.model_type,
+            replica=launch.replica,
+            created=int(time.time()),
+            abilities=["embed"] if launch.model_type == "embedding" else [],
+            spec=p.ModelSpec(
+                uid,
+                launch.model_name,
+                launch.model_path,
+                launch.n_ctx,
+                model_type=launch.model_type,
+                n_gpu_layers=launch.n_gpu_layers,
+                engine_kwargs=launch.engine_kwargs,
+            ),
+            need=need,
+            worker=launch.worker,
+            request_limits=launch.request_limits,
+        )
+        try:
+            added = self._add_replicas(model, launch.replica)
+        except PlacementError as exc:
+            self._error(client, rid, p.ErrorCode.LAUNCH_REFUSED, f"cannot launch {uid!r}: {exc}")
+            return
+        self.models[uid] = model
+        if launch.wait_ready:
+            model.waiters.append(Waiter(client, rid, added, initial=True))
+        else:
+            self._send(client, self._model_info(model, rid))
+
+    def _launch_refusal(self, uid: str, launch: p.LaunchModel) -> tuple[p.ErrorCode, str] | None:
+        if uid in self.models:
+            return (
+                p.ErrorCode.DUPLICATE_MODEL,
+                f"model uid {uid!r} is already running; pick another uid or terminate it",
+            )
+        if launch.replica < 1:
+            return p.ErrorCode.INVALID_REQUEST, "replica must be at least 1"
+        if launch.model_type not in ("LLM", "embedding"):
+            return (
+                p.ErrorCode.INVALID_REQUEST,
+                f"model_type {launch.model_type!r} is not served; use 'LLM' or 'embedding'",
+            )
+        if not launch.model_path and launch.model_name != DEMO_MODEL_NAME:
+            return (
+                p.ErrorCode.INVALID_REQUEST,
+                f"model {launch.model_name!r} is not built in (built in: {DEMO_MODEL_NAME}); "
+                "give model_path, a GGUF file on the worker",
+            )
+        if launch.worker and not self._candidates(launch.worker):
+            known = ", ".join(w.worker_id for w in self.workers.values()) or "none"
+            return (
+                p.ErrorCode.UNKNOWN_WORKER,
+                f"no worker named {launch.worker!r} (connected: {known})",
+            )
+        return None
+
+    def _candidates(self, named: str | None) -> list[WorkerEntry]:
+        workers = list(self.workers.values())
+        if named:
+            workers = [w for w in workers if named in (w.worker_id, w.host)]
+        return workers
+
+    def _add_replicas(self, model: Model, count: int) -> set[str]:
+        """Place and launch ``count`` more replicas of ``model``; their ids."""
+        assert model.spec is not None
+        hosting: dict[bytes, int] = {}
+        for replica in model.replicas.values():
+            hosting[replica.worker] = hosting.get(replica.worker, 0) + 1
+        chosen = place(self._candidates(model.worker), model.need, count, hosting)
+        added: set[str] = set()
+        for worker in chosen:
+            replica_id = f"{model.uid}-{model.next_index}"
+            model.next_index += 1
+            model.replicas[replica_id] = Replica(
+                replica_id, model.uid, worker.identity, p.ModelState.LOADING, reserved=model.need
+            )
+            worker.reserved += model.need
+            self._send(worker.identity, p.Launch(replica_id, model.spec))
+            added.add(replica_id)
+        log.info(
+            "launching %s (%s) on %s",
+            model.uid,
+            model.name,
+            ", ".join(w.worker_id for w in chosen),
+        )
+        return added
+
+    def _scale(self, client: bytes, message: p.ScaleModel) -> None:
+        model = self.models.get(message.model_uid)
+        if model is None:
+            self._unknown_model(client, message.request_id, message.model_uid)
+            return
+        if message.replica < 1:
+            self._error(
+                client,
+                message.request_id,
+                p.ErrorCode.INVALID_REQUEST,
+                "replica must be at least 1; terminate the model to stop it",
+            )
+            return
+        if model.spec is None:
+            self._error(
+                client,
+                message.request_id,
+                p.ErrorCode.INVALID_REQUEST,
+                f"model {model.uid!r} was taken over after a broker restart and cannot be "
+                "scaled; terminate and launch it again",
+            )
+            return
+        current = len(model.replicas)
+        model.replica = message.replica
+        if message.replica > current:
+            try:
+                added = self._add_replicas(model, message.replica - current)
+            except PlacementError as exc:
+                model.replica = current
+                self._error(
+                    client,
+                    message.request_id,
+                    p.ErrorCode.LAUNCH_REFUSED,
+                    f"cannot add replicas to {model.uid!r}: {exc}",
+                )
+                return
+            model.waiters.append(Waiter(client, message.request_id, added))
+            return
+        # Remove the least useful first: not ready, then the least busy.
+        ranked = sorted(
+            model.replicas.values(),
+            key=lambda r: (r.state == p.ModelState.READY, -r.in_flight),
+        )
+        doomed = {r.replica_id for r in ranked[: current - message.replica]}
+        self._remove_replicas(doomed, f"model {model.uid!r} was scaled down", terminate=True)
+        self._send(client, self._model_info(model, message.request_id))
+
+    def _fresh_uid(self, name: str) -> str:
+        if name not in self.models:
+            return name
+        n = 1
+        while f"{name}-{n}" in self.models:
+            n += 1
+        return f"{name}-{n}"
+
+    @staticmethod
+    def _estimate(launch: p.LaunchModel) -> int:
+        """Bytes the model needs, when its file is readable here; 0 leaves it to the worker."""
+        if not launch.model_path:
+            return 0
+        path = Path(launch.model_path).expanduser()
+        if not path.exists():
+            return 0  # the path may exist on the worker's machine only
+        return estimate_memory(read_gguf_info(path), launch.n_ctx)
+
+    def _check_waiters(self, model: Model) -> None:
+        """Answer launches and scale-ups whose replicas are all ready, or one failed."""
+        for waiter in list(model.waiters):
+            replicas = [model.replicas.get(rid) for rid in waiter.replica_ids]
+            failed = [r for r in replicas if r is None or r.state == p.ModelState.FAILED]
+            if failed:
+                first = failed[0]
+                reason = first.error if first is not None else "its worker was lost while loading"
+                model.waiters.remove(waiter)
+                self._error(
+                    waiter.client,
+                    waiter.request_id,
+                    p.ErrorCode.MODEL_FAILED,
+                    f"model {model.uid!r} failed to load: {reason}",
+                )
+                if waiter.initial:
+                    self._drop_model(model, "launch failed")
+                    return
+                self._remove_replicas(waiter.replica_ids, "load failed", terminate=True)
+                model.replica = len(model.replicas)
+            elif all(r is not None and r.state == p.ModelState.READY for r in replicas):
+                model.waiters.remove(waiter)
+                self._send(waiter.client, self._model_info(model, waiter.request_id))
+
+    # ---- removal ----------------------------------------------------------------------
+
+    def _remove_replicas(self, doomed: set[str], reason: str, *, terminate: bool) -> None:
+        """Forget the replicas in ``doomed`` (telling their workers when ``terminate``).
+
+        Their requests that have sent no token yet go back to the queue; the others end.
+        """
+        touched: list[Model] = []
+        for model in self.models.values():
+            gone = [model.replicas.pop(rid) for rid in list(model.replicas) if rid in doomed]
+            for replica in gone:
+                worker = self.workers.get(replica.worker)
+                if worker is not None:
+                    worker.reserved = max(worker.reserved - replica.reserved, 0)
+                    if terminate:
+                        self._send(worker.identity, p.Terminate(replica.replica_id))
+            if gone:
+                touched.append(model)
+        for request_id, flight in list(self.in_flight.items()):
+            if flight.replica_id not in doomed:
+                continue
+            del self.in_flight[request_id]
+            owner = self.models.get(flight.submit.model_uid)
+            if not flight.started and owner is not None and owner.ready():
+                owner.queue.appendleft((flight.client, flight.submit))  # no token sent: retry
+            else:
+                self._error(
+                    flight.client,
+                    request_id,
+                    p.ErrorCode.WORKER_LOST,
+                    f"the replica serving this request went away ({reason})",
+                )
+        for model in touched:
+            self._check_waiters(model)
+            if model.uid in self.models:
+                self.dispatch(model)
+
+    def _terminate(self, client: bytes, message: p.TerminateModel) -> None:
+        model = self.models.get(message.model_uid)
+        if model is None:
+            self._unknown_model(client, message.request_id, message.model_uid)
+            return
+        for waiter in model.waiters:
+            self._error(
+                waiter.client,
+                waiter.request_id,
+                p.ErrorCode.CANCELLED,
+                f"model {model.uid!r} was terminated while loading",
+            )
+        model.waiters.clear()
+        self._drop_model(model, "terminated")
+        self._send(client, p.Ack(message.request_id))
+
+    def _drop_model(self, model: Model, reason: str) -> None:
+        """Terminate every replica of ``model`` and end its requests."""
+        self.models.pop(model.uid, None)
+        for replica in model.replicas.values():
+            worker = self.workers.get(replica.worker)
+            if worker is not None:
+                worker.reserved = max(worker.reserved - replica.reserved, 0)
+                self._send(worker.identity, p.Terminate(replica.replica_id))
+        ended = [entry for entry in model.queue]
+        ended += [
+            (flight.client, flight.submit)
+            for flight in self.in_flight.values()
+            if flight.submit.model_uid == model.uid
+        ]
+        model.queue.clear()
+        for client, submit in ended:
+            self.in_flight.pop(submit.request_id, None)
+            self._error(
+                client,
+                submit.request_id,
+                p.ErrorCode.UNKNOWN_MODEL,
+                f"model {model.uid!r} was {reason}",
+            )
+
+    # ---- descriptions -----------------------------------------------------------------
+
+    def _model_info(self, model: Model, request_id: str) -> p.ModelInfo:
+        places = []
+        for replica in model.replicas.values():
+            worker = self.workers.get(replica.worker)
+            places.append(
+                p.ReplicaPlace(
+                    replica_id=replica.replica_id,
+                    worker_id=worker.worker_id if worker else "",
+                    host=worker.host if worker else "",
+                    state=replica.state,
+                    error=replica.error,
+                )
+            )
+        return p.ModelInfo(
+            request_id=request_id,
+            model_uid=model.uid,
+            model_name=model.name,
+            model_path=model.path,
+            model_format=model.model_format,
+            model_type=model.model_type,
+            n_ctx=model.n_ctx,
+            abilities=model.abilities,
+            replica=model.replica,
+            replicas=places,
+            created=model.created,
+            queued=len(model.queue),
+        )
+
+    def _cluster(self, request_id: str) -> p.Cluster:
+        now = time.monotonic()
+        infos = []
+        for worker in self.workers.values():
+            statuses = [
+                p.ReplicaStatus(r.replica_id, m.uid, m.name, r.state, r.error, r.in_flight)
+                for m in self.models.values()
+                for r in m.replicas.values()
+                if r.worker == worker.identity
+            ]
+            infos.append(worker.info(now, statuses))
+        return p.Cluster(request_id, infos)
