@@ -50,7 +50,7 @@ class DemoModelConfig:
 
 def _word_pieces(count: int) -> list[str]:
     """Printable, distinct pieces: characters, then syllables with and without a space."""
-    chars = string.ascii_letters + string.digits + ".,!?;:'-()"
+    chars = string.ascii_letters + string.digits + string.punctuation
     pieces = list(chars) + [_SPACE + c for c in chars]
     consonants, vowels = "bcdfghklmnprstvz", "aeiou"
     for c, v in itertools.product(consonants, vowels):
@@ -60,7 +60,8 @@ def _word_pieces(count: int) -> list[str]:
     return pieces[:count]
 
 
-def _vocabulary(n_words: int) -> tuple[list[str], list[float], list[int]]:
+def vocabulary(n_words: int) -> tuple[list[str], list[float], list[int]]:
+    """The tokens, their scores and their types; a token's id is its index."""
     tokens = list(_SPECIALS)
     types = [_TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_CONTROL, _TOKEN_CONTROL]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
@@ -77,7 +78,7 @@ def write_demo_model(path: Path, config: DemoModelConfig = DemoModelConfig()) ->
     """Write the model to ``path`` (atomically) and return ``path``."""
     import gguf
 
-    tokens, scores, types = _vocabulary(config.n_words)
+    tokens, scores, types = vocabulary(config.n_words)
     n_vocab, d, ff = len(tokens), config.n_embd, config.n_ff
     rng = np.random.default_rng(config.seed)
     big = np.float16 if config.f16 else np.float32

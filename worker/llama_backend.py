@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,14 @@ from typing import Any
 import numpy as np
 
 from xb.modelfile import read_gguf_info
-from xb.protocol import GenerateParams, ModelSpec, TokenLogprob, Tool, ToolCall, TopLogprob, Usage
+from xb.protocol import GenerateParams, ModelSpec, TokenLogprob, TopLogprob, Usage
 from xb.worker.backend import Backend, BackendError, Done, Piece, StopText
-
-TOOL_INSTRUCTIONS = (
-    "You can call functions. To call one, answer with only a JSON object of the form "
-    '{"name": <function name>, "arguments": <object>}. The functions:\n'
+from xb.worker.structured import (
+    call_schema,
+    openai_tool,
+    parse_call,
+    prepare_schema,
+    with_tool_instructions,
 )
 
 
@@ -74,9 +75,9 @@ class LlamaBackend(Backend):
         messages = [{"role": m.role, "content": m.content} for m in params.messages or []]
         tools = params.tools if params.tool_choice != "none" else []
         if tools and "tools" not in self._template:
-            messages = _with_tool_instructions(messages, tools)
+            messages = with_tool_instructions(messages, tools)
         formatted = self._formatter(
-            messages=messages, tools=[_openai_tool(t) for t in tools] or None
+            messages=messages, tools=[openai_tool(t) for t in tools] or None
         )
         stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop or ""]
         tokens = self._llm.tokenize(
@@ -87,11 +88,14 @@ class LlamaBackend(Backend):
     def _grammar(self, params: GenerateParams, calls: bool) -> Any:
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
+        schema: Any = None
+        if calls:
+            schema = call_schema(params.tools, params.tool_choice)
+        elif params.response_format == "json_schema":
+            schema = prepare_schema(json.loads(params.json_schema or "{}"))
         try:
-            if calls:
-                return LlamaGrammar.from_json_schema(_call_schema(params), verbose=False)
-            if params.response_format == "json_schema":
-                return LlamaGrammar.from_json_schema(params.json_schema or "{}", verbose=False)
+            if schema is not None:
+                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             if params.response_format == "json_object":
                 return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         except Exception as exc:  # the converter raises assorted errors on schemas it rejects
@@ -166,7 +170,7 @@ class LlamaBackend(Backend):
                 break
         usage = Usage(n_prompt, produced, n_prompt + produced)
         rest = "".join(held) + text.flush()
-        tool_calls = _parse_call(rest, params.tools) if held else None
+        tool_calls = parse_call(rest, params.tools) if held else None
         if tool_calls:
             yield Done("tool_calls", usage, "", tool_calls=tool_calls)
         else:
@@ -211,60 +215,3 @@ class _Recorder:
             scores[self._ids] += self._values
         self.last = np.array(scores, dtype=np.single)
         return scores
-
-
-def _openai_tool(tool: Tool) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": json.loads(tool.parameters),
-        },
-    }
-
-
-def _with_tool_instructions(
-    messages: list[dict[str, str]], tools: list[Tool]
-) -> list[dict[str, str]]:
-    listing = "\n".join(json.dumps(_openai_tool(t)["function"]) for t in tools)
-    note = TOOL_INSTRUCTIONS + listing
-    if messages and messages[0]["role"] == "system":
-        return [
-            {"role": "system", "content": messages[0]["content"] + "\n\n" + note},
-            *messages[1:],
-        ]
-    return [{"role": "system", "content": note}, *messages]
-
-
-def _call_schema(params: GenerateParams) -> str:
-    """The JSON schema every allowed tool call matches."""
-    tools = params.tools
-    if params.tool_choice not in ("auto", "required"):
-        tools = [t for t in tools if t.name == params.tool_choice]
-        if not tools:
-            raise BackendError(f"tool_choice names {params.tool_choice!r}, which is not a tool")
-    options = []
-    for tool in tools:
-        arguments = json.loads(tool.parameters) or {"type": "object"}
-        options.append(
-            {
-                "type": "object",
-                "properties": {"name": {"const": tool.name}, "arguments": arguments},
-                "required": ["name", "arguments"],
-            }
-        )
-    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options})
-
-
-def _parse_call(text: str, tools: list[Tool]) -> tuple[ToolCall, ...]:
-    """The tool call ``text`` holds, or nothing when it is not one."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return ()
-    names = {t.name for t in tools}
-    if not isinstance(value, dict) or value.get("name") not in names:
-        return ()
-    arguments = value.get("arguments", {})
-    return (ToolCall(f"call_{uuid.uuid4().hex[:24]}", value["name"], json.dumps(arguments)),)

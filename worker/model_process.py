@@ -21,7 +21,7 @@ from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
 from xb.modelfile import estimate_memory, read_gguf_info
 from xb.settings import xb_home
-from xb.worker.backend import Backend, BackendError, Piece
+from xb.worker.backend import Backend, BackendError, Done
 
 log = logging.getLogger("xb.model")
 
@@ -118,29 +118,40 @@ class Runner:
     def _execute(self, request: p.Request) -> None:
         rid = request.request_id
         self._cancelled.discard(rid)
-        pending: list[str] = []
-        pending_tokens = 0
+        text: list[str] = []
+        logprobs: list[p.TokenLogprob] = []
+        tokens = 0
         sent_first = False
         last_sent = time.monotonic()
         try:
             for item in self._backend.generate(request.kind, request.params):
-                if isinstance(item, Piece):
-                    pending.append(item.text)
-                    pending_tokens += 1
-                    now = time.monotonic()
-                    if (not sent_first and item.text) or now - last_sent >= COALESCE_SECONDS:
-                        self._send(p.Partial(rid, "".join(pending), pending_tokens))
-                        pending.clear()
-                        pending_tokens = 0
-                        sent_first, last_sent = True, now
-                    self._drain(0)
-                    if rid in self._cancelled:
-                        self._cancelled.discard(rid)
-                        self._send(p.Error(rid, p.ErrorCode.CANCELLED, "cancelled"))
-                        return
-                else:
-                    text = "".join(pending) + item.text
-                    self._send(p.Final(rid, item.finish_reason, item.usage, text))
+                if isinstance(item, Done):
+                    self._send(
+                        p.Final(
+                            rid,
+                            item.finish_reason,
+                            item.usage,
+                            "".join(text) + item.text,
+                            logprobs,
+                            list(item.tool_calls),
+                            list(item.embeddings),
+                        )
+                    )
+                    return
+                text.append(item.text)
+                if item.logprob is not None:
+                    logprobs.append(item.logprob)
+                tokens += 1
+                now = time.monotonic()
+                if (not sent_first and item.text) or now - last_sent >= COALESCE_SECONDS:
+                    self._send(p.Partial(rid, "".join(text), tokens, logprobs))
+                    text, logprobs, tokens = [], [], 0
+                    sent_first, last_sent = True, now
+                self._drain(0)
+                if rid in self._cancelled:
+                    self._cancelled.discard(rid)
+                    self._send(p.Error(rid, p.ErrorCode.CANCELLED, "cancelled"))
+                    return
         except BackendError as exc:
             self._send(p.Error(rid, p.ErrorCode.INVALID_REQUEST, str(exc)))
         except Exception as exc:
