@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ class LlamaBackend(Backend):
             extra: dict[str, Any] = json.loads(spec.engine_kwargs)
         except ValueError as exc:
             raise BackendError(f"engine keyword arguments are not JSON: {exc}") from exc
+        _check_engine_kwargs(llama_cpp.Llama, extra)
         no_pooling = self._embedding and "pooling_type" not in extra
         if no_pooling and read_gguf_info(path).pooling_type is None:
             extra["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN  # the file names none
@@ -215,3 +217,18 @@ class _Recorder:
             scores[self._ids] += self._values
         self.last = np.array(scores, dtype=np.single)
         return scores
+
+
+# Set by xb from the launch itself; an engine argument may not override them.
+_OWN_ARGUMENTS = {"self", "kwargs", "model_path", "n_ctx", "n_gpu_layers", "embedding", "verbose"}
+
+
+def _check_engine_kwargs(llama: Any, extra: dict[str, Any]) -> None:
+    """Refuse engine arguments llama.cpp does not know: it would silently ignore them."""
+    known = set(inspect.signature(llama.__init__).parameters) - _OWN_ARGUMENTS
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise BackendError(
+            f"{', '.join(unknown)} {'is not an option' if len(unknown) == 1 else 'are not options'}"
+            " of llama.cpp's Llama; see llama-cpp-python's documentation for the options"
+        )
