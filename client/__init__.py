@@ -1,5 +1,7 @@
-"""The Python client and the ``xb`` command line, both speaking the REST API."""
+"""The Python clients and the ``xb`` command line, all speaking the REST API."""
 
-from xb.client.client import Client, ClientError
+from xb.client.aio import AsyncClient, AsyncModelHandle
+from xb.client.calls import ClientError
+from xb.client.client import Client, ModelHandle
 
-__all__ = ["Client", "ClientError"]
+__all__ = ["AsyncClient", "AsyncModelHandle", "Client", "ClientError", "ModelHandle"]

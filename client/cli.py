@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from xb.client.client import Client, ClientError
+from xb.client.calls import ClientError
+from xb.client.client import Client
 from xb.settings import DEFAULT_ENDPOINT
 
 app = typer.Typer(
@@ -57,35 +60,76 @@ def launch(
         None, "--model-path", "-p", help="GGUF file on the worker."
     ),
     uid: str | None = typer.Option(None, "--uid", "-u", help="Model uid (default: the name)."),
+    model_type: str = typer.Option("LLM", "--model-type", "-t", help="LLM or embedding."),
     replica: int = typer.Option(1, "--replica", "-r", help="Number of replicas."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length in tokens."),
     worker: str | None = typer.Option(None, "--worker", "-w", help="Worker id or host to use."),
     endpoint: str = _endpoint,
     as_json: bool = _as_json,
 ) -> None:
-    """Launch a model and wait until it is ready."""
-    with console.status(f"launching {model_name} ..."):
-        model_uid = _call(
-            endpoint,
-            lambda client: client.launch_model(
-                model_name,
-                model_path=model_path,
-                model_uid=uid,
-                replica=replica,
-                n_ctx=n_ctx,
-                worker=worker,
-            ),
-        )
+    """Launch a model, show its progress, and wait until it is ready."""
+    fields = {
+        "model_path": model_path,
+        "model_uid": uid,
+        "model_type": model_type,
+        "replica": replica,
+        "n_ctx": n_ctx,
+        "worker": worker,
+        "wait_ready": False,
+    }
+    with Client(endpoint) as client:
+        try:
+            model_uid = client.launch_model(model_name, **fields)
+            state = _follow_launch(client, model_uid, quiet=as_json)
+        except ClientError as exc:
+            raise _fail(exc) from exc
+        except KeyboardInterrupt:
+            client.cancel_launch_model(model_uid)
+            err.print(f"launch of {model_uid} cancelled")
+            raise typer.Exit(130) from None
+        if state["stage"] == "failed":
+            client.terminate_model(model_uid)
+            raise _fail(ClientError(f"model {model_uid!r} failed to load: {state['error']}"))
     if as_json:
         _print_json({"model_uid": model_uid})
     else:
         console.print(f"model [bold]{model_uid}[/bold] is ready")
 
 
+def _follow_launch(client: Client, model_uid: str, quiet: bool) -> dict[str, Any]:
+    """Poll the launch progress until it ends, drawing a progress bar unless ``quiet``."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[stage]}"),
+        console=err,
+        disable=quiet,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"launching {model_uid}", total=1.0, stage="placing")
+        while True:
+            state = client.get_launch_model_progress(model_uid)
+            bar.update(task, completed=state["progress"], stage=state["stage"])
+            if state["stage"] in ("ready", "failed"):
+                return state
+            time.sleep(0.2)
+
+
+@app.command()
+def scale(
+    model_uid: str = typer.Argument(..., help="Model uid."),
+    replica: int = typer.Argument(..., help="The number of replicas it should have."),
+    endpoint: str = _endpoint,
+) -> None:
+    """Add or remove replicas of a running model."""
+    info = _call(endpoint, lambda client: client.scale_model(model_uid, replica))
+    console.print(f"model [bold]{model_uid}[/bold] has {len(info['replicas'])} replicas")
+
+
 @app.command("list")
 def list_models(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     """List running models."""
-    models = _call(endpoint, Client.list_models)
+    models = list(_call(endpoint, Client.list_models).values())
     if as_json:
         _print_json(models)
         return
@@ -125,7 +169,7 @@ def _gib(n: int) -> str:
 @app.command()
 def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     """List workers with their memory, models and load."""
-    infos = _call(endpoint, Client.cluster_info)
+    infos = _call(endpoint, Client.get_workers_info)
     if as_json:
         _print_json(infos)
         return
@@ -160,6 +204,10 @@ def chat(
     if temperature is not None:
         params["temperature"] = temperature
     with Client(endpoint) as client:
+        try:
+            handle = client.get_model(model_uid)
+        except ClientError as exc:
+            raise _fail(exc) from exc
         while True:
             if message is not None:
                 text = message
@@ -171,17 +219,45 @@ def chat(
                 if not text.strip():
                     break
             history.append({"role": "user", "content": text})
-            answer: list[str] = []
             try:
-                for piece in client.chat_stream(model_uid, history, **params):
-                    answer.append(piece)
-                    console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+                chunks = handle.chat(history, generate_config={**params, "stream": True})
+                answer = _print_stream(c["choices"][0]["delta"].get("content") for c in chunks)
             except ClientError as exc:
                 raise _fail(exc) from exc
-            console.print()
-            history.append({"role": "assistant", "content": "".join(answer)})
+            history.append({"role": "assistant", "content": answer})
             if message is not None:
                 break
+
+
+def _print_stream(pieces: Iterable[str | None]) -> str:
+    """Print streamed text as it comes; the whole text."""
+    text: list[str] = []
+    for piece in pieces:
+        if piece:
+            text.append(piece)
+            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    console.print()
+    return "".join(text)
+
+
+@app.command()
+def generate(
+    model_uid: str = typer.Argument(..., help="Model uid."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Tokens at most."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
+    endpoint: str = _endpoint,
+) -> None:
+    """Continue a prompt (a text completion), streaming the text."""
+    config: dict[str, Any] = {"max_tokens": max_tokens, "stream": True}
+    if temperature is not None:
+        config["temperature"] = temperature
+    with Client(endpoint) as client:
+        try:
+            chunks = client.get_model(model_uid).generate(prompt, generate_config=config)
+            _print_stream(c["choices"][0]["text"] for c in chunks)
+        except ClientError as exc:
+            raise _fail(exc) from exc
 
 
 def main() -> None:

@@ -1,22 +1,23 @@
-"""A small synchronous client for the xb REST API."""
+"""The blocking Python client, shaped after Xinference's RESTful client.
+
+from xb.client import Client
+client = Client("http://127.0.0.1:9997")
+uid = client.launch_model("xb-demo")
+model = client.get_model(uid)
+print(model.chat([{"role": "user", "content": "Hi"}])["choices"][0]["message"])
+for chunk in model.chat([...], generate_config={"stream": True}): ...
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+from xb.client import calls
+from xb.client.calls import Call, ClientError
 from xb.settings import DEFAULT_ENDPOINT
-
-
-class ClientError(Exception):
-    """The API answered with an error, or could not be reached; the message says which."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Client:
@@ -36,64 +37,96 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _run(self, call: Call) -> Any:
+        if calls.streaming(call):
+            return self._stream(call)
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.request(call.method, call.path, json=call.json)
         except httpx.TransportError as exc:
-            raise ClientError(
-                f"cannot reach xb at {self.base_url} ({exc}); is xb-broker running?"
-            ) from exc
+            raise calls.unreachable(self.base_url, exc) from exc
         if response.status_code >= 400:
-            raise ClientError(_error_message(response), response.status_code)
-        return response.json()
+            raise ClientError(calls.error_message(response), response.status_code)
+        return call.read(response.json())
+
+    def _stream(self, call: Call) -> Iterator[dict[str, Any]]:
+        # Sent before the first chunk is asked for, so an error surfaces here and now.
+        request = self._http.build_request(call.method, call.path, json=call.json)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise calls.unreachable(self.base_url, exc) from exc
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            raise ClientError(calls.error_message(response), response.status_code)
+
+        def chunks() -> Iterator[dict[str, Any]]:
+            try:
+                for line in response.iter_lines():
+                    chunk = calls.chunk(line)
+                    if chunk is not None:
+                        yield chunk
+            except httpx.TransportError as exc:
+                raise calls.unreachable(self.base_url, exc) from exc
+            finally:
+                response.close()
+
+        return chunks()
+
+    # ---- models -----------------------------------------------------------------------
 
     def launch_model(self, model_name: str, **fields: Any) -> str:
-        body = {"model_name": model_name, **{k: v for k, v in fields.items() if v is not None}}
-        return str(self._request("POST", "/v1/models", json=body)["model_uid"])
+        """Launch and return the model uid; fields as in ``POST /v1/models`` (model_path,
+        model_uid, model_type, replica, n_ctx, worker_ip, request_limits, wait_ready, ...)."""
+        return str(self._run(calls.launch(model_name, fields)))
 
-    def list_models(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/v1/models")["data"])
+    def list_models(self) -> dict[str, dict[str, Any]]:
+        """Running models by uid."""
+        return dict(self._run(calls.list_models()))
 
     def describe_model(self, model_uid: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/v1/models/{model_uid}"))
+        return dict(self._run(calls.describe(model_uid)))
 
     def terminate_model(self, model_uid: str) -> None:
-        self._request("DELETE", f"/v1/models/{model_uid}")
+        self._run(calls.terminate(model_uid))
 
-    def cluster_info(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/v1/cluster/info"))
+    def get_launch_model_progress(self, model_uid: str) -> dict[str, Any]:
+        return dict(self._run(calls.progress(model_uid)))
 
-    def chat(self, model_uid: str, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
-        body = {"model": model_uid, "messages": messages, **params, "stream": False}
-        return dict(self._request("POST", "/v1/chat/completions", json=body))
+    def cancel_launch_model(self, model_uid: str) -> None:
+        self._run(calls.cancel(model_uid))
 
-    def chat_stream(
-        self, model_uid: str, messages: list[dict[str, str]], **params: Any
-    ) -> Iterator[str]:
-        """Yield the text of each streamed chunk."""
-        body = {"model": model_uid, "messages": messages, **params, "stream": True}
-        try:
-            with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise ClientError(_error_message(response), response.status_code)
-                for line in response.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        raise ClientError(chunk["error"].get("message", "stream failed"))
-                    for choice in chunk.get("choices", []):
-                        text = choice.get("delta", {}).get("content")
-                        if text:
-                            yield text
-        except httpx.TransportError as exc:
-            raise ClientError(f"cannot reach xb at {self.base_url} ({exc})") from exc
+    def scale_model(self, model_uid: str, replica: int) -> dict[str, Any]:
+        """Add or remove replicas until the model has ``replica`` of them."""
+        return dict(self._run(calls.scale(model_uid, replica)))
+
+    def get_workers_info(self) -> list[dict[str, Any]]:
+        return list(self._run(calls.cluster()))
+
+    def get_model(self, model_uid: str) -> ModelHandle:
+        self.describe_model(model_uid)  # fails clearly for an unknown uid
+        return ModelHandle(self, model_uid)
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error", {})
-        return f"{error.get('message', response.text)} (HTTP {response.status_code})"
-    except (ValueError, AttributeError):
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+class ModelHandle:
+    """One running model. Pass ``generate_config={"stream": True, ...}`` to stream."""
+
+    def __init__(self, client: Client, model_uid: str) -> None:
+        self._client = client
+        self.model_uid = model_uid
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        generate_config: dict[str, Any] | None = None,
+    ) -> Any:
+        """A chat.completion, or an iterator of chat.completion.chunk when streaming."""
+        return self._client._run(calls.chat(self.model_uid, messages, tools, generate_config))
+
+    def generate(self, prompt: str, generate_config: dict[str, Any] | None = None) -> Any:
+        """A text_completion, or an iterator of its chunks when streaming."""
+        return self._client._run(calls.generate(self.model_uid, prompt, generate_config))
+
+    def create_embedding(self, input: str | list[str], **fields: Any) -> dict[str, Any]:
+        return dict(self._client._run(calls.embed(self.model_uid, input, fields)))

@@ -1,0 +1,113 @@
+"""What each client method sends and how its answer reads, shared by both clients.
+
+Each API call is a ``Call``; ``Client`` (blocking) and ``AsyncClient`` (asyncio) only
+differ in how they carry it out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+class ClientError(Exception):
+    """The API answered with an error, or could not be reached; the message says which."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _identity(body: Any) -> Any:
+    return body
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    json: dict[str, Any] | None = None
+    read: Callable[[Any], Any] = field(default=_identity)
+
+
+def launch(model_name: str, fields: dict[str, Any]) -> Call:
+    body = {"model_name": model_name, **{k: v for k, v in fields.items() if v is not None}}
+    return Call("POST", "/v1/models", body, lambda r: str(r["model_uid"]))
+
+
+def list_models() -> Call:
+    return Call("GET", "/v1/models", read=lambda r: {m["id"]: m for m in r["data"]})
+
+
+def describe(uid: str) -> Call:
+    return Call("GET", f"/v1/models/{uid}")
+
+
+def terminate(uid: str) -> Call:
+    return Call("DELETE", f"/v1/models/{uid}", read=lambda r: None)
+
+
+def progress(uid: str) -> Call:
+    return Call("GET", f"/v1/models/{uid}/progress")
+
+
+def cancel(uid: str) -> Call:
+    return Call("POST", f"/v1/models/{uid}/cancel", read=lambda r: None)
+
+
+def scale(uid: str, replica: int) -> Call:
+    return Call("POST", f"/v1/models/{uid}/replicas", {"replica": replica})
+
+
+def cluster() -> Call:
+    return Call("GET", "/v1/cluster/info")
+
+
+def chat(
+    uid: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    config: dict[str, Any] | None,
+) -> Call:
+    body: dict[str, Any] = {"model": uid, "messages": messages, **(config or {})}
+    if tools:
+        body["tools"] = tools
+    return Call("POST", "/v1/chat/completions", body)
+
+
+def generate(uid: str, prompt: str, config: dict[str, Any] | None) -> Call:
+    return Call("POST", "/v1/completions", {"model": uid, "prompt": prompt, **(config or {})})
+
+
+def embed(uid: str, input: str | list[str], fields: dict[str, Any]) -> Call:
+    return Call("POST", "/v1/embeddings", {"model": uid, "input": input, **fields})
+
+
+def streaming(call: Call) -> bool:
+    return bool(call.json and call.json.get("stream"))
+
+
+def error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        return f"{error.get('message', response.text)} (HTTP {response.status_code})"
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def chunk(line: str) -> dict[str, Any] | None:
+    """The chunk one SSE line carries; None for comments, blank lines and the end marker."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return None
+    value: dict[str, Any] = json.loads(line[6:])
+    if "error" in value:
+        raise ClientError(value["error"].get("message", "the stream failed"))
+    return value
+
+
+def unreachable(base_url: str, exc: Exception) -> ClientError:
+    return ClientError(f"cannot reach xb at {base_url} ({exc}); is xb-broker running?")
