@@ -144,7 +144,12 @@ class LlamaBackend(Backend):
                 repeat_penalty=params.repeat_penalty,
                 presence_penalty=params.presence_penalty,
                 frequency_penalty=params.frequency_penalty,
-                logits_processor=LogitsProcessorList([recorder]),
+                # A Python callback per token costs time: only when it has work to do.
+                logits_processor=(
+                    LogitsProcessorList([recorder])
+                    if params.logprobs or params.logit_bias
+                    else None
+                ),
                 grammar=grammar,
                 reset=True,
             )
