@@ -159,3 +159,11 @@ class LaunchRequest(_Body):
 
 class ScaleRequest(BaseModel):
     replica: int = Field(ge=1, le=64)
+
+
+class RegisterRequest(BaseModel):
+    """Xinference's registration body: the family as JSON text (or as an object)."""
+
+    model: str | dict[str, Any]
+    persist: bool = True
+    overwrite: bool = False

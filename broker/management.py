@@ -9,6 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+import msgspec
+
 from xb import protocol as p
 from xb.broker.placement import PlacementError, place
 from xb.broker.table import InFlight, Model, Replica, Waiter, WorkerEntry
@@ -45,35 +47,25 @@ class ModelManagement:
 
     def _launch(self, client: bytes, launch: p.LaunchModel) -> None:
         rid = launch.request_id
-        uid = launch.model_uid or self._fresh_uid(launch.model_name)
-        refusal = self._launch_refusal(uid, launch)
+        spec = launch.spec
+        if not spec.model_uid:
+            spec = msgspec.structs.replace(spec, model_uid=self._fresh_uid(spec.model_name))
+        refusal = self._launch_refusal(spec, launch)
         if refusal is not None:
             self._error(client, rid, *refusal)
             return
         try:
-            need = self._estimate(launch)
+            need = launch.need or self._estimate(spec)
         except ModelFileError as exc:
-            self._error(client, rid, p.ErrorCode.INVALID_REQUEST, f"cannot launch {uid!r}: {exc}")
+            self._error(
+                client, rid, p.ErrorCode.INVALID_REQUEST, f"cannot launch {spec.model_uid!r}: {exc}"
+            )
             return
         model = Model(
-            uid=uid,
-            name=launch.model_name,
-            path=launch.model_path,
-            n_ctx=launch.n_ctx,
-            model_format="gguf",
-            model_type=launch.model_type,
+            spec=spec,
             replica=launch.replica,
             created=int(time.time()),
-            abilities=["embed"] if launch.model_type == "embedding" else [],
-            spec=p.ModelSpec(
-                uid,
-                launch.model_name,
-                launch.model_path,
-                launch.n_ctx,
-                model_type=launch.model_type,
-                n_gpu_layers=launch.n_gpu_layers,
-                engine_kwargs=launch.engine_kwargs,
-            ),
+            abilities=list(launch.abilities),
             need=need,
             worker=launch.worker,
             request_limits=launch.request_limits,
@@ -81,32 +73,37 @@ class ModelManagement:
         try:
             added = self._add_replicas(model, launch.replica)
         except PlacementError as exc:
-            self._error(client, rid, p.ErrorCode.LAUNCH_REFUSED, f"cannot launch {uid!r}: {exc}")
+            self._error(
+                client, rid, p.ErrorCode.LAUNCH_REFUSED, f"cannot launch {spec.model_uid!r}: {exc}"
+            )
             return
-        self.models[uid] = model
+        self.models[model.uid] = model
         if launch.wait_ready:
             model.waiters.append(Waiter(client, rid, added, initial=True))
         else:
             self._send(client, self._model_info(model, rid))
 
-    def _launch_refusal(self, uid: str, launch: p.LaunchModel) -> tuple[p.ErrorCode, str] | None:
-        if uid in self.models:
+    def _launch_refusal(
+        self, spec: p.ModelSpec, launch: p.LaunchModel
+    ) -> tuple[p.ErrorCode, str] | None:
+        if spec.model_uid in self.models:
             return (
                 p.ErrorCode.DUPLICATE_MODEL,
-                f"model uid {uid!r} is already running; pick another uid or terminate it",
+                f"model uid {spec.model_uid!r} is already running; pick another uid or "
+                "terminate it",
             )
         if launch.replica < 1:
             return p.ErrorCode.INVALID_REQUEST, "replica must be at least 1"
-        if launch.model_type not in ("LLM", "embedding"):
+        if spec.model_type not in ("LLM", "embedding"):
             return (
                 p.ErrorCode.INVALID_REQUEST,
-                f"model_type {launch.model_type!r} is not served; use 'LLM' or 'embedding'",
+                f"model_type {spec.model_type!r} is not served; use 'LLM' or 'embedding'",
             )
-        if not launch.model_path and launch.model_name != DEMO_MODEL_NAME:
+        if not spec.model_path and spec.download is None and spec.model_name != DEMO_MODEL_NAME:
             return (
                 p.ErrorCode.INVALID_REQUEST,
-                f"model {launch.model_name!r} is not built in (built in: {DEMO_MODEL_NAME}); "
-                "give model_path, a GGUF file on the worker",
+                f"model {spec.model_name!r} names no file; give model_path, a file on the "
+                "worker, or launch a registered family",
             )
         if launch.worker and not self._candidates(launch.worker):
             known = ", ".join(w.worker_id for w in self.workers.values()) or "none"
@@ -124,7 +121,6 @@ class ModelManagement:
 
     def _add_replicas(self, model: Model, count: int) -> set[str]:
         """Place and launch ``count`` more replicas of ``model``; their ids."""
-        assert model.spec is not None
         hosting: dict[bytes, int] = {}
         for replica in model.replicas.values():
             hosting[replica.worker] = hosting.get(replica.worker, 0) + 1
@@ -137,12 +133,12 @@ class ModelManagement:
                 replica_id, model.uid, worker.identity, p.ModelState.LOADING, reserved=model.need
             )
             worker.reserved += model.need
-            self._send(worker.identity, p.Launch(replica_id, model.spec))
+            self._send(worker.identity, p.Launch(replica_id, model.spec, model.need))
             added.add(replica_id)
         log.info(
             "launching %s (%s) on %s",
             model.uid,
-            model.name,
+            model.spec.model_name,
             ", ".join(w.worker_id for w in chosen),
         )
         return added
@@ -158,15 +154,6 @@ class ModelManagement:
                 message.request_id,
                 p.ErrorCode.INVALID_REQUEST,
                 "replica must be at least 1; terminate the model to stop it",
-            )
-            return
-        if model.spec is None:
-            self._error(
-                client,
-                message.request_id,
-                p.ErrorCode.INVALID_REQUEST,
-                f"model {model.uid!r} was taken over after a broker restart and cannot be "
-                "scaled; terminate and launch it again",
             )
             return
         current = len(model.replicas)
@@ -203,14 +190,14 @@ class ModelManagement:
         return f"{name}-{n}"
 
     @staticmethod
-    def _estimate(launch: p.LaunchModel) -> int:
-        """Bytes the model needs, when its file is readable here; 0 leaves it to the worker."""
-        if not launch.model_path:
+    def _estimate(spec: p.ModelSpec) -> int:
+        """Bytes a GGUF file needs when it is readable here; 0 leaves it to the worker."""
+        if not spec.model_path or spec.model_format != "gguf":
             return 0
-        path = Path(launch.model_path).expanduser()
+        path = Path(spec.model_path).expanduser()
         if not path.exists():
             return 0  # the path may exist on the worker's machine only
-        return estimate_memory(read_gguf_info(path), launch.n_ctx)
+        return estimate_memory(read_gguf_info(path), spec.n_ctx)
 
     def _check_waiters(self, model: Model) -> None:
         """Answer launches and scale-ups whose replicas are all ready, or one failed."""
@@ -326,16 +313,17 @@ class ModelManagement:
                     host=worker.host if worker else "",
                     state=replica.state,
                     error=replica.error,
+                    progress=replica.progress,
                 )
             )
         return p.ModelInfo(
             request_id=request_id,
             model_uid=model.uid,
-            model_name=model.name,
-            model_path=model.path,
-            model_format=model.model_format,
-            model_type=model.model_type,
-            n_ctx=model.n_ctx,
+            model_name=model.spec.model_name,
+            model_path=model.spec.model_path,
+            model_format=model.spec.model_format,
+            model_type=model.spec.model_type,
+            n_ctx=model.spec.n_ctx,
             abilities=model.abilities,
             replica=model.replica,
             replicas=places,
@@ -348,7 +336,15 @@ class ModelManagement:
         infos = []
         for worker in self.workers.values():
             statuses = [
-                p.ReplicaStatus(r.replica_id, m.uid, m.name, r.state, r.error, r.in_flight)
+                p.ReplicaStatus(
+                    r.replica_id,
+                    m.uid,
+                    m.spec.model_name,
+                    r.state,
+                    r.error,
+                    r.in_flight,
+                    progress=r.progress,
+                )
                 for m in self.models.values()
                 for r in m.replicas.values()
                 if r.worker == worker.identity

@@ -165,16 +165,8 @@ class Broker(ModelManagement):
             if not adopt:
                 return
             # The broker restarted while the worker kept the model: take it back.
-            model = Model(
-                uid=status.model_uid,
-                name=status.model_name,
-                path=None,
-                n_ctx=0,
-                model_format="gguf",
-                model_type="embedding" if "embed" in status.abilities else "LLM",
-                replica=0,
-                created=int(time.time()),
-            )
+            spec = status.spec or p.ModelSpec(status.model_uid, status.model_name)
+            model = Model(spec=spec, replica=0, created=int(time.time()))
             self.models[model.uid] = model
         replica = model.replicas.get(status.replica_id)
         if replica is None:
@@ -185,6 +177,7 @@ class Broker(ModelManagement):
             model.replica = max(model.replica, len(model.replicas))
         if status.abilities:
             model.abilities = list(status.abilities)
+        replica.progress = status.progress
         if replica.state == status.state:
             return
         replica.state, replica.error = status.state, status.error

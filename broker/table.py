@@ -46,6 +46,7 @@ class Replica:
     error: str | None = None
     in_flight: int = 0  # requests the broker sent here that have not ended
     reserved: int = 0
+    progress: p.Progress | None = None
 
 
 @dataclass
@@ -60,16 +61,10 @@ class Waiter:
 
 @dataclass
 class Model:
-    uid: str
-    name: str
-    path: str | None
-    n_ctx: int
-    model_format: str
-    model_type: str
+    spec: p.ModelSpec  # what each replica loads
     replica: int
     created: int
     abilities: list[str] = field(default_factory=list)  # known once a replica is ready
-    spec: p.ModelSpec | None = None  # what new replicas load; None for adopted models
     need: int = 0  # estimated bytes per replica
     worker: str | None = None  # the worker the user named for its replicas
     request_limits: int | None = None
@@ -77,6 +72,10 @@ class Model:
     replicas: dict[str, Replica] = field(default_factory=dict)
     queue: deque[tuple[bytes, p.Submit]] = field(default_factory=deque)
     waiters: list[Waiter] = field(default_factory=list)
+
+    @property
+    def uid(self) -> str:
+        return self.spec.model_uid
 
     def ready(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state == p.ModelState.READY]

@@ -80,17 +80,6 @@ class Memory(Struct, frozen=True):
     gpu_free: int = 0
 
 
-class ReplicaStatus(Struct, frozen=True):
-    replica_id: str
-    model_uid: str
-    model_name: str
-    state: ModelState
-    error: str | None = None
-    in_flight: int = 0
-    queue_depth: int = 0
-    abilities: list[str] = []
-
-
 class ChatMessage(Struct, frozen=True):
     role: str
     content: str
@@ -155,17 +144,51 @@ class Usage(Struct, frozen=True):
     total_tokens: int
 
 
+class Download(Struct, frozen=True):
+    """Files to fetch from the model hub into the worker's cache before loading."""
+
+    repo_id: str
+    files: list[str]  # one file, or the parts of a split file in order
+    revision: str = "main"
+    sha256: str | None = None  # of a single file, where the registry knows it
+
+
+class Progress(Struct, frozen=True):
+    stage: str  # "downloading" or "loading"
+    done: int = 0  # bytes
+    total: int = 0
+    rate: float = 0.0  # bytes per second
+
+
 class ModelSpec(Struct, frozen=True):
-    """What a worker needs to load one replica of a model."""
+    """What a worker needs to load one replica of a model: a file on the worker
+    (``model_path``), one to fetch (``download``) or the built-in demo model."""
 
     model_uid: str
     model_name: str
     model_path: str | None = None
     n_ctx: int = 2048
-    model_format: str = "gguf"
+    model_format: str = "gguf"  # "gguf" runs on llama.cpp, "ggml" on chatglm.cpp
     model_type: str = "LLM"  # or "embedding"
     n_gpu_layers: int = 0
     engine_kwargs: str = "{}"  # extra keyword arguments for the engine, as JSON text
+    download: Download | None = None
+    chat_template: str | None = None  # None: the one in the model file
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
+
+
+class ReplicaStatus(Struct, frozen=True):
+    replica_id: str
+    model_uid: str
+    model_name: str
+    state: ModelState
+    error: str | None = None
+    in_flight: int = 0
+    queue_depth: int = 0
+    abilities: list[str] = []
+    progress: Progress | None = None
+    spec: ModelSpec | None = None  # sent in READY, so a restarted broker can take it over
 
 
 # ---- worker <-> broker -----------------------------------------------------------------
@@ -211,6 +234,7 @@ class Cancel(Struct, frozen=True):
 class Launch(Struct, frozen=True):
     replica_id: str
     spec: ModelSpec
+    need: int = 0  # the broker's estimate; the worker checks it against its own free memory
 
 
 class Terminate(Struct, frozen=True):
@@ -252,17 +276,13 @@ class Submit(Struct, frozen=True):
 
 class LaunchModel(Struct, frozen=True):
     request_id: str
-    model_name: str
-    model_uid: str
-    model_path: str | None = None
+    spec: ModelSpec  # an empty model_uid lets the broker pick one from the name
     replica: int = 1
-    n_ctx: int = 2048
     worker: str | None = None
-    model_type: str = "LLM"
-    n_gpu_layers: int = 0
-    engine_kwargs: str = "{}"
     wait_ready: bool = True  # False: answer as soon as the replicas are placed
     request_limits: int | None = None  # requests running or waiting at most, then 429
+    need: int = 0  # bytes per replica, estimated from the registry; 0: from the file
+    abilities: list[str] = []  # known from the registry before loading
 
 
 class ScaleModel(Struct, frozen=True):
@@ -305,6 +325,7 @@ class ReplicaPlace(Struct, frozen=True):
     host: str
     state: ModelState
     error: str | None = None
+    progress: Progress | None = None
 
 
 class ModelInfo(Struct, frozen=True):

@@ -9,6 +9,7 @@ from types import FrameType
 import typer
 
 from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
+from xb.worker.memory import parse_size
 from xb.worker.server import Worker
 
 app = typer.Typer(add_completion=False, help="Host models for an xb broker.")
@@ -22,10 +23,17 @@ def run(
     heartbeat_interval: float = typer.Option(
         HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between heartbeats."
     ),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", help="Offer at most this much memory, e.g. 512MB or 8GiB."
+    ),
 ) -> None:
     """Connect to BROKER, announce this machine and serve the models it places here."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    worker = Worker(broker, heartbeat_interval=heartbeat_interval)
+    try:
+        limit = parse_size(memory_limit) if memory_limit is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory-limit") from exc
+    worker = Worker(broker, heartbeat_interval=heartbeat_interval, memory_limit=limit)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         worker.stop()

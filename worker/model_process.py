@@ -1,6 +1,7 @@
 """One model replica in its own process: load the model, then run requests one at a time.
 
-Run as ``python -m xb.worker.model_process ADDRESS REPLICA_ID SPEC_JSON``. A crash or
+Run as ``python -m xb.worker.model_process ADDRESS REPLICA_ID SPEC_JSON OFFER``, where
+OFFER is the bytes of memory the worker offers it (0: whatever the machine has free). A crash or
 abort in native inference code ends this process, not the worker that started it.
 """
 
@@ -19,9 +20,10 @@ import zmq
 
 from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
-from xb.modelfile import estimate_memory, read_gguf_info
+from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.settings import xb_home
 from xb.worker.backend import Backend, BackendError, Done
+from xb.worker.download import DownloadError, Report, fetch
 
 log = logging.getLogger("xb.model")
 
@@ -34,30 +36,50 @@ class LoadError(Exception):
     """The model cannot be loaded here; the message says why and what to do."""
 
 
-def resolve_path(spec: p.ModelSpec) -> Path:
+def resolve_path(spec: p.ModelSpec, report: Report) -> Path:
+    """The model file on this machine: given, fetched from the hub, or the demo model."""
     if spec.model_path:
         return Path(spec.model_path).expanduser()
+    if spec.download is not None:
+        try:
+            return fetch(spec.download, xb_home(), report)
+        except DownloadError as exc:
+            raise LoadError(str(exc)) from exc
     if spec.model_name == DEMO_MODEL_NAME:
         return ensure_demo_model(xb_home())
-    raise LoadError(
-        f"model {spec.model_name!r} is not built in; give model_path (a GGUF file on the worker)"
-    )
+    raise LoadError(f"model {spec.model_name!r} names no file; give model_path")
 
 
-def load_backend(spec: p.ModelSpec) -> Backend:
-    if spec.model_format != "gguf":
-        raise LoadError(f"model format {spec.model_format!r} is not supported; use 'gguf'")
-    path = resolve_path(spec)
-    try:
-        need = estimate_memory(read_gguf_info(path), spec.n_ctx)
-    except Exception as exc:
-        raise LoadError(str(exc)) from exc
-    free = psutil.virtual_memory().available
+def _need(spec: p.ModelSpec, path: Path) -> int:
+    if not path.is_file():
+        raise LoadError(f"model file {str(path)!r} does not exist on this worker")
+    if spec.model_format == "gguf":
+        try:
+            return estimate_memory(read_gguf_info(path), spec.n_ctx)
+        except ModelFileError as exc:
+            raise LoadError(str(exc)) from exc
+    return int(path.stat().st_size * 1.2) + 64 * 1024 * 1024  # ggml: weights and buffers
+
+
+def load_backend(spec: p.ModelSpec, offer: int, report: Report) -> Backend:
+    """Fetch if need be, check the memory the worker offers, and load."""
+    if spec.model_format not in ("gguf", "ggml"):
+        raise LoadError(f"model format {spec.model_format!r} is not supported; use gguf or ggml")
+    path = resolve_path(spec, report)
+    report(p.Progress("loading"))
+    need = _need(spec, path)
+    free = int(psutil.virtual_memory().available)
+    if offer:
+        free = min(free, offer)
     if need > free:
         raise LoadError(
-            f"model {spec.model_uid!r} needs {need / _GIB:.1f} GiB and this worker has "
-            f"{free / _GIB:.1f} GiB free; terminate a model or use another worker"
+            f"model {spec.model_uid!r} needs {need / _GIB:.2f} GiB and this worker has "
+            f"{free / _GIB:.2f} GiB free; terminate a model or use another worker"
         )
+    if spec.model_format == "ggml":
+        from xb.worker.chatglm_backend import ChatGLMBackend
+
+        return ChatGLMBackend(path, spec)
     from xb.worker.llama_backend import LlamaBackend
 
     return LlamaBackend(path, spec)
@@ -160,7 +182,7 @@ class Runner:
 
 
 def main(argv: list[str]) -> int:
-    address, replica_id, spec_json = argv
+    address, replica_id, spec_json, offer = argv
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s model {replica_id} %(message)s")
     spec = msgspec.json.decode(spec_json, type=p.ModelSpec)
     ctx = zmq.Context()
@@ -170,26 +192,34 @@ def main(argv: list[str]) -> int:
     sock.connect(address)
 
     def event(
-        state: p.ModelState, error: str | None = None, abilities: list[str] | None = None
+        state: p.ModelState,
+        error: str | None = None,
+        abilities: tuple[str, ...] = (),
+        progress: p.Progress | None = None,
     ) -> None:
-        if abilities is None:
-            abilities = []
         status = p.ReplicaStatus(
-            replica_id, spec.model_uid, spec.model_name, state, error, abilities=abilities
+            replica_id,
+            spec.model_uid,
+            spec.model_name,
+            state,
+            error,
+            abilities=list(abilities),
+            progress=progress,
         )
         sock.send_multipart(p.encode(p.ModelEvent(status)))
 
     try:
-        backend = load_backend(spec)
+        backend = load_backend(
+            spec, int(offer), lambda progress: event(p.ModelState.LOADING, progress=progress)
+        )
     except Exception as exc:
         log.warning("load failed: %s", exc)
-        event(
-            p.ModelState.FAILED, str(exc) if isinstance(exc, LoadError) else f"load failed: {exc}"
-        )
+        reason = str(exc) if isinstance(exc, LoadError | BackendError) else f"load failed: {exc}"
+        event(p.ModelState.FAILED, reason)
         sock.close()
         ctx.term()
         return 1
-    event(p.ModelState.READY, abilities=list(backend.abilities))
+    event(p.ModelState.READY, abilities=backend.abilities)
     Runner(sock, backend).run()
     return 0
 

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import msgspec
+import psutil
 import zmq
 
 from xb import protocol as p
@@ -37,9 +38,10 @@ class Replica:
     state: p.ModelState = p.ModelState.LOADING
     error: str | None = None
     abilities: list[str] = field(default_factory=list)
+    progress: p.Progress | None = None
     in_flight: set[str] = field(default_factory=set)
 
-    def status(self) -> p.ReplicaStatus:
+    def status(self, *, with_spec: bool = False) -> p.ReplicaStatus:
         return p.ReplicaStatus(
             replica_id=self.replica_id,
             model_uid=self.spec.model_uid,
@@ -49,6 +51,8 @@ class Replica:
             in_flight=min(len(self.in_flight), SLOTS_PER_REPLICA),
             queue_depth=max(len(self.in_flight) - SLOTS_PER_REPLICA, 0),
             abilities=self.abilities,
+            progress=self.progress,
+            spec=self.spec if with_spec else None,
         )
 
 
@@ -59,8 +63,10 @@ class Worker:
         *,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         worker_id: str | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.broker = broker
+        self.memory_limit = memory_limit
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.interval = heartbeat_interval
         self.replicas: dict[str, Replica] = {}
@@ -97,9 +103,9 @@ class Worker:
                 worker_id=self.worker_id,
                 host=socket.gethostname(),
                 pid=os.getpid(),
-                memory=memory_snapshot(),
+                memory=self.memory(),
                 slots=SLOTS_PER_REPLICA,
-                replicas=[r.status() for r in self.replicas.values()],
+                replicas=[r.status(with_spec=True) for r in self.replicas.values()],
             )
         )
         log.info("worker %s announced to %s", self.worker_id, self.broker)
@@ -150,7 +156,7 @@ class Worker:
         statuses = [r.status() for r in self.replicas.values()]
         self._send_broker(
             p.Heartbeat(
-                memory=memory_snapshot(),
+                memory=self.memory(),
                 replicas=statuses,
                 queue_depth=sum(s.queue_depth for s in statuses),
                 in_flight=sum(s.in_flight for s in statuses),
@@ -228,13 +234,41 @@ class Worker:
         elif isinstance(message, p.ModelEvent):
             replica.state, replica.error = message.status.state, message.status.error
             replica.abilities = list(message.status.abilities)
+            replica.progress = message.status.progress
             log.info("replica %s is %s %s", replica_id, replica.state, replica.error or "")
             self._send_broker(p.ModelEvent(replica.status()))
+
+    def memory(self) -> p.Memory:
+        """What this worker offers: with a memory limit, less what its models take now."""
+        used = 0
+        if self.memory_limit is not None:
+            for replica in self.replicas.values():
+                with contextlib.suppress(psutil.Error):
+                    used += psutil.Process(replica.process.pid).memory_info().rss
+        return memory_snapshot(self.memory_limit, used)
 
     def launch(self, message: p.Launch) -> None:
         if message.replica_id in self.replicas:
             log.warning("replica %s already hosted; launch ignored", message.replica_id)
             return
+        free = self.memory().free
+        if message.need > free:
+            # The broker's view was a heartbeat old; this worker checks again.
+            gib = 1024**3
+            reason = (
+                f"model {message.spec.model_uid!r} needs {message.need / gib:.2f} GiB and "
+                f"worker {self.worker_id} has {free / gib:.2f} GiB free"
+            )
+            status = p.ReplicaStatus(
+                message.replica_id,
+                message.spec.model_uid,
+                message.spec.model_name,
+                p.ModelState.FAILED,
+                reason,
+            )
+            self._send_broker(p.ModelEvent(status))
+            return
+        offer = free if self.memory_limit is not None else 0
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -243,6 +277,7 @@ class Worker:
                 self._models_address,
                 message.replica_id,
                 msgspec.json.encode(message.spec).decode(),
+                str(offer),
             ]
         )
         replica = Replica(message.spec, message.replica_id, process)

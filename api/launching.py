@@ -1,0 +1,158 @@
+"""From a launch request to the protocol's launch: files, registry families, engines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import msgspec
+
+from xb import protocol as p
+from xb.api.errors import APIError
+from xb.api.schemas import LaunchRequest
+from xb.demo_model import DEMO_MODEL_NAME
+from xb.registry import Registry, RegistryError, estimate_from_spec, file_names, pick_spec
+
+log = logging.getLogger("xb.api")
+
+ENGINES = {
+    "gguf": {"llama.cpp", "llama-cpp", "llama_cpp", "llama-cpp-python"},
+    "ggml": {"chatglm.cpp", "chatglm-cpp", "chatglm_cpp"},
+}
+FORMATS = {"gguf": "gguf", "ggufv2": "gguf", "ggml": "ggml", "ggmlv3": "ggml"}
+
+
+def _format(body: LaunchRequest) -> str | None:
+    if body.model_format is None:
+        return None
+    fmt = FORMATS.get(body.model_format.lower())
+    if fmt is None:
+        raise APIError(
+            400,
+            f"model_format {body.model_format!r} is not served; use gguf (llama.cpp) or ggml "
+            "(chatglm.cpp)",
+            param="model_format",
+        )
+    return fmt
+
+
+def _check_engine(body: LaunchRequest, fmt: str) -> None:
+    if body.model_engine is not None and body.model_engine.lower() not in ENGINES[fmt]:
+        engine = "llama.cpp" if fmt == "gguf" else "chatglm.cpp"
+        raise APIError(
+            400,
+            f"model_engine {body.model_engine!r} cannot run {fmt} models; xb runs them on {engine}",
+            param="model_engine",
+        )
+
+
+def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> p.LaunchModel:
+    """The protocol launch for Xinference's launch body; refuses what xb cannot honour."""
+    known = set().union(*ENGINES.values())
+    if body.model_engine is not None and body.model_engine.lower() not in known:
+        raise APIError(
+            400,
+            f"model_engine {body.model_engine!r} is not available; xb runs llama.cpp and "
+            "chatglm.cpp",
+            param="model_engine",
+        )
+    fmt = _format(body)
+    n_gpu_layers = body.n_gpu_layers
+    if n_gpu_layers is None:
+        n_gpu_layers = 0 if body.n_gpu == 0 else -1  # -1: every layer on the GPU, if built so
+    extra: dict[str, Any] = dict(body.model_extra or {})
+    if extra:
+        log.info("passing launch fields %s to the engine", sorted(extra))
+    spec = p.ModelSpec(
+        model_uid=body.model_uid or "",
+        model_name=body.model_name,
+        model_path=body.model_path,
+        n_ctx=body.n_ctx,
+        model_format=fmt or ("ggml" if (body.model_path or "").endswith(".bin") else "gguf"),
+        model_type=body.model_type,
+        n_gpu_layers=n_gpu_layers,
+        engine_kwargs=json.dumps(extra),
+    )
+    need, abilities = 0, ["embed"] if body.model_type == "embedding" else []
+    if not body.model_path and body.model_name != DEMO_MODEL_NAME:
+        spec, need, abilities = _from_registry(body, registry, spec, fmt)
+    _check_engine(body, spec.model_format)
+    return p.LaunchModel(
+        request_id=request_id,
+        spec=spec,
+        replica=body.replica,
+        worker=body.worker or body.worker_ip,
+        wait_ready=body.wait_ready,
+        request_limits=body.request_limits,
+        need=need,
+        abilities=abilities,
+    )
+
+
+def _from_registry(
+    body: LaunchRequest, registry: Registry, spec: p.ModelSpec, fmt: str | None
+) -> tuple[p.ModelSpec, int, list[str]]:
+    try:
+        family = registry.get(body.model_name)
+        size = None if body.model_size_in_billions is None else str(body.model_size_in_billions)
+        chosen, quantization = pick_spec(family, fmt, size, body.quantization)
+    except RegistryError as exc:
+        raise APIError(
+            400, f"cannot launch {body.model_name!r}: {exc}", param="model_name"
+        ) from exc
+    if body.model_type != family.model_type and "model_type" in body.model_fields_set:
+        raise APIError(
+            400,
+            f"{family.model_name!r} is a {family.model_type} family, not {body.model_type}",
+            param="model_type",
+        )
+    download = p.Download(
+        repo_id=chosen.model_id,
+        files=file_names(chosen, quantization),
+        revision=chosen.model_revision,
+        sha256=chosen.checksums.get(quantization),
+    )
+    resolved = msgspec.structs.replace(
+        spec,
+        model_format=chosen.model_format,
+        model_type=family.model_type,
+        download=download,
+        chat_template=family.chat_template,
+        stop=family.stop,
+        stop_token_ids=family.stop_token_ids,
+    )
+    need = estimate_from_spec(chosen, quantization, spec.n_ctx)
+    return resolved, need, list(family.model_ability)
+
+
+def progress(info: p.ModelInfo) -> dict[str, object]:
+    """The launch's stage and a fraction done: downloading counts for 90% of a replica."""
+    states = [r.state for r in info.replicas]
+    ready = sum(s == p.ModelState.READY for s in states)
+    if any(s == p.ModelState.FAILED for s in states):
+        stage = "failed"
+    elif states and ready == len(states):
+        stage = "ready"
+    elif any(r.progress and r.progress.stage == "downloading" for r in info.replicas):
+        stage = "downloading"
+    else:
+        stage = "loading"
+    done = 0.0
+    for replica in info.replicas:
+        if replica.state == p.ModelState.READY:
+            done += 1.0
+        elif replica.progress and replica.progress.stage == "downloading":
+            done += 0.9 * replica.progress.done / max(replica.progress.total, 1)
+        elif replica.progress and replica.progress.stage == "loading":
+            done += 0.9
+    download = [r.progress for r in info.replicas if r.progress is not None]
+    errors = [r.error for r in info.replicas if r.error]
+    return {
+        "model_uid": info.model_uid,
+        "stage": stage,
+        "progress": round(done / len(states), 4) if states else 0.0,
+        "replicas": {"ready": ready, "total": len(states)},
+        "download": msgspec.to_builtins(download[0]) if download else None,
+        "error": errors[0] if errors else None,
+    }
