@@ -118,7 +118,10 @@ def parse_family(data: bytes | str) -> ModelFamily:
 
 def builtin_families() -> dict[str, ModelFamily]:
     families: dict[str, ModelFamily] = {}
-    for entry in resources.files("xb").joinpath("families").iterdir():
+    folder = resources.files("xb").joinpath("families")
+    if not folder.is_dir():
+        return families
+    for entry in folder.iterdir():
         if entry.name.endswith(".json"):
             family = parse_family(entry.read_bytes())
             families[family.model_name] = family
