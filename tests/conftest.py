@@ -24,6 +24,14 @@ def tiny_model(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chatglm_model(models_dir: Path) -> Path:
+    """A tiny random ChatGLM2 file in chatglm.cpp's own format."""
+    from xb.chatglm_model import write_chatglm_model
+
+    return write_chatglm_model(models_dir / "chatglm2-tiny.bin")
+
+
+@pytest.fixture(scope="session")
 def endless_model(models_dir: Path) -> Path:
     """Never emits end-of-sequence and is slow enough that a stream lasts seconds."""
     config = DemoModelConfig(n_embd=256, n_layer=6, n_head=4, n_ff=512, eos_logit=-1000.0)

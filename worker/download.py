@@ -1,9 +1,13 @@
 """Model files from the hub into the xb cache, with progress, resumption and checks.
 
-huggingface_hub does the fetching (``HF_ENDPOINT`` points it at a mirror or, in the
-tests, at a local server): it resumes partial files, and it locks each file so that
-concurrent launches of the same file download it once. This module adds progress
-reports and the checksum check of the registry.
+huggingface_hub resolves each file (its URL, honouring ``HF_ENDPOINT``, which points at a
+mirror or, in the tests, at a local server; its size, commit and redirect) and supplies
+the auth headers. The transfer is xb's own, because huggingface_hub no longer resumes a
+download that another process started: a ``.part`` file is resumed with a range request,
+a lock per file makes concurrent launches fetch it once, progress is reported as bytes
+arrive, and the registry's checksum is checked at the end.
+
+Layout: ``$XB_HOME/cache/models--OWNER--NAME/COMMIT/FILE``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from xb import protocol as p
 
 Report = Callable[[p.Progress], None]
 REPORT_EVERY = 0.25  # seconds between progress reports
+CHUNK = 1024 * 1024
 
 
 class DownloadError(Exception):
@@ -31,61 +36,83 @@ def cache_dir(home: Path) -> Path:
 def fetch(download: p.Download, home: Path, report: Report) -> Path:
     """Fetch every file of ``download`` and return the path of the first (llama.cpp finds
     the other parts of a split file beside it)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
-    from tqdm.auto import tqdm
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    cache = cache_dir(home)
     try:
-        sizes = [
-            get_hf_file_metadata(
-                hf_hub_url(download.repo_id, name, revision=download.revision)
-            ).size
-            or 0
+        metas = [
+            get_hf_file_metadata(hf_hub_url(download.repo_id, name, revision=download.revision))
             for name in download.files
         ]
-    except (HfHubHTTPError, OSError) as exc:
-        raise DownloadError(f"cannot reach {download.repo_id} on the model hub: {exc}") from exc
-    meter = _Meter(sum(sizes), report)
-
-    class Bar(tqdm):  # type: ignore[misc]
-        """A silent progress bar that reports bytes to the worker instead of drawing."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-            self.bytes = int(kwargs.get("initial") or 0)  # what an earlier attempt kept
-            meter.show(self.bytes)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            self.bytes += int(n or 0)
-            meter.show(self.bytes)
-            return None
-
-    paths: list[Path] = []
-    for name, size in zip(download.files, sizes, strict=True):
-        try:
-            local = hf_hub_download(
-                download.repo_id,
-                name,
-                revision=download.revision,
-                cache_dir=cache,
-                tqdm_class=Bar,
-            )
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise DownloadError(f"downloading {download.repo_id}/{name} failed: {exc}") from exc
-        path = Path(local)
-        if size and path.stat().st_size != size:
-            raise DownloadError(
-                f"{name} is {path.stat().st_size} bytes, the hub says {size}; remove it with "
-                "xb cache remove and launch again"
-            )
-        paths.append(path)
-        meter.finished += size
+    except Exception as exc:  # no network, an unknown repository or file: use what is cached
+        cached = [_cached(home, download.repo_id, name) for name in download.files]
+        if all(path is not None for path in cached):
+            return cached[0]  # type: ignore[return-value]
+        raise DownloadError(f"cannot fetch {download.repo_id} from the model hub: {exc}") from exc
+    meter = _Meter(sum(m.size or 0 for m in metas), report)
+    folder = _repo_dir(home, download.repo_id) / (metas[0].commit_hash or download.revision)
+    paths = [
+        _fetch_file(meta.location, folder / name, meta.size, meter)
+        for name, meta in zip(download.files, metas, strict=True)
+    ]
     meter.show(0)
     if download.sha256 and len(paths) == 1:
         _verify(paths[0], download.sha256)
     return paths[0]
+
+
+def _repo_dir(home: Path, repo_id: str) -> Path:
+    return cache_dir(home) / ("models--" + repo_id.replace("/", "--"))
+
+
+def _cached(home: Path, repo_id: str, name: str) -> Path | None:
+    found = sorted(_repo_dir(home, repo_id).glob(f"*/{name}"))
+    return found[0] if found else None
+
+
+def _fetch_file(url: str, path: Path, size: int | None, meter: _Meter) -> Path:
+    """One file, resumed from its ``.part`` if an earlier attempt left one. A lock per file
+    makes concurrent launches of the same file fetch it once."""
+    import httpx
+    from filelock import FileLock
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists() and (size is None or path.stat().st_size == size):
+            meter.finished += path.stat().st_size
+            return path
+        part = path.with_name(path.name + ".part")
+        start = part.stat().st_size if part.exists() else 0
+        headers = build_hf_headers()
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        try:
+            with httpx.stream(
+                "GET", url, headers=headers, follow_redirects=True, timeout=httpx.Timeout(60.0)
+            ) as response:
+                if response.status_code == 200:
+                    start = 0  # the server ignored the range: start over
+                elif response.status_code != 206:
+                    raise DownloadError(f"{url} answered HTTP {response.status_code}")
+                with part.open("r+b" if start else "wb") as f:
+                    f.seek(start)
+                    f.truncate()
+                    written = start
+                    meter.show(written)
+                    for chunk in response.iter_bytes(CHUNK):
+                        f.write(chunk)
+                        written += len(chunk)
+                        meter.show(written)
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"downloading {url} failed: {exc}; launch again to resume") from exc
+        got = part.stat().st_size
+        if size is not None and got != size:
+            raise DownloadError(
+                f"{path.name} stopped at {got} of {size} bytes; launch again to resume"
+            )
+        part.replace(path)
+        meter.finished += got
+        return path
 
 
 class _Meter:
@@ -113,9 +140,7 @@ def _verify(path: Path, sha256: str) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != sha256.lower():
-        blob = path.resolve()
         path.unlink()
-        blob.unlink(missing_ok=True)  # the cached blob the snapshot link points at
         raise DownloadError(
             f"{path.name} failed its checksum (sha256 {digest.hexdigest()}, expected {sha256}); "
             "it was removed, launch again to fetch it anew"
@@ -125,21 +150,19 @@ def _verify(path: Path, sha256: str) -> None:
 def cached_files(home: Path) -> list[dict[str, Any]]:
     """Every model file in the cache: repository, file, revision, size and path."""
     out: list[dict[str, Any]] = []
-    root = cache_dir(home)
-    for repo in sorted(root.glob("models--*")):
+    for repo in sorted(cache_dir(home).glob("models--*")):
         repo_id = repo.name.removeprefix("models--").replace("--", "/")
-        for snapshot in sorted((repo / "snapshots").glob("*")):
-            for file in sorted(snapshot.rglob("*")):
-                if file.is_file():
-                    out.append(
-                        {
-                            "repo_id": repo_id,
-                            "file": str(file.relative_to(snapshot)),
-                            "revision": snapshot.name,
-                            "size": file.stat().st_size,
-                            "path": str(file),
-                        }
-                    )
+        for file in sorted(repo.glob("*/*")):
+            if file.is_file() and not file.name.endswith((".lock", ".part")):
+                out.append(
+                    {
+                        "repo_id": repo_id,
+                        "file": file.name,
+                        "revision": file.parent.name,
+                        "size": file.stat().st_size,
+                        "path": str(file),
+                    }
+                )
     return out
 
 
@@ -147,9 +170,9 @@ def remove_cached(home: Path, repo_id: str) -> int:
     """Delete a repository's files from the cache; the bytes freed."""
     import shutil
 
-    folder = cache_dir(home) / ("models--" + repo_id.replace("/", "--"))
+    folder = _repo_dir(home, repo_id)
     if not folder.is_dir():
         raise DownloadError(f"{repo_id} is not in the cache at {cache_dir(home)}")
-    freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+    freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     shutil.rmtree(folder)
     return freed

@@ -47,7 +47,10 @@ class LlamaBackend(Backend):
         )
         self._n_ctx = self._llm.n_ctx()
         self._eos = self._llm.token_eos()
-        template = self._llm.metadata.get("tokenizer.chat_template")
+        # The end-of-turn tokens of the file, and those the registry adds for the family.
+        self._stop_ids = {self._eos, *spec.stop_token_ids}
+        self._stop = list(spec.stop)
+        template = spec.chat_template or self._llm.metadata.get("tokenizer.chat_template")
         self._template = template or ""
         self._formatter: Any = None
         if self._embedding:
@@ -57,7 +60,7 @@ class LlamaBackend(Backend):
                 template=template,
                 eos_token=self._token_text(self._eos),
                 bos_token=self._token_text(self._llm.token_bos()),
-                stop_token_ids=[self._eos],
+                stop_token_ids=sorted(self._stop_ids),
             )
             self.abilities = ("generate", "chat")
 
@@ -129,7 +132,7 @@ class LlamaBackend(Backend):
         grammar = self._grammar(params, calls)
         recorder = _Recorder(params.logit_bias)
         self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
-        text = StopText(template_stop + params.stop)
+        text = StopText(template_stop + self._stop + params.stop)
         history = list(tokens)
         produced, finish = 0, "length"
         held: list[str] = []  # the output, kept back while it may be a tool call
@@ -156,7 +159,7 @@ class LlamaBackend(Backend):
             if limit > 0
             else ()
         ):
-            if token == self._eos:
+            if token in self._stop_ids:
                 finish = "stop"
                 break
             produced += 1
