@@ -88,6 +88,18 @@ class AsyncClient:
     async def get_workers_info(self) -> list[dict[str, Any]]:
         return list(await self._run(calls.cluster()))
 
+    async def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
+        return list(await self._run(calls.registrations(model_type)))
+
+    async def get_model_registration(self, model_type: str, model_name: str) -> dict[str, Any]:
+        return dict(await self._run(calls.registration(model_type, model_name)))
+
+    async def register_model(self, model_type: str, model: str, persist: bool = True) -> None:
+        await self._run(calls.register(model_type, model, persist))
+
+    async def unregister_model(self, model_type: str, model_name: str) -> None:
+        await self._run(calls.unregister(model_type, model_name))
+
     async def get_model(self, model_uid: str) -> AsyncModelHandle:
         await self.describe_model(model_uid)
         return AsyncModelHandle(self, model_uid)

@@ -87,6 +87,23 @@ def embed(uid: str, input: str | list[str], fields: dict[str, Any]) -> Call:
     return Call("POST", "/v1/embeddings", {"model": uid, "input": input, **fields})
 
 
+def registrations(model_type: str) -> Call:
+    return Call("GET", f"/v1/model_registrations/{model_type}")
+
+
+def registration(model_type: str, name: str) -> Call:
+    return Call("GET", f"/v1/model_registrations/{model_type}/{name}")
+
+
+def register(model_type: str, family: str, persist: bool) -> Call:
+    body = {"model": family, "persist": persist}
+    return Call("POST", f"/v1/model_registrations/{model_type}", body, read=lambda r: None)
+
+
+def unregister(model_type: str, name: str) -> Call:
+    return Call("DELETE", f"/v1/model_registrations/{model_type}/{name}", read=lambda r: None)
+
+
 def streaming(call: Call) -> bool:
     return bool(call.json and call.json.get("stream"))
 

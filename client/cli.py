@@ -54,29 +54,46 @@ def _print_json(value: Any) -> None:
 @app.command()
 def launch(
     model_name: str = typer.Argument(
-        ..., help="Model name: 'xb-demo', or any name with --model-path."
+        ..., help="A family of the registry (xb list --all), 'xb-demo', or any name with -p."
+    ),
+    size: str | None = typer.Option(
+        None, "--size", "-s", help="Size in billions of parameters, e.g. 0_5 or 7."
+    ),
+    model_format: str | None = typer.Option(
+        None, "--format", "-f", help="gguf (llama.cpp) or ggml (chatglm.cpp)."
+    ),
+    quantization: str | None = typer.Option(
+        None, "--quantization", "-q", help="e.g. q4_k_m; the family's first by default."
     ),
     model_path: str | None = typer.Option(
-        None, "--model-path", "-p", help="GGUF file on the worker."
+        None, "--model-path", "-p", help="A model file on the worker instead of the registry."
     ),
     uid: str | None = typer.Option(None, "--uid", "-u", help="Model uid (default: the name)."),
-    model_type: str = typer.Option("LLM", "--model-type", "-t", help="LLM or embedding."),
+    model_type: str | None = typer.Option(
+        None, "--model-type", "-t", help="LLM or embedding (default: the family's)."
+    ),
+    engine: str | None = typer.Option(None, "--engine", help="llama.cpp or chatglm.cpp."),
     replica: int = typer.Option(1, "--replica", "-r", help="Number of replicas."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length in tokens."),
     worker: str | None = typer.Option(None, "--worker", "-w", help="Worker id or host to use."),
     endpoint: str = _endpoint,
     as_json: bool = _as_json,
 ) -> None:
-    """Launch a model, show its progress, and wait until it is ready."""
+    """Launch a model, show its download and load progress, and wait until it is ready."""
     fields = {
         "model_path": model_path,
         "model_uid": uid,
         "model_type": model_type,
+        "model_size_in_billions": size,
+        "model_format": model_format,
+        "quantization": quantization,
+        "model_engine": engine,
         "replica": replica,
         "n_ctx": n_ctx,
         "worker": worker,
         "wait_ready": False,
     }
+    model_uid = None
     with Client(endpoint) as client:
         try:
             model_uid = client.launch_model(model_name, **fields)
@@ -84,8 +101,9 @@ def launch(
         except ClientError as exc:
             raise _fail(exc) from exc
         except KeyboardInterrupt:
-            client.cancel_launch_model(model_uid)
-            err.print(f"launch of {model_uid} cancelled")
+            if model_uid is not None:
+                client.cancel_launch_model(model_uid)
+            err.print(f"launch of {model_uid or model_name} cancelled")
             raise typer.Exit(130) from None
         if state["stage"] == "failed":
             client.terminate_model(model_uid)
@@ -94,6 +112,20 @@ def launch(
         _print_json({"model_uid": model_uid})
     else:
         console.print(f"model [bold]{model_uid}[/bold] is ready")
+
+
+def _mib(n: float) -> str:
+    return f"{n / 1024**2:.1f}"
+
+
+def _stage(state: dict[str, Any]) -> str:
+    download = state.get("download")
+    if state["stage"] == "downloading" and download:
+        return (
+            f"downloading {_mib(download['done'])}/{_mib(download['total'])} MiB "
+            f"at {_mib(download['rate'])} MiB/s"
+        )
+    return str(state["stage"])
 
 
 def _follow_launch(client: Client, model_uid: str, quiet: bool) -> dict[str, Any]:
@@ -109,7 +141,7 @@ def _follow_launch(client: Client, model_uid: str, quiet: bool) -> dict[str, Any
         task = bar.add_task(f"launching {model_uid}", total=1.0, stage="placing")
         while True:
             state = client.get_launch_model_progress(model_uid)
-            bar.update(task, completed=state["progress"], stage=state["stage"])
+            bar.update(task, completed=state["progress"], stage=_stage(state))
             if state["stage"] in ("ready", "failed"):
                 return state
             time.sleep(0.2)
@@ -127,8 +159,19 @@ def scale(
 
 
 @app.command("list")
-def list_models(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
-    """List running models."""
+def list_models(
+    all_families: bool = typer.Option(
+        False, "--all", "-a", help="List the registry's families instead of running models."
+    ),
+    endpoint: str = _endpoint,
+    as_json: bool = _as_json,
+) -> None:
+    """List running models (or, with --all, every family that can be launched)."""
+    if all_families:
+        from xb.client.cli_registry import show_registrations
+
+        show_registrations(endpoint, "LLM", as_json, also_embedding=True)
+        return
     models = list(_call(endpoint, Client.list_models).values())
     if as_json:
         _print_json(models)
@@ -261,4 +304,8 @@ def generate(
 
 
 def main() -> None:
+    from xb.client import cli_cache, cli_registry
+
+    cli_registry.install(app)
+    cli_cache.install(app)
     app()

@@ -103,6 +103,20 @@ class Client:
     def get_workers_info(self) -> list[dict[str, Any]]:
         return list(self._run(calls.cluster()))
 
+    def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
+        """The registry: built-in and registered families of ``model_type``."""
+        return list(self._run(calls.registrations(model_type)))
+
+    def get_model_registration(self, model_type: str, model_name: str) -> dict[str, Any]:
+        return dict(self._run(calls.registration(model_type, model_name)))
+
+    def register_model(self, model_type: str, model: str, persist: bool = True) -> None:
+        """Register a family given as JSON text (the format of ``xb.registry``)."""
+        self._run(calls.register(model_type, model, persist))
+
+    def unregister_model(self, model_type: str, model_name: str) -> None:
+        self._run(calls.unregister(model_type, model_name))
+
     def get_model(self, model_uid: str) -> ModelHandle:
         self.describe_model(model_uid)  # fails clearly for an unknown uid
         return ModelHandle(self, model_uid)

@@ -215,3 +215,69 @@ def test_registration_errors(make_stack: Callable[..., Stack], hub: Hub, hub_mod
     assert register(stack, tiny_family(hub, hub_model)).status_code == 200
     assert register(stack, tiny_family(hub, hub_model)).status_code == 400  # already there
     assert httpx.delete(stack.url + "/v1/model_registrations/LLM/tiny-chat").status_code == 200
+
+
+def xb(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xb.client", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**stack.env(), "XB_ENDPOINT": stack.url, "COLUMNS": "250"},
+    )
+
+
+def test_registry_and_cache_from_the_command_line(
+    make_stack: Callable[..., Stack], hub: Hub, hub_model: Path, tmp_path: Path
+) -> None:
+    stack = make_stack(1)
+    table = xb(stack, "list", "--all")
+    assert table.returncode == 0, table.stderr
+    assert "qwen2.5-instruct" in table.stdout and "nomic-embed-text-v1.5" in table.stdout
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(tiny_family(hub, hub_model)))
+    assert xb(stack, "register", "-f", str(spec)).returncode == 0
+    listed = json.loads(xb(stack, "registrations", "--json").stdout)
+    assert {"tiny-chat", "qwen2.5-instruct"} <= {f["model_name"] for f in listed}
+
+    launched = xb(
+        stack,
+        "launch",
+        "tiny-chat",
+        "--size",
+        "0_01",
+        "--quantization",
+        "f32",
+        "--format",
+        "gguf",
+        "--json",
+    )
+    assert launched.returncode == 0, launched.stderr
+    assert json.loads(launched.stdout) == {"model_uid": "tiny-chat"}
+    wrong = xb(stack, "launch", "tiny-chat", "--quantization", "q9", "--uid", "x")
+    assert wrong.returncode == 1 and "has no quantization 'q9'" in wrong.stderr
+
+    cached = json.loads(xb(stack, "cache", "list", "--json").stdout)
+    assert [(f["repo_id"], f["file"]) for f in cached] == [(REPO, "tiny-chat-f32.gguf")]
+    assert xb(stack, "terminate", "tiny-chat").returncode == 0
+    removed = xb(stack, "cache", "remove", REPO)
+    assert removed.returncode == 0 and "MiB freed" in removed.stdout
+    assert json.loads(xb(stack, "cache", "list", "--json").stdout) == []
+    assert xb(stack, "unregister", "tiny-chat").returncode == 0
+    assert xb(stack, "unregister", "tiny-chat").returncode == 1
+
+
+def test_python_client_registrations(
+    make_stack: Callable[..., Stack], hub: Hub, hub_model: Path
+) -> None:
+    from xb.client import Client
+
+    stack = make_stack(0)
+    with Client(stack.url) as client:
+        names = {f["model_name"] for f in client.list_model_registrations("LLM")}
+        assert "chatglm2" in names
+        embedding = client.list_model_registrations("embedding")
+        assert [f["model_ability"] for f in embedding] == [["embed"]]
+        client.register_model("LLM", json.dumps(tiny_family(hub, hub_model)))
+        assert client.get_model_registration("LLM", "tiny-chat")["is_builtin"] is False
+        client.unregister_model("LLM", "tiny-chat")

@@ -1,0 +1,42 @@
+"""``xb cache``: the model files this machine has downloaded, under its xb home."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from xb.client.cli import _as_json, _print_json, console, err
+from xb.settings import xb_home
+from xb.worker.download import DownloadError, cache_dir, cached_files, remove_cached
+
+cache = typer.Typer(
+    help="Model files downloaded on this machine (a worker's cache).", no_args_is_help=True
+)
+
+
+@cache.command("list")
+def list_cache(as_json: bool = _as_json) -> None:
+    """List the cached model files."""
+    files = cached_files(xb_home())
+    if as_json:
+        _print_json(files)
+        return
+    table = Table("Repository", "File", "Revision", "MiB", title=str(cache_dir(xb_home())))
+    for f in files:
+        table.add_row(f["repo_id"], f["file"], f["revision"][:12], f"{f['size'] / 1024**2:.1f}")
+    console.print(table)
+
+
+@cache.command("remove")
+def remove(repo_id: str = typer.Argument(..., help="The repository, owner/name.")) -> None:
+    """Delete a repository's files from the cache."""
+    try:
+        freed = remove_cached(xb_home(), repo_id)
+    except DownloadError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"removed {repo_id}, {freed / 1024**2:.1f} MiB freed")
+
+
+def install(app: typer.Typer) -> None:
+    app.add_typer(cache, name="cache")

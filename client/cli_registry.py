@@ -1,0 +1,86 @@
+"""``xb registrations``, ``xb register``, ``xb unregister``: the registry from the shell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from xb.client.calls import ClientError
+from xb.client.cli import _as_json, _call, _endpoint, _fail, _print_json, console
+from xb.client.client import Client
+
+
+def show_registrations(
+    endpoint: str, model_type: str, as_json: bool, *, also_embedding: bool = False
+) -> None:
+    types = (
+        [model_type, "embedding"] if also_embedding and model_type != "embedding" else [model_type]
+    )
+
+    def every(client: Client) -> list[dict[str, Any]]:
+        return [f for kind in types for f in client.list_model_registrations(kind)]
+
+    families = _call(endpoint, every)
+    if as_json:
+        _print_json(families)
+        return
+    table = Table(
+        "Name", "Type", "Languages", "Abilities", "Format", "Sizes (B)", "Quantizations", "Built in"
+    )
+    for f in families:
+        table.add_row(
+            f["model_name"],
+            f["model_type"],
+            ", ".join(f["model_lang"]),
+            ", ".join(f["model_ability"]),
+            ", ".join(f["model_formats"]),
+            ", ".join(s.replace("_", ".") for s in f["model_sizes_in_billions"]),
+            ", ".join(f["quantizations"]),
+            "yes" if f["is_builtin"] else "no",
+        )
+    console.print(table)
+
+
+def registrations(
+    model_type: str = typer.Option("LLM", "--type", "-t", help="LLM or embedding."),
+    endpoint: str = _endpoint,
+    as_json: bool = _as_json,
+) -> None:
+    """List the families of the registry, built-in and registered."""
+    show_registrations(endpoint, model_type, as_json)
+
+
+def register(
+    file: Path = typer.Option(
+        ..., "--file", "-f", exists=True, dir_okay=False, help="The family spec, a JSON file."
+    ),
+    model_type: str = typer.Option("LLM", "--type", "-t", help="LLM or embedding."),
+    endpoint: str = _endpoint,
+) -> None:
+    """Register a model family (kept under the broker's xb home)."""
+    text = file.read_text()
+    with Client(endpoint) as client:
+        try:
+            client.register_model(model_type, text)
+        except ClientError as exc:
+            raise _fail(exc) from exc
+    console.print(f"registered the family in {file.name}")
+
+
+def unregister(
+    model_name: str = typer.Argument(..., help="The family's model_name."),
+    model_type: str = typer.Option("LLM", "--type", "-t", help="LLM or embedding."),
+    endpoint: str = _endpoint,
+) -> None:
+    """Remove a registered family; built-in families stay."""
+    _call(endpoint, lambda client: client.unregister_model(model_type, model_name))
+    console.print(f"unregistered {model_name}")
+
+
+def install(app: typer.Typer) -> None:
+    app.command()(registrations)
+    app.command()(register)
+    app.command()(unregister)
