@@ -338,4 +338,8 @@ def model_entry(info: p.ModelInfo) -> dict[str, Any]:
         "replica": info.replica,
         "replicas": msgspec.to_builtins(info.replicas),
         "queued": info.queued,
+        "served": info.served,
+        "tokens": info.tokens,
+        "model_size_in_billions": info.model_size_in_billions,
+        "quantization": info.quantization,
     }

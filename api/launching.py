@@ -121,6 +121,8 @@ def _from_registry(
         chat_template=family.chat_template,
         stop=family.stop,
         stop_token_ids=family.stop_token_ids,
+        model_size_in_billions=chosen.model_size_in_billions,
+        quantization=quantization,
     )
     need = estimate_from_spec(chosen, quantization, spec.n_ctx)
     return resolved, need, list(family.model_ability)

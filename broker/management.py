@@ -329,6 +329,10 @@ class ModelManagement:
             replicas=places,
             created=model.created,
             queued=len(model.queue),
+            served=model.served,
+            tokens=model.tokens,
+            model_size_in_billions=model.spec.model_size_in_billions,
+            quantization=model.spec.quantization,
         )
 
     def _cluster(self, request_id: str) -> p.Cluster:

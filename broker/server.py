@@ -114,9 +114,7 @@ class Broker(ModelManagement):
                 flight.started = True
                 self._sock.send_multipart([flight.client, *frames])
         elif isinstance(message, p.Final | p.Error):
-            if isinstance(message, p.Final) and message.request_id in self.in_flight:
-                worker.served += 1
-            self._finish(message.request_id, frames)
+            self._finish(worker, message, frames)
         elif isinstance(message, p.Heartbeat):
             if message.memory is not None:
                 worker.memory = message.memory
@@ -194,14 +192,18 @@ class Broker(ModelManagement):
         self._check_waiters(model)
         self.dispatch(model)
 
-    def _finish(self, request_id: str, frames: list[bytes]) -> None:
-        flight = self.in_flight.pop(request_id, None)
+    def _finish(self, worker: WorkerEntry, message: p.Final | p.Error, frames: list[bytes]) -> None:
+        flight = self.in_flight.pop(message.request_id, None)
         if flight is None:
             return  # a cancelled or terminated request's last frame
         self._sock.send_multipart([flight.client, *frames])
         model = self.models.get(flight.submit.model_uid)
         if model is None:
             return
+        if isinstance(message, p.Final):
+            worker.served += 1
+            model.served += 1
+            model.tokens += message.usage.completion_tokens
         replica = model.replicas.get(flight.replica_id)
         if replica is not None:
             replica.in_flight = max(replica.in_flight - 1, 0)

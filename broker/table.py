@@ -69,6 +69,8 @@ class Model:
     worker: str | None = None  # the worker the user named for its replicas
     request_limits: int | None = None
     next_index: int = 0
+    served: int = 0
+    tokens: int = 0
     replicas: dict[str, Replica] = field(default_factory=dict)
     queue: deque[tuple[bytes, p.Submit]] = field(default_factory=deque)
     waiters: list[Waiter] = field(default_factory=list)

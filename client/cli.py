@@ -305,7 +305,9 @@ def generate(
 
 def main() -> None:
     from xb.client import cli_cache, cli_registry
+    from xb.tui.cli import tui
 
     cli_registry.install(app)
     cli_cache.install(app)
+    app.command()(tui)
     app()

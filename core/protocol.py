@@ -176,6 +176,8 @@ class ModelSpec(Struct, frozen=True):
     chat_template: str | None = None  # None: the one in the model file
     stop: list[str] = []
     stop_token_ids: list[int] = []
+    model_size_in_billions: str | None = None  # known when launched from the registry
+    quantization: str | None = None
 
 
 class ReplicaStatus(Struct, frozen=True):
@@ -341,6 +343,10 @@ class ModelInfo(Struct, frozen=True):
     replicas: list[ReplicaPlace]
     created: int
     queued: int = 0
+    served: int = 0  # requests answered, for rates
+    tokens: int = 0  # tokens generated
+    model_size_in_billions: str | None = None
+    quantization: str | None = None
 
 
 class ModelList(Struct, frozen=True):

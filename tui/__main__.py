@@ -1,0 +1,3 @@
+from xb.tui.cli import main
+
+main()
