@@ -28,9 +28,15 @@ class XbApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        api_key: str | None = None,
+        *,
+        client: AsyncClient | None = None,
+    ) -> None:
         super().__init__()
-        self.client = AsyncClient(endpoint, api_key=api_key)
+        self.client = client or AsyncClient(endpoint, api_key=api_key)
         self.cluster = ClusterScreen(self.client)
         self.arena = ArenaScreen(self.client)
 

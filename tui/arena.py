@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -80,7 +81,7 @@ class ChatPane(Vertical):
             return
         self.stop()
         self.history.append({"role": "user", "content": text})
-        log.mount(Static(f"[b]you[/b] {text}", classes="user"))
+        log.mount(Static(f"[b]you:[/b] {escape(text)}", classes="user"))
         answer = Markdown("", classes="answer")
         log.mount(answer)
         self._job = self.stream(self.model, answer)

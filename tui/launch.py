@@ -9,7 +9,7 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import (
     Button,
@@ -54,7 +54,7 @@ class LaunchScreen(Screen[str | None]):
             with Vertical(id="family-column"):
                 yield Input(placeholder="type to filter families", id="filter")
                 yield OptionList(id="families")
-            with Vertical(id="spec-column"):
+            with VerticalScroll(id="spec-column"):
                 yield Label("", id="family-name")
                 yield Select[str]([], prompt="format", id="format")
                 yield Select[str]([], prompt="size", id="size")

@@ -1,0 +1,135 @@
+"""A client with fixed answers, so that snapshots of the screens are the same every run.
+
+Only the snapshot tests use it; every behaviour of the dashboard is tested against a
+real stack in test_dashboard.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+GIB = 1024**3
+
+WORKERS = [
+    {
+        "worker_id": "gpu-box-1",
+        "host": "gpu-box",
+        "pid": 101,
+        "slots": 1,
+        "served": 12,
+        "memory": {"total": 64 * GIB, "free": 40 * GIB, "gpu_total": 0, "gpu_free": 0},
+        "replicas": [{"model_uid": "qwen2.5-instruct", "state": "ready"}],
+        "queue_depth": 0,
+        "in_flight": 1,
+        "heartbeat_age": 0.4,
+    },
+    {
+        "worker_id": "laptop-2",
+        "host": "laptop",
+        "pid": 202,
+        "slots": 1,
+        "served": 3,
+        "memory": {"total": 16 * GIB, "free": 9 * GIB, "gpu_total": 0, "gpu_free": 0},
+        "replicas": [{"model_uid": "llama-3.2-instruct", "state": "ready"}],
+        "queue_depth": 2,
+        "in_flight": 1,
+        "heartbeat_age": 0.7,
+    },
+]
+
+
+def _model(uid: str, name: str, size: str, quant: str, worker: str) -> dict[str, Any]:
+    return {
+        "id": uid,
+        "model_name": name,
+        "model_format": "gguf",
+        "model_type": "LLM",
+        "model_size_in_billions": size,
+        "quantization": quant,
+        "abilities": ["generate", "chat"],
+        "replica": 1,
+        "served": 10,
+        "tokens": 900,
+        "queued": 0,
+        "replicas": [{"replica_id": f"{uid}-0", "worker_id": worker, "state": "ready"}],
+    }
+
+
+MODELS = {
+    "qwen2.5-instruct": _model(
+        "qwen2.5-instruct", "qwen2.5-instruct", "0_5", "q4_k_m", "gpu-box-1"
+    ),
+    "llama-3.2-instruct": _model(
+        "llama-3.2-instruct", "llama-3.2-instruct", "1", "Q4_K_M", "laptop-2"
+    ),
+}
+
+FAMILIES = [
+    {
+        "model_name": "qwen2.5-instruct",
+        "model_type": "LLM",
+        "model_lang": ["en", "zh"],
+        "model_ability": ["generate", "chat"],
+        "model_formats": ["gguf"],
+        "model_sizes_in_billions": ["0_5", "1_5", "3", "7"],
+        "quantizations": ["q4_k_m", "q8_0"],
+        "context_length": 32768,
+        "is_builtin": True,
+    },
+    {
+        "model_name": "chatglm2",
+        "model_type": "LLM",
+        "model_lang": ["en", "zh"],
+        "model_ability": ["generate", "chat"],
+        "model_formats": ["ggml"],
+        "model_sizes_in_billions": ["6"],
+        "quantizations": ["q4_0", "q8_0"],
+        "context_length": 8192,
+        "is_builtin": True,
+    },
+]
+
+ANSWERS = {
+    "qwen2.5-instruct": "The **sea** is wide and deep.\n\n- waves\n- tides",
+    "llama-3.2-instruct": "Oceans cover *most* of the planet.",
+}
+
+
+class FakeModel:
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        tools: Any = None,
+        generate_config: dict[str, Any] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        text = ANSWERS[self.uid]
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            for word in text.split(" "):
+                yield {"choices": [{"delta": {"content": word + " "}}]}
+            yield {"choices": [], "usage": {"completion_tokens": len(text.split(" "))}}
+
+        return chunks()
+
+
+class FakeClient:
+    base_url = "http://127.0.0.1:9997"
+
+    async def get_workers_info(self) -> list[dict[str, Any]]:
+        return WORKERS
+
+    async def list_models(self) -> dict[str, dict[str, Any]]:
+        return MODELS
+
+    async def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
+        return FAMILIES if model_type == "LLM" else []
+
+    async def get_model(self, uid: str) -> FakeModel:
+        return FakeModel(uid)
+
+    async def close(self) -> None:
+        pass
