@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Markdown, Select, Static
 from textual.worker import Worker
 
-from xb.client import AsyncClient, ClientError
+from xb.client import AsyncClient, AsyncModelHandle, ClientError
 
 MAX_PANES = 3
 
@@ -106,7 +106,7 @@ class ChatPane(Vertical):
         tokens = 0
         writer = Markdown.get_stream(answer)
         try:
-            model = await self.client.get_model(uid)
+            model = AsyncModelHandle(self.client, uid)  # no describe round trip before the chat
             chunks = await model.chat(list(self.history), generate_config=self._config())
             async for chunk in chunks:
                 if chunk.get("usage"):

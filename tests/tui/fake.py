@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from xb.client.calls import Call
+
 GIB = 1024**3
 
 WORKERS = [
@@ -96,24 +98,10 @@ ANSWERS = {
 }
 
 
-class FakeModel:
-    def __init__(self, uid: str) -> None:
-        self.uid = uid
-
-    async def chat(
-        self,
-        messages: list[dict[str, str]],
-        tools: Any = None,
-        generate_config: dict[str, Any] | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        text = ANSWERS[self.uid]
-
-        async def chunks() -> AsyncIterator[dict[str, Any]]:
-            for word in text.split(" "):
-                yield {"choices": [{"delta": {"content": word + " "}}]}
-            yield {"choices": [], "usage": {"completion_tokens": len(text.split(" "))}}
-
-        return chunks()
+async def _chunks(text: str) -> AsyncIterator[dict[str, Any]]:
+    for word in text.split(" "):
+        yield {"choices": [{"delta": {"content": word + " "}}]}
+    yield {"choices": [], "usage": {"completion_tokens": len(text.split(" "))}}
 
 
 class FakeClient:
@@ -128,8 +116,10 @@ class FakeClient:
     async def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
         return FAMILIES if model_type == "LLM" else []
 
-    async def get_model(self, uid: str) -> FakeModel:
-        return FakeModel(uid)
+    async def _run(self, call: Call) -> Any:
+        """What the model handles send: only streamed chats are asked for here."""
+        assert call.path == "/v1/chat/completions" and call.json is not None
+        return _chunks(ANSWERS[call.json["model"]])
 
     async def close(self) -> None:
         pass
