@@ -177,6 +177,9 @@ class Generation:
                     finals = [c.final for c in choices if c.final is not None]
                     yield sse(self.shape.usage_chunk(convert.usage(finals, self.prompt_counted)))
             yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            status = 499  # the client went away; nginx's name for it
+            raise
         finally:
             for task in readers:
                 task.cancel()

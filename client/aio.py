@@ -16,9 +16,10 @@ class AsyncClient:
     def __init__(
         self, base_url: str = DEFAULT_ENDPOINT, api_key: str | None = None, timeout: float = 600.0
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=calls.auth_headers(api_key), timeout=timeout
+        )
 
     async def close(self) -> None:
         await self._http.aclose()

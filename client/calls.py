@@ -22,6 +22,10 @@ class ClientError(Exception):
         self.status = status
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _identity(body: Any) -> Any:
     return body
 

@@ -24,9 +24,10 @@ class Client:
     def __init__(
         self, base_url: str = DEFAULT_ENDPOINT, api_key: str | None = None, timeout: float = 600.0
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=calls.auth_headers(api_key), timeout=timeout
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -40,6 +40,18 @@ class Backend(ABC):
     def generate(self, kind: str, params: GenerateParams) -> Iterator[Piece | Done]: ...
 
 
+def token_budget(n_prompt: int, n_ctx: int, max_tokens: int | None) -> int:
+    """How many tokens may follow a prompt of ``n_prompt``; a prompt that fills the
+    context is the caller's mistake."""
+    room = n_ctx - n_prompt
+    if room <= 0:
+        raise BackendError(
+            f"the prompt is {n_prompt} tokens and the model's context is {n_ctx}; "
+            "shorten the prompt or launch the model with a larger n_ctx"
+        )
+    return room if max_tokens is None else min(max_tokens, room)
+
+
 class StopText:
     """Turns decoded token bytes into text, holding back what may begin a stop string."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from xb.protocol import GenerateParams, ModelSpec, Usage
-from xb.worker.backend import Backend, BackendError, Done, Piece, StopText
+from xb.worker.backend import Backend, BackendError, Done, Piece, StopText, token_budget
 
 # GenerateParams defaults that chatglm.cpp has no way to honour otherwise.
 _UNSUPPORTED: dict[str, Any] = {
@@ -58,13 +58,7 @@ class ChatGLMBackend(Backend):
                 raise BackendError(f"'{name}' is not supported by chatglm.cpp models")
         tokens = self._prompt(kind, params)
         n_prompt = len(tokens)
-        room = self._n_ctx - n_prompt
-        if room <= 0:
-            raise BackendError(
-                f"the prompt is {n_prompt} tokens and the model's context is {self._n_ctx}; "
-                "shorten the prompt or launch the model with a larger n_ctx"
-            )
-        limit = room if params.max_tokens is None else min(params.max_tokens, room)
+        limit = token_budget(n_prompt, self._n_ctx, params.max_tokens)
         config = self._chatglm._C.GenerationConfig(
             max_length=self._n_ctx,
             max_new_tokens=limit,

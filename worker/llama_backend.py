@@ -13,7 +13,7 @@ import numpy as np
 
 from xb.modelfile import read_gguf_info
 from xb.protocol import GenerateParams, ModelSpec, TokenLogprob, TopLogprob, Usage
-from xb.worker.backend import Backend, BackendError, Done, Piece, StopText
+from xb.worker.backend import Backend, BackendError, Done, Piece, StopText, token_budget
 from xb.worker.structured import (
     call_schema,
     openai_tool,
@@ -119,13 +119,7 @@ class LlamaBackend(Backend):
             raise BackendError("this model was launched for embeddings; use /v1/embeddings")
         tokens, template_stop = self._prompt_tokens(kind, params)
         n_prompt = len(tokens)
-        room = self._n_ctx - n_prompt
-        if room <= 0:
-            raise BackendError(
-                f"the prompt is {n_prompt} tokens and the model's context is {self._n_ctx}; "
-                "shorten the prompt or launch the model with a larger n_ctx"
-            )
-        limit = room if params.max_tokens is None else min(params.max_tokens, room)
+        limit = token_budget(n_prompt, self._n_ctx, params.max_tokens)
         choice = params.tool_choice if params.tools else "none"
         calls = choice not in ("none", "auto")  # the answer must be a call: constrain it
         maybe_call = choice == "auto"  # the model may answer with a call: watch for "{"
