@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from xb import protocol as p
 from xb.api import convert
@@ -56,12 +57,17 @@ class Generation:
     prompt_counted: list[bool] | None = None
     include_usage: bool = False
     started: float = field(default_factory=time.perf_counter)
+    _recorded: bool = False
 
     @property
     def model(self) -> str:
         return self.submits[0].model_uid
 
     def _record(self, status: int, choices: list[Choice]) -> None:
+        """Count the request once, with how it ended (499: the client went away)."""
+        if self._recorded:
+            return
+        self._recorded = True
         self.metrics.request(self.model, self.endpoint, status)
         for choice in choices:
             if choice.final is None or not choice.first_at:
@@ -85,11 +91,15 @@ class Generation:
                 return await self._whole(choices, early)
             finally:
                 self._close(choices)
-        return StreamingResponse(
-            self._events(choices, early),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        events = self._events(choices, early)
+
+        def ended() -> None:
+            # Starlette abandons the generator when the client goes away; it would only be
+            # finalised when collected. Cancel the generation now instead.
+            self._close(choices)
+            self._record(499, choices)
+
+        return _SSEResponse(events, ended)
 
     async def _first_frames(
         self, choices: list[Choice], timeout: float | None
@@ -177,14 +187,11 @@ class Generation:
                     finals = [c.final for c in choices if c.final is not None]
                     yield sse(self.shape.usage_chunk(convert.usage(finals, self.prompt_counted)))
             yield b"data: [DONE]\n\n"
-        except (asyncio.CancelledError, GeneratorExit):
-            status = 499  # the client went away; nginx's name for it
-            raise
+            self._record(status, choices)
         finally:
             for task in readers:
                 task.cancel()
             self._close(choices)
-            self._record(status, choices)
 
     @staticmethod
     async def _read(
@@ -201,3 +208,21 @@ class Generation:
     def _close(choices: list[Choice]) -> None:
         for choice in choices:
             choice.stream.close()
+
+
+class _SSEResponse(StreamingResponse):
+    """A server-sent event stream that runs ``ended`` however it ends."""
+
+    def __init__(self, events: AsyncIterator[bytes], ended: Callable[[], None]) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._ended = ended
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._ended()
