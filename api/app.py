@@ -16,8 +16,14 @@ from xb import protocol as p
 from xb.api import convert, errors, management
 from xb.api.bridge import BrokerBridge, new_request_id
 from xb.api.errors import APIError
+from xb.api.launching import launch_message
 from xb.api.metrics import Metrics
-from xb.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from xb.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    LaunchRequest,
+)
 from xb.api.streaming import Generation, fail
 from xb.registry import Registry
 from xb.settings import HEARTBEAT_INTERVAL, xb_home
@@ -37,7 +43,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await bridge.start()
-        starter = asyncio.create_task(_launch_on_start(bridge, launch_on_start or []))
+        starter = asyncio.create_task(
+            _launch_on_start(bridge, app.state.registry, launch_on_start or [])
+        )
         try:
             yield
         finally:
@@ -133,21 +141,31 @@ def _seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:
     return msgspec.structs.replace(params, seed=params.seed + index)
 
 
-async def _launch_on_start(bridge: BrokerBridge, names: list[str]) -> None:
-    """Launch ``names`` (built-in names or GGUF paths) once a worker has joined."""
+async def _launch_on_start(bridge: BrokerBridge, registry: Registry, names: list[str]) -> None:
+    """Launch ``names`` (registry families, 'xb-demo', or model files) once a worker joins."""
     for name in names:
         while True:
             reply = await bridge.call(lambda rid: p.ClusterInfo(rid), timeout=5)
             if isinstance(reply, p.Cluster) and reply.workers:
                 break
             await asyncio.sleep(0.2)
-        path = name if name.endswith(".gguf") else None
-        model_name = name.rsplit("/", 1)[-1].removesuffix(".gguf")
+        is_file = name.endswith((".gguf", ".bin"))
+        body = LaunchRequest.model_validate(
+            {
+                "model_name": name.rsplit("/", 1)[-1].rsplit(".", 1)[0] if is_file else name,
+                "model_path": name if is_file else None,
+            }
+        )
+        try:
+            launch = launch_message(body, registry, "")
+        except APIError as exc:
+            log.error("could not launch %r: %s", name, exc.message)
+            continue
 
-        def launch(rid: str, name: str = model_name, path: str | None = path) -> p.Message:
-            return p.LaunchModel(rid, p.ModelSpec("", name, path))
+        def numbered(rid: str, launch: p.LaunchModel = launch) -> p.Message:
+            return msgspec.structs.replace(launch, request_id=rid)
 
-        launched = await bridge.call(launch, timeout=None)
+        launched = await bridge.call(numbered, timeout=None)
         if isinstance(launched, p.ModelInfo):
             log.warning("model %r is ready as %r", name, launched.model_uid)
         else:

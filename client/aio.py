@@ -1,4 +1,8 @@
-"""The asyncio Python client: ``Client``'s methods as coroutines, streams as async iterators."""
+"""The asyncio Python client: ``Client``'s methods as coroutines, streams as async iterators.
+
+Close a stream you leave early (``async with contextlib.aclosing(stream)``): closing it
+closes the connection, which stops the generation on the worker at once.
+"""
 
 from __future__ import annotations
 

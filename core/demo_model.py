@@ -147,5 +147,6 @@ def ensure_demo_model(home: Path) -> Path:
     """The built-in demo model under ``home``, written the first time it is needed."""
     path = home / "models" / f"{DEMO_MODEL_NAME}.gguf"
     if not path.exists():
-        write_demo_model(path, DemoModelConfig(n_embd=128, n_layer=4, n_ff=256, eos_logit=2.5))
+        # eos_logit tuned by measurement: answers of about 90 tokens on average.
+        write_demo_model(path, DemoModelConfig(n_embd=128, n_layer=4, n_ff=256, eos_logit=2.8))
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 from typing import Any
 
 from rich.markup import escape
@@ -108,16 +109,19 @@ class ChatPane(Vertical):
         try:
             model = AsyncModelHandle(self.client, uid)  # no describe round trip before the chat
             chunks = await model.chat(list(self.history), generate_config=self._config())
-            async for chunk in chunks:
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                for choice in chunk["choices"]:
-                    text = choice["delta"].get("content")
-                    if text:
-                        first = first or time.perf_counter()
-                        pieces.append(text)
-                        await writer.write(text)
-                        log.scroll_end(animate=False)
+            # Closed on the way out, stopped or not: that closes the connection, which
+            # is what tells xb to stop generating. An abandoned one waits for the GC.
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+                    for choice in chunk["choices"]:
+                        text = choice["delta"].get("content")
+                        if text:
+                            first = first or time.perf_counter()
+                            pieces.append(text)
+                            await writer.write(text)
+                            log.scroll_end(animate=False)
         except ClientError as exc:
             stats.update(f"[red]{exc}[/red]")
             return
