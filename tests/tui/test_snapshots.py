@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Markdown, Static
+from textual.widgets import DataTable, Input, Markdown, Static
 
 from tests.tui.fake import FakeClient
 from xb.tui.app import XbApp
@@ -64,8 +64,9 @@ def test_arena_screen(snap_compare: Any) -> None:
         first, second = xb.arena.panes
         first.choose("qwen2.5-instruct")
         second.choose("llama-3.2-instruct")
-        prompt = xb.arena.query_one("#prompt")
-        prompt.value = "Tell me about the sea"  # type: ignore[attr-defined]
+        prompt = xb.arena.query_one("#prompt", Input)
+        prompt.cursor_blink = False  # a blinking cursor would make the picture vary
+        prompt.value = "Tell me about the sea"
         prompt.focus()
         await pilot.press("enter")
         await settle(
@@ -90,6 +91,7 @@ def test_arena_at_80_by_24(snap_compare: Any) -> None:
         await settle(pilot, lambda: len(xb.arena.models) == 2)
         xb.arena.panes[0].choose("qwen2.5-instruct")
         xb.arena.panes[1].choose("llama-3.2-instruct")
+        xb.arena.query_one("#prompt", Input).cursor_blink = False
         await pilot.pause(0.2)
 
     assert snap_compare(app(), terminal_size=(80, 24), run_before=ready)
