@@ -62,7 +62,7 @@ def create_app(
     # ---- inference --------------------------------------------------------------------
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         params = convert.chat_params(body)
         request_id = new_request_id()
         submits = [
@@ -78,11 +78,12 @@ def create_app(
             "chat",
             prompt_counted=[i == 0 for i in range(body.n)],
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            request=request,
         )
         return await generation.respond(body.stream)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Response:
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         request_id = new_request_id()
         submits: list[p.Submit] = []
         counted: list[bool] = []
@@ -104,6 +105,7 @@ def create_app(
             "completions",
             prompt_counted=counted,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            request=request,
         )
         return await generation.respond(body.stream)
 

@@ -39,6 +39,11 @@ class BrokerBridge:
         self._waiters: dict[str, asyncio.Queue[Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_seen = time.monotonic()
+        self._instance = ""  # the broker's, from its pongs
+
+    def _fail_all(self, reason: str) -> None:
+        for rid, queue in self._waiters.items():
+            queue.put_nowait(p.Error(rid, p.ErrorCode.BROKER_UNAVAILABLE, reason))
 
     @property
     def up(self) -> bool:
@@ -71,6 +76,10 @@ class BrokerBridge:
             except p.ProtocolError as exc:
                 log.warning("dropped malformed frame from broker: %s", exc)
                 continue
+            if isinstance(message, p.Pong) and message.instance:
+                if self._instance and message.instance != self._instance:
+                    self._fail_all("the broker restarted; requests it was running are lost")
+                self._instance = message.instance
             queue = self._waiters.get(getattr(message, "request_id", ""))
             if queue is not None:
                 queue.put_nowait(message)
@@ -83,14 +92,7 @@ class BrokerBridge:
             if not self.up:
                 if was_up:
                     log.warning("broker %s is not answering", self.address)
-                for rid, queue in self._waiters.items():
-                    queue.put_nowait(
-                        p.Error(
-                            rid,
-                            p.ErrorCode.BROKER_UNAVAILABLE,
-                            f"the broker at {self.address} is not answering",
-                        )
-                    )
+                self._fail_all(f"the broker at {self.address} is not answering")
             was_up = self.up
 
     async def call(self, make: Callable[[str], p.Message], timeout: float | None = 30.0) -> Reply:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -21,6 +22,7 @@ from xb.api.metrics import Metrics
 # Seconds without a frame before the SSE stream gets a keep-alive comment; also how long
 # the facade waits for the first frame before it commits to a 200 and starts streaming.
 KEEPALIVE_SECONDS = float(os.environ.get("XB_SSE_KEEPALIVE_S", "5"))
+DISCONNECT_POLL_SECONDS = 0.25
 _json = msgspec.json.Encoder()
 
 
@@ -56,6 +58,7 @@ class Generation:
     endpoint: str
     prompt_counted: list[bool] | None = None
     include_usage: bool = False
+    request: Request | None = None  # the HTTP request, to notice a client that goes away
     started: float = field(default_factory=time.perf_counter)
     _recorded: bool = False
 
@@ -88,7 +91,7 @@ class Generation:
             raise
         if not stream:
             try:
-                return await self._whole(choices, early)
+                return await self._whole_unless_gone(choices, early)
             finally:
                 self._close(choices)
         events = self._events(choices, early)
@@ -129,6 +132,27 @@ class Generation:
         if isinstance(message, p.Final):
             choice.final = message
         return message.text, list(message.logprobs)
+
+    async def _whole_unless_gone(
+        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
+    ) -> Response:
+        """The whole answer; or, if the client goes away first, stop generating it."""
+        if self.request is None:
+            return await self._whole(choices, early)
+        whole = asyncio.create_task(self._whole(choices, early))
+        gone = asyncio.create_task(self._client_gone(self.request))
+        await asyncio.wait({whole, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if whole.done():
+            return whole.result()
+        whole.cancel()
+        self._record(499, choices)
+        return Response(status_code=499)  # nobody reads it; closing the choices cancels
+
+    @staticmethod
+    async def _client_gone(request: Request) -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
     async def _whole(
         self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]

@@ -127,6 +127,8 @@ class ModelManagement:
         chosen = place(self._candidates(model.worker), model.need, count, hosting)
         added: set[str] = set()
         for worker in chosen:
+            while f"{model.uid}-{model.next_index}" in model.replicas:  # adopted ones, say
+                model.next_index += 1
             replica_id = f"{model.uid}-{model.next_index}"
             model.next_index += 1
             model.replicas[replica_id] = Replica(
@@ -175,7 +177,7 @@ class ModelManagement:
         # Remove the least useful first: not ready, then the least busy.
         ranked = sorted(
             model.replicas.values(),
-            key=lambda r: (r.state == p.ModelState.READY, -r.in_flight),
+            key=lambda r: (r.state == p.ModelState.READY, r.in_flight),
         )
         doomed = {r.replica_id for r in ranked[: current - message.replica]}
         self._remove_replicas(doomed, f"model {model.uid!r} was scaled down", terminate=True)
@@ -194,14 +196,19 @@ class ModelManagement:
         """Bytes a GGUF file needs when it is readable here; 0 leaves it to the worker."""
         if not spec.model_path or spec.model_format != "gguf":
             return 0
-        path = Path(spec.model_path).expanduser()
-        if not path.exists():
-            return 0  # the path may exist on the worker's machine only
+        try:
+            path = Path(spec.model_path).expanduser()
+            if not path.is_file():
+                return 0  # the path may exist on the worker's machine only
+        except (OSError, RuntimeError):
+            return 0  # unreadable here (an unknown ~user, no permission): the worker checks
         return estimate_memory(read_gguf_info(path), spec.n_ctx)
 
     def _check_waiters(self, model: Model) -> None:
         """Answer launches and scale-ups whose replicas are all ready, or one failed."""
         for waiter in list(model.waiters):
+            if waiter not in model.waiters:
+                continue  # answered already, by a call this loop made
             replicas = [model.replicas.get(rid) for rid in waiter.replica_ids]
             failed = [r for r in replicas if r is None or r.state == p.ModelState.FAILED]
             if failed:
@@ -215,7 +222,7 @@ class ModelManagement:
                     f"model {model.uid!r} failed to load: {reason}",
                 )
                 if waiter.initial:
-                    self._drop_model(model, "launch failed")
+                    self._drop_model(model, "its launch failed")
                     return
                 self._remove_replicas(waiter.replica_ids, "load failed", terminate=True)
                 model.replica = len(model.replicas)
@@ -265,20 +272,20 @@ class ModelManagement:
         if model is None:
             self._unknown_model(client, message.request_id, message.model_uid)
             return
+        self._drop_model(model, "it was terminated")
+        self._send(client, p.Ack(message.request_id))
+
+    def _drop_model(self, model: Model, reason: str) -> None:
+        """Terminate every replica of ``model`` and end its requests and waiters."""
+        self.models.pop(model.uid, None)
         for waiter in model.waiters:
             self._error(
                 waiter.client,
                 waiter.request_id,
                 p.ErrorCode.CANCELLED,
-                f"model {model.uid!r} was terminated while loading",
+                f"model {model.uid!r} is gone: {reason}",
             )
         model.waiters.clear()
-        self._drop_model(model, "terminated")
-        self._send(client, p.Ack(message.request_id))
-
-    def _drop_model(self, model: Model, reason: str) -> None:
-        """Terminate every replica of ``model`` and end its requests."""
-        self.models.pop(model.uid, None)
         for replica in model.replicas.values():
             worker = self.workers.get(replica.worker)
             if worker is not None:
@@ -297,7 +304,7 @@ class ModelManagement:
                 client,
                 submit.request_id,
                 p.ErrorCode.UNKNOWN_MODEL,
-                f"model {model.uid!r} was {reason}",
+                f"model {model.uid!r} is gone: {reason}",
             )
 
     # ---- descriptions -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 
 import zmq
 
@@ -40,6 +41,7 @@ class Broker(ModelManagement):
         self.models: dict[str, Model] = {}
         self.in_flight: dict[str, InFlight] = {}
         self.malformed = 0
+        self.instance = uuid.uuid4().hex
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -93,9 +95,13 @@ class Broker(ModelManagement):
                 self.process_worker(identity, message, body)
             else:
                 self.process_client(identity, message)
-        except Exception:
+        except Exception as exc:
             self.malformed += 1
             log.exception("error handling %s from %r; dropped", type(message).__name__, identity)
+            request_id = getattr(message, "request_id", None)
+            if identity not in self.workers and request_id:
+                # Nobody may wait for an answer that will never come.
+                self._error(identity, request_id, p.ErrorCode.INTERNAL, f"broker error: {exc}")
 
     def _send(self, identity: bytes, message: p.Message) -> None:
         self._sock.send_multipart([identity, *p.encode(message)])
@@ -110,7 +116,7 @@ class Broker(ModelManagement):
         worker.last_seen = time.monotonic()
         if isinstance(message, p.Partial):
             flight = self.in_flight.get(message.request_id)
-            if flight is not None:
+            if flight is not None and flight.worker == identity:
                 flight.started = True
                 self._sock.send_multipart([flight.client, *frames])
         elif isinstance(message, p.Final | p.Error):
@@ -173,6 +179,8 @@ class Broker(ModelManagement):
             replica = Replica(status.replica_id, model.uid, worker.identity, status.state)
             model.replicas[replica.replica_id] = replica
             model.replica = max(model.replica, len(model.replicas))
+        if replica.worker != worker.identity:
+            return  # another worker's replica of that id: not this worker's to report
         if status.abilities:
             model.abilities = list(status.abilities)
         replica.progress = status.progress
@@ -193,9 +201,10 @@ class Broker(ModelManagement):
         self.dispatch(model)
 
     def _finish(self, worker: WorkerEntry, message: p.Final | p.Error, frames: list[bytes]) -> None:
-        flight = self.in_flight.pop(message.request_id, None)
-        if flight is None:
-            return  # a cancelled or terminated request's last frame
+        flight = self.in_flight.get(message.request_id)
+        if flight is None or flight.worker != worker.identity:
+            return  # a cancelled, terminated or retried-elsewhere request's last frame
+        del self.in_flight[message.request_id]
         self._sock.send_multipart([flight.client, *frames])
         model = self.models.get(flight.submit.model_uid)
         if model is None:
@@ -290,7 +299,7 @@ class Broker(ModelManagement):
         elif isinstance(message, p.ClusterInfo):
             self._send(client, self._cluster(message.request_id))
         elif isinstance(message, p.Ping):
-            self._send(client, p.Pong(message.request_id))
+            self._send(client, p.Pong(message.request_id, self.instance))
         elif isinstance(message, p.Heartbeat):
             # A worker the broker does not know (it restarted): ask it to announce itself.
             self._send(client, p.Disconnect("unknown worker; send READY"))

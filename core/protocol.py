@@ -319,6 +319,7 @@ class Ping(Struct, frozen=True):
 
 class Pong(Struct, frozen=True):
     request_id: str = ""
+    instance: str = ""  # new each time the broker starts: a facade sees a restart by it
 
 
 class ReplicaPlace(Struct, frozen=True):

@@ -95,6 +95,9 @@ def _check(family: ModelFamily) -> ModelFamily:
         raise RegistryError("model_ability of an embedding model is ['embed']")
     for i, spec in enumerate(family.model_specs):
         where = f"model_specs[{i}]"
+        templates = [spec.model_file_name_template, spec.model_file_name_split_template or ""]
+        if any(".." in Path(t).parts or t.startswith("/") for t in templates):
+            raise RegistryError(f"{where}: file names must stay inside the repository")
         if "{quantization}" not in spec.model_file_name_template:
             raise RegistryError(f"{where}.model_file_name_template lacks '{{quantization}}'")
         if not re.match(r"^\d+(_\d+)?$", spec.model_size_in_billions):

@@ -83,6 +83,8 @@ def _fetch_file(url: str, path: Path, size: int | None, meter: _Meter) -> Path:
             return path
         part = path.with_name(path.name + ".part")
         start = part.stat().st_size if part.exists() else 0
+        if size is not None and start >= size:
+            start = 0  # a complete or overlong leftover: fetch it anew
         headers = build_hf_headers()
         if start:
             headers["Range"] = f"bytes={start}-"
@@ -90,6 +92,9 @@ def _fetch_file(url: str, path: Path, size: int | None, meter: _Meter) -> Path:
             with httpx.stream(
                 "GET", url, headers=headers, follow_redirects=True, timeout=httpx.Timeout(60.0)
             ) as response:
+                if response.status_code == 416:
+                    part.unlink()
+                    raise DownloadError(f"{path.name}: the partial file did not fit; launch again")
                 if response.status_code == 200:
                     start = 0  # the server ignored the range: start over
                 elif response.status_code != 206:

@@ -94,10 +94,15 @@ class LlamaBackend(Backend):
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         schema: Any = None
-        if calls:
-            schema = call_schema(params.tools, params.tool_choice)
-        elif params.response_format == "json_schema":
-            schema = prepare_schema(json.loads(params.json_schema or "{}"))
+        try:
+            if calls:
+                schema = call_schema(params.tools, params.tool_choice)
+            elif params.response_format == "json_schema":
+                schema = prepare_schema(json.loads(params.json_schema or "{}"))
+        except BackendError:
+            raise
+        except Exception as exc:  # a schema shaped in a way the checks did not expect
+            raise BackendError(f"cannot read this JSON schema: {exc}") from exc
         try:
             if schema is not None:
                 return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
@@ -123,6 +128,12 @@ class LlamaBackend(Backend):
         choice = params.tool_choice if params.tools else "none"
         calls = choice not in ("none", "auto")  # the answer must be a call: constrain it
         maybe_call = choice == "auto"  # the model may answer with a call: watch for "{"
+        too_big = [i for i in params.logit_bias if i >= self._llm.n_vocab()]
+        if too_big:
+            raise BackendError(
+                f"logit_bias names token {too_big[0]}; this model's vocabulary has "
+                f"{self._llm.n_vocab()} tokens"
+            )
         grammar = self._grammar(params, calls)
         recorder = _Recorder(params.logit_bias)
         self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
@@ -160,10 +171,21 @@ class LlamaBackend(Backend):
             piece = text.feed(self._llm.detokenize([token], prev_tokens=history))
             history.append(token)
             logprob = self._logprob(recorder, token, params) if params.logprobs else None
-            if maybe_call and not holding and not held and piece.strip():
-                holding = piece.lstrip().startswith("{")
-                maybe_call = False
-            if holding or (maybe_call and not piece.strip()):
+            if maybe_call:
+                # Undecided until the first visible character: "{" starts a tool call.
+                seen = "".join(held) + piece
+                held.clear()
+                if not seen.strip():
+                    held.append(seen)
+                    piece = ""
+                elif seen.lstrip().startswith("{"):
+                    maybe_call, holding = False, True
+                    held.append(seen)
+                    piece = ""
+                else:
+                    maybe_call = False
+                    piece = seen  # plain text after all: release what was held
+            elif holding:
                 held.append(piece)
                 piece = ""
             yield Piece(piece, logprob)

@@ -191,12 +191,16 @@ def main(argv: list[str]) -> int:
     sock.setsockopt(zmq.IDENTITY, replica_id.encode())
     sock.connect(address)
 
+    parent = os.getppid()
+
     def event(
         state: p.ModelState,
         error: str | None = None,
         abilities: tuple[str, ...] = (),
         progress: p.Progress | None = None,
     ) -> None:
+        if os.getppid() != parent:  # the worker is gone, mid-download say: stop here
+            os._exit(0)
         status = p.ReplicaStatus(
             replica_id,
             spec.model_uid,

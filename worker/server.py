@@ -143,10 +143,11 @@ class Worker:
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.interval
                     if now - self._broker_seen > self.interval * HEARTBEAT_LIVENESS:
-                        log.warning(
-                            "broker silent for %.1f s; reconnecting", now - self._broker_seen
-                        )
-                        self._connect()
+                        # ZeroMQ reconnects by itself; a new socket would drop queued
+                        # frames (a FINAL among them). Announce again instead.
+                        log.warning("broker silent for %.1f s", now - self._broker_seen)
+                        self._broker_seen = now
+                        self._announce()
                     else:
                         self._send_heartbeat()
         finally:
@@ -175,7 +176,10 @@ class Worker:
             except p.ProtocolError as exc:
                 log.warning("dropped malformed frame from broker: %s", exc)
                 continue
-            self.process_broker(message)
+            try:
+                self.process_broker(message)
+            except Exception:  # one bad launch must not take down every model here
+                log.exception("error handling %s from the broker", type(message).__name__)
             if broker is not self._broker:  # re-announced: the old socket is closed
                 return
 
@@ -190,7 +194,10 @@ class Worker:
             except p.ProtocolError as exc:
                 log.warning("dropped malformed frame from a model process: %s", exc)
                 continue
-            self.process_model(identity.decode(errors="replace"), message)
+            try:
+                self.process_model(identity.decode(errors="replace"), message)
+            except Exception:
+                log.exception("error handling %s from a model process", type(message).__name__)
 
     # ---- protocol verbs ---------------------------------------------------------------
 
@@ -259,27 +266,24 @@ class Worker:
                 f"model {message.spec.model_uid!r} needs {message.need / gib:.2f} GiB and "
                 f"worker {self.worker_id} has {free / gib:.2f} GiB free"
             )
-            status = p.ReplicaStatus(
-                message.replica_id,
-                message.spec.model_uid,
-                message.spec.model_name,
-                p.ModelState.FAILED,
-                reason,
-            )
-            self._send_broker(p.ModelEvent(status))
+            self._refuse(message, reason)
             return
         offer = free if self.memory_limit is not None else 0
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xb.worker.model_process",
-                self._models_address,
-                message.replica_id,
-                msgspec.json.encode(message.spec).decode(),
-                str(offer),
-            ]
-        )
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "xb.worker.model_process",
+                    self._models_address,
+                    message.replica_id,
+                    msgspec.json.encode(message.spec).decode(),
+                    str(offer),
+                ]
+            )
+        except OSError as exc:
+            self._refuse(message, f"cannot start a model process: {exc}")
+            return
         replica = Replica(message.spec, message.replica_id, process)
         self.replicas[message.replica_id] = replica
         log.info(
@@ -287,12 +291,18 @@ class Worker:
         )
         self._send_broker(p.ModelEvent(replica.status()))
 
+    def _refuse(self, message: p.Launch, reason: str) -> None:
+        spec = message.spec
+        status = p.ReplicaStatus(
+            message.replica_id, spec.model_uid, spec.model_name, p.ModelState.FAILED, reason
+        )
+        self._send_broker(p.ModelEvent(status))
+
     def terminate(self, replica_id: str) -> None:
         replica = self.replicas.pop(replica_id, None)
         if replica is None:
             return
-        for request_id in replica.in_flight:
-            self._send_broker(p.Error(request_id, p.ErrorCode.CANCELLED, "model terminated"))
+        # The broker asked for this and has ended the replica's requests itself.
         replica.process.send_signal(signal.SIGTERM)
         self._dying.append((replica.process, time.monotonic() + _KILL_GRACE))
         log.info("terminated %s", replica_id)

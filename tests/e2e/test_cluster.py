@@ -119,7 +119,8 @@ def test_malformed_frames_do_not_hurt_the_broker(
         # A client that pings gets its pong: the broker is alive and reading.
         sock.send_multipart(p.encode(p.Ping("after")))
         assert sock.poll(5000), "broker did not answer after malformed frames"
-        assert p.decode(sock.recv_multipart()) == p.Pong("after")
+        pong = p.decode(sock.recv_multipart())
+        assert isinstance(pong, p.Pong) and pong.request_id == "after" and pong.instance
     finally:
         sock.close()
         ctx.term()
@@ -242,3 +243,20 @@ def test_a_crashed_model_process_fails_its_replica_not_the_worker(
         model="tiny", messages=[{"role": "user", "content": "fine?"}], max_tokens=3
     )
     assert reply.usage is not None and reply.usage.completion_tokens == 3
+
+
+def test_client_gone_from_a_whole_answer_cancels_too(
+    make_stack: Callable[..., Stack], endless_model: Path
+) -> None:
+    stack = make_stack(1)
+    stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
+    body = {"model": "endless", "messages": [{"role": "user", "content": "go"}], "max_tokens": 4000}
+
+    def in_flight() -> int:
+        return sum(r["in_flight"] for w in stack.cluster() for r in w["replicas"])
+
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(stack.url + "/v1/chat/completions", json=body, timeout=1.0)
+    gave_up = time.monotonic()
+    wait_until(lambda: in_flight() == 0, timeout=2.0)  # 4000 tokens would take seconds
+    assert time.monotonic() - gave_up < 2.0
