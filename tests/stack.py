@@ -104,6 +104,10 @@ class Stack:
     def worker_id(self, worker: subprocess.Popen[bytes]) -> str:
         return next(w["worker_id"] for w in self.cluster() if w["pid"] == worker.pid)
 
+    def in_flight(self) -> int:
+        """Requests the broker has sent to replicas that have not ended."""
+        return sum(r["in_flight"] for w in self.cluster() for r in w["replicas"])
+
     def cluster(self) -> list[dict[str, Any]]:
         return list(httpx.get(self.url + "/v1/cluster/info", timeout=5).json())
 

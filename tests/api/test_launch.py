@@ -139,7 +139,7 @@ def test_keep_alive_comments_while_waiting(
     short = {**long, "max_tokens": 2}
     with httpx.Client(base_url=stack.url, timeout=60) as http, ThreadPoolExecutor(1) as pool:
         first = pool.submit(lambda: http.post("/v1/chat/completions", json=long).text)
-        wait_until(lambda: any(r["in_flight"] for w in stack.cluster() for r in w["replicas"]))
+        wait_until(lambda: stack.in_flight() > 0)
         with http.stream("POST", "/v1/chat/completions", json=short) as waiting:
             assert waiting.status_code == 200
             lines = [line for line in waiting.iter_lines() if line]

@@ -144,16 +144,13 @@ def test_client_disconnect_cancels_generation(
         "stream": True,
     }
 
-    def in_flight() -> int:
-        return sum(r["in_flight"] for w in stack.cluster() for r in w["replicas"])
-
     with httpx.stream("POST", stack.url + "/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()  # held, not abandoned: closing the generator closes the socket
         assert next(line for line in lines if line.startswith("data: "))
-        assert in_flight() == 1
+        assert stack.in_flight() == 1
     closed = time.monotonic()
     # 4000 tokens take several seconds on this model; a cancelled request frees its slot at once.
-    wait_until(lambda: in_flight() == 0, timeout=2.0)
+    wait_until(lambda: stack.in_flight() == 0, timeout=2.0)
     assert time.monotonic() - closed < 2.0
 
 
@@ -252,11 +249,8 @@ def test_client_gone_from_a_whole_answer_cancels_too(
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
     body = {"model": "endless", "messages": [{"role": "user", "content": "go"}], "max_tokens": 4000}
 
-    def in_flight() -> int:
-        return sum(r["in_flight"] for w in stack.cluster() for r in w["replicas"])
-
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
         httpx.post(stack.url + "/v1/chat/completions", json=body, timeout=1.0)
     gave_up = time.monotonic()
-    wait_until(lambda: in_flight() == 0, timeout=2.0)  # 4000 tokens would take seconds
+    wait_until(lambda: stack.in_flight() == 0, timeout=2.0)  # 4000 tokens would take seconds
     assert time.monotonic() - gave_up < 2.0

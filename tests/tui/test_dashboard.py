@@ -133,7 +133,7 @@ async def test_escape_stops_generation(stack: Stack) -> None:
         await wait_for(pilot, lambda: "stopped" in str(pane.query_one(".stats", Static).render()))
 
         def idle() -> bool:
-            return all(r["in_flight"] == 0 for w in stack.cluster() for r in w["replicas"])
+            return stack.in_flight() == 0
 
         await wait_for(pilot, idle, timeout=3)  # the worker stopped generating
 
