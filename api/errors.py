@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,8 +84,20 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{where}{first.get('msg', 'invalid value')}{more}", param
 
 
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
 def install(app: FastAPI) -> None:
-    """Make every error the app answers an OpenAI error object."""
+    """Make every error the app answers an OpenAI error object, and bound request bodies."""
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length", "0")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return APIError(
+                413, f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are read"
+            ).response()
+        return await call_next(request)
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:

@@ -150,3 +150,14 @@ def test_a_file_that_is_not_gguf_is_400(url: str, tmp_path: Path) -> None:
     body = {"model_name": "bogus", "model_path": str(bogus)}
     error = assert_error(httpx.post(url + "/v1/models", json=body, timeout=30), 400)
     assert "GGUF" in error["message"]
+
+
+def test_an_oversized_body_is_413(url: str) -> None:
+    huge = b'{"model": "tiny", "prompt": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    response = httpx.post(
+        url + "/v1/completions",
+        content=huge,
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 413)
