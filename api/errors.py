@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xb.protocol import ErrorCode
 
@@ -87,17 +87,29 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
+class BodyLimit:
+    """Refuse a request body over ``MAX_BODY_BYTES`` before reading it.
+
+    Plain ASGI rather than ``@app.middleware``: Starlette's BaseHTTPMiddleware hides the
+    client's disconnect from the endpoint, which then could not cancel the generation.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                text = f"the request body is {int(length)} bytes; at most {MAX_BODY_BYTES} are read"
+                await APIError(413, text).response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Make every error the app answers an OpenAI error object, and bound request bodies."""
-
-    @app.middleware("http")
-    async def bounded_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length", "0")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return APIError(
-                413, f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are read"
-            ).response()
-        return await call_next(request)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
