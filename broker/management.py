@@ -124,7 +124,8 @@ class ModelManagement:
         hosting: dict[bytes, int] = {}
         for replica in model.replicas.values():
             hosting[replica.worker] = hosting.get(replica.worker, 0) + 1
-        chosen = place(self._candidates(model.worker), model.need, count, hosting)
+        gpu = model.spec.n_gpu_layers != 0
+        chosen = place(self._candidates(model.worker), model.need, count, hosting, gpu=gpu)
         added: set[str] = set()
         for worker in chosen:
             while f"{model.uid}-{model.next_index}" in model.replicas:  # adopted ones, say

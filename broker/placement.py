@@ -11,17 +11,31 @@ class PlacementError(Exception):
     """No worker can take the model; the message gives the need and the largest free space."""
 
 
+def usable(worker: WorkerEntry, gpu: bool) -> int:
+    """Free bytes for a model: GPU memory when it offloads to a worker that has a GPU,
+    else RAM; less what models still loading there were promised."""
+    memory = worker.memory
+    free = memory.gpu_free if gpu and memory.gpu_total else memory.free
+    return free - worker.reserved
+
+
 def place(
-    workers: list[WorkerEntry], need: int, count: int, hosting: dict[bytes, int]
+    workers: list[WorkerEntry],
+    need: int,
+    count: int,
+    hosting: dict[bytes, int],
+    *,
+    gpu: bool = False,
 ) -> list[WorkerEntry]:
     """Pick a worker for each of ``count`` replicas that each need ``need`` bytes.
 
     ``hosting`` counts replicas of this model already on each worker: a worker with fewer
-    goes first, so replicas spread before they stack.
+    goes first, so replicas spread before they stack. ``gpu``: the model offloads layers,
+    so a worker with a GPU is judged by its free GPU memory.
     """
     if not workers:
         raise PlacementError("no worker is connected; start one with xb-worker --broker ...")
-    free = {w.identity: w.memory.free - w.reserved for w in workers}
+    free = {w.identity: usable(w, gpu) for w in workers}
     placed = dict(hosting)
     chosen: list[WorkerEntry] = []
     for _ in range(count):

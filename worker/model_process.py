@@ -68,9 +68,8 @@ def load_backend(spec: p.ModelSpec, offer: int, report: Report) -> Backend:
     path = resolve_path(spec, report)
     report(p.Progress("loading"))
     need = _need(spec, path)
-    free = int(psutil.virtual_memory().available)
-    if offer:
-        free = min(free, offer)
+    # The worker's offer already weighs its memory limit, or the GPU the model offloads to.
+    free = offer or int(psutil.virtual_memory().available)
     if need > free:
         raise LoadError(
             f"model {spec.model_uid!r} needs {need / _GIB:.2f} GiB and this worker has "

@@ -258,17 +258,22 @@ class Worker:
         if message.replica_id in self.replicas:
             log.warning("replica %s already hosted; launch ignored", message.replica_id)
             return
-        free = self.memory().free
+        memory = self.memory()
+        gpu = message.spec.n_gpu_layers != 0 and memory.gpu_total > 0
+        free = memory.gpu_free if gpu else memory.free
         if message.need > free:
             # The broker's view was a heartbeat old; this worker checks again.
             gib = 1024**3
             reason = (
                 f"model {message.spec.model_uid!r} needs {message.need / gib:.2f} GiB and "
-                f"worker {self.worker_id} has {free / gib:.2f} GiB free"
+                f"worker {self.worker_id} has {free / gib:.2f} GiB of "
+                f"{'GPU memory' if gpu else 'memory'} free"
             )
             self._refuse(message, reason)
             return
-        offer = free if self.memory_limit is not None else 0
+        # What the model process may take: its own check is against this, or against the
+        # machine's free RAM when the worker sets no bound.
+        offer = free if self.memory_limit is not None or gpu else 0
         try:
             process = subprocess.Popen(
                 [

@@ -70,3 +70,18 @@ def test_refusal_gives_need_and_largest_free() -> None:
 def test_no_workers() -> None:
     with pytest.raises(PlacementError, match="no worker"):
         place([], 1, 1, {})
+
+
+def gpu_worker(name: str, ram_gib: float, gpu_gib: float) -> WorkerEntry:
+    memory = p.Memory(64 * GIB, int(ram_gib * GIB), 80 * GIB, int(gpu_gib * GIB))
+    return WorkerEntry(name.encode(), name, "host", 1, memory, 1, 0.0)
+
+
+def test_offloading_models_are_placed_by_gpu_memory() -> None:
+    roomy_ram, roomy_gpu = gpu_worker("ram", 60, 2), gpu_worker("gpu", 8, 40)
+    assert place([roomy_ram, roomy_gpu], 10 * GIB, 1, {}, gpu=True) == [roomy_gpu]
+    assert place([roomy_ram, roomy_gpu], 10 * GIB, 1, {}, gpu=False) == [roomy_ram]
+    cpu_only = worker("cpu", 30)  # no GPU at all: its RAM is what it has
+    assert place([cpu_only], 10 * GIB, 1, {}, gpu=True) == [cpu_only]
+    with pytest.raises(PlacementError, match=r"largest free worker has 40\.00 GiB"):
+        place([roomy_ram, roomy_gpu], 50 * GIB, 1, {}, gpu=True)
