@@ -130,5 +130,18 @@ def chunk(line: str) -> dict[str, Any] | None:
     return value
 
 
+def progress_text(state: dict[str, Any]) -> str:
+    """A launch's progress (from ``get_launch_model_progress``) in a few words."""
+    download = state.get("download")
+    if state["stage"] == "downloading" and download:
+        mib = 1024**2
+        return (
+            f"downloading {download['done'] / mib:.1f} of {download['total'] / mib:.1f} MiB "
+            f"at {download['rate'] / mib:.1f} MiB/s"
+        )
+    replicas = state["replicas"]
+    return f"{state['stage']} · replicas ready {replicas['ready']}/{replicas['total']}"
+
+
 def unreachable(base_url: str, exc: Exception) -> ClientError:
     return ClientError(f"cannot reach xb at {base_url} ({exc}); is xb-broker running?")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from xb.client import calls
 from xb.client.calls import ClientError
 from xb.client.client import Client
 from xb.settings import DEFAULT_ENDPOINT
@@ -114,20 +115,6 @@ def launch(
         console.print(f"model [bold]{model_uid}[/bold] is ready")
 
 
-def _mib(n: float) -> str:
-    return f"{n / 1024**2:.1f}"
-
-
-def _stage(state: dict[str, Any]) -> str:
-    download = state.get("download")
-    if state["stage"] == "downloading" and download:
-        return (
-            f"downloading {_mib(download['done'])}/{_mib(download['total'])} MiB "
-            f"at {_mib(download['rate'])} MiB/s"
-        )
-    return str(state["stage"])
-
-
 def _follow_launch(client: Client, model_uid: str, quiet: bool) -> dict[str, Any]:
     """Poll the launch progress until it ends, drawing a progress bar unless ``quiet``."""
     with Progress(
@@ -141,7 +128,7 @@ def _follow_launch(client: Client, model_uid: str, quiet: bool) -> dict[str, Any
         task = bar.add_task(f"launching {model_uid}", total=1.0, stage="placing")
         while True:
             state = client.get_launch_model_progress(model_uid)
-            bar.update(task, completed=state["progress"], stage=_stage(state))
+            bar.update(task, completed=state["progress"], stage=calls.progress_text(state))
             if state["stage"] in ("ready", "failed"):
                 return state
             time.sleep(0.2)

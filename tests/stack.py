@@ -39,6 +39,16 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float 
     raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
+def long_chat(model: str, max_tokens: int = 4000, stream: bool = True) -> dict[str, Any]:
+    """A chat request that keeps a model busy for seconds (on the test suite's endless model)."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+
+
 def kill_tree(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     try:
         children = psutil.Process(process.pid).children(recursive=True)

@@ -25,6 +25,7 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 
 from xb.client import AsyncClient, ClientError
+from xb.client.calls import progress_text
 
 
 def _size_label(size: str) -> str:
@@ -171,7 +172,7 @@ class LaunchScreen(Screen[str | None]):
             while True:
                 state = await self.client.get_launch_model_progress(uid)
                 bar.update(progress=state["progress"])
-                self._status(_describe(state))
+                self._status(progress_text(state))
                 if state["stage"] == "ready":
                     self.dismiss(uid)
                     return
@@ -187,15 +188,3 @@ class LaunchScreen(Screen[str | None]):
 
     def action_back(self) -> None:
         self.dismiss(None)
-
-
-def _describe(state: dict[str, Any]) -> str:
-    download = state.get("download")
-    if state["stage"] == "downloading" and download:
-        mib = 1024**2
-        return (
-            f"downloading {download['done'] / mib:.1f} of {download['total'] / mib:.1f} MiB "
-            f"at {download['rate'] / mib:.1f} MiB/s"
-        )
-    replicas = state["replicas"]
-    return f"{state['stage']} · replicas ready {replicas['ready']}/{replicas['total']}"

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, long_chat, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -107,12 +107,7 @@ def test_scale_replicas_up_and_down(make_stack: Callable[..., Stack], tiny_model
 def test_request_limits(make_stack: Callable[..., Stack], endless_model: Path) -> None:
     stack = make_stack(1)
     stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096, request_limits=1)
-    long = {
-        "model": "e",
-        "messages": [{"role": "user", "content": "go"}],
-        "max_tokens": 4000,
-        "stream": True,
-    }
+    long = long_chat("e")
     with (
         httpx.Client(base_url=stack.url, timeout=60) as http,
         http.stream("POST", "/v1/chat/completions", json=long) as busy,
@@ -130,12 +125,7 @@ def test_keep_alive_comments_while_waiting(
     monkeypatch.setitem(os.environ, "XB_SSE_KEEPALIVE_S", "0.3")
     stack = make_stack(1)
     stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096)
-    long = {
-        "model": "e",
-        "messages": [{"role": "user", "content": "go"}],
-        "max_tokens": 2000,
-        "stream": True,
-    }
+    long = long_chat("e", 2000)
     short = {**long, "max_tokens": 2}
     with httpx.Client(base_url=stack.url, timeout=60) as http, ThreadPoolExecutor(1) as pool:
         first = pool.submit(lambda: http.post("/v1/chat/completions", json=long).text)

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import zmq
 
-from tests.stack import Stack, kill_tree, wait_until
+from tests.stack import Stack, kill_tree, long_chat, wait_until
 from xb import protocol as p
 
 pytestmark = pytest.mark.e2e
@@ -137,12 +137,7 @@ def test_client_disconnect_cancels_generation(
 ) -> None:
     stack = make_stack(1)
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
-    body = {
-        "model": "endless",
-        "messages": [{"role": "user", "content": "go"}],
-        "max_tokens": 4000,
-        "stream": True,
-    }
+    body = long_chat("endless")
 
     with httpx.stream("POST", stack.url + "/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()  # held, not abandoned: closing the generator closes the socket
@@ -159,12 +154,7 @@ def test_full_queue_is_429_with_retry_after(
 ) -> None:
     stack = make_stack(1, "--max-queue", "1")
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
-    long = {
-        "model": "endless",
-        "messages": [{"role": "user", "content": "go"}],
-        "max_tokens": 4000,
-        "stream": True,
-    }
+    long = long_chat("endless")
     short = {"model": "endless", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     with (
         httpx.Client(base_url=stack.url, timeout=60) as http,
@@ -247,7 +237,7 @@ def test_client_gone_from_a_whole_answer_cancels_too(
 ) -> None:
     stack = make_stack(1)
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
-    body = {"model": "endless", "messages": [{"role": "user", "content": "go"}], "max_tokens": 4000}
+    body = long_chat("endless", stream=False)
 
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
         httpx.post(stack.url + "/v1/chat/completions", json=body, timeout=1.0)
