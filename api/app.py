@@ -15,6 +15,7 @@ from xb import __version__
 from xb import protocol as p
 from xb.api import convert, errors, management
 from xb.api.bridge import BrokerBridge, new_request_id
+from xb.api.conversation import conversation_keys
 from xb.api.errors import APIError
 from xb.api.launching import launch_message
 from xb.api.metrics import Metrics
@@ -65,8 +66,16 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         params = convert.chat_params(body)
         request_id = new_request_id()
+        prefix_keys, conversation = conversation_keys(params.messages or [])
         submits = [
-            p.Submit(f"{request_id}-{i}", body.model, "chat", _seeded(params, i))
+            p.Submit(
+                f"{request_id}-{i}",
+                body.model,
+                "chat",
+                _seeded(params, i),
+                prefix_keys=prefix_keys,
+                conversation=conversation,
+            )
             for i in range(body.n)
         ]
         shape = convert.ChatShape(body.model, request_id, body.logprobs)

@@ -145,15 +145,17 @@ def embedding_inputs(body: EmbeddingRequest) -> list[str]:
 # ---- responses ----------------------------------------------------------------------------
 
 
-def usage(finals: list[p.Final], prompt_counted: list[bool] | None = None) -> dict[str, int]:
-    """Usage over choices; ``prompt_counted`` says whose prompt tokens count (n > 1 shares)."""
-    counted = prompt_counted or [True] * len(finals)
-    prompt = sum(f.usage.prompt_tokens for f, c in zip(finals, counted, strict=True) if c)
+def usage(finals: list[p.Final], prompt_counted: list[bool] | None = None) -> dict[str, Any]:
+    """Usage over choices; ``prompt_counted`` says whose prompt tokens count (n > 1 shares).
+    ``cached_tokens``: prompt tokens a replica's prefix cache saved computing."""
+    counted = [f for f, c in zip(finals, prompt_counted or [True] * len(finals), strict=True) if c]
+    prompt = sum(f.usage.prompt_tokens for f in counted)
     completion = sum(f.usage.completion_tokens for f in finals)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(f.usage.cached_tokens for f in counted)},
     }
 
 

@@ -12,7 +12,15 @@ from xb import protocol as p
 from xb.api.errors import APIError
 from xb.api.schemas import LaunchRequest
 from xb.demo_model import DEMO_MODEL_NAME
-from xb.registry import Registry, RegistryError, estimate_from_spec, file_names, pick_spec
+from xb.registry import (
+    Registry,
+    RegistryError,
+    Spec,
+    estimate_from_spec,
+    file_names,
+    pick_spec,
+)
+from xb.settings import DEFAULT_PARALLEL
 
 log = logging.getLogger("xb.api")
 
@@ -75,9 +83,13 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
         engine_kwargs=json.dumps(extra),
     )
     need, abilities = 0, ["embed"] if body.model_type == "embedding" else []
+    chosen: tuple[Spec, str] | None = None
     if not body.model_path and body.model_name != DEMO_MODEL_NAME:
-        spec, need, abilities = _from_registry(body, registry, spec, fmt)
+        spec, chosen, abilities = _from_registry(body, registry, spec, fmt)
     _check_engine(body, spec.model_format)
+    spec = _with_slots(body, spec)
+    if chosen is not None:
+        need = estimate_from_spec(*chosen, spec.n_ctx * spec.n_parallel)
     return p.LaunchModel(
         request_id=request_id,
         spec=spec,
@@ -90,9 +102,25 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
     )
 
 
+def _with_slots(body: LaunchRequest, spec: p.ModelSpec) -> p.ModelSpec:
+    """Sequences per replica: several for llama.cpp chat models, one for the others."""
+    batched = spec.model_format == "gguf" and spec.model_type == "LLM"
+    if body.n_parallel is not None and body.n_parallel > 1 and not batched:
+        why = (
+            "chatglm.cpp decodes one sequence at a time"
+            if spec.model_format == "ggml"
+            else "an embedding request already embeds all its inputs together"
+        )
+        raise APIError(400, f"n_parallel must be 1 for this model: {why}", param="n_parallel")
+    n_parallel = body.n_parallel or (DEFAULT_PARALLEL if batched else 1)
+    cache = -1 if body.prefix_cache_tokens is None else body.prefix_cache_tokens
+    return msgspec.structs.replace(spec, n_parallel=n_parallel, prefix_cache_tokens=cache)
+
+
 def _from_registry(
     body: LaunchRequest, registry: Registry, spec: p.ModelSpec, fmt: str | None
-) -> tuple[p.ModelSpec, int, list[str]]:
+) -> tuple[p.ModelSpec, tuple[Spec, str], list[str]]:
+    """The spec of a registry family, the file chosen (with its quantization), abilities."""
     try:
         family = registry.get(body.model_name)
         size = None if body.model_size_in_billions is None else str(body.model_size_in_billions)
@@ -124,8 +152,7 @@ def _from_registry(
         model_size_in_billions=chosen.model_size_in_billions,
         quantization=quantization,
     )
-    need = estimate_from_spec(chosen, quantization, spec.n_ctx)
-    return resolved, need, list(family.model_ability)
+    return resolved, (chosen, quantization), list(family.model_ability)
 
 
 def progress(info: p.ModelInfo) -> dict[str, object]:

@@ -84,6 +84,18 @@ class Metrics:
         self._prompt = Counter(
             "xb_prompt_tokens", "Prompt tokens read", ["model"], registry=self.registry
         )
+        self._reused = Counter(
+            "xb_prompt_tokens_reused",
+            "Prompt tokens taken from a replica's prefix cache",
+            ["model"],
+            registry=self.registry,
+        )
+        self._computed = Counter(
+            "xb_prompt_tokens_computed",
+            "Prompt tokens the model had to compute",
+            ["model"],
+            registry=self.registry,
+        )
         self.cluster: _ClusterCollector = _ClusterCollector()
         self.registry.register(self.cluster)
 
@@ -96,8 +108,10 @@ class Metrics:
     def per_token(self, model: str, seconds: float) -> None:
         self._per_token.labels(model).observe(seconds)
 
-    def tokens(self, model: str, prompt: int, generated: int) -> None:
+    def tokens(self, model: str, prompt: int, generated: int, cached: int = 0) -> None:
         self._prompt.labels(model).inc(prompt)
+        self._reused.labels(model).inc(cached)
+        self._computed.labels(model).inc(prompt - cached)
         self._generated.labels(model).inc(generated)
 
     def render(self, models: list[p.ModelInfo], workers: list[p.WorkerInfo]) -> bytes:

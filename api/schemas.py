@@ -155,6 +155,8 @@ class LaunchRequest(_Body):
     n_gpu_layers: int | None = Field(None, ge=-1)
     request_limits: int | None = Field(None, ge=1)
     wait_ready: bool = True
+    n_parallel: int | None = Field(None, ge=1, le=64)
+    prefix_cache_tokens: int | None = Field(None, ge=0)
 
 
 class ScaleRequest(BaseModel):

@@ -75,8 +75,9 @@ class Generation:
         for choice in choices:
             if choice.final is None or not choice.first_at:
                 continue
-            tokens = choice.final.usage.completion_tokens
-            self.metrics.tokens(self.model, choice.final.usage.prompt_tokens, tokens)
+            usage = choice.final.usage
+            tokens = usage.completion_tokens
+            self.metrics.tokens(self.model, usage.prompt_tokens, tokens, usage.cached_tokens)
             self.metrics.ttft(self.model, choice.first_at - self.started)
             if tokens > 1:
                 per_token = (time.perf_counter() - choice.first_at) / (tokens - 1)

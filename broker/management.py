@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 
 from xb import protocol as p
+from xb.broker.affinity import Affinity
 from xb.broker.placement import PlacementError, place
 from xb.broker.table import InFlight, Model, Replica, Waiter, WorkerEntry
 from xb.demo_model import DEMO_MODEL_NAME
@@ -24,6 +25,7 @@ class ModelManagement:
     workers: dict[bytes, WorkerEntry]
     models: dict[str, Model]
     in_flight: dict[str, InFlight]
+    affinity: Affinity
 
     def _send(self, identity: bytes, message: p.Message) -> None:
         raise NotImplementedError
@@ -203,7 +205,7 @@ class ModelManagement:
                 return 0  # the path may exist on the worker's machine only
         except (OSError, RuntimeError):
             return 0  # unreadable here (an unknown ~user, no permission): the worker checks
-        return estimate_memory(read_gguf_info(path), spec.n_ctx)
+        return estimate_memory(read_gguf_info(path), spec.n_ctx, spec.n_parallel)
 
     def _check_waiters(self, model: Model) -> None:
         """Answer launches and scale-ups whose replicas are all ready, or one failed."""
@@ -249,6 +251,7 @@ class ModelManagement:
                         self._send(worker.identity, p.Terminate(replica.replica_id))
             if gone:
                 touched.append(model)
+        self.affinity.forget(doomed)
         for request_id, flight in list(self.in_flight.items()):
             if flight.replica_id not in doomed:
                 continue
@@ -341,6 +344,7 @@ class ModelManagement:
             tokens=model.tokens,
             model_size_in_billions=model.spec.model_size_in_billions,
             quantization=model.spec.quantization,
+            n_parallel=model.spec.n_parallel,
         )
 
     def _cluster(self, request_id: str) -> p.Cluster:

@@ -15,6 +15,7 @@ import uuid
 import zmq
 
 from xb import protocol as p
+from xb.broker.affinity import Affinity
 from xb.broker.management import ModelManagement
 from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.table import InFlight, Model, Replica, WorkerEntry
@@ -40,6 +41,7 @@ class Broker(ModelManagement):
         self.workers: dict[bytes, WorkerEntry] = {}
         self.models: dict[str, Model] = {}
         self.in_flight: dict[str, InFlight] = {}
+        self.affinity = Affinity()
         self.malformed = 0
         self.instance = uuid.uuid4().hex
         self._stop = threading.Event()
@@ -184,7 +186,12 @@ class Broker(ModelManagement):
         if status.abilities:
             model.abilities = list(status.abilities)
         replica.progress = status.progress
+        replica.cached_tokens = status.cached_tokens
+        more_slots = status.slots > replica.slots
+        replica.slots = max(status.slots, 1)
         if replica.state == status.state:
+            if more_slots:
+                self.dispatch(model)
             return
         replica.state, replica.error = status.state, status.error
         if status.state != p.ModelState.LOADING:
@@ -213,6 +220,7 @@ class Broker(ModelManagement):
             worker.served += 1
             model.served += 1
             model.tokens += message.usage.completion_tokens
+            self.affinity.remember(flight.submit.conversation, flight.replica_id)
         replica = model.replicas.get(flight.replica_id)
         if replica is not None:
             replica.in_flight = max(replica.in_flight - 1, 0)
@@ -261,9 +269,9 @@ class Broker(ModelManagement):
                     f"model {model.uid!r} has no ready replica",
                 )
             return
-        slots = {w.identity: w.slots for w in self.workers.values()}
         while model.queue:
-            replica = self.policy.choose(model.ready(), slots)
+            preferred = self.affinity.lookup(model.queue[0][1].prefix_keys)
+            replica = self.policy.choose(model.ready(), preferred)
             if replica is None:
                 return
             client, submit = model.queue.popleft()

@@ -47,6 +47,8 @@ class Replica:
     in_flight: int = 0  # requests the broker sent here that have not ended
     reserved: int = 0
     progress: p.Progress | None = None
+    slots: int = 1  # sequences it decodes at once, as its worker reports
+    cached_tokens: int = 0
 
 
 @dataclass

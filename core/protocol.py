@@ -142,6 +142,7 @@ class Usage(Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache, not computed
 
 
 class Download(Struct, frozen=True):
@@ -178,6 +179,8 @@ class ModelSpec(Struct, frozen=True):
     stop_token_ids: list[int] = []
     model_size_in_billions: str | None = None  # known when launched from the registry
     quantization: str | None = None
+    n_parallel: int = 1  # sequences one replica decodes together; n_ctx is per sequence
+    prefix_cache_tokens: int = -1  # tokens of finished sequences kept for reuse; -1: default
 
 
 class ReplicaStatus(Struct, frozen=True):
@@ -191,6 +194,8 @@ class ReplicaStatus(Struct, frozen=True):
     abilities: list[str] = []
     progress: Progress | None = None
     spec: ModelSpec | None = None  # sent in READY, so a restarted broker can take it over
+    slots: int = 1  # sequences it decodes at once; in_flight counts the busy ones
+    cached_tokens: int = 0  # tokens of finished conversations held in its prefix cache
 
 
 # ---- worker <-> broker -----------------------------------------------------------------
@@ -270,10 +275,16 @@ class Error(Struct, frozen=True):
 
 
 class Submit(Struct, frozen=True):
+    """A request for a model. ``prefix_keys`` name the conversations this one continues,
+    longest first, and ``conversation`` names this one: the broker sends a follow-up to
+    the replica that served its conversation, where its prefix is cached."""
+
     request_id: str
     model_uid: str
     kind: Kind
     params: GenerateParams
+    prefix_keys: list[str] = []
+    conversation: str = ""
 
 
 class LaunchModel(Struct, frozen=True):
@@ -348,6 +359,7 @@ class ModelInfo(Struct, frozen=True):
     tokens: int = 0  # tokens generated
     model_size_in_billions: str | None = None
     quantization: str | None = None
+    n_parallel: int = 1
 
 
 class ModelList(Struct, frozen=True):

@@ -26,6 +26,13 @@ def run(
     memory_limit: str | None = typer.Option(
         None, "--memory-limit", help="Offer at most this much memory, e.g. 512MB or 8GiB."
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads all llama.cpp models here share (default: every core but one). "
+        "A launch's n_threads overrides it for one model.",
+    ),
 ) -> None:
     """Connect to BROKER, announce this machine and serve the models it places here."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -33,7 +40,9 @@ def run(
         limit = parse_size(memory_limit) if memory_limit is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--memory-limit") from exc
-    worker = Worker(broker, heartbeat_interval=heartbeat_interval, memory_limit=limit)
+    worker = Worker(
+        broker, heartbeat_interval=heartbeat_interval, memory_limit=limit, threads=threads
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         worker.stop()

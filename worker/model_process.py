@@ -1,8 +1,9 @@
-"""One model replica in its own process: load the model, then run requests one at a time.
+"""One model replica in its own process: load the model, then step its engine.
 
-Run as ``python -m xb.worker.model_process ADDRESS REPLICA_ID SPEC_JSON OFFER``, where
-OFFER is the bytes of memory the worker offers it (0: whatever the machine has free). A crash or
-abort in native inference code ends this process, not the worker that started it.
+Run as ``python -m xb.worker.model_process ADDRESS REPLICA_ID SPEC_JSON OFFER THREADS``,
+where OFFER is the bytes of memory the worker offers it (0: whatever the machine has free)
+and THREADS the CPU threads it may use. A crash or abort in native inference code ends this
+process, not the worker that started it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 import os
 import sys
 import time
-from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -22,8 +24,9 @@ from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
 from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.settings import xb_home
-from xb.worker.backend import Backend, BackendError, Done
+from xb.worker.backend import BackendError, Done, Piece
 from xb.worker.download import DownloadError, Report, fetch
+from xb.worker.engine import Engine, Failed, SequentialEngine
 
 log = logging.getLogger("xb.model")
 
@@ -55,13 +58,13 @@ def _need(spec: p.ModelSpec, path: Path) -> int:
         raise LoadError(f"model file {str(path)!r} does not exist on this worker")
     if spec.model_format == "gguf":
         try:
-            return estimate_memory(read_gguf_info(path), spec.n_ctx)
+            return estimate_memory(read_gguf_info(path), spec.n_ctx, spec.n_parallel)
         except ModelFileError as exc:
             raise LoadError(str(exc)) from exc
     return int(path.stat().st_size * 1.2) + 64 * 1024 * 1024  # ggml: weights and buffers
 
 
-def load_backend(spec: p.ModelSpec, offer: int, report: Report) -> Backend:
+def load_engine(spec: p.ModelSpec, offer: int, threads: int, report: Report) -> Engine:
     """Fetch if need be, check the memory the worker offers, and load."""
     if spec.model_format not in ("gguf", "ggml"):
         raise LoadError(f"model format {spec.model_format!r} is not supported; use gguf or ggml")
@@ -78,40 +81,74 @@ def load_backend(spec: p.ModelSpec, offer: int, report: Report) -> Backend:
     if spec.model_format == "ggml":
         from xb.worker.chatglm_backend import ChatGLMBackend
 
-        return ChatGLMBackend(path, spec)
-    from xb.worker.llama_backend import LlamaBackend
+        return SequentialEngine(ChatGLMBackend(path, spec))
+    if spec.model_type == "embedding":
+        from xb.worker.llama_embed import LlamaEmbedder
 
-    return LlamaBackend(path, spec)
+        return SequentialEngine(LlamaEmbedder(path, spec, threads))
+    from xb.worker.llama_engine import BatchEngine
+    from xb.worker.llama_model import LlamaModel
+
+    model = LlamaModel(path, spec, threads)
+    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens)
+
+
+@dataclass
+class _Outgoing:
+    """What one request has produced since its last PARTIAL frame."""
+
+    last_sent: float
+    text: list[str] = field(default_factory=list)
+    logprobs: list[p.TokenLogprob] = field(default_factory=list)
+    tokens: int = 0
+    sent_first: bool = False
 
 
 class Runner:
-    """Receives REQUEST and CANCEL frames and answers with PARTIAL, FINAL or ERROR."""
+    """Receives REQUEST and CANCEL frames, steps the engine, and answers with PARTIAL,
+    FINAL or ERROR frames: the first token at once, later ones coalesced."""
 
-    def __init__(self, sock: zmq.Socket[bytes], backend: Backend) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], engine: Engine, report: Callable[[], None]) -> None:
         self._sock = sock
-        self._backend = backend
-        self._queue: deque[p.Request] = deque()
-        self._cancelled: set[str] = set()
+        self._engine = engine
+        self._report = report  # sends the replica's status when its cache changed
+        self._outgoing: dict[str, _Outgoing] = {}
         self._parent = os.getppid()
-        self._next_parent_check = 0.0
+        self._next_check = 0.0
+        self._cached = engine.cached_tokens
 
     def _send(self, message: p.Message) -> None:
         self._sock.send_multipart(p.encode(message))
 
+    def run(self) -> None:
+        while True:
+            self._drain(0 if self._engine.busy else 1000)
+            if self._engine.busy:
+                for request_id, item in self._engine.step():
+                    self._emit(request_id, item)
+            self._housekeeping()
+
     def _drain(self, timeout_ms: int) -> None:
-        if self._sock.poll(timeout_ms):
-            while True:
-                try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._handle(frames)
+        if not self._sock.poll(timeout_ms):
+            return
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _housekeeping(self) -> None:
         now = time.monotonic()
-        if now >= self._next_parent_check:
-            self._next_parent_check = now + 1.0
-            if os.getppid() != self._parent:  # the worker is gone: nobody will read our output
-                log.warning("worker process went away; exiting")
-                os._exit(0)
+        if now < self._next_check:
+            return
+        self._next_check = now + 1.0
+        if os.getppid() != self._parent:  # the worker is gone: nobody will read our output
+            log.warning("worker process went away; exiting")
+            os._exit(0)
+        if self._engine.cached_tokens != self._cached:
+            self._cached = self._engine.cached_tokens
+            self._report()
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -120,68 +157,55 @@ class Runner:
             log.warning("dropped malformed frame from worker: %s", exc)
             return
         if isinstance(message, p.Request):
-            self._queue.append(message)
-        elif isinstance(message, p.Cancel):
-            queued = [r for r in self._queue if r.request_id == message.request_id]
-            for request in queued:
-                self._queue.remove(request)
-                self._send(p.Error(request.request_id, p.ErrorCode.CANCELLED, "cancelled"))
-            if not queued:
-                self._cancelled.add(message.request_id)
+            rid = message.request_id
+            try:
+                self._engine.add(rid, message.kind, message.params)
+            except BackendError as exc:
+                self._send(p.Error(rid, p.ErrorCode.INVALID_REQUEST, str(exc)))
+                return
+            except Exception as exc:
+                log.exception("could not start a request")
+                self._send(p.Error(rid, p.ErrorCode.MODEL_FAILED, f"generation failed: {exc}"))
+                return
+            self._outgoing[rid] = _Outgoing(time.monotonic())
+        elif isinstance(message, p.Cancel) and self._engine.cancel(message.request_id):
+            self._outgoing.pop(message.request_id, None)
+            self._send(p.Error(message.request_id, p.ErrorCode.CANCELLED, "cancelled"))
 
-    def run(self) -> None:
-        while True:
-            if not self._queue:
-                self._drain(1000)
-                continue
-            self._execute(self._queue.popleft())
-
-    def _execute(self, request: p.Request) -> None:
-        rid = request.request_id
-        self._cancelled.discard(rid)
-        text: list[str] = []
-        logprobs: list[p.TokenLogprob] = []
-        tokens = 0
-        sent_first = False
-        last_sent = time.monotonic()
-        try:
-            for item in self._backend.generate(request.kind, request.params):
-                if isinstance(item, Done):
-                    self._send(
-                        p.Final(
-                            rid,
-                            item.finish_reason,
-                            item.usage,
-                            "".join(text) + item.text,
-                            logprobs,
-                            list(item.tool_calls),
-                            list(item.embeddings),
-                        )
-                    )
-                    return
-                text.append(item.text)
-                if item.logprob is not None:
-                    logprobs.append(item.logprob)
-                tokens += 1
-                now = time.monotonic()
-                if (not sent_first and item.text) or now - last_sent >= COALESCE_SECONDS:
-                    self._send(p.Partial(rid, "".join(text), tokens, logprobs))
-                    text, logprobs, tokens = [], [], 0
-                    sent_first, last_sent = True, now
-                self._drain(0)
-                if rid in self._cancelled:
-                    self._cancelled.discard(rid)
-                    self._send(p.Error(rid, p.ErrorCode.CANCELLED, "cancelled"))
-                    return
-        except BackendError as exc:
-            self._send(p.Error(rid, p.ErrorCode.INVALID_REQUEST, str(exc)))
-        except Exception as exc:
-            log.exception("generation failed")
-            self._send(p.Error(rid, p.ErrorCode.MODEL_FAILED, f"generation failed: {exc}"))
+    def _emit(self, rid: str, item: Piece | Done | Failed) -> None:
+        out = self._outgoing.get(rid)
+        if out is None:
+            return
+        if isinstance(item, Piece):
+            out.text.append(item.text)
+            if item.logprob is not None:
+                out.logprobs.append(item.logprob)
+            out.tokens += 1
+            now = time.monotonic()
+            if (not out.sent_first and item.text) or now - out.last_sent >= COALESCE_SECONDS:
+                self._send(p.Partial(rid, "".join(out.text), out.tokens, out.logprobs))
+                out.text, out.logprobs, out.tokens = [], [], 0
+                out.sent_first, out.last_sent = True, now
+            return
+        del self._outgoing[rid]
+        if isinstance(item, Done):
+            final = p.Final(
+                rid,
+                item.finish_reason,
+                item.usage,
+                "".join(out.text) + item.text,
+                out.logprobs,
+                list(item.tool_calls),
+                list(item.embeddings),
+            )
+            self._send(final)
+        else:
+            code = p.ErrorCode.INVALID_REQUEST if item.invalid else p.ErrorCode.MODEL_FAILED
+            self._send(p.Error(rid, code, item.message))
 
 
 def main(argv: list[str]) -> int:
-    address, replica_id, spec_json, offer = argv
+    address, replica_id, spec_json, offer, threads = argv
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s model {replica_id} %(message)s")
     spec = msgspec.json.decode(spec_json, type=p.ModelSpec)
     ctx = zmq.Context()
@@ -197,6 +221,7 @@ def main(argv: list[str]) -> int:
         error: str | None = None,
         abilities: tuple[str, ...] = (),
         progress: p.Progress | None = None,
+        engine: Engine | None = None,
     ) -> None:
         if os.getppid() != parent:  # the worker is gone, mid-download say: stop here
             os._exit(0)
@@ -208,12 +233,17 @@ def main(argv: list[str]) -> int:
             error,
             abilities=list(abilities),
             progress=progress,
+            slots=engine.slots if engine else 1,
+            cached_tokens=engine.cached_tokens if engine else 0,
         )
         sock.send_multipart(p.encode(p.ModelEvent(status)))
 
     try:
-        backend = load_backend(
-            spec, int(offer), lambda progress: event(p.ModelState.LOADING, progress=progress)
+        engine = load_engine(
+            spec,
+            int(offer),
+            int(threads),
+            lambda progress: event(p.ModelState.LOADING, progress=progress),
         )
     except Exception as exc:
         log.warning("load failed: %s", exc)
@@ -222,8 +252,12 @@ def main(argv: list[str]) -> int:
         sock.close()
         ctx.term()
         return 1
-    event(p.ModelState.READY, abilities=backend.abilities)
-    Runner(sock, backend).run()
+
+    def ready() -> None:
+        event(p.ModelState.READY, abilities=engine.abilities, engine=engine)
+
+    ready()
+    Runner(sock, engine, ready).run()
     return 0
 
 

@@ -22,11 +22,11 @@ import zmq
 
 from xb import protocol as p
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.worker.cores import default_budget, threads_per_replica, usable_cores
 from xb.worker.memory import memory_snapshot
 
 log = logging.getLogger("xb.worker")
 
-SLOTS_PER_REPLICA = 1  # llama.cpp runs one sequence at a time per model process
 _KILL_GRACE = 5.0
 
 
@@ -40,6 +40,8 @@ class Replica:
     abilities: list[str] = field(default_factory=list)
     progress: p.Progress | None = None
     in_flight: set[str] = field(default_factory=set)
+    slots: int = 1  # sequences the model process decodes together, known once it is ready
+    cached_tokens: int = 0
 
     def status(self, *, with_spec: bool = False) -> p.ReplicaStatus:
         return p.ReplicaStatus(
@@ -48,11 +50,13 @@ class Replica:
             model_name=self.spec.model_name,
             state=self.state,
             error=self.error,
-            in_flight=min(len(self.in_flight), SLOTS_PER_REPLICA),
-            queue_depth=max(len(self.in_flight) - SLOTS_PER_REPLICA, 0),
+            in_flight=min(len(self.in_flight), self.slots),
+            queue_depth=max(len(self.in_flight) - self.slots, 0),
             abilities=self.abilities,
             progress=self.progress,
             spec=self.spec if with_spec else None,
+            slots=self.slots,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -64,9 +68,12 @@ class Worker:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         worker_id: str | None = None,
         memory_limit: int | None = None,
+        threads: int | None = None,
     ) -> None:
         self.broker = broker
         self.memory_limit = memory_limit
+        # CPU threads this worker's llama.cpp models share (cores.py says why the default).
+        self.threads = threads or default_budget(usable_cores())
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.interval = heartbeat_interval
         self.replicas: dict[str, Replica] = {}
@@ -104,7 +111,7 @@ class Worker:
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 memory=self.memory(),
-                slots=SLOTS_PER_REPLICA,
+                slots=self.slots(),
                 replicas=[r.status(with_spec=True) for r in self.replicas.values()],
             )
         )
@@ -152,6 +159,10 @@ class Worker:
                         self._send_heartbeat()
         finally:
             self.shutdown()
+
+    def slots(self) -> int:
+        """Sequences the ready replicas here can decode at once, all together."""
+        return sum(r.slots for r in self.replicas.values() if r.state == p.ModelState.READY)
 
     def _send_heartbeat(self) -> None:
         statuses = [r.status() for r in self.replicas.values()]
@@ -239,9 +250,18 @@ class Worker:
         elif isinstance(message, p.Partial):
             self._send_broker(message)
         elif isinstance(message, p.ModelEvent):
-            replica.state, replica.error = message.status.state, message.status.error
-            replica.abilities = list(message.status.abilities)
-            replica.progress = message.status.progress
+            status = message.status
+            replica.cached_tokens = status.cached_tokens
+            if status.progress is None and (status.state, status.error, status.slots) == (
+                replica.state,
+                replica.error,
+                replica.slots,
+            ):
+                return  # only its cache changed: the next heartbeat says so
+            replica.state, replica.error = status.state, status.error
+            replica.abilities = list(status.abilities)
+            replica.progress = status.progress
+            replica.slots = max(status.slots, 1)
             log.info("replica %s is %s %s", replica_id, replica.state, replica.error or "")
             self._send_broker(p.ModelEvent(replica.status()))
 
@@ -274,6 +294,8 @@ class Worker:
         # What the model process may take: its own check is against this, or against the
         # machine's free RAM when the worker sets no bound.
         offer = free if self.memory_limit is not None or gpu else 0
+        sharing = 1 + sum(r.spec.model_format == "gguf" for r in self.replicas.values())
+        threads = threads_per_replica(self.threads, sharing)
         try:
             process = subprocess.Popen(
                 [
@@ -284,6 +306,7 @@ class Worker:
                     message.replica_id,
                     msgspec.json.encode(message.spec).decode(),
                     str(offer),
+                    str(threads),
                 ]
             )
         except OSError as exc:
@@ -292,7 +315,11 @@ class Worker:
         replica = Replica(message.spec, message.replica_id, process)
         self.replicas[message.replica_id] = replica
         log.info(
-            "loading %s (%s) in pid %d", message.replica_id, message.spec.model_name, process.pid
+            "loading %s (%s) in pid %d with %d threads",
+            message.replica_id,
+            message.spec.model_name,
+            process.pid,
+            threads,
         )
         self._send_broker(p.ModelEvent(replica.status()))
 

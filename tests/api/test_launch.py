@@ -124,7 +124,8 @@ def test_keep_alive_comments_while_waiting(
 ) -> None:
     monkeypatch.setitem(os.environ, "XB_SSE_KEEPALIVE_S", "0.3")
     stack = make_stack(1)
-    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096)
+    # One slot, so the second request waits for the first.
+    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096, n_parallel=1)
     long = long_chat("e", 2000)
     short = {**long, "max_tokens": 2}
     with httpx.Client(base_url=stack.url, timeout=60) as http, ThreadPoolExecutor(1) as pool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,21 @@ TIME = {
 }
 
 
-@pytest.fixture(scope="module")
-def client(module_stack: Stack, tiny_model: Path) -> openai.OpenAI:
-    module_stack.launch(model_name="tiny", model_path=str(tiny_model), n_ctx=1024)
+@pytest.fixture(scope="module", params=[1, 4], ids=lambda n: f"n_parallel={n}")
+def client(
+    module_stack: Stack, tiny_model: Path, request: pytest.FixtureRequest
+) -> Iterator[openai.OpenAI]:
+    """The model one sequence at a time, then four at once: every test runs on both."""
+    module_stack.launch(
+        model_name="tiny", model_path=str(tiny_model), n_ctx=1024, n_parallel=request.param
+    )
     module_stack.launch(
         model_name="tiny", model_path=str(tiny_model), model_uid="embed", model_type="embedding"
     )
-    return openai.OpenAI(base_url=module_stack.url + "/v1", api_key="x", max_retries=0)
+    with openai.OpenAI(base_url=module_stack.url + "/v1", api_key="x", max_retries=0) as client:
+        yield client
+    for uid in ("tiny", "embed"):
+        httpx.delete(f"{module_stack.url}/v1/models/{uid}", timeout=30)
 
 
 def chat(client: openai.OpenAI, **kwargs: Any) -> Any:
@@ -302,3 +312,44 @@ def test_abilities_are_checked(client: openai.OpenAI) -> None:
     models = {m.id: m for m in client.models.list().data}
     assert models["embed"].model_extra["abilities"] == ["embed"]
     assert models["embed"].model_extra["model_type"] == "embedding"
+
+
+# ---- batching -----------------------------------------------------------------------------
+
+
+def test_every_parameter_holds_when_requests_are_decoded_together(client: openai.OpenAI) -> None:
+    """Deterministic requests of every kind give the same answer alone and all at once."""
+    format_ = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    requests: list[dict[str, Any]] = [
+        {"temperature": 0, "max_tokens": 40},
+        {"seed": 3, "temperature": 1.2, "max_tokens": 30},
+        {"seed": 4, "logprobs": True, "top_logprobs": 2, "max_tokens": 12},
+        {"temperature": 0, "logit_bias": {str(token_id("\u2581fe")): 5}, "max_tokens": 20},
+        {"seed": 5, "extra_body": {"repeat_penalty": 1.5, "top_k": 8}, "max_tokens": 30},
+        {"seed": 6, "stop": ["a"], "max_tokens": 60},
+        {"seed": 7, "response_format": format_, "max_tokens": 200},
+        {"seed": 8, "tools": [WEATHER], "tool_choice": named, "max_tokens": 200},
+        {"seed": 9, "n": 2, "max_tokens": 16},
+    ]
+
+    def answer(kwargs: dict[str, Any]) -> Any:
+        reply = chat(client, **kwargs)
+        return [
+            (
+                c.message.content,
+                [(t.token, pytest.approx(t.logprob, abs=1e-3)) for t in c.logprobs.content]
+                if c.logprobs
+                else None,
+                [(t.function.name, t.function.arguments) for t in c.message.tool_calls or []],
+                c.finish_reason,
+            )
+            for c in reply.choices
+        ]
+
+    alone = [answer(kwargs) for kwargs in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(answer, requests))
+    assert together == alone
+    jsonschema.validate(json.loads(alone[6][0][0]), SCHEMA)
+    assert alone[7][0][2][0][0] == "get_weather"

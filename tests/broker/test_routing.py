@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from xb import protocol as p
+from xb.broker.affinity import Affinity
 from xb.broker.placement import PlacementError, place
 from xb.broker.routing import LeastLoaded
 from xb.broker.table import Replica, WorkerEntry
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.unit
 GIB = 1024**3
 
 
-def replica(name: str, in_flight: int = 0) -> Replica:
-    return Replica(name, "m", name.encode(), p.ModelState.READY, in_flight=in_flight)
+def replica(name: str, in_flight: int = 0, slots: int = 1) -> Replica:
+    return Replica(name, "m", name.encode(), p.ModelState.READY, in_flight=in_flight, slots=slots)
 
 
 def worker(name: str, free_gib: float) -> WorkerEntry:
@@ -27,18 +28,42 @@ def worker(name: str, free_gib: float) -> WorkerEntry:
 
 
 def test_least_loaded_picks_the_idle_replica() -> None:
-    busy, idle = replica("a", 1), replica("b", 0)
-    assert LeastLoaded().choose([busy, idle], {b"a": 2, b"b": 2}) is idle
+    busy, idle = replica("a", 1, slots=2), replica("b", 0, slots=2)
+    assert LeastLoaded().choose([busy, idle]) is idle
+
+
+def test_load_is_relative_to_slots() -> None:
+    # Two of eight slots busy is a lighter load than one of two.
+    wide, narrow = replica("wide", 2, slots=8), replica("narrow", 1, slots=2)
+    assert LeastLoaded().choose([narrow, wide]) is wide
 
 
 def test_no_free_slot_means_none() -> None:
-    assert LeastLoaded().choose([replica("a", 1), replica("b", 1)], {}) is None
+    assert LeastLoaded().choose([replica("a", 1), replica("b", 4, slots=4)]) is None
+
+
+def test_a_conversation_returns_to_its_replica_while_it_has_a_free_slot() -> None:
+    home, other = replica("home", 3, slots=4), replica("other", 0, slots=4)
+    assert LeastLoaded().choose([other, home], preferred="home") is home
+    home.in_flight = 4
+    assert LeastLoaded().choose([other, home], preferred="home") is other
+
+
+def test_affinity_remembers_the_longest_prefix_and_forgets_the_oldest() -> None:
+    table = Affinity(limit=2)
+    table.remember("c1", "r0")
+    table.remember("c2", "r1")
+    assert table.lookup(["c9", "c2", "c1"]) == "r1"
+    table.remember("c3", "r0")
+    assert table.lookup(["c1"]) is None and len(table) == 2
+    table.forget({"r0"})
+    assert table.lookup(["c3"]) is None and table.lookup(["c2"]) == "r1"
 
 
 def test_ties_are_broken_at_random_evenly() -> None:
     policy = LeastLoaded(random.Random(0))
     replicas = [replica("a"), replica("b"), replica("c")]
-    counts = Counter(policy.choose(replicas, {}).replica_id for _ in range(3000))  # type: ignore[union-attr]
+    counts = Counter(policy.choose(replicas).replica_id for _ in range(3000))  # type: ignore[union-attr]
     assert set(counts) == {"a", "b", "c"}
     assert min(counts.values()) > 900
 

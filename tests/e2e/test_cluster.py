@@ -153,7 +153,8 @@ def test_full_queue_is_429_with_retry_after(
     make_stack: Callable[..., Stack], endless_model: Path
 ) -> None:
     stack = make_stack(1, "--max-queue", "1")
-    stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
+    # One slot, so that one request runs and the next waits in the queue.
+    stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096, n_parallel=1)
     long = long_chat("endless")
     short = {"model": "endless", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     with (

@@ -1,14 +1,20 @@
-"""Stop strings and token accounting, on the real llama.cpp backend with a generated model."""
+"""Stop strings, token accounting, batching and the prefix cache, on the real llama.cpp
+engine with a generated model."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from xb.protocol import ChatMessage, GenerateParams, ModelSpec
+from xb.protocol import ChatMessage, GenerateParams, ModelSpec, Tool
 from xb.worker.backend import BackendError, Done, Piece, StopText
-from xb.worker.llama_backend import LlamaBackend
+from xb.worker.engine import Engine, Failed
+from xb.worker.llama_engine import BatchEngine
+from xb.worker.llama_model import LlamaModel
+from xb.worker.prefix_cache import PrefixCache
 
 
 @pytest.mark.unit
@@ -38,32 +44,241 @@ def test_stop_text_joins_split_utf8() -> None:
     assert text.feed(data[1:]) == "é"
 
 
+@pytest.mark.unit
+def test_prefix_cache_keeps_entries_within_its_budget_least_recently_used_first() -> None:
+    cache = PrefixCache(n_seq=4, budget=10)
+    first, second = cache.alloc(), cache.alloc()
+    assert (first, second) == (0, 1)
+    assert cache.put(0, [1, 2, 3, 4]) == []
+    assert cache.put(1, [1, 2, 9, 9, 9]) == []
+    assert cache.best([1, 2, 3, 7]) == (0, 3)
+    third = cache.alloc()
+    assert third == 2 and cache.put(2, [5, 5, 5]) == [0]  # over budget: the oldest goes
+    assert cache.tokens == 8 and len(cache) == 2
+    assert cache.put(3, list(range(11))) == [3]  # bigger than the whole budget: not kept
+    assert cache.take(1) == [1, 2, 9, 9, 9] and cache.tokens == 3
+
+
+N_CTX = 512
+
+
 @pytest.fixture(scope="module")
-def backend(tiny_model: Path) -> LlamaBackend:
-    return LlamaBackend(tiny_model, ModelSpec("t", "t", str(tiny_model), n_ctx=256))
+def engine(tiny_model: Path) -> Iterator[BatchEngine]:
+    spec = ModelSpec("t", "t", str(tiny_model), n_ctx=N_CTX)
+    engine = BatchEngine(LlamaModel(tiny_model, spec, threads=1), n_ctx=N_CTX, n_parallel=4)
+    yield engine
+    engine.close()
+
+
+def run(engine: Engine, requests: dict[str, tuple[str, GenerateParams]]) -> dict[str, list[object]]:
+    """Add every request, step until all end; each request's items in order."""
+    items: dict[str, list[object]] = {rid: [] for rid in requests}
+    for rid, (kind, params) in requests.items():
+        engine.add(rid, kind, params)
+    steps = 0
+    while engine.busy:
+        for rid, item in engine.step():
+            items[rid].append(item)
+        steps += 1
+        assert steps < 10_000
+    return items
+
+
+def tokens(items: list[object]) -> list[str]:
+    assert isinstance(items[-1], Done), items[-1]
+    return [i.text for i in items if isinstance(i, Piece)]
+
+
+def greedy(words: str, n: int = 40) -> GenerateParams:
+    return GenerateParams(prompt=words, max_tokens=n, temperature=0)
 
 
 @pytest.mark.integration
-def test_usage_counts_the_tokens_generated(backend: LlamaBackend) -> None:
-    items = list(backend.generate("completion", GenerateParams(prompt="abc", max_tokens=9, seed=1)))
-    pieces = [i for i in items if isinstance(i, Piece)]
+def test_usage_counts_the_tokens_generated(engine: BatchEngine) -> None:
+    params = GenerateParams(prompt="abc", max_tokens=9, seed=1)
+    items = run(engine, {"r": ("completion", params)})["r"]
     done = items[-1]
     assert isinstance(done, Done)
-    assert done.usage.completion_tokens == len(pieces) <= 9
-    assert done.usage.prompt_tokens == len(backend._llm.tokenize(b"abc", add_bos=True))
+    assert done.usage.completion_tokens == len(tokens(items)) <= 9
+    n_prompt = len(engine._model.llm.tokenize(b"abc", add_bos=True))
+    assert done.usage.prompt_tokens == n_prompt
 
 
 @pytest.mark.integration
-def test_chat_uses_the_template_from_the_file(backend: LlamaBackend) -> None:
+def test_chat_uses_the_template_from_the_file(engine: BatchEngine) -> None:
     params = GenerateParams(messages=[ChatMessage("user", "hi")], max_tokens=3)
-    done = list(backend.generate("chat", params))[-1]
+    done = run(engine, {"r": ("chat", params)})["r"][-1]
     assert isinstance(done, Done)
     # <s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n, with \n as byte tokens
     assert done.usage.prompt_tokens >= 8
-    assert "chat" in backend.abilities
+    assert "chat" in engine.abilities
 
 
 @pytest.mark.integration
-def test_prompt_over_the_context_is_refused(backend: LlamaBackend) -> None:
+def test_prompt_over_the_context_is_refused(engine: BatchEngine) -> None:
     with pytest.raises(BackendError, match="context"):
-        list(backend.generate("completion", GenerateParams(prompt="word " * 400)))
+        engine.add("r", "completion", GenerateParams(prompt="word " * 800))
+
+
+@pytest.mark.integration
+def test_a_greedy_answer_is_the_same_alone_and_batched_with_three_others(
+    engine: BatchEngine,
+) -> None:
+    engine._cache.budget = 0  # every run computes its whole prompt
+    try:
+        alone = tokens(run(engine, {"a": ("completion", greedy("the sea"))})["a"])
+        batched = run(
+            engine,
+            {
+                "x": ("completion", greedy("once upon a time", 60)),
+                "a": ("completion", greedy("the sea")),
+                "y": ("completion", greedy("ba ce di", 25)),
+                "z": ("completion", greedy("lo", 80)),
+            },
+        )
+    finally:
+        engine._cache.budget = N_CTX * 4
+    assert len(alone) == 40
+    assert tokens(batched["a"]) == alone
+    assert len(tokens(batched["z"])) == 80
+
+
+@pytest.mark.integration
+def test_a_seeded_answer_is_the_same_alone_and_batched(engine: BatchEngine) -> None:
+    seeded = GenerateParams(prompt="ma ne", max_tokens=30, temperature=1.0, seed=7)
+    alone = tokens(run(engine, {"s": ("completion", seeded)})["s"])
+    other = GenerateParams(prompt="ma ne", max_tokens=30, temperature=1.0, seed=8)
+    batched = run(engine, {"o": ("completion", other), "s": ("completion", seeded)})
+    assert tokens(batched["s"]) == alone
+    assert tokens(batched["o"]) != alone
+
+
+@pytest.mark.integration
+def test_more_requests_than_slots_wait_their_turn(engine: BatchEngine) -> None:
+    requests = {f"r{i}": ("completion", greedy(f"ka {i}", 12)) for i in range(9)}
+    items = run(engine, requests)
+    assert all(len(tokens(items[rid])) == 12 for rid in requests)
+
+
+@pytest.mark.integration
+def test_a_follow_up_reads_only_what_the_cache_lacks(engine: BatchEngine) -> None:
+    history = [ChatMessage("user", "tell me about " + "the sea " * 30)]
+    first = run(engine, {"1": ("chat", GenerateParams(messages=history, max_tokens=20))})["1"]
+    answer = "".join(tokens(first))
+    done = first[-1]
+    assert isinstance(done, Done)
+    follow = [*history, ChatMessage("assistant", answer), ChatMessage("user", "and then?")]
+    second = run(engine, {"2": ("chat", GenerateParams(messages=follow, max_tokens=5))})["2"][-1]
+    assert isinstance(second, Done)
+    # Everything of the first conversation that the template renders the same way is reused.
+    assert second.usage.cached_tokens >= done.usage.prompt_tokens
+    assert second.usage.cached_tokens < second.usage.prompt_tokens
+
+
+@pytest.mark.integration
+def test_cancel_frees_the_sequence_at_once(engine: BatchEngine) -> None:
+    engine.add("long", "completion", greedy("go", 200))
+    engine.add("short", "completion", greedy("go on", 5))
+    for _ in range(3):
+        engine.step()
+    assert engine.cancel("long")
+    assert not engine.cancel("long")
+    assert all(s.request_id != "long" for s in engine._running)
+    rest = []
+    while engine.busy:
+        rest += engine.step()
+    assert {rid for rid, _ in rest} == {"short"}
+    assert not any(isinstance(item, Failed) for _, item in rest)
+
+
+@pytest.mark.integration
+def test_a_long_prompt_joins_in_chunks_while_others_generate(engine: BatchEngine) -> None:
+    engine.add("running", "completion", greedy("go", 60))
+    while not any(s.next_token is not None for s in engine._running):
+        engine.step()
+    engine.add("long", "completion", greedy("word " * 100, 3))
+    engine.step()  # admits it
+    long = next(s for s in engine._running if s.request_id == "long")
+    steps = 1
+    while len(long.kv) < len(long.prompt):
+        fed = len(long.kv)
+        engine.step()
+        steps += 1
+        assert len(long.kv) - fed <= 64  # the generating sequence waits for 64 tokens at most
+    assert steps >= 3
+    while engine.busy:
+        engine.step()
+
+
+def comparable(runs: dict[str, list[object]], near: bool = False) -> dict[str, list[object]]:
+    """Items without what legitimately differs: tool call ids are random, and batched
+    logits differ from lone ones in the last digits (``near``: compare within 1e-3)."""
+
+    def number(value: float) -> object:
+        return pytest.approx(value, abs=1e-3) if near else value
+
+    def plain(item: object) -> object:
+        if isinstance(item, Piece) and item.logprob is not None:
+            top = [(t.token, number(t.logprob)) for t in item.logprob.top]
+            return (item.text, item.logprob.token, number(item.logprob.logprob), top)
+        if isinstance(item, Done):
+            calls = [(c.name, c.arguments) for c in item.tool_calls]
+            return (item.finish_reason, item.usage, item.text, calls)
+        return item
+
+    return {rid: [plain(i) for i in items] for rid, items in runs.items()}
+
+
+@pytest.mark.integration
+def test_every_sampling_feature_is_per_sequence(engine: BatchEngine) -> None:
+    """Logprobs, logit bias, penalties, grammars, tools and stop strings: the same answers
+    when six requests share every step as when each runs alone."""
+    weather = Tool(
+        "get_weather",
+        parameters='{"type": "object", "properties": {"city": {"type": "string", '
+        '"maxLength": 8}}, "required": ["city"]}',
+    )
+    hi = [ChatMessage("user", "hello")]
+    requests = {
+        "logprobs": (
+            "chat",
+            GenerateParams(messages=hi, max_tokens=20, seed=1, logprobs=True, top_logprobs=3),
+        ),
+        "bias": (
+            "chat",
+            GenerateParams(messages=hi, max_tokens=20, temperature=0, logit_bias={300: 4.0}),
+        ),
+        "penalty": (
+            "chat",
+            GenerateParams(
+                messages=hi, max_tokens=30, seed=2, repeat_penalty=1.6, frequency_penalty=1.0
+            ),
+        ),
+        "json": (
+            "chat",
+            GenerateParams(messages=hi, max_tokens=120, seed=3, response_format="json_object"),
+        ),
+        "tool": (
+            "chat",
+            GenerateParams(
+                messages=hi, max_tokens=120, seed=4, tools=[weather], tool_choice="get_weather"
+            ),
+        ),
+        "stop": ("completion", GenerateParams(prompt="ka", max_tokens=50, seed=5, stop=["e"])),
+    }
+    engine._cache.budget = 0
+    try:
+        alone = {rid: run(engine, {rid: request})[rid] for rid, request in requests.items()}
+        together = run(engine, requests)
+    finally:
+        engine._cache.budget = N_CTX * 4
+    assert comparable(together) == comparable(alone, near=True)
+    tool = alone["tool"][-1]
+    assert isinstance(tool, Done) and tool.tool_calls and tool.tool_calls[0].name == "get_weather"
+    json_done = alone["json"][-1]
+    assert isinstance(json_done, Done)
+    assert isinstance(json.loads("".join(tokens(alone["json"])) + json_done.text), dict)
+    stop_done = alone["stop"][-1]
+    assert isinstance(stop_done, Done) and "e" not in "".join(tokens(alone["stop"]))
+    pieces = [i for i in alone["logprobs"] if isinstance(i, Piece)]
+    assert all(p.logprob is not None and len(p.logprob.top) == 3 for p in pieces)

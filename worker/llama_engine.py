@@ -1,0 +1,305 @@
+"""Continuous batching on llama.cpp: many sequences decoded together, one batch per step.
+
+Each step is one ``llama_decode`` of a batch holding the next token of every generating
+sequence plus a bounded chunk of any prompt still being read (chunked prefill: while
+others generate, a prompt joins ``PREFILL_CHUNK`` tokens at a time, so a long prompt never
+freezes them). Sequences join and leave at any step. All sequences share one pool of KV
+cells (``kv_unified``) big enough for ``n_parallel`` full contexts; finished sequences
+keep their cells as a prefix cache until the pool or the token budget needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xb.protocol import GenerateParams, Usage
+from xb.worker.answer import Answer
+from xb.worker.backend import BackendError, Piece, token_budget
+from xb.worker.engine import Engine, Event, Failed
+from xb.worker.llama_model import LlamaModel
+from xb.worker.llama_sampling import Sampler
+from xb.worker.prefix_cache import PrefixCache
+
+log = logging.getLogger("xb.model")
+
+# Prompt tokens a step may read while other sequences generate: a 64-token chunk pauses
+# them for tens of milliseconds where a whole 512-token batch pauses them half a second.
+PREFILL_CHUNK = int(os.environ.get("XB_PREFILL_CHUNK", "64"))
+CACHED_SEQUENCES = 16  # finished sequences whose cells may stay, beyond the running ones
+_MAX_SEQ = 256  # llama.cpp's bound on sequence ids
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt: list[int]
+    limit: int  # tokens it may generate
+    sampler: Sampler
+    answer: Answer
+    top_logprobs: int | None  # None: no logprobs
+    seq_id: int = -1
+    kv: list[int] = field(default_factory=list)  # tokens whose cells are in the cache
+    cached: int = 0  # prompt tokens found in the prefix cache
+    produced: int = 0
+    next_token: int | None = None  # sampled, decoded in the next step
+
+    @property
+    def usage(self) -> Usage:
+        n = len(self.prompt)
+        return Usage(n, self.produced, n + self.produced, cached_tokens=self.cached)
+
+
+class BatchEngine(Engine):
+    def __init__(
+        self, model: LlamaModel, n_ctx: int, n_parallel: int, cache_tokens: int = -1
+    ) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp
+        self._model = model
+        self.abilities = model.abilities
+        self.slots = max(1, min(n_parallel, model.n_batch))
+        self._n_ctx = n_ctx
+        pool = n_ctx * self.slots
+        n_seq = min(self.slots + CACHED_SEQUENCES, _MAX_SEQ)
+        self._ctx = model.new_context(pool, n_seq)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
+        size = model.n_batch
+        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(size,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(size,))
+        self._n_seq_id = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(size,))
+        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(size,))
+        self._n_seq_id[:] = 1
+        self._cache = PrefixCache(n_seq, pool if cache_tokens < 0 else cache_tokens)
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []  # in the order they joined
+        self._requests: dict[str, Sequence] = {}
+        self._early: list[Event] = []  # answers that need no decoding
+        self.reused = 0  # prompt tokens taken from the cache, since the start
+        self.computed = 0
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def add(self, request_id: str, kind: str, params: GenerateParams) -> None:
+        if kind == "embedding":
+            raise BackendError(
+                "this model was not launched for embeddings; launch it with model_type 'embedding'"
+            )
+        tokens, template_stop = self._model.prompt_tokens(kind, params)
+        limit = token_budget(len(tokens), self._n_ctx, params.max_tokens)
+        too_big = [i for i in params.logit_bias if not 0 <= i < self._model.n_vocab]
+        if too_big:
+            raise BackendError(
+                f"logit_bias names token {too_big[0]}; this model's vocabulary has "
+                f"{self._model.n_vocab} tokens"
+            )
+        choice = params.tool_choice if params.tools else "none"
+        grammar = self._model.grammar(params, calls=choice not in ("none", "auto"))
+        sequence = Sequence(
+            request_id,
+            tokens,
+            limit,
+            Sampler(self._model, params, grammar),
+            Answer(template_stop + self._model.stop + params.stop, params.tools, choice),
+            params.top_logprobs if params.logprobs else None,
+        )
+        self._requests[request_id] = sequence
+        if limit <= 0:
+            self._early.append((request_id, sequence.answer.done("length", sequence.usage)))
+            self._requests.pop(request_id)
+            sequence.sampler.close()
+            return
+        self._waiting.append(sequence)
+
+    def cancel(self, request_id: str) -> bool:
+        sequence = self._requests.pop(request_id, None)
+        if sequence is None:
+            return False
+        if sequence in self._waiting:
+            self._waiting.remove(sequence)
+        else:
+            self._running.remove(sequence)
+            self._clear(sequence.seq_id)  # its cells are freed at once, not cached
+        sequence.sampler.close()
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._waiting or self._early)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._cache.tokens
+
+    # ---- cells ------------------------------------------------------------------------
+
+    def _clear(self, seq_id: int) -> None:
+        self._llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        self._cache.release(seq_id)
+
+    def _fresh_id(self, keep: int | None = None) -> int | None:
+        seq_id = self._cache.alloc()
+        if seq_id is None:
+            seq_id = self._cache.evict(keep=keep)
+            if seq_id is not None:
+                self._llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        return seq_id
+
+    def _place(self, sequence: Sequence) -> None:
+        """Give a joining sequence an id, with the longest cached prefix of its prompt."""
+        source, shared = self._cache.best(sequence.prompt)
+        reuse = min(shared, len(sequence.prompt) - 1)  # one token must be decoded for logits
+        seq_id = None
+        if source is not None and reuse > 0:
+            if shared < self._cache.size(source):
+                # Others may still want the rest of that entry: share the prefix's cells.
+                seq_id = self._fresh_id(keep=source)
+                if seq_id is not None:
+                    self._llama.llama_memory_seq_cp(self._memory, source, seq_id, 0, reuse)
+                    self._cache.touch(source)
+            if seq_id is None:  # the prompt extends the entry: take it over
+                self._cache.take(source)
+                seq_id = source
+                self._llama.llama_memory_seq_rm(self._memory, seq_id, reuse, -1)
+        else:
+            reuse = 0
+            seq_id = self._fresh_id()
+        if seq_id is None:  # cannot happen: ids outnumber slots
+            raise RuntimeError("no sequence id is free")
+        sequence.seq_id = seq_id
+        sequence.kv = sequence.prompt[:reuse]
+        sequence.cached = reuse
+        self.reused += reuse
+        self.computed += len(sequence.prompt) - reuse
+
+    def _retire(self, sequence: Sequence) -> None:
+        """A finished sequence leaves; its cells stay in the prefix cache if they fit."""
+        self._running.remove(sequence)
+        self._requests.pop(sequence.request_id, None)
+        sequence.sampler.close()
+        for seq_id in self._cache.put(sequence.seq_id, sequence.kv):
+            self._clear(seq_id)
+
+    # ---- steps ------------------------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        events, self._early = self._early, []
+        while self._waiting and len(self._running) < self.slots:
+            sequence = self._waiting.popleft()
+            self._place(sequence)
+            self._running.append(sequence)
+        if not self._running:
+            return events
+        while True:
+            rows = self._plan()
+            code = self._decode(rows)
+            if code == 0:
+                break
+            if code == 1 and self._make_room(events):
+                continue
+            self._fail_all(events, f"llama.cpp could not decode (code {code})")
+            return events
+        for sequence, tokens, _ in rows:
+            sequence.kv += tokens
+            sequence.next_token = None
+        row = -1
+        for sequence, tokens, wants in rows:
+            row += len(tokens)
+            if wants:
+                self._sample(sequence, row, events)
+        return events
+
+    def _plan(self) -> list[tuple[Sequence, list[int], bool]]:
+        """This step's rows: each sequence, the tokens it feeds, and whether it samples."""
+        rows = [(s, [s.next_token], True) for s in self._running if s.next_token is not None]
+        budget = self._model.n_batch - len(rows)
+        if rows:
+            budget = min(budget, PREFILL_CHUNK)
+        for sequence in self._running:
+            start = len(sequence.kv)
+            if sequence.next_token is not None or budget <= 0 or start >= len(sequence.prompt):
+                continue
+            chunk = sequence.prompt[start : start + budget]
+            budget -= len(chunk)
+            rows.append((sequence, chunk, start + len(chunk) == len(sequence.prompt)))
+        return rows
+
+    def _decode(self, rows: list[tuple[Sequence, list[int], bool]]) -> int:
+        n = 0
+        seq_ids = self._batch.seq_id
+        for sequence, tokens, wants in rows:
+            count = len(tokens)
+            start = len(sequence.kv)
+            self._tokens[n : n + count] = tokens
+            self._pos[n : n + count] = np.arange(start, start + count)
+            self._logits[n : n + count] = 0
+            for i in range(n, n + count):
+                seq_ids[i][0] = sequence.seq_id
+            n += count
+            if wants:
+                self._logits[n - 1] = 1
+        self._batch.n_tokens = n
+        return int(self._llama.llama_decode(self._ctx, self._batch))
+
+    def _make_room(self, events: list[Event]) -> bool:
+        """The pool is full: drop a cached sequence, or else end the newest running one."""
+        seq_id = self._cache.evict()
+        if seq_id is not None:
+            self._clear(seq_id)
+            return True
+        if len(self._running) < 2:
+            return False
+        newest = self._running[-1]
+        events.append(
+            (newest.request_id, Failed("the model's KV cache is full; retry", invalid=False))
+        )
+        self._requests.pop(newest.request_id, None)
+        self._running.remove(newest)
+        self._clear(newest.seq_id)
+        newest.sampler.close()
+        return True
+
+    def _fail_all(self, events: list[Event], reason: str) -> None:
+        log.error("%s; ending %d requests", reason, len(self._running))
+        for sequence in list(self._running):
+            events.append((sequence.request_id, Failed(reason, invalid=False)))
+            self._running.remove(sequence)
+            self._requests.pop(sequence.request_id, None)
+            self._clear(sequence.seq_id)
+            sequence.sampler.close()
+
+    def _sample(self, sequence: Sequence, row: int, events: list[Event]) -> None:
+        sampler = sequence.sampler
+        wants_logprobs = sequence.top_logprobs is not None
+        logprobs = sampler.log_softmax(self._ctx, row) if wants_logprobs else None
+        token = sampler.sample(self._ctx, row)
+        if token in self._model.stop_ids:
+            self._finish(sequence, "stop", events)
+            return
+        sequence.produced += 1
+        text = sequence.answer.feed(self._model.piece(token))
+        logprob = None
+        if logprobs is not None:
+            logprob = sampler.logprob(logprobs, token, sequence.top_logprobs or 0)
+        events.append((sequence.request_id, Piece(text, logprob)))
+        if sequence.answer.stopped:
+            self._finish(sequence, "stop", events)
+        elif sequence.produced >= sequence.limit:
+            self._finish(sequence, "length", events)
+        else:
+            sequence.next_token = token
+
+    def _finish(self, sequence: Sequence, reason: str, events: list[Event]) -> None:
+        events.append((sequence.request_id, sequence.answer.done(reason, sequence.usage)))
+        self._retire(sequence)
+
+    def close(self) -> None:
+        self._llama.llama_batch_free(self._batch)
+        self._llama.llama_free(self._ctx)
+        self._model.close()
