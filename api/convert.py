@@ -336,6 +336,7 @@ def model_entry(info: p.ModelInfo) -> dict[str, Any]:
         "model_format": info.model_format,
         "model_path": info.model_path,
         "n_ctx": info.n_ctx,
+        "n_parallel": info.n_parallel,
         "abilities": info.abilities,
         "replica": info.replica,
         "replicas": msgspec.to_builtins(info.replicas),

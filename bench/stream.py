@@ -45,22 +45,27 @@ def in_process(path: Path, tokens: int) -> tuple[float, float]:
 
 
 def same_loop(path: Path, tokens: int) -> tuple[float, float]:
-    """The same, with xb's own llama.cpp backend in this process: what transport costs."""
+    """The same, with xb's own llama.cpp engine in this process: what transport costs."""
     from xb.protocol import ChatMessage, GenerateParams, ModelSpec
     from xb.worker.backend import Piece
-    from xb.worker.llama_backend import LlamaBackend
+    from xb.worker.cores import default_budget, usable_cores
+    from xb.worker.llama_engine import BatchEngine
+    from xb.worker.llama_model import LlamaModel
 
-    backend = LlamaBackend(path, ModelSpec("bench", "bench", str(path), n_ctx=2048))
+    spec = ModelSpec("bench", "bench", str(path), n_ctx=2048)
+    engine = BatchEngine(LlamaModel(path, spec, default_budget(usable_cores())), 2048, 4)
     params = GenerateParams(
         messages=[ChatMessage(**m) for m in MESSAGES], max_tokens=tokens, **SAMPLING
     )
     start = time.perf_counter()
     first = 0.0
-    for item in backend.generate("chat", params):
-        if not first and isinstance(item, Piece) and item.text:
-            first = time.perf_counter() - start
+    engine.add("bench", "chat", params)
+    while engine.busy:
+        for _, item in engine.step():
+            if not first and isinstance(item, Piece) and item.text:
+                first = time.perf_counter() - start
     total = time.perf_counter() - start
-    del backend
+    engine.close()
     return first, tokens / total
 
 

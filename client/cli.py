@@ -77,6 +77,16 @@ def launch(
     replica: int = typer.Option(1, "--replica", "-r", help="Number of replicas."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length in tokens."),
     worker: str | None = typer.Option(None, "--worker", "-w", help="Worker id or host to use."),
+    parallel: int | None = typer.Option(
+        None,
+        "--parallel",
+        min=1,
+        max=64,
+        help="Sequences each replica decodes at once (llama.cpp: 4 by default; others: 1).",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads per replica (default: the worker's share)."
+    ),
     endpoint: str = _endpoint,
     as_json: bool = _as_json,
 ) -> None:
@@ -92,6 +102,8 @@ def launch(
         "replica": replica,
         "n_ctx": n_ctx,
         "worker": worker,
+        "n_parallel": parallel,
+        "n_threads": threads,
         "wait_ready": False,
     }
     model_uid = None

@@ -9,8 +9,10 @@ templates; its own context is kept tiny, since ``Llama(...)`` ignores ``n_seq_ma
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,25 @@ OWN_ARGUMENTS = {"self", "kwargs", "model_path", "n_ctx", "n_gpu_layers", "embed
 # Engine arguments that shape the decoding context, which xb makes itself.
 _BATCH_ARGUMENTS = ("n_batch", "n_ubatch", "n_threads", "n_threads_batch")
 DEFAULT_BATCH = 512
+
+log = logging.getLogger("xb.llama")
+_GGML_ERROR = 4  # ggml's log levels: none, debug, info, warn, error, cont
+
+
+@functools.cache
+def _route_llama_logs() -> Any:
+    """Send llama.cpp's own messages to logging: errors as errors, the rest as debug (its
+    warnings include one about ``n_ctx_seq`` that the shared KV pool makes misleading)."""
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        message = text.decode("utf-8", errors="replace").rstrip()
+        if message:
+            log.log(logging.ERROR if level == _GGML_ERROR else logging.DEBUG, "%s", message)
+
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+    return forward  # kept alive by the cache: llama.cpp holds only the pointer
 
 
 def engine_kwargs(spec: ModelSpec) -> dict[str, Any]:
@@ -57,6 +78,7 @@ class LlamaModel:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        _route_llama_logs()
         extra = engine_kwargs(spec)
         self.n_batch = int(extra.get("n_batch", DEFAULT_BATCH))
         self.n_ubatch = int(extra.get("n_ubatch", self.n_batch))
@@ -64,6 +86,9 @@ class LlamaModel:
         self.threads_batch = int(extra.get("n_threads_batch") or self.threads)
         for name in _BATCH_ARGUMENTS:
             extra.pop(name, None)
+        # Flash attention, where llama.cpp supports it, unless the launch says otherwise:
+        # on the CPU it skips masked cells, and it is faster on the test models.
+        self._flash_attn_set = "flash_attn" in extra
         self.llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=32,  # this context only tokenizes; decoding has a context of its own
@@ -156,7 +181,7 @@ class LlamaModel:
     # ---- contexts ---------------------------------------------------------------------
 
     def new_context(self, n_ctx: int, n_seq: int) -> Any:
-        """A context of ``n_ctx`` cells shared by up to ``n_seq`` sequences."""
+        """A context of ``n_ctx`` cells split evenly among ``n_seq`` sequences."""
         import llama_cpp
 
         params = llama_cpp.llama_context_params.from_buffer_copy(self._base_params)
@@ -164,7 +189,9 @@ class LlamaModel:
         params.n_batch = self.n_batch
         params.n_ubatch = min(self.n_ubatch, self.n_batch)
         params.n_seq_max = n_seq
-        params.kv_unified = True  # one pool of cells: a sequence may use what others don't
+        params.kv_unified = False  # each sequence attends over its own cells only
+        if not self._flash_attn_set:
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.n_threads = self.threads
         params.n_threads_batch = self.threads_batch
         params.no_perf = True

@@ -1,8 +1,10 @@
-"""The prefix cache's bookkeeping: which sequence ids are free, which hold the KV cells of a
-finished sequence, and which finished sequence shares the longest prefix with a new prompt.
+"""The prefix cache's bookkeeping: which slot a joining sequence takes, and what it keeps.
 
-It only counts; the engine moves the cells. Entries are kept least recently used first and
-evicted in that order when the token budget or the sequence ids run out.
+Each slot is one llama.cpp sequence with KV cells of its own. A slot that finishes keeps
+its cells; a new prompt takes the idle slot whose kept tokens share the longest prefix with
+it and decodes only the rest. With no shared prefix it takes an empty slot, else the least
+recently used. Kept tokens are bounded by a budget, dropped least recently used first.
+This class only counts; the engine moves the cells.
 """
 
 from __future__ import annotations
@@ -20,65 +22,48 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class PrefixCache:
-    def __init__(self, n_seq: int, budget: int) -> None:
-        self.budget = max(budget, 0)  # tokens of finished sequences kept at most; 0: none
-        self._free = list(range(n_seq - 1, -1, -1))
-        self._entries: OrderedDict[int, list[int]] = OrderedDict()
-        self.tokens = 0  # tokens held by entries
+    def __init__(self, n_slots: int, budget: int) -> None:
+        self.budget = max(budget, 0)  # tokens idle slots may keep, in all; 0: none
+        # Idle slots, least recently used first, with the tokens their cells still hold.
+        self._idle: OrderedDict[int, list[int]] = OrderedDict((s, []) for s in range(n_slots))
+        self.tokens = 0  # tokens kept by idle slots
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
-    def best(self, prompt: list[int]) -> tuple[int | None, int]:
-        """The entry sharing the longest prefix with ``prompt``, and that length."""
-        best, length = None, 0
-        for seq_id, tokens in self._entries.items():
+    def claim(self, prompt: list[int]) -> tuple[int, int, int]:
+        """Take an idle slot for ``prompt``: (slot, prompt tokens it holds already, tokens
+        it held). The caller keeps the first of those cells and clears the rest."""
+        if not self._idle:
+            raise LookupError("every slot is busy")
+        best, shared = None, 0
+        for slot, tokens in self._idle.items():
             n = common_prefix(tokens, prompt)
-            if n > length:
-                best, length = seq_id, n
-        return best, length
+            if n > shared:
+                best, shared = slot, n
+        if best is None:
+            empty = [slot for slot, tokens in self._idle.items() if not tokens]
+            best = empty[0] if empty else next(iter(self._idle))
+        held = self._idle.pop(best)
+        self.tokens -= len(held)
+        return best, shared, len(held)
 
-    def size(self, seq_id: int) -> int:
-        return len(self._entries[seq_id])
-
-    def touch(self, seq_id: int) -> None:
-        self._entries.move_to_end(seq_id)
-
-    def take(self, seq_id: int) -> list[int]:
-        """Remove an entry: its sequence id and cells now belong to the caller."""
-        tokens = self._entries.pop(seq_id)
-        self.tokens -= len(tokens)
-        return tokens
-
-    def alloc(self) -> int | None:
-        """A free sequence id (its cells are empty), or None."""
-        return self._free.pop() if self._free else None
-
-    def evict(self, keep: int | None = None) -> int | None:
-        """Remove the least recently used entry other than ``keep``; the caller clears its
-        cells and owns its id. None when there is no such entry."""
-        for seq_id in self._entries:
-            if seq_id != keep:
-                self.take(seq_id)
-                return seq_id
-        return None
-
-    def put(self, seq_id: int, tokens: list[int]) -> list[int]:
-        """Keep a finished sequence's cells; the ids evicted to stay within the budget
-        (the caller clears their cells and releases them), ``seq_id`` among them when it
-        cannot be kept at all."""
-        if len(tokens) == 0 or len(tokens) > self.budget:
-            return [seq_id]
-        self._entries[seq_id] = tokens
+    def release(self, slot: int, tokens: list[int]) -> list[int]:
+        """A slot is idle again, its cells holding ``tokens``. The slots whose cells the
+        caller must clear to stay within the budget (``slot`` itself among them when its
+        tokens cannot be kept at all)."""
+        if len(tokens) > self.budget:
+            self._idle[slot] = []
+            return [slot]
+        self._idle[slot] = tokens
         self.tokens += len(tokens)
-        evicted = []
-        while self.tokens > self.budget:
-            victim = self.evict(keep=seq_id)
-            if victim is None:
+        cleared = []
+        for other in list(self._idle):
+            if self.tokens <= self.budget:
                 break
-            evicted.append(victim)
-        return evicted
-
-    def release(self, seq_id: int) -> None:
-        """Return an id whose cells the caller cleared."""
-        self._free.append(seq_id)
+            if other != slot and self._idle[other]:
+                self.tokens -= len(self._idle[other])
+                self._idle[other] = []
+                cleared.append(other)
+        return cleared
