@@ -360,6 +360,8 @@ class ModelManagement:
                     r.error,
                     r.in_flight,
                     progress=r.progress,
+                    slots=r.slots,
+                    cached_tokens=r.cached_tokens,
                 )
                 for m in self.models.values()
                 for r in m.replicas.values()
