@@ -1,12 +1,7 @@
-"""How many CPU threads llama.cpp may use: the cores this worker may run on, shared out.
-
-llama.cpp's threads wait for each other at every layer. When a thread loses its core to
-another process, every step waits for it: on the 2-core development machine two threads
-stream 35-50% faster than one while the second core is idle, and 10-80 times slower while
-another process keeps it busy (README, "Serving many users"). So the default leaves one core
-to the worker, broker and facade processes that move the tokens, and shares the rest among
-the replicas on this worker.
-"""
+"""How many CPU threads llama.cpp may use: the cores this worker may run on, shared out
+among the replicas it hosts. Each replica then measures, step by step, whether using all
+of its share is faster than one thread (``threads.py``): a core another process takes
+would otherwise stall every step."""
 
 from __future__ import annotations
 
@@ -31,8 +26,8 @@ def usable_cores() -> int:
 
 
 def default_budget(cores: int) -> int:
-    """Threads all of this worker's models share: every core but one, at least one."""
-    return max(cores - 1, 1)
+    """Threads all of this worker's models share: one per core it may use."""
+    return max(cores, 1)
 
 
 def threads_per_replica(budget: int, replicas: int) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from xb.worker.engine import Engine, Event, Failed
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
 from xb.worker.prefix_cache import PrefixCache
+from xb.worker.threads import ThreadTuner
 
 log = logging.getLogger("xb.model")
 
@@ -84,6 +86,7 @@ class BatchEngine(Engine):
         self._running: list[Sequence] = []  # in the order they joined
         self._requests: dict[str, Sequence] = {}
         self._early: list[Event] = []  # answers that need no decoding
+        self._tuner = ThreadTuner(model.threads if model.tuned else 1, self._set_threads)
         self.reused = 0  # prompt tokens taken from the cache, since the start
         self.computed = 0
 
@@ -211,6 +214,9 @@ class BatchEngine(Engine):
         # llama.cpp splits a batch by sequence; rows in sequence order split cheapest.
         return sorted(rows, key=lambda row: row[0].seq_id)
 
+    def _set_threads(self, threads: int) -> None:
+        self._llama.llama_set_n_threads(self._ctx, threads, threads)
+
     def _decode(self, rows: list[tuple[Sequence, list[int], bool]]) -> int:
         n = 0
         seq_ids = self._batch.seq_id
@@ -226,7 +232,11 @@ class BatchEngine(Engine):
             if wants:
                 self._logits[n - 1] = 1
         self._batch.n_tokens = n
-        return int(self._llama.llama_decode(self._ctx, self._batch))
+        self._tuner.before(n)
+        started = time.perf_counter()
+        code = int(self._llama.llama_decode(self._ctx, self._batch))
+        self._tuner.after(n, time.perf_counter() - started)
+        return code
 
     def _fail_all(self, events: list[Event], reason: str) -> None:
         log.error("%s; ending %d requests", reason, len(self._running))

@@ -82,6 +82,9 @@ class LlamaModel:
         extra = engine_kwargs(spec)
         self.n_batch = int(extra.get("n_batch", DEFAULT_BATCH))
         self.n_ubatch = int(extra.get("n_ubatch", self.n_batch))
+        # Threads the launch names are used as they are; the worker's share is a ceiling
+        # that the engine tunes under (threads.py).
+        self.tuned = not extra.get("n_threads")
         self.threads = int(extra.get("n_threads") or threads)
         self.threads_batch = int(extra.get("n_threads_batch") or self.threads)
         for name in _BATCH_ARGUMENTS:
