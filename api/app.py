@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from xb import __version__
 from xb import protocol as p
-from xb.api import convert, errors, management
+from xb.api import convert, errors, management, registrations, xinference
 from xb.api.bridge import BrokerBridge, new_request_id
 from xb.api.errors import APIError
 from xb.api.launching import launch_message
@@ -57,6 +57,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.registry = Registry(xb_home())
     app.include_router(management.router)
+    app.include_router(registrations.router)
+    app.include_router(xinference.router)
     errors.install(app)
 
     # ---- inference --------------------------------------------------------------------
@@ -69,7 +71,9 @@ def create_app(
             p.Submit(f"{request_id}-{i}", body.model, "chat", _seeded(params, i))
             for i in range(body.n)
         ]
-        shape = convert.ChatShape(body.model, request_id, body.logprobs)
+        shape = convert.ChatShape(
+            body.model, request_id, body.logprobs, legacy_functions=body.functions is not None
+        )
         generation = Generation(
             bridge,
             submits,

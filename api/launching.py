@@ -9,10 +9,18 @@ from typing import Any
 import msgspec
 
 from xb import protocol as p
+from xb.api import compat
 from xb.api.errors import APIError
 from xb.api.schemas import LaunchRequest
 from xb.demo_model import DEMO_MODEL_NAME
-from xb.registry import Registry, RegistryError, estimate_from_spec, file_names, pick_spec
+from xb.registry import (
+    Registry,
+    RegistryError,
+    estimate_from_spec,
+    file_names,
+    local_path,
+    pick_spec,
+)
 
 log = logging.getLogger("xb.api")
 
@@ -61,7 +69,7 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
     n_gpu_layers = body.n_gpu_layers
     if n_gpu_layers is None:
         n_gpu_layers = 0 if body.n_gpu == 0 else -1  # -1: every layer on the GPU, if built so
-    extra: dict[str, Any] = dict(body.model_extra or {})
+    extra: dict[str, Any] = compat.launch_extras(dict(body.model_extra or {}))
     if extra:
         log.info("passing launch fields %s to the engine", sorted(extra))
     spec = p.ModelSpec(
@@ -107,14 +115,20 @@ def _from_registry(
             f"{family.model_name!r} is a {family.model_type} family, not {body.model_type}",
             param="model_type",
         )
-    download = p.Download(
-        repo_id=chosen.model_id,
-        files=file_names(chosen, quantization),
-        revision=chosen.model_revision,
-        sha256=chosen.checksums.get(quantization),
-    )
+    path = local_path(chosen, quantization)
+    download = None
+    if path is None:
+        assert chosen.model_id is not None  # the registry checks: a hub id or a model_uri
+        download = p.Download(
+            repo_id=chosen.model_id,
+            files=file_names(chosen, quantization),
+            revision=chosen.model_revision,
+            sha256=chosen.checksums.get(quantization),
+            package=chosen.python_package,
+        )
     resolved = msgspec.structs.replace(
         spec,
+        model_path=path,
         model_format=chosen.model_format,
         model_type=family.model_type,
         download=download,
@@ -124,7 +138,8 @@ def _from_registry(
         model_size_in_billions=chosen.model_size_in_billions,
         quantization=quantization,
     )
-    need = estimate_from_spec(chosen, quantization, spec.n_ctx)
+    # A file on the worker is measured there, as a model_path launch is.
+    need = 0 if path is not None else estimate_from_spec(chosen, quantization, spec.n_ctx)
     return resolved, need, list(family.model_ability)
 
 

@@ -14,11 +14,14 @@ import numpy as np
 from xb.modelfile import read_gguf_info
 from xb.protocol import GenerateParams, ModelSpec, TokenLogprob, TopLogprob, Usage
 from xb.worker.backend import Backend, BackendError, Done, Piece, StopText, token_budget
+from xb.worker.scoring import echo_prompt
 from xb.worker.structured import (
     call_schema,
     openai_tool,
     parse_call,
     prepare_schema,
+    schema_gbnf,
+    strict_numbers,
     with_tool_instructions,
 )
 
@@ -105,9 +108,9 @@ class LlamaBackend(Backend):
             raise BackendError(f"cannot read this JSON schema: {exc}") from exc
         try:
             if schema is not None:
-                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                return LlamaGrammar.from_string(schema_gbnf(schema), verbose=False)
             if params.response_format == "json_object":
-                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+                return LlamaGrammar.from_string(strict_numbers(JSON_GBNF), verbose=False)
         except Exception as exc:  # the converter raises assorted errors on schemas it rejects
             raise BackendError(f"cannot build a grammar from this schema: {exc}") from exc
         return None
@@ -125,6 +128,8 @@ class LlamaBackend(Backend):
         tokens, template_stop = self._prompt_tokens(kind, params)
         n_prompt = len(tokens)
         limit = token_budget(n_prompt, self._n_ctx, params.max_tokens)
+        if params.echo:
+            yield from echo_prompt(self._llm, tokens, params)
         choice = params.tool_choice if params.tools else "none"
         calls = choice not in ("none", "auto")  # the answer must be a call: constrain it
         maybe_call = choice == "auto"  # the model may answer with a call: watch for "{"
