@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from xb import __version__
 from xb import protocol as p
-from xb.api import convert, errors, management, registrations, xinference
+from xb.api import convert, errors, management, middleware, registrations, xinference
 from xb.api.bridge import BrokerBridge, new_request_id
 from xb.api.errors import APIError
 from xb.api.launching import launch_message
@@ -36,6 +36,7 @@ def create_app(
     *,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     launch_on_start: list[str] | None = None,
+    cors_origins: list[str] | None = None,
 ) -> FastAPI:
     bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval)
     metrics = Metrics()
@@ -60,6 +61,7 @@ def create_app(
     app.include_router(registrations.router)
     app.include_router(xinference.router)
     errors.install(app)
+    middleware.install(app, cors_origins or [])
 
     # ---- inference --------------------------------------------------------------------
 

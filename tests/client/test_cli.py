@@ -122,13 +122,16 @@ def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
 
 
 def test_generate_scale_and_a_failed_launch(module_stack: Stack, tiny_model: Path) -> None:
-    assert xb(module_stack, "launch", "tiny", "-p", str(tiny_model), "--uid", "g").returncode == 0
-    generated = xb(module_stack, "generate", "g", "-p", "Once upon", "--max-tokens", "6")
+    assert (
+        xb(module_stack, "launch", "tiny", "--model-path", str(tiny_model), "-u", "g").returncode
+        == 0
+    )
+    generated = xb(module_stack, "generate", "g", "-p", "Once upon", "-n", "6")
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.strip()
     scaled = xb(module_stack, "scale", "g", "2")
     assert scaled.returncode == 0 and "2 replicas" in scaled.stdout
-    failed = xb(module_stack, "launch", "broken", "-p", "/nowhere/x.gguf")
+    failed = xb(module_stack, "launch", "broken", "--model-path", "/nowhere/x.gguf")
     assert failed.returncode == 1
     assert "failed to load" in failed.stderr and "does not exist" in failed.stderr
     assert "broken" not in json.loads(xb(module_stack, "list", "--json").stdout)

@@ -1,0 +1,77 @@
+"""HTTP around the routes: HEAD and OPTIONS on every path, and CORS for the origins the
+operator names (``xb-broker --cors-origin``; none by default, so browsers on other
+origins are refused as they are by any server that says nothing).
+
+Plain ASGI, as ``BodyLimit`` is: Starlette's BaseHTTPMiddleware would hide a client's
+disconnect from the streaming endpoints.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from xb.api.errors import APIError
+
+
+class HeadAndOptions:
+    """HEAD answers as GET does, without the body; OPTIONS answers 204 with an ``Allow``
+    header naming the path's methods. A CORS preflight is answered before this, by
+    ``CORSMiddleware``, where origins are allowed."""
+
+    def __init__(self, app: ASGIApp, routes: FastAPI) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            await self._options(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+    async def _options(self, scope: Scope, receive: Receive, send: Send) -> None:
+        methods: set[str] = set()
+        for route in self.routes.routes:
+            match, _ = route.matches({**scope, "method": "GET"})
+            if match != Match.NONE:
+                methods |= getattr(route, "methods", None) or set()
+        if not methods:
+            message = f"xb has no endpoint {scope['path']}; its endpoints are in its README"
+            await APIError(404, message).response()(scope, receive, send)
+            return
+        if "GET" in methods:
+            methods.add("HEAD")
+        allow = ", ".join(sorted(methods | {"OPTIONS"}))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 204,
+                "headers": [(b"allow", allow.encode()), (b"content-length", b"0")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+
+def install(app: FastAPI, cors_origins: list[str]) -> None:
+    """HEAD and OPTIONS everywhere; CORS (outermost, so errors carry it too) if asked."""
+    app.add_middleware(HeadAndOptions, routes=app)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],  # mirrored back, so Authorization is allowed too
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
