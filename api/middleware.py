@@ -8,9 +8,10 @@ disconnect from the streaming endpoints.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xb.api.errors import APIError
@@ -24,6 +25,17 @@ class HeadAndOptions:
     def __init__(self, app: ASGIApp, routes: FastAPI) -> None:
         self.app = app
         self.routes = routes
+        self._methods: list[tuple[re.Pattern[str], set[str]]] | None = None
+
+    def _allowed(self, path: str) -> set[str]:
+        """The methods of the routes that match ``path``, read from the OpenAPI schema
+        (the one public list of every route, included routers' too)."""
+        if self._methods is None:
+            self._methods = [
+                (re.compile("^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$"), set(ops))
+                for template, ops in self.routes.openapi()["paths"].items()
+            ]
+        return {m.upper() for pattern, ops in self._methods if pattern.match(path) for m in ops}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("HEAD", "OPTIONS"):
@@ -41,11 +53,7 @@ class HeadAndOptions:
         await self.app({**scope, "method": "GET"}, receive, without_body)
 
     async def _options(self, scope: Scope, receive: Receive, send: Send) -> None:
-        methods: set[str] = set()
-        for route in self.routes.routes:
-            match, _ = route.matches({**scope, "method": "GET"})
-            if match != Match.NONE:
-                methods |= getattr(route, "methods", None) or set()
+        methods = self._allowed(scope["path"])
         if not methods:
             message = f"xb has no endpoint {scope['path']}; its endpoints are in its README"
             await APIError(404, message).response()(scope, receive, send)
