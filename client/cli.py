@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -56,7 +57,8 @@ def _print_json(value: Any) -> None:
 @app.command()
 def launch(
     model_name: str = typer.Argument(
-        ..., help="A family of the registry (xb list --all), 'xb-demo', or any name with -p."
+        ...,
+        help="A family of the registry (xb list --all), 'xb-demo', or any name with --model-path.",
     ),
     size: str | None = typer.Option(
         None, "--size", "-s", help="Size in billions of parameters, e.g. 0_5 or 7."
@@ -70,7 +72,9 @@ def launch(
     model_path: str | None = typer.Option(
         None, "--model-path", help="A model file on the worker instead of the registry."
     ),
-    uid: str | None = typer.Option(None, "--uid", "-u", help="Model uid (default: the name)."),
+    uid: str | None = typer.Option(
+        None, "--model-uid", "--uid", "-u", help="Model uid (default: the name)."
+    ),
     model_type: str | None = typer.Option(
         None, "--model-type", "-t", help="LLM or embedding (default: the family's)."
     ),
@@ -293,11 +297,17 @@ def generate(
             raise _fail(exc) from exc
 
 
-def main() -> None:
+@functools.cache
+def build() -> typer.Typer:
+    """The whole ``xb`` command: these commands, the registry's, the cache's, the dashboard."""
     from xb.client import cli_cache, cli_registry
     from xb.tui.cli import tui
 
     cli_registry.install(app)
     cli_cache.install(app)
     app.command()(tui)
-    app()
+    return app
+
+
+def main() -> None:
+    build()()

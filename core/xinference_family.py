@@ -38,6 +38,11 @@ def from_xinference(
 ) -> tuple[dict[str, Any], list[str]]:
     """xb's family for Xinference's (or xb's own) JSON object, and what was set aside.
     ``known`` are the families a ``model_family`` may name, to inherit its template."""
+    for name, kind in (("model_specs", list), ("virtualenv", dict), ("model_ability", list)):
+        if data.get(name) is not None and not isinstance(data[name], kind):
+            raise RegistryError(f"{name} must be a JSON {'array' if kind is list else 'object'}")
+    if not all(isinstance(spec, dict) for spec in data.get("model_specs") or []):
+        raise RegistryError("model_specs must hold JSON objects")
     unknown = sorted(set(data) - _KEPT - _IGNORED - set(_MUST_BE_EMPTY))
     if unknown:
         raise RegistryError(f"unknown field {unknown[0]!r}")
@@ -106,8 +111,11 @@ def _spec(raw: Mapping[str, Any], where: str) -> dict[str, Any] | str:
     if isinstance(source, dict):  # Xinference's built-in layout: one entry per hub
         if "huggingface" not in source and fields.get("model_uri") is None:
             return f"{where} names no Hugging Face source, the hub xb downloads from"
-        fields.update(source.get("huggingface") or {})
-    hub = fields.pop("model_hub", None) or "huggingface"
+        entry = source.get("huggingface") or {}
+        if not isinstance(entry, dict):
+            raise RegistryError(f"{where}.model_src.huggingface must be a JSON object")
+        fields.update(entry)
+    hub = str(fields.pop("model_hub", None) or "huggingface")
     if hub.lower() != "huggingface" and fields.get("model_uri") is None:
         return f"{where} downloads from {hub!r}; xb downloads from the Hugging Face hub"
     uri = fields.get("model_uri")

@@ -109,6 +109,14 @@ def test_model_family_lends_its_template_and_stops() -> None:
         ({"model_specs": [{"model_format": "mlx", "model_size_in_billions": 1}]}, "mlx"),
         ({"is_builtin": True}, "is_builtin"),
         ({"frobnicate": 1}, "frobnicate"),
+        ({"model_specs": {"model_format": "ggufv2"}}, "model_specs must be a JSON array"),
+        ({"model_specs": ["ggufv2"]}, "model_specs must hold JSON objects"),
+        ({"virtualenv": ["x"]}, "virtualenv must be a JSON object"),
+        ({"model_ability": "chat"}, "model_ability must be a JSON array"),
+        (
+            {"model_specs": [{"model_format": "ggufv2", "model_uri": "s3://bucket/x.gguf"}]},
+            "model_uri",
+        ),
     ],
 )
 def test_what_xb_cannot_honour_is_named(change: dict[str, Any], named: str) -> None:
