@@ -168,19 +168,19 @@ def list_models(
     if as_json:
         _print_json(models)
         return
+    # Format and abilities in full are in --json; six columns do not fit 80 characters.
     rows = [
         (
             m["id"],
             m["model_name"],
-            m["model_format"],
-            ", ".join(m["abilities"]),
+            m["model_type"],
             f"{sum(r['state'] == 'ready' for r in m['replicas'])}/{m['replica']}",
-            ", ".join(sorted({r["worker_id"] for r in m["replicas"]})),
+            " ".join(sorted({r["worker_id"] for r in m["replicas"]})),
         )
         for m in models
     ]
-    headers = ("UID", "Name", "Format", "Abilities", "Replicas", "Where")
-    console.print(table(headers, rows, whole=(0, 1, 2, 4)))
+    headers = ("UID", "Name", "Type", "Ready", "Workers")
+    console.print(table(headers, rows, whole=(0, 1, 2, 3, 4), room=console.width), crop=False)
 
 
 @app.command()
@@ -209,15 +209,16 @@ def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
             w["worker_id"],
             w["host"],
             f"{size_text(w['memory']['free'])} of {size_text(w['memory']['total'])}",
-            ", ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-",
+            " ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-",
             str(w["queue_depth"]),
             str(w["in_flight"]),
             f"{w['heartbeat_age']:.1f} s ago",
         )
         for w in infos
     ]
-    headers = ("Worker", "Host", "Free memory", "Models", "Queue", "In flight", "Heartbeat")
-    console.print(table(headers, rows, whole=(0, 4, 5)))
+    # One-word headers: rich will not fold a header to make room for a name.
+    headers = ("Worker", "Host", "Free", "Models", "Queued", "Running", "Heartbeat")
+    console.print(table(headers, rows, whole=(0,), room=console.width), crop=False)
 
 
 @app.command()

@@ -23,8 +23,9 @@ def list_cache(as_json: bool = _as_json) -> None:
         _print_json(files)
         return
     rows = [(f["repo_id"], f["file"], f["revision"][:12], size_text(f["size"])) for f in files]
+    headers = ("Repository", "File", "Revision", "Size")
     console.print(str(cache_dir(xb_home())))
-    console.print(table(("Repository", "File", "Revision", "Size"), rows, whole=(0, 1, 2, 3)))
+    console.print(table(headers, rows, whole=(0, 1, 2, 3), room=console.width), crop=False)
 
 
 @cache.command("remove")

@@ -40,7 +40,7 @@ def show_registrations(
         for f in families
     ]
     headers = ("Name", "Type", "Format", "Sizes (B)", "Quantizations", "Built in")
-    console.print(table(headers, rows, whole=(0, 1, 2, 5)))
+    console.print(table(headers, rows, whole=(0, 1, 2, 5), room=console.width), crop=False)
 
 
 def registrations(
