@@ -67,7 +67,11 @@ _GENERATE: dict[str, tuple[Callable[[Any], bool], str]] = {
     "audio": (_empty, "xb answers with text only"),
     "prediction": (_empty, "predicted outputs are not supported"),
     "web_search_options": (_empty, "xb does not search the web"),
+    "stop_token_ids": (_empty, "is not supported; give the stop words in 'stop'"),
+    "echo": (_one_of(False), "echo is a /v1/completions parameter"),
 }
+# Other names for parameters xb has: Xinference's PyTorch generate config.
+_ALIASES = {"repetition_penalty": "repeat_penalty"}
 
 
 def _check(fields: dict[str, Any], table: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
@@ -89,12 +93,14 @@ def launch_extras(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if k not in _LAUNCH}
 
 
-def check_generate(extra: dict[str, Any]) -> None:
-    """Refuse a generate-config field that asks for sampling xb does not run."""
+def check_generate(extra: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a generate-config field that asks for sampling xb does not run; the values
+    of fields that are other names of xb's own, under xb's names."""
     _check(extra, _GENERATE)
     for name in extra:
-        if name not in _GENERATE:
+        if name not in _GENERATE and name not in _ALIASES:
             log.info("ignoring unknown request field %r", name)
+    return {_ALIASES[k]: v for k, v in extra.items() if k in _ALIASES and v is not None}
 
 
 def check_content(messages: list[ChatMessageIn]) -> None:

@@ -41,9 +41,16 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
 
 
 def _sampling(body: SamplingParams) -> dict[str, Any]:
-    compat.check_generate(body.model_extra or {})
+    aliased = compat.check_generate(body.model_extra or {})
+    for name, value in aliased.items():
+        if getattr(body, name) is not None:
+            raise APIError(400, f"'{name}' is given under two names", param=name)
+        if not isinstance(value, int | float) or value <= 0:
+            raise APIError(400, f"'{name}' must be a positive number", param=name)
     fields: dict[str, Any] = {
-        name: DEFAULTS[name] if getattr(body, name) is None else getattr(body, name)
+        name: aliased.get(name, DEFAULTS[name])
+        if getattr(body, name) is None
+        else getattr(body, name)
         for name in DEFAULTS
     }
     return {

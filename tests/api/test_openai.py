@@ -98,6 +98,16 @@ def test_each_sampling_parameter_changes_the_answer(
     assert changed != base
 
 
+def test_xinference_repetition_penalty_is_repeat_penalty(client: openai.OpenAI) -> None:
+    ours = chat(client, seed=11, max_tokens=40, extra_body={"repeat_penalty": 1.8})
+    theirs = chat(client, seed=11, max_tokens=40, extra_body={"repetition_penalty": 1.8})
+    assert theirs.choices[0].message.content == ours.choices[0].message.content
+    assert (
+        theirs.choices[0].message.content
+        != chat(client, seed=11, max_tokens=40).choices[0].message.content
+    )
+
+
 def test_logit_bias_forces_and_bans_tokens(client: openai.OpenAI) -> None:
     forced = chat(client, logit_bias={str(token_id("\u2581fe")): 100}, max_tokens=6)
     assert forced.choices[0].message.content == " fe" * 6
