@@ -228,8 +228,10 @@ def pick_spec(
     for spec in specs:
         if quantization is None:
             return spec, spec.quantizations[0]
-        if quantization in spec.quantizations:
-            return spec, quantization
+        # Hubs spell quantizations either way (q4_k_m, Q4_K_M); the file uses the spec's.
+        same = [q for q in spec.quantizations if q.lower() == quantization.lower()]
+        if same:
+            return spec, same[0]
     known = sorted({q for s in specs for q in s.quantizations})
     raise RegistryError(
         f"{family.model_name!r} has no quantization {quantization!r}; it has {', '.join(known)}"
