@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,12 +73,24 @@ class HeadAndOptions:
         await send({"type": "http.response.body", "body": b""})
 
 
+class CORS(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered by the OpenAI error object."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = APIError(400, f"{bytes(response.body).decode()}; see xb-broker --cors-origin")
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return JSONResponse(refused.body(), status_code=400, headers=headers)
+
+
 def install(app: FastAPI, cors_origins: list[str]) -> None:
     """HEAD and OPTIONS everywhere; CORS (outermost, so errors carry it too) if asked."""
     app.add_middleware(HeadAndOptions, routes=app)
     if cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            CORS,
             allow_origins=cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],  # mirrored back, so Authorization is allowed too

@@ -54,3 +54,8 @@ def test_cors_for_the_origins_named(make_stack: Callable[..., Stack]) -> None:
     assert missing.headers["access-control-allow-origin"] == APP
     stranger = httpx.get(url + "/v1/models", headers={"Origin": "http://evil.test"})
     assert "access-control-allow-origin" not in stranger.headers
+    refused = httpx.options(
+        url + "/v1/chat/completions", headers={**PREFLIGHT, "Origin": "http://evil.test"}
+    )
+    assert refused.status_code == 400
+    assert "origin" in refused.json()["error"]["message"]
