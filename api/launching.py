@@ -68,7 +68,9 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
     fmt = _format(body)
     n_gpu_layers = body.n_gpu_layers
     if n_gpu_layers is None:
-        n_gpu_layers = 0 if body.n_gpu == 0 else -1  # -1: every layer on the GPU, if built so
+        # Xinference: n_gpu null (given, not left out) or 0 means the CPU; "auto" the GPU.
+        cpu = body.n_gpu == 0 or (body.n_gpu is None and "n_gpu" in body.model_fields_set)
+        n_gpu_layers = 0 if cpu else -1  # -1: every layer on the GPU, if built so
     extra: dict[str, Any] = compat.launch_extras(dict(body.model_extra or {}))
     if extra:
         log.info("passing launch fields %s to the engine", sorted(extra))
