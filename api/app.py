@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from xb import __version__
 from xb import protocol as p
-from xb.api import convert, errors, management
+from xb.api import convert, errors, management, middleware, registrations, xinference
 from xb.api.bridge import BrokerBridge, new_request_id
 from xb.api.conversation import conversation_keys
 from xb.api.errors import APIError
@@ -37,6 +37,7 @@ def create_app(
     *,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     launch_on_start: list[str] | None = None,
+    cors_origins: list[str] | None = None,
 ) -> FastAPI:
     bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval)
     metrics = Metrics()
@@ -58,7 +59,10 @@ def create_app(
     app.state.metrics = metrics
     app.state.registry = Registry(xb_home())
     app.include_router(management.router)
+    app.include_router(registrations.router)
+    app.include_router(xinference.router)
     errors.install(app)
+    middleware.install(app, cors_origins or [])
 
     # ---- inference --------------------------------------------------------------------
 
@@ -78,7 +82,9 @@ def create_app(
             )
             for i in range(body.n)
         ]
-        shape = convert.ChatShape(body.model, request_id, body.logprobs)
+        shape = convert.ChatShape(
+            body.model, request_id, body.logprobs, legacy_functions=body.functions is not None
+        )
         generation = Generation(
             bridge,
             submits,

@@ -9,9 +9,8 @@ import struct
 import time
 from typing import Any
 
-import msgspec
-
 from xb import protocol as p
+from xb.api import compat
 from xb.api.errors import APIError
 from xb.api.schemas import (
     ChatCompletionRequest,
@@ -30,11 +29,6 @@ def unsupported(param: str, why: str) -> APIError:
     return APIError(400, f"'{param}' {why}", param=param, code="unsupported_parameter")
 
 
-def _log_unknown(body: SamplingParams | EmbeddingRequest) -> None:
-    for name in body.model_extra or {}:
-        log.info("ignoring unknown request field %r", name)
-
-
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
     out: dict[int, float] = {}
     for key, value in (bias or {}).items():
@@ -47,9 +41,16 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
 
 
 def _sampling(body: SamplingParams) -> dict[str, Any]:
-    _log_unknown(body)
+    aliased = compat.check_generate(body.model_extra or {})
+    for name, value in aliased.items():
+        if getattr(body, name) is not None:
+            raise APIError(400, f"'{name}' is given under two names", param=name)
+        if not isinstance(value, int | float) or value <= 0:
+            raise APIError(400, f"'{name}' must be a positive number", param=name)
     fields: dict[str, Any] = {
-        name: DEFAULTS[name] if getattr(body, name) is None else getattr(body, name)
+        name: aliased.get(name, DEFAULTS[name])
+        if getattr(body, name) is None
+        else getattr(body, name)
         for name in DEFAULTS
     }
     return {
@@ -74,12 +75,13 @@ def chat_params(body: ChatCompletionRequest) -> p.GenerateParams:
                     param="response_format",
                 )
             schema = json.dumps(body.response_format.json_schema.schema_)
+    compat.check_content(body.messages)
+    defs, requested = compat.tools(body)
     tools = [
         p.Tool(t.function.name, t.function.description, json.dumps(t.function.parameters))
-        for t in body.tools or []
+        for t in defs
     ]
-    requested = body.tool_choice or ("auto" if tools else "none")
-    choice = requested if isinstance(requested, str) else requested.function.name
+    choice = requested or ("auto" if tools else "none")
     if choice not in ("none", "auto", "required") and choice not in {t.name for t in tools}:
         raise APIError(
             400, f"tool_choice names {choice!r}, which is not in 'tools'", param="tool_choice"
@@ -87,7 +89,8 @@ def chat_params(body: ChatCompletionRequest) -> p.GenerateParams:
     if choice == "required" and not tools:
         raise APIError(400, "tool_choice 'required' needs 'tools'", param="tool_choice")
     return p.GenerateParams(
-        messages=[p.ChatMessage(m.role, m.text()) for m in body.messages],
+        # A legacy "function" message is a tool result under its old name.
+        messages=[p.ChatMessage(_ROLES.get(m.role, m.role), m.text()) for m in body.messages],
         max_tokens=body.max_completion_tokens or body.max_tokens,
         logprobs=body.logprobs,
         top_logprobs=body.top_logprobs or 0,
@@ -97,6 +100,9 @@ def chat_params(body: ChatCompletionRequest) -> p.GenerateParams:
         tool_choice=choice,
         **_sampling(body),
     )
+
+
+_ROLES = {"function": "tool"}
 
 
 def completion_prompts(body: CompletionRequest) -> list[str]:
@@ -111,23 +117,22 @@ def completion_prompts(body: CompletionRequest) -> list[str]:
 
 
 def completion_params(body: CompletionRequest, prompt: str) -> p.GenerateParams:
-    if body.echo:
-        raise unsupported("echo", "is not supported")
     if body.best_of not in (None, 1) and body.best_of != body.n:
         raise unsupported("best_of", "other than n is not supported")
     if body.suffix:
         raise unsupported("suffix", "is not supported")
     return p.GenerateParams(
         prompt=prompt,
-        max_tokens=body.max_tokens or 16,  # OpenAI's default for completions
+        max_tokens=body.max_tokens,
         logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
+        echo=body.echo,
         **_sampling(body),
     )
 
 
 def embedding_inputs(body: EmbeddingRequest) -> list[str]:
-    _log_unknown(body)
+    compat.check_generate(body.model_extra or {})
     if body.dimensions is not None:
         raise unsupported("dimensions", "is not supported: the model's size is fixed")
     items = [body.input] if isinstance(body.input, str) else list(body.input)
@@ -160,7 +165,7 @@ def usage(finals: list[p.Final], prompt_counted: list[bool] | None = None) -> di
 
 
 def chat_logprobs(items: list[p.TokenLogprob]) -> dict[str, Any]:
-    def entry(token: str, logprob: float) -> dict[str, Any]:
+    def entry(token: str, logprob: float | None) -> dict[str, Any]:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
     return {
@@ -182,7 +187,10 @@ def text_logprobs(items: list[p.TokenLogprob], offset: int = 0) -> dict[str, Any
     return {
         "tokens": [i.token for i in items],
         "token_logprobs": [i.logprob for i in items],
-        "top_logprobs": [{t.token: t.logprob for t in i.top} for i in items],
+        # An echoed prompt's first token has neither: OpenAI gives null for both.
+        "top_logprobs": [
+            None if i.logprob is None else {t.token: t.logprob for t in i.top} for i in items
+        ],
         "text_offset": offsets,
     }
 
@@ -233,20 +241,38 @@ class Shape:
 class ChatShape(Shape):
     object_whole, object_chunk, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
+    def __init__(
+        self, model: str, request_id: str, logprobs: bool, *, legacy_functions: bool = False
+    ) -> None:
+        super().__init__(model, request_id, logprobs)
+        # Asked with the legacy "functions": answer with the legacy "function_call".
+        self.legacy = legacy_functions
+
+    def _calls(self, final: p.Final, stream: bool) -> tuple[dict[str, Any], str]:
+        """The message fields for a final's tool calls, and its finish reason."""
+        if self.legacy:
+            call = final.tool_calls[0]
+            function = {"name": call.name, "arguments": call.arguments}
+            return {"function_call": function}, "function_call"
+        calls = tool_calls(final.tool_calls)
+        if stream:
+            calls = [{"index": i, **call} for i, call in enumerate(calls)]
+        return {"tool_calls": calls}, final.finish_reason
+
     def chunk(
         self, index: int, first: bool, text: str, lp: list[p.TokenLogprob], final: p.Final | None
     ) -> dict[str, Any]:
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text:
             delta["content"] = text
+        finish = final.finish_reason if final is not None else None
         if final is not None and final.tool_calls:
-            delta["tool_calls"] = [
-                {"index": i, **call} for i, call in enumerate(tool_calls(final.tool_calls))
-            ]
+            fields, finish = self._calls(final, stream=True)
+            delta.update(fields)
         choice: dict[str, Any] = {
             "index": index,
             "delta": delta,
-            "finish_reason": final.finish_reason if final is not None else None,
+            "finish_reason": finish,
             "logprobs": chat_logprobs(lp) if self.logprobs and lp else None,
         }
         return self.envelope(self.object_chunk, [choice])
@@ -257,17 +283,15 @@ class ChatShape(Shape):
         choices = []
         for index, (text, lp, final) in enumerate(parts):
             message: dict[str, Any] = {"role": "assistant", "content": text}
+            finish = final.finish_reason
             if final.tool_calls:
-                message = {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": tool_calls(final.tool_calls),
-                }
+                fields, finish = self._calls(final, stream=False)
+                message = {"role": "assistant", "content": None, **fields}
             choices.append(
                 {
                     "index": index,
                     "message": message,
-                    "finish_reason": final.finish_reason,
+                    "finish_reason": finish,
                     "logprobs": chat_logprobs(lp) if self.logprobs else None,
                 }
             )
@@ -320,29 +344,4 @@ def embedding_response(model: str, final: p.Final, encoding: str) -> dict[str, A
             "prompt_tokens": final.usage.prompt_tokens,
             "total_tokens": final.usage.total_tokens,
         },
-    }
-
-
-def model_entry(info: p.ModelInfo) -> dict[str, Any]:
-    """One model as both the OpenAI model object and Xinference's description."""
-    return {
-        "id": info.model_uid,
-        "object": "model",
-        "created": info.created,
-        "owned_by": "xb",
-        "model_uid": info.model_uid,
-        "model_name": info.model_name,
-        "model_type": info.model_type,
-        "model_format": info.model_format,
-        "model_path": info.model_path,
-        "n_ctx": info.n_ctx,
-        "n_parallel": info.n_parallel,
-        "abilities": info.abilities,
-        "replica": info.replica,
-        "replicas": msgspec.to_builtins(info.replicas),
-        "queued": info.queued,
-        "served": info.served,
-        "tokens": info.tokens,
-        "model_size_in_billions": info.model_size_in_billions,
-        "quantization": info.quantization,
     }

@@ -64,7 +64,9 @@ class APIError(Exception):
                 "type": self.type,
                 "param": self.param,
                 "code": self.code,
-            }
+            },
+            # Xinference's client reads the message here (FastAPI's HTTPException shape).
+            "detail": self.message,
         }
 
     def response(self) -> JSONResponse:
@@ -123,7 +125,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"xb has no endpoint {request.url.path}; its endpoints are in its README"
+        return APIError(exc.status_code, message, type=kind).response()
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:

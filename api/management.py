@@ -1,4 +1,8 @@
-"""Management routes, shaped like Xinference's REST API: models, cluster, registrations."""
+"""Management routes, shaped like Xinference's REST API: health, cluster and models.
+
+Registrations are in ``api.registrations``; routes only Xinference's clients call are in
+``api.xinference``. Both reach the broker and the registry through the helpers here.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +10,47 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from xb import __version__
 from xb import protocol as p
-from xb.api import convert
 from xb.api.bridge import BrokerBridge
+from xb.api.describe import model_entry
 from xb.api.errors import APIError
-from xb.api.launching import launch_message, progress
+from xb.api.launching import ENGINES, launch_message, progress
 from xb.api.metrics import Metrics
-from xb.api.schemas import LaunchRequest, RegisterRequest, ScaleRequest
+from xb.api.schemas import AddReplicasRequest, LaunchRequest, ScaleRequest
 from xb.api.streaming import fail
-from xb.registry import ModelFamily, Registry, RegistryError, parse_family
+from xb.registry import ModelFamily, Registry
 
 router = APIRouter()
 
 
-def _bridge(request: Request) -> BrokerBridge:
+def bridge_of(request: Request) -> BrokerBridge:
     bridge: BrokerBridge = request.app.state.bridge
     return bridge
 
 
-def _registry(request: Request) -> Registry:
+def registry_of(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-async def _call(
+async def families(request: Request) -> dict[str, ModelFamily]:
+    """Every family, built-in and registered (read from disk, so off the event loop)."""
+    return await run_in_threadpool(registry_of(request).all)
+
+
+async def call(
     request: Request,
     make: Callable[[str], p.Message],
     expect: type[p.Message],
     timeout: float | None = 30.0,
 ) -> Any:
     """Send a management message; its reply of type ``expect``, or the error as HTTP."""
-    reply = await _bridge(request).call(make, timeout)
+    reply = await bridge_of(request).call(make, timeout)
     if isinstance(reply, p.Error) and reply.code == p.ErrorCode.MODEL_FAILED:
         raise APIError(400, reply.message, code=reply.code.value)  # a load failed: the file
     if not isinstance(reply, expect):
@@ -48,9 +58,13 @@ async def _call(
     return reply
 
 
-async def _describe(request: Request, uid: str) -> p.ModelInfo:
-    info: p.ModelInfo = await _call(request, lambda rid: p.DescribeModel(rid, uid), p.ModelInfo)
+async def describe(request: Request, uid: str) -> p.ModelInfo:
+    info: p.ModelInfo = await call(request, lambda rid: p.DescribeModel(rid, uid), p.ModelInfo)
     return info
+
+
+async def entry(request: Request, info: p.ModelInfo) -> dict[str, Any]:
+    return model_entry(info, (await families(request)).get(info.model_name))
 
 
 # ---- health, cluster, metrics ---------------------------------------------------------
@@ -58,21 +72,21 @@ async def _describe(request: Request, uid: str) -> p.ModelInfo:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    if not _bridge(request).up:
+    if not bridge_of(request).up:
         raise APIError(503, "the broker is not answering", type="server_error")
     return JSONResponse({"status": "ok", "version": __version__})
 
 
 @router.get("/v1/cluster/info")
 async def cluster_info(request: Request) -> Response:
-    reply: p.Cluster = await _call(request, lambda rid: p.ClusterInfo(rid), p.Cluster)
+    reply: p.Cluster = await call(request, lambda rid: p.ClusterInfo(rid), p.Cluster)
     return Response(msgspec.json.encode(reply.workers), media_type="application/json")
 
 
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
-    models: p.ModelList = await _call(request, lambda rid: p.ListModels(rid), p.ModelList)
-    cluster: p.Cluster = await _call(request, lambda rid: p.ClusterInfo(rid), p.Cluster)
+    models: p.ModelList = await call(request, lambda rid: p.ListModels(rid), p.ModelList)
+    cluster: p.Cluster = await call(request, lambda rid: p.ClusterInfo(rid), p.Cluster)
     metrics: Metrics = request.app.state.metrics
     body = metrics.render(models.models, cluster.workers)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -83,16 +97,21 @@ async def prometheus(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    reply: p.ModelList = await _call(request, lambda rid: p.ListModels(rid), p.ModelList)
-    return JSONResponse({"object": "list", "data": [convert.model_entry(m) for m in reply.models]})
+    reply: p.ModelList = await call(request, lambda rid: p.ListModels(rid), p.ModelList)
+    known = await families(request)
+    data = [model_entry(m, known.get(m.model_name)) for m in reply.models]
+    return JSONResponse({"object": "list", "data": data})
 
 
 @router.post("/v1/models")
-async def launch_model(request: Request, body: LaunchRequest) -> JSONResponse:
-    registry = _registry(request)
-    launch = launch_message(body, registry, "")  # refuse bad input before the broker sees it
+async def launch_model(
+    request: Request, body: LaunchRequest, wait_ready: bool | None = Query(None)
+) -> JSONResponse:
+    if wait_ready is not None:  # Xinference's client sends it as a query parameter
+        body = body.model_copy(update={"wait_ready": wait_ready})
+    launch = launch_message(body, registry_of(request), "")  # refuse bad input here
     # Downloading and loading take as long as they take; a dead broker still ends the wait.
-    reply: p.ModelInfo = await _call(
+    reply: p.ModelInfo = await call(
         request,
         lambda rid: msgspec.structs.replace(launch, request_id=rid),
         p.ModelInfo,
@@ -103,102 +122,84 @@ async def launch_model(request: Request, body: LaunchRequest) -> JSONResponse:
 
 @router.get("/v1/models/{model_uid}")
 async def describe_model(request: Request, model_uid: str) -> JSONResponse:
-    return JSONResponse(convert.model_entry(await _describe(request, model_uid)))
+    return JSONResponse(await entry(request, await describe(request, model_uid)))
 
 
 @router.get("/v1/models/{model_uid}/progress")
 async def launch_progress(request: Request, model_uid: str) -> JSONResponse:
-    return JSONResponse(progress(await _describe(request, model_uid)))
+    return JSONResponse(progress(await describe(request, model_uid)))
 
 
 @router.delete("/v1/models/{model_uid}")
 async def terminate_model(request: Request, model_uid: str) -> JSONResponse:
-    await _call(request, lambda rid: p.TerminateModel(rid, model_uid), p.Ack)
+    await call(request, lambda rid: p.TerminateModel(rid, model_uid), p.Ack)
     return JSONResponse({"model_uid": model_uid, "terminated": True})
 
 
 @router.post("/v1/models/{model_uid}/cancel")
 async def cancel_launch(request: Request, model_uid: str) -> JSONResponse:
-    if progress(await _describe(request, model_uid))["stage"] == "ready":
+    if progress(await describe(request, model_uid))["stage"] == "ready":
         raise APIError(400, f"model {model_uid!r} is already ready; DELETE it to stop it")
-    await _call(request, lambda rid: p.TerminateModel(rid, model_uid), p.Ack)
+    await call(request, lambda rid: p.TerminateModel(rid, model_uid), p.Ack)
     return JSONResponse({"model_uid": model_uid, "cancelled": True})
 
 
-@router.post("/v1/models/{model_uid}/replicas")
-async def scale_model(request: Request, model_uid: str, body: ScaleRequest) -> JSONResponse:
-    reply: p.ModelInfo = await _call(
-        request, lambda rid: p.ScaleModel(rid, model_uid, body.replica), p.ModelInfo, None
+# ---- replicas: PUT sets the count (xb's scale), POST adds some (Xinference's) ---------
+
+
+async def _scale(request: Request, model_uid: str, replica: int) -> JSONResponse:
+    reply: p.ModelInfo = await call(
+        request, lambda rid: p.ScaleModel(rid, model_uid, replica), p.ModelInfo, None
     )
-    return JSONResponse(convert.model_entry(reply))
+    return JSONResponse(await entry(request, reply))
 
 
-# ---- registrations --------------------------------------------------------------------
+@router.put("/v1/models/{model_uid}/replicas")
+async def scale_model(request: Request, model_uid: str, body: ScaleRequest) -> JSONResponse:
+    return await _scale(request, model_uid, body.replica)
 
 
-def _summary(family: ModelFamily, builtin: bool) -> dict[str, Any]:
-    specs = family.model_specs
-    return {
-        "model_name": family.model_name,
-        "model_type": family.model_type,
-        "model_lang": family.model_lang,
-        "model_ability": family.model_ability,
-        "model_formats": sorted({s.model_format for s in specs}),
-        "model_sizes_in_billions": sorted({s.model_size_in_billions for s in specs}, key=_size),
-        "quantizations": sorted({q for s in specs for q in s.quantizations}),
-        "context_length": family.context_length,
-        "is_builtin": builtin,
-    }
+@router.post("/v1/models/{model_uid}/replicas")
+async def add_replicas(
+    request: Request, model_uid: str, body: AddReplicasRequest | None = None
+) -> JSONResponse:
+    body = body or AddReplicasRequest()
+    info = await describe(request, model_uid)
+    # New replicas are copies of the running ones: per-replica settings cannot differ.
+    for name, value in (("replica_config", body.replica_config), ("n_gpu", body.n_gpu)):
+        if value not in (None, "auto", [], {}):
+            raise APIError(
+                400,
+                f"'{name}' cannot be set for added replicas: they copy the running ones",
+                param=name,
+                code="unsupported_parameter",
+            )
+    if body.model_engine is not None and body.model_engine.lower() not in ENGINES.get(
+        info.model_format, set()
+    ):
+        raise APIError(
+            400,
+            f"model_engine {body.model_engine!r} cannot run {model_uid!r}; its replicas run "
+            f"{info.model_format} files",
+            param="model_engine",
+        )
+    return await _scale(request, model_uid, len(info.replicas) + body.replica)
 
 
-def _size(size: str) -> float:
-    return float(size.replace("_", "."))
+@router.get("/v1/models/{model_uid}/replicas")
+async def list_replicas(request: Request, model_uid: str) -> JSONResponse:
+    info = await describe(request, model_uid)
+    return JSONResponse(msgspec.to_builtins(info.replicas))
 
 
-def _families(request: Request, model_type: str) -> dict[str, tuple[ModelFamily, bool]]:
-    if model_type not in ("LLM", "embedding"):
-        raise APIError(404, f"model type {model_type!r} has no registrations; use LLM or embedding")
-    registry = _registry(request)
-    found = {n: (f, True) for n, f in registry.builtin.items()}
-    found.update({n: (f, False) for n, f in registry.custom().items()})
-    return {n: (f, b) for n, (f, b) in found.items() if f.model_type == model_type}
-
-
-@router.get("/v1/model_registrations/{model_type}")
-async def list_registrations(request: Request, model_type: str) -> JSONResponse:
-    families = _families(request, model_type)
-    return JSONResponse([_summary(f, b) for _, (f, b) in sorted(families.items())])
-
-
-@router.get("/v1/model_registrations/{model_type}/{model_name}")
-async def get_registration(request: Request, model_type: str, model_name: str) -> JSONResponse:
-    found = _families(request, model_type).get(model_name)
-    if found is None:
-        raise APIError(404, f"no {model_type} family named {model_name!r}", code="model_not_found")
-    family, builtin = found
-    return JSONResponse({**msgspec.to_builtins(family), "is_builtin": builtin})
-
-
-@router.post("/v1/model_registrations/{model_type}")
-async def register(request: Request, model_type: str, body: RegisterRequest) -> JSONResponse:
-    _families(request, model_type)
-    raw = body.model if isinstance(body.model, str) else msgspec.json.encode(body.model)
-    try:
-        family = parse_family(raw)
-        if family.model_type != model_type:
-            raise RegistryError(f"model_type is {family.model_type!r}, not {model_type!r}")
-        _registry(request).register(family, overwrite=body.overwrite)
-    except RegistryError as exc:
-        raise APIError(400, f"invalid model family: {exc}", param="model") from exc
-    return JSONResponse({"model_name": family.model_name, "registered": True})
-
-
-@router.delete("/v1/model_registrations/{model_type}/{model_name}")
-async def unregister(request: Request, model_type: str, model_name: str) -> JSONResponse:
-    _families(request, model_type)
-    try:
-        _registry(request).unregister(model_name)
-    except RegistryError as exc:
-        status = 404 if "no registered family" in str(exc) else 400
-        raise APIError(status, str(exc)) from exc
-    return JSONResponse({"model_name": model_name, "unregistered": True})
+@router.delete("/v1/models/{model_uid}/replicas/{replica_id}")
+async def terminate_replica(request: Request, model_uid: str, replica_id: str) -> JSONResponse:
+    await describe(request, model_uid)  # an unknown model is a 404 first
+    raise APIError(
+        400,
+        f"xb does not stop a chosen replica ({replica_id!r}); scale the model down with "
+        f'PUT /v1/models/{model_uid}/replicas {{"replica": N}} and the least busy '
+        "replicas stop",
+        param="replica_id",
+        code="unsupported_parameter",
+    )

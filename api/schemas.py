@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,9 +13,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
+class ContentPart(_Body):
+    """One part of a message's content. Only text parts are read: the others are refused
+    by name (``api.compat``), since every model xb serves takes text only."""
+
+    type: str
+    text: str | None = None
 
 
 class FunctionCall(BaseModel):
@@ -29,25 +33,35 @@ class ToolCallIn(BaseModel):
 
 
 class ChatMessageIn(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCall | None = None  # the legacy form of one tool call
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        if self.content is None and self.tool_calls:
-            # The model's own earlier call, written back the way it would have produced it.
-            import json
+            content = "".join(part.text or "" for part in self.content)
+        else:
+            content = self.content or ""
+        calls = list(self.tool_calls or [])
+        if self.function_call is not None:
+            calls.append(ToolCallIn(function=self.function_call))
+        if not calls:
+            return content
+        # The model's own earlier call, written back the way it would have produced it;
+        # an empty content ("" as some clients send) must not hide it.
+        written = [{"name": c.function.name, "arguments": _arguments(c)} for c in calls]
+        call_text = json.dumps(written[0] if len(written) == 1 else written)
+        return f"{content}\n{call_text}" if content else call_text
 
-            calls = [
-                {"name": c.function.name, "arguments": json.loads(c.function.arguments or "{}")}
-                for c in self.tool_calls
-            ]
-            return json.dumps(calls[0] if len(calls) == 1 else calls)
-        return self.content or ""
+
+def _arguments(call: ToolCallIn) -> Any:
+    try:
+        return json.loads(call.function.arguments or "{}")
+    except ValueError:
+        return call.function.arguments  # not JSON: shown to the model as the client sent it
 
 
 class FunctionDef(BaseModel):
@@ -118,10 +132,15 @@ class ChatCompletionRequest(SamplingParams):
     tools: list[ToolDef] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # The legacy form of tools and tool_choice, mapped onto them (``api.compat``).
+    functions: list[FunctionDef] | None = Field(None, max_length=128)
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
 
 
 class CompletionRequest(SamplingParams):
     prompt: str | list[str] | list[int] | list[list[int]]
+    # 0 is allowed here: with echo and logprobs it scores a prompt without generating.
+    max_tokens: int | None = Field(None, ge=0)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     best_of: int | None = Field(None, ge=1)
@@ -160,7 +179,18 @@ class LaunchRequest(_Body):
 
 
 class ScaleRequest(BaseModel):
+    """``PUT .../replicas``: the number of replicas the model should have."""
+
     replica: int = Field(ge=1, le=64)
+
+
+class AddReplicasRequest(BaseModel):
+    """``POST .../replicas``, Xinference's scale-up: replicas to add, one by default."""
+
+    replica: int = Field(default=1, ge=1, le=64)
+    replica_config: dict[str, Any] | list[dict[str, Any]] | None = None
+    model_engine: str | None = None
+    n_gpu: int | str | None = None
 
 
 class RegisterRequest(BaseModel):
@@ -169,3 +199,4 @@ class RegisterRequest(BaseModel):
     model: str | dict[str, Any]
     persist: bool = True
     overwrite: bool = False
+    worker_ip: str | None = None  # registrations are the broker's, for every worker

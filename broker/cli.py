@@ -36,9 +36,14 @@ def run(
         min=0,
         help="Requests that may wait per model when every replica is busy; then 429.",
     ),
+    cors_origin: list[str] = typer.Option(
+        [],
+        "--cors-origin",
+        help="Let web pages from this origin call the API (repeatable; *: any).",
+    ),
 ) -> None:
     """Serve the broker on HOST:PORT and the API on API_HOST:API_PORT."""
-    serve(host, port, api_host, api_port, local, launch, heartbeat_interval, max_queue)
+    serve(host, port, api_host, api_port, local, launch, heartbeat_interval, max_queue, cors_origin)
 
 
 def serve(
@@ -50,6 +55,7 @@ def serve(
     launch: list[str],
     heartbeat_interval: float,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    cors_origins: list[str] | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     broker = Broker(
@@ -79,7 +85,12 @@ def serve(
     )
     try:
         uvicorn.run(
-            create_app(address, heartbeat_interval=heartbeat_interval, launch_on_start=launch),
+            create_app(
+                address,
+                heartbeat_interval=heartbeat_interval,
+                launch_on_start=launch,
+                cors_origins=cors_origins,
+            ),
             host=api_host,
             port=api_port,
             log_level="warning",

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from xb.broker.table import WorkerEntry
-
-_GIB = 1024**3
+from xb.units import size_text
 
 
 class PlacementError(Exception):
@@ -43,8 +42,8 @@ def place(
         if not fits:
             largest = max(free.values())
             raise PlacementError(
-                f"the model needs {need / _GIB:.2f} GiB and the largest free worker has "
-                f"{max(largest, 0) / _GIB:.2f} GiB; terminate a model or add a worker"
+                f"the model needs {size_text(need)} and the largest free worker has "
+                f"{size_text(max(largest, 0))}; terminate a model or add a worker"
             )
         best = min(fits, key=lambda w: (placed.get(w.identity, 0), -free[w.identity]))
         chosen.append(best)

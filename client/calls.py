@@ -64,7 +64,7 @@ def cancel(uid: str) -> Call:
 
 
 def scale(uid: str, replica: int) -> Call:
-    return Call("POST", f"/v1/models/{uid}/replicas", {"replica": replica})
+    return Call("PUT", f"/v1/models/{uid}/replicas", {"replica": replica})
 
 
 def cluster() -> Call:

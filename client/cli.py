@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -10,12 +11,13 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 
 from xb.client import calls
 from xb.client.calls import ClientError
 from xb.client.client import Client
-from xb.settings import DEFAULT_ENDPOINT
+from xb.client.tables import table
+from xb.settings import DEFAULT_ENDPOINT, DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
+from xb.units import size_text
 
 app = typer.Typer(
     add_completion=False,
@@ -55,21 +57,24 @@ def _print_json(value: Any) -> None:
 @app.command()
 def launch(
     model_name: str = typer.Argument(
-        ..., help="A family of the registry (xb list --all), 'xb-demo', or any name with -p."
+        ...,
+        help="A family of the registry (xb list --all), 'xb-demo', or any name with --model-path.",
     ),
     size: str | None = typer.Option(
         None, "--size", "-s", help="Size in billions of parameters, e.g. 0_5 or 7."
     ),
     model_format: str | None = typer.Option(
-        None, "--format", "-f", help="gguf (llama.cpp) or ggml (chatglm.cpp)."
+        None, "--format", help="gguf (llama.cpp) or ggml (chatglm.cpp)."
     ),
     quantization: str | None = typer.Option(
         None, "--quantization", "-q", help="e.g. q4_k_m; the family's first by default."
     ),
     model_path: str | None = typer.Option(
-        None, "--model-path", "-p", help="A model file on the worker instead of the registry."
+        None, "--model-path", help="A model file on the worker instead of the registry."
     ),
-    uid: str | None = typer.Option(None, "--uid", "-u", help="Model uid (default: the name)."),
+    uid: str | None = typer.Option(
+        None, "--model-uid", "--uid", "-u", help="Model uid (default: the name)."
+    ),
     model_type: str | None = typer.Option(
         None, "--model-type", "-t", help="LLM or embedding (default: the family's)."
     ),
@@ -175,25 +180,25 @@ def list_models(
     if as_json:
         _print_json(models)
         return
-    table = Table("UID", "Name", "Format", "Abilities", "Replicas", "Where")
-    for m in models:
-        ready = sum(r["state"] == "ready" for r in m["replicas"])
-        where = ", ".join(sorted({r["worker_id"] for r in m["replicas"]}))
-        table.add_row(
+    # Format and abilities in full are in --json; six columns do not fit 80 characters.
+    rows = [
+        (
             m["id"],
             m["model_name"],
-            m["model_format"],
-            ", ".join(m["abilities"]),
-            f"{ready}/{m['replica']}",
-            where,
+            m["model_type"],
+            f"{sum(r['state'] == 'ready' for r in m['replicas'])}/{m['replica']}",
+            " ".join(sorted({r["worker_id"] for r in m["replicas"]})),
         )
-    console.print(table)
+        for m in models
+    ]
+    headers = ("UID", "Name", "Type", "Ready", "Workers")
+    console.print(table(headers, rows, whole=(0, 1, 2, 3, 4), room=console.width), crop=False)
 
 
 @app.command()
 def terminate(
     model_uid: str | None = typer.Argument(None, help="Model uid."),
-    model_uid_option: str | None = typer.Option(None, "--model-uid", help="Model uid."),
+    model_uid_option: str | None = typer.Option(None, "--model-uid", "-u", help="Model uid."),
     endpoint: str = _endpoint,
 ) -> None:
     """Terminate a model and free its memory."""
@@ -204,10 +209,6 @@ def terminate(
     console.print(f"model [bold]{uid}[/bold] terminated")
 
 
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.1f}"
-
-
 @app.command()
 def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     """List workers with their memory, models and load."""
@@ -215,20 +216,21 @@ def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
     if as_json:
         _print_json(infos)
         return
-    table = Table("Worker", "Host", "Free/Total GiB", "Models", "Queue", "In flight", "Heartbeat")
-    for w in infos:
-        mem = w["memory"]
-        models = ", ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-"
-        table.add_row(
+    rows = [
+        (
             w["worker_id"],
             w["host"],
-            f"{_gib(mem['free'])}/{_gib(mem['total'])}",
-            models,
+            f"{size_text(w['memory']['free'])} of {size_text(w['memory']['total'])}",
+            " ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-",
             str(w["queue_depth"]),
             str(w["in_flight"]),
             f"{w['heartbeat_age']:.1f} s ago",
         )
-    console.print(table)
+        for w in infos
+    ]
+    # One-word headers: rich will not fold a header to make room for a name.
+    headers = ("Worker", "Host", "Free", "Models", "Queued", "Running", "Heartbeat")
+    console.print(table(headers, rows, whole=(0,), room=console.width), crop=False)
 
 
 @app.command()
@@ -236,13 +238,15 @@ def chat(
     model_uid: str = typer.Argument(..., help="Model uid to chat with."),
     message: str | None = typer.Option(None, "--message", "-m", help="Send one message and exit."),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
-    max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens per answer at most."),
+    max_tokens: int | None = typer.Option(
+        DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP
+    ),
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
     endpoint: str = _endpoint,
 ) -> None:
     """Chat with a model, streaming its answers; an empty line or Ctrl-D ends the chat."""
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    params: dict[str, Any] = {"max_tokens": max_tokens}
+    params: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     if temperature is not None:
         params["temperature"] = temperature
     with Client(endpoint) as client:
@@ -286,12 +290,16 @@ def _print_stream(pieces: Iterable[str | None]) -> str:
 def generate(
     model_uid: str = typer.Argument(..., help="Model uid."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Tokens at most."),
+    max_tokens: int | None = typer.Option(
+        DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP
+    ),
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
     endpoint: str = _endpoint,
 ) -> None:
     """Continue a prompt (a text completion), streaming the text."""
-    config: dict[str, Any] = {"max_tokens": max_tokens, "stream": True}
+    config: dict[str, Any] = {"stream": True}
+    if max_tokens is not None:
+        config["max_tokens"] = max_tokens
     if temperature is not None:
         config["temperature"] = temperature
     with Client(endpoint) as client:
@@ -302,11 +310,17 @@ def generate(
             raise _fail(exc) from exc
 
 
-def main() -> None:
+@functools.cache
+def build() -> typer.Typer:
+    """The whole ``xb`` command: these commands, the registry's, the cache's, the dashboard."""
     from xb.client import cli_cache, cli_registry
     from xb.tui.cli import tui
 
     cli_registry.install(app)
     cli_cache.install(app)
     app.command()(tui)
-    app()
+    return app
+
+
+def main() -> None:
+    build()()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from xb.client.cli import _as_json, _print_json, console, err
+from xb.client.tables import table
 from xb.settings import xb_home
+from xb.units import size_text
 from xb.worker.download import DownloadError, cache_dir, cached_files, remove_cached
 
 cache = typer.Typer(
@@ -21,10 +22,10 @@ def list_cache(as_json: bool = _as_json) -> None:
     if as_json:
         _print_json(files)
         return
-    table = Table("Repository", "File", "Revision", "MiB", title=str(cache_dir(xb_home())))
-    for f in files:
-        table.add_row(f["repo_id"], f["file"], f["revision"][:12], f"{f['size'] / 1024**2:.1f}")
-    console.print(table)
+    rows = [(f["repo_id"], f["file"], f["revision"][:12], size_text(f["size"])) for f in files]
+    headers = ("Repository", "File", "Revision", "Size")
+    console.print(str(cache_dir(xb_home())))
+    console.print(table(headers, rows, whole=(0, 1, 2, 3), room=console.width), crop=False)
 
 
 @cache.command("remove")
@@ -35,7 +36,7 @@ def remove(repo_id: str = typer.Argument(..., help="The repository, owner/name."
     except DownloadError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    console.print(f"removed {repo_id}, {freed / 1024**2:.1f} MiB freed")
+    console.print(f"removed {repo_id}, {size_text(freed)} freed")
 
 
 def install(app: typer.Typer) -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from xb.client.calls import ClientError
 from xb.client.cli import _as_json, _call, _endpoint, _fail, _print_json, console
 from xb.client.client import Client
+from xb.client.tables import table
 
 
 def show_registrations(
@@ -27,25 +27,24 @@ def show_registrations(
     if as_json:
         _print_json(families)
         return
-    table = Table(
-        "Name", "Type", "Languages", "Abilities", "Format", "Sizes (B)", "Quantizations", "Built in"
-    )
-    for f in families:
-        table.add_row(
+    # Languages and abilities are in --json: eight columns do not fit 80 characters.
+    rows = [
+        (
             f["model_name"],
             f["model_type"],
-            ", ".join(f["model_lang"]),
-            ", ".join(f["model_ability"]),
             ", ".join(f["model_formats"]),
             ", ".join(s.replace("_", ".") for s in f["model_sizes_in_billions"]),
             ", ".join(f["quantizations"]),
             "yes" if f["is_builtin"] else "no",
         )
-    console.print(table)
+        for f in families
+    ]
+    headers = ("Name", "Type", "Format", "Sizes (B)", "Quantizations", "Built in")
+    console.print(table(headers, rows, whole=(0, 1, 2, 5), room=console.width), crop=False)
 
 
 def registrations(
-    model_type: str = typer.Option("LLM", "--type", "-t", help="LLM or embedding."),
+    model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
     endpoint: str = _endpoint,
     as_json: bool = _as_json,
 ) -> None:
@@ -57,7 +56,7 @@ def register(
     file: Path = typer.Option(
         ..., "--file", "-f", exists=True, dir_okay=False, help="The family spec, a JSON file."
     ),
-    model_type: str = typer.Option("LLM", "--type", "-t", help="LLM or embedding."),
+    model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
     endpoint: str = _endpoint,
 ) -> None:
     """Register a model family (kept under the broker's xb home)."""
@@ -72,7 +71,7 @@ def register(
 
 def unregister(
     model_name: str = typer.Argument(..., help="The family's model_name."),
-    model_type: str = typer.Option("LLM", "--type", "-t", help="LLM or embedding."),
+    model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
     endpoint: str = _endpoint,
 ) -> None:
     """Remove a registered family; built-in families stay."""

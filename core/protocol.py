@@ -106,7 +106,7 @@ class TopLogprob(Struct, frozen=True):
 
 class TokenLogprob(Struct, frozen=True):
     token: str
-    logprob: float
+    logprob: float | None  # None: a prompt's first token, which nothing before it predicts
     top: list[TopLogprob] = []
 
 
@@ -136,6 +136,7 @@ class GenerateParams(Struct, frozen=True):
     json_schema: str | None = None
     tools: list[Tool] = []
     tool_choice: str = "auto"
+    echo: bool = False  # a completion's text (and logprobs) start with the prompt's
 
 
 class Usage(Struct, frozen=True):
@@ -152,6 +153,7 @@ class Download(Struct, frozen=True):
     files: list[str]  # one file, or the parts of a split file in order
     revision: str = "main"
     sha256: str | None = None  # of a single file, where the registry knows it
+    package: str | None = None  # an installed Python distribution that ships the file
 
 
 class Progress(Struct, frozen=True):

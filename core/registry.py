@@ -52,13 +52,17 @@ class RegistryError(Exception):
 
 
 class Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One downloadable form of a family: a format, a size and its quantizations."""
+    """One form of a family: a format, a size and its quantizations, and where its file is:
+    on the hub (``model_id`` and the file name templates), on the worker (``model_uri``),
+    or in an installed Python package (``python_package``, checked before the hub)."""
 
     model_format: Format
     model_size_in_billions: str  # "0_5", "7": Xinference writes fractions with "_"
     quantizations: list[str]
-    model_id: str  # the hub repository, "owner/name"
-    model_file_name_template: str  # with "{quantization}" in it
+    model_id: str | None = None  # the hub repository, "owner/name"
+    model_file_name_template: str | None = None  # with "{quantization}" in it
+    model_uri: str | None = None  # a file (or a folder of them) on the worker instead
+    python_package: str | None = None  # a distribution whose files include the model file
     model_revision: str = "main"
     model_file_name_split_template: str | None = None  # with "{quantization}" and "{part}"
     quantization_parts: dict[str, list[str]] = {}
@@ -95,17 +99,21 @@ def _check(family: ModelFamily) -> ModelFamily:
         raise RegistryError("model_ability of an embedding model is ['embed']")
     for i, spec in enumerate(family.model_specs):
         where = f"model_specs[{i}]"
-        templates = [spec.model_file_name_template, spec.model_file_name_split_template or ""]
+        templates = [spec.model_file_name_template or "", spec.model_file_name_split_template or ""]
         if any(".." in Path(t).parts or t.startswith("/") for t in templates):
             raise RegistryError(f"{where}: file names must stay inside the repository")
-        if "{quantization}" not in spec.model_file_name_template:
-            raise RegistryError(f"{where}.model_file_name_template lacks '{{quantization}}'")
         if not re.match(r"^\d+(_\d+)?$", spec.model_size_in_billions):
             raise RegistryError(f"{where}.model_size_in_billions must look like '7' or '0_5'")
         if not spec.quantizations:
             raise RegistryError(f"{where}.quantizations is empty")
-        if "/" not in spec.model_id:
-            raise RegistryError(f"{where}.model_id must be 'owner/name'")
+        if spec.model_uri is not None:
+            if not Path(spec.model_uri).is_absolute():
+                raise RegistryError(f"{where}.model_uri must be an absolute path on the worker")
+            continue
+        if "{quantization}" not in (spec.model_file_name_template or ""):
+            raise RegistryError(f"{where}.model_file_name_template lacks '{{quantization}}'")
+        if "/" not in (spec.model_id or ""):
+            raise RegistryError(f"{where}.model_id must be 'owner/name' (or give model_uri)")
         for quantization in spec.quantization_parts:
             if quantization not in spec.quantizations:
                 raise RegistryError(f"{where}.quantization_parts names unknown {quantization!r}")
@@ -143,9 +151,10 @@ class Registry:
     def __init__(self, home: Path) -> None:
         self._dir = home / "registrations"
         self.builtin = builtin_families()
+        self._transient: dict[str, ModelFamily] = {}  # registered with persist=False
 
     def custom(self) -> dict[str, ModelFamily]:
-        families: dict[str, ModelFamily] = {}
+        families: dict[str, ModelFamily] = dict(self._transient)
         if self._dir.is_dir():
             for path in sorted(self._dir.glob("*.json")):
                 family = parse_family(path.read_bytes())
@@ -164,15 +173,24 @@ class Registry:
             )
         return family
 
-    def register(self, family: ModelFamily, *, overwrite: bool = False) -> None:
+    def register(
+        self, family: ModelFamily, *, overwrite: bool = False, persist: bool = True
+    ) -> None:
+        """Register ``family``; with ``persist`` False it lasts until the broker stops."""
         if family.model_name in self.builtin:
             raise RegistryError(
                 f"{family.model_name!r} is a built-in family and cannot be replaced; "
                 "register it under another model_name"
             )
         path = self._dir / f"{family.model_name}.json"
-        if path.exists() and not overwrite:
+        taken = path.exists() or family.model_name in self._transient
+        if taken and not overwrite:
             raise RegistryError(f"{family.model_name!r} is already registered; unregister it first")
+        self._transient.pop(family.model_name, None)
+        path.unlink(missing_ok=True)
+        if not persist:
+            self._transient[family.model_name] = family
+            return
         self._dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.format(msgspec.json.encode(family)))
@@ -182,6 +200,8 @@ class Registry:
         if name in self.builtin:
             raise RegistryError(f"{name!r} is a built-in family and cannot be unregistered")
         path = self._dir / f"{name}.json"
+        if self._transient.pop(name, None) is not None:
+            return
         if not path.exists():
             raise RegistryError(f"no registered family named {name!r}")
         path.unlink()
@@ -208,8 +228,10 @@ def pick_spec(
     for spec in specs:
         if quantization is None:
             return spec, spec.quantizations[0]
-        if quantization in spec.quantizations:
-            return spec, quantization
+        # Hubs spell quantizations either way (q4_k_m, Q4_K_M); the file uses the spec's.
+        same = [q for q in spec.quantizations if q.lower() == quantization.lower()]
+        if same:
+            return spec, same[0]
     known = sorted({q for s in specs for q in s.quantizations})
     raise RegistryError(
         f"{family.model_name!r} has no quantization {quantization!r}; it has {', '.join(known)}"
@@ -225,7 +247,17 @@ def file_names(spec: Spec, quantization: str) -> list[str]:
             spec.model_file_name_split_template.format(quantization=quantization, part=part)
             for part in parts
         ]
-    return [spec.model_file_name_template.format(quantization=quantization)]
+    return [(spec.model_file_name_template or "").format(quantization=quantization)]
+
+
+def local_path(spec: Spec, quantization: str) -> str | None:
+    """The file on the worker a spec names with ``model_uri``: the file itself, or its
+    file name template inside the folder the uri names."""
+    if spec.model_uri is None:
+        return None
+    if spec.model_file_name_template and not spec.model_uri.endswith((".gguf", ".bin")):
+        return str(Path(spec.model_uri) / file_names(spec, quantization)[0])
+    return spec.model_uri
 
 
 def estimate_from_spec(spec: Spec, quantization: str, n_ctx: int) -> int:

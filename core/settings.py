@@ -20,3 +20,13 @@ DEFAULT_PARALLEL = 4
 def xb_home() -> Path:
     """``$XB_HOME``, else ``~/.xb``: caches, models and state."""
     return Path(os.environ.get("XB_HOME") or Path.home() / ".xb")
+
+
+# One default answer length everywhere: the chat and completions APIs, xb chat, xb generate
+# and the dashboard's arena. None: an answer runs until the model ends it or its context
+# (the n_ctx it was launched with) is full, as OpenAI's chat API and llama.cpp's server do.
+DEFAULT_MAX_TOKENS: int | None = None
+MAX_TOKENS_HELP = (
+    "Tokens per answer at most. Default: no limit; the answer runs until the model ends it "
+    "or its context is full (the same default as the API and the dashboard)."
+)

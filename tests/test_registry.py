@@ -94,6 +94,7 @@ def test_pick_spec_and_file_names() -> None:
         "fam-q8_0-00002-of-00002.gguf",
     ]
     assert pick_spec(fam, "gguf", "7", None)[0].model_id == "org/fam-7B-GGUF"
+    assert pick_spec(fam, "gguf", "7", "Q4_K_M")[1] == "q4_k_m"  # the file's spelling
     with pytest.raises(RegistryError, match="has no quantization 'q2_k'"):
         pick_spec(fam, None, "7", "q2_k")
     with pytest.raises(RegistryError, match="no ggml 3B spec"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import aclosing
 from typing import Any
@@ -36,7 +37,8 @@ class ChatPane(Vertical):
             yield Select[str]([], prompt="pick a model", classes="model")
             yield Button("New…", classes="fresh", tooltip="Launch a fresh model for this pane")
         with Horizontal(classes="settings"):
-            yield Input("256", placeholder="max tokens", classes="max-tokens", type="integer")
+            # Empty: the answer runs until the model ends it (xb's one default everywhere).
+            yield Input("", placeholder="max tokens", classes="max-tokens", type="integer")
             yield Input("0.8", placeholder="temperature", classes="temperature", type="number")
         yield VerticalScroll(classes="log")
         yield Static("", classes="stats")
@@ -89,11 +91,12 @@ class ChatPane(Vertical):
 
     def _config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
-        try:
-            config["max_tokens"] = int(self.query_one(".max-tokens", Input).value)
-            config["temperature"] = float(self.query_one(".temperature", Input).value)
-        except ValueError:
-            pass  # a half-typed number: the model's defaults
+        for name, kind, selector in (
+            ("max_tokens", int, ".max-tokens"),
+            ("temperature", float, ".temperature"),
+        ):
+            with contextlib.suppress(ValueError):  # empty or half-typed: the API's default
+                config[name] = kind(self.query_one(selector, Input).value)
         return config
 
     @work(group="pane-stream", exclusive=False)

@@ -59,6 +59,8 @@ class ChatGLMBackend(Backend):
         tokens = self._prompt(kind, params)
         n_prompt = len(tokens)
         limit = token_budget(n_prompt, self._n_ctx, params.max_tokens)
+        if params.echo:
+            yield Piece(params.prompt or "")  # echo; its logprobs were refused above
         config = self._chatglm._C.GenerationConfig(
             max_length=self._n_ctx,
             max_new_tokens=limit,

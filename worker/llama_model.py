@@ -22,6 +22,8 @@ from xb.worker.structured import (
     call_schema,
     openai_tool,
     prepare_schema,
+    schema_gbnf,
+    strict_numbers,
     with_tool_instructions,
 )
 
@@ -106,6 +108,7 @@ class LlamaModel:
         self.vocab = self.llm._model.vocab
         self.n_vocab = self.llm.n_vocab()
         self.eos = self.llm.token_eos()
+        self.adds_bos = bool(self.llm._model.add_bos_token())
         # The end-of-turn tokens of the file, and those the registry adds for the family.
         self.stop_ids = {self.eos, *spec.stop_token_ids}
         self.stop = list(spec.stop)
@@ -160,7 +163,7 @@ class LlamaModel:
 
     def grammar(self, params: GenerateParams, calls: bool) -> str | None:
         """GBNF text that constrains the answer, or None."""
-        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+        from llama_cpp.llama_grammar import JSON_GBNF
 
         schema: Any = None
         try:
@@ -174,11 +177,11 @@ class LlamaModel:
             raise BackendError(f"cannot read this JSON schema: {exc}") from exc
         try:
             if schema is not None:
-                return str(json_schema_to_gbnf(json.dumps(schema)))
+                return schema_gbnf(schema)
         except Exception as exc:  # the converter raises assorted errors on schemas it rejects
             raise BackendError(f"cannot build a grammar from this schema: {exc}") from exc
         if params.response_format == "json_object":
-            return str(JSON_GBNF)
+            return strict_numbers(JSON_GBNF)
         return None
 
     # ---- contexts ---------------------------------------------------------------------

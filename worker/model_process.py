@@ -24,6 +24,7 @@ from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
 from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.settings import xb_home
+from xb.units import size_text
 from xb.worker.backend import BackendError, Done, Piece
 from xb.worker.download import DownloadError, Report, fetch
 from xb.worker.engine import Engine, Failed, SequentialEngine
@@ -32,7 +33,6 @@ log = logging.getLogger("xb.model")
 
 # Later tokens are coalesced into one frame per this many seconds; the first goes at once.
 COALESCE_SECONDS = float(os.environ.get("XB_COALESCE_MS", "10")) / 1000
-_GIB = 1024**3
 
 
 class LoadError(Exception):
@@ -75,8 +75,8 @@ def load_engine(spec: p.ModelSpec, offer: int, threads: int, report: Report) -> 
     free = offer or int(psutil.virtual_memory().available)
     if need > free:
         raise LoadError(
-            f"model {spec.model_uid!r} needs {need / _GIB:.2f} GiB and this worker has "
-            f"{free / _GIB:.2f} GiB free; terminate a model or use another worker"
+            f"model {spec.model_uid!r} needs {size_text(need)} and this worker has "
+            f"{size_text(free)} free; terminate a model or use another worker"
         )
     if spec.model_format == "ggml":
         from xb.worker.chatglm_backend import ChatGLMBackend

@@ -22,6 +22,7 @@ import zmq
 
 from xb import protocol as p
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.units import size_text
 from xb.worker.cores import default_budget, threads_per_replica, usable_cores
 from xb.worker.memory import memory_snapshot
 
@@ -283,10 +284,9 @@ class Worker:
         free = memory.gpu_free if gpu else memory.free
         if message.need > free:
             # The broker's view was a heartbeat old; this worker checks again.
-            gib = 1024**3
             reason = (
-                f"model {message.spec.model_uid!r} needs {message.need / gib:.2f} GiB and "
-                f"worker {self.worker_id} has {free / gib:.2f} GiB of "
+                f"model {message.spec.model_uid!r} needs {size_text(message.need)} and "
+                f"worker {self.worker_id} has {size_text(free)} of "
                 f"{'GPU memory' if gpu else 'memory'} free"
             )
             self._refuse(message, reason)

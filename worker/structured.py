@@ -9,6 +9,7 @@ ranges, which the converter ignores, become enums when they are small enough.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
@@ -95,6 +96,31 @@ def _range_as_enum(schema: dict[str, Any], where: str) -> dict[str, Any]:
     return {**rest, "enum": list(range(low, high + 1))}
 
 
+# llama.cpp's JSON grammars let a number's exponent run to 16 digits: "1e999999" is JSON
+# text, but no double holds it, so it parses as Infinity and is written back as
+# "Infinity", which is not JSON. Two exponent digits keep every number finite.
+_NUMBER_RULE = (
+    'number ::= "-"? ([0-9] | [1-9] [0-9]{{0,15}}) ("." [0-9]{{1,16}})? '
+    "([eE] [-+]? [0-9]{{1,2}})? {space}"
+)
+
+
+def strict_numbers(gbnf: str) -> str:
+    """``gbnf`` with its JSON number rule replaced by one that only allows finite numbers."""
+    lines = gbnf.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("number ::="):
+            lines[index] = _NUMBER_RULE.format(space=line.split()[-1])  # its whitespace rule
+    return "\n".join(lines)
+
+
+def schema_gbnf(schema: Any) -> str:
+    """The grammar for a prepared JSON schema, with strict numbers."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return strict_numbers(json_schema_to_gbnf(json.dumps(schema)))
+
+
 def openai_tool(tool: Tool) -> dict[str, Any]:
     return {
         "type": "function",
@@ -142,7 +168,7 @@ def call_schema(tools: list[Tool], choice: str) -> dict[str, Any]:
 def parse_call(text: str, tools: list[Tool]) -> tuple[ToolCall, ...]:
     """The tool call ``text`` holds, or nothing when it is not one."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except ValueError:
         return ()
     names = {t.name for t in tools}
@@ -150,3 +176,14 @@ def parse_call(text: str, tools: list[Tool]) -> tuple[ToolCall, ...]:
         return ()
     arguments = value.get("arguments", {})
     return (ToolCall(f"call_{uuid.uuid4().hex[:24]}", value["name"], json.dumps(arguments)),)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # Python's json reads NaN and Infinity
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return number

@@ -87,7 +87,48 @@ HI = [{"role": "user", "content": "hi"}]
             "response_format",
         ),
         ("/v1/completions", {"model": "tiny", "prompt": [1, 2, 3]}, "prompt"),
-        ("/v1/completions", {"model": "tiny", "prompt": "x", "echo": True}, "echo"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": -1}, "max_tokens"),
+        (
+            CHAT,
+            {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages.0.content.0",
+        ),
+        (
+            CHAT,
+            {"model": "tiny", "messages": HI, "functions": [{"name": "f"}], "tools": []},
+            "functions",
+        ),
+        (CHAT, {"model": "tiny", "messages": HI, "function_call": "auto"}, "function_call"),
+        (
+            CHAT,
+            {
+                "model": "tiny",
+                "messages": HI,
+                "functions": [{"name": "f"}],
+                "function_call": {"name": "g"},
+            },
+            "function_call",
+        ),
+        (CHAT, {"model": "tiny", "messages": HI, "mirostat_mode": 2}, "mirostat_mode"),
+        (
+            CHAT,
+            {"model": "tiny", "messages": HI, "chat_template_kwargs": {"enable_thinking": True}},
+            "chat_template_kwargs",
+        ),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "typical_p": 0.5}, "typical_p"),
+        (CHAT, {"model": "tiny", "messages": HI, "stop_token_ids": [2]}, "stop_token_ids"),
+        (CHAT, {"model": "tiny", "messages": HI, "echo": True}, "echo"),
+        (CHAT, {"model": "tiny", "messages": HI, "repetition_penalty": 0}, "repeat_penalty"),
+        ("/v1/models", {"model_name": "x", "n_worker": 2}, "n_worker"),
+        ("/v1/models", {"model_name": "x", "gpu_idx": [0]}, "gpu_idx"),
+        ("/v1/models", {"model_name": "x", "enable_thinking": True}, "enable_thinking"),
+        ("/v1/models", {"model_name": "x", "envs": {"A": "1"}}, "envs"),
+        (
+            "/v1/models",
+            {"model_name": "x", "peft_model_config": {"lora_list": [1]}},
+            "peft_model_config",
+        ),
+        ("/v1/models", {"model_name": "x", "enable_virtual_env": True}, "enable_virtual_env"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "suffix": "y"}, "suffix"),
         ("/v1/completions", {"model": "tiny", "prompt": []}, "prompt"),
         ("/v1/embeddings", {"model": "tiny", "input": [1, 2]}, "input"),
@@ -109,6 +150,23 @@ HI = [{"role": "user", "content": "hi"}]
 )
 def test_invalid_bodies_are_400(url: str, path: str, body: dict[str, Any], param: str) -> None:
     assert_error(httpx.post(url + path, json=body, timeout=10), 400, param)
+
+
+def test_an_image_part_is_refused_by_name(url: str) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    content = [{"type": "text", "text": "what is this?"}, image]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": content}]}
+    error = assert_error(httpx.post(url + CHAT, json=body, timeout=10), 400)
+    assert error["param"] == "messages.0.content.1.type"
+    assert "this model takes text only" in error["message"] and "image_url" in error["message"]
+
+
+def test_errors_carry_a_detail_for_xinference_clients(url: str) -> None:
+    response = httpx.post(url + "/v1/models", json={"model_name": "x", "n_worker": 3})
+    error = assert_error(response, 400, "n_worker")
+    assert response.json()["detail"] == error["message"]
+    missing = httpx.get(url + "/v1/models/ghost")
+    assert missing.json()["detail"] == missing.json()["error"]["message"]
 
 
 def test_malformed_json_is_400(url: str) -> None:

@@ -86,12 +86,12 @@ def test_a_failed_launch_shows_in_progress(
 def test_scale_replicas_up_and_down(make_stack: Callable[..., Stack], tiny_model: Path) -> None:
     stack = make_stack(2)
     stack.launch(model_name="tiny", model_path=str(tiny_model))
-    up = httpx.post(stack.url + "/v1/models/tiny/replicas", json={"replica": 3}, timeout=60)
+    up = httpx.put(stack.url + "/v1/models/tiny/replicas", json={"replica": 3}, timeout=60)
     assert up.status_code == 200, up.text
     places = up.json()["replicas"]
     assert len(places) == 3 and {r["state"] for r in places} == {"ready"}
     assert len({r["worker_id"] for r in places}) == 2
-    down = httpx.post(stack.url + "/v1/models/tiny/replicas", json={"replica": 1}, timeout=60)
+    down = httpx.put(stack.url + "/v1/models/tiny/replicas", json={"replica": 1}, timeout=60)
     assert [r["state"] for r in down.json()["replicas"]] == ["ready"]
     hosted = [r for w in stack.cluster() for r in w["replicas"]]
     assert len(hosted) == 1
@@ -100,7 +100,7 @@ def test_scale_replicas_up_and_down(make_stack: Callable[..., Stack], tiny_model
         model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3
     )
     assert reply.usage is not None and reply.usage.completion_tokens == 3
-    zero = httpx.post(stack.url + "/v1/models/tiny/replicas", json={"replica": 0})
+    zero = httpx.put(stack.url + "/v1/models/tiny/replicas", json={"replica": 0})
     assert zero.status_code == 400
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,16 @@ def test_each_sampling_parameter_changes_the_answer(
     assert changed != base
 
 
+def test_xinference_repetition_penalty_is_repeat_penalty(client: openai.OpenAI) -> None:
+    ours = chat(client, seed=11, max_tokens=40, extra_body={"repeat_penalty": 1.8})
+    theirs = chat(client, seed=11, max_tokens=40, extra_body={"repetition_penalty": 1.8})
+    assert theirs.choices[0].message.content == ours.choices[0].message.content
+    assert (
+        theirs.choices[0].message.content
+        != chat(client, seed=11, max_tokens=40).choices[0].message.content
+    )
+
+
 def test_logit_bias_forces_and_bans_tokens(client: openai.OpenAI) -> None:
     forced = chat(client, logit_bias={str(token_id("\u2581fe")): 100}, max_tokens=6)
     assert forced.choices[0].message.content == " fe" * 6
@@ -178,6 +189,46 @@ def test_completion_logprobs_and_prompt_list(client: openai.OpenAI) -> None:
         assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs)
         assert "".join(choice.logprobs.tokens) == choice.text
     assert reply.usage.completion_tokens == 20
+
+
+def test_echo_scores_the_prompt_with_max_tokens_zero(client: openai.OpenAI) -> None:
+    prompt = "Once upon a time there was"
+    scored = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=2
+    )
+    choice = scored.choices[0]
+    assert choice.text == prompt and scored.usage.completion_tokens == 0
+    logprobs = choice.logprobs
+    assert "".join(logprobs.tokens) == prompt
+    assert logprobs.text_offset[0] == 0
+    # The demo model starts a prompt with BOS, so even the first word has a logprob.
+    assert all(lp is not None and lp <= 0 for lp in logprobs.token_logprobs)
+    assert all(len(top) == 2 for top in logprobs.top_logprobs)
+    again = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=0
+    )
+    assert again.choices[0].logprobs.token_logprobs == pytest.approx(logprobs.token_logprobs)
+
+
+def test_echo_then_generate(client: openai.OpenAI) -> None:
+    plain = client.completions.create(model="tiny", prompt="Hello", max_tokens=6, temperature=0)
+    echoed = client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=6, temperature=0, echo=True
+    )
+    assert echoed.choices[0].text == "Hello" + plain.choices[0].text
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt="Hello", max_tokens=6, temperature=0, echo=True, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == echoed.choices[0].text
+    scored = client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=6, temperature=0, echo=True, logprobs=1
+    )
+    assert scored.choices[0].text == echoed.choices[0].text  # scoring leaves the cache right
+    assert "".join(scored.choices[0].logprobs.tokens) == scored.choices[0].text
+    empty = client.completions.create(model="tiny", prompt="Hello", max_tokens=0)
+    assert empty.choices[0].text == "" and empty.usage.completion_tokens == 0
 
 
 # ---- structured output --------------------------------------------------------------------
@@ -280,6 +331,74 @@ def test_tool_results_in_history(client: openai.OpenAI) -> None:
     ]
     reply = chat(client, messages=history, tools=[WEATHER], tool_choice="none")
     assert reply.choices[0].message.content
+
+
+def test_tool_call_numbers_are_strict_json(client: openai.OpenAI) -> None:
+    """Random weights write numbers like 1e999999; those once came back as Infinity."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "scale",
+            "parameters": {
+                "type": "object",
+                "properties": {"factor": {"type": "number"}},
+                "required": ["factor"],
+            },
+        },
+    }
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    for seed in range(20):
+        reply = chat(client, tools=[tool], tool_choice="required", max_tokens=200, seed=seed)
+        arguments = reply.choices[0].message.tool_calls[0].function.arguments
+        value = json.loads(arguments, parse_constant=strict)["factor"]
+        assert math.isfinite(value), arguments
+
+
+def test_legacy_functions_map_to_tools(client: openai.OpenAI) -> None:
+    legacy = {"functions": [WEATHER["function"]], "function_call": {"name": "get_weather"}}
+    reply = chat(client, max_tokens=200, extra_body=legacy)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "function_call"
+    assert choice.message.tool_calls is None
+    call = choice.message.function_call
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER["function"]["parameters"])
+    chunks = list(chat(client, max_tokens=200, stream=True, extra_body=legacy))
+    deltas = [c.choices[0].delta.function_call for c in chunks if c.choices[0].delta.function_call]
+    assert deltas and deltas[0].name == "get_weather"
+    assert chunks[-1].choices[0].finish_reason == "function_call"
+    plain = chat(client, extra_body={"functions": legacy["functions"], "function_call": "none"})
+    assert plain.choices[0].message.content and plain.choices[0].message.function_call is None
+    # The legacy history: an assistant function_call, then the "function" role's result.
+    history = [
+        *HI,
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "get_weather", "arguments": "{}"},
+        },
+        {"role": "function", "name": "get_weather", "content": "sunny"},
+    ]
+    assert chat(client, messages=history).choices[0].message.content
+
+
+def test_empty_content_keeps_the_tool_call(client: openai.OpenAI) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "days": 1}'},
+    }
+
+    def prompt_tokens(content: str | None, calls: list[Any] | None) -> int:
+        history = [*HI, {"role": "assistant", "content": content, "tool_calls": calls}]
+        return int(chat(client, messages=history, max_tokens=1).usage.prompt_tokens)
+
+    with_call = prompt_tokens(None, [call])
+    assert prompt_tokens("", [call]) == with_call  # "" once dropped the call
+    assert prompt_tokens("", None) < with_call
 
 
 # ---- embeddings ---------------------------------------------------------------------------

@@ -7,24 +7,28 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from tests.stack import Stack, free_port, kill_tree, wait_until
+from xb.settings import MAX_TOKENS_HELP
 
 pytestmark = pytest.mark.e2e
 
 
-def xb(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def xb(
+    stack: Stack, *args: str, stdin: str | None = None, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "xb.client", *args, "--endpoint", stack.url],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**stack.env(), "COLUMNS": "200"},  # tables wider than the default 80 stay on one line
+        env={**stack.env(), "COLUMNS": str(columns)},  # 200: each table row on one line
     )
 
 
@@ -54,6 +58,49 @@ def test_launch_list_chat_workers_terminate(module_stack: Stack, tiny_model: Pat
 
     assert xb(module_stack, "terminate", "--model-uid", "cli").returncode == 0
     assert json.loads(xb(module_stack, "list", "--json").stdout) == []
+
+
+def test_list_all_keeps_every_name_whole_in_80_columns(module_stack: Stack) -> None:
+    names = [
+        f["model_name"] for f in httpx.get(module_stack.url + "/v1/model_registrations/LLM").json()
+    ]
+    listed = xb(module_stack, "list", "--all", columns=80)
+    assert listed.returncode == 0, listed.stderr
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    words = set(listed.stdout.split())
+    assert all(name in words for name in [*names, "nomic-embed-text-v1.5"]), listed.stdout
+    assert "…" not in listed.stdout
+
+
+@pytest.mark.unit
+def test_each_short_flag_means_one_thing_in_every_command() -> None:
+    import typer.main
+
+    from xb.broker.cli import app as broker
+    from xb.client.cli import build
+    from xb.tui.cli import app as dashboard
+    from xb.worker.cli import app as worker
+
+    meanings: dict[str, set[str]] = {}
+    max_tokens_help: set[str] = set()
+
+    def walk(command: Any) -> None:
+        for sub in getattr(command, "commands", {}).values():  # a group's commands
+            walk(sub)
+        for param in command.params:
+            long = next((o for o in param.opts if o.startswith("--")), param.name or "")
+            for short in [o for o in param.opts if len(o) == 2]:
+                meanings.setdefault(short, set()).add(long)
+            if long == "--max-tokens":
+                max_tokens_help.add(f"{param.help} default={param.default}")
+
+    for app in (build(), broker, worker, dashboard):
+        walk(typer.main.get_command(app))
+    assert {s: m for s, m in meanings.items() if len(m) > 1} == {}
+    assert meanings["-p"] == {"--prompt"} and meanings["-n"] == {"--max-tokens"}
+    # xb chat and xb generate share one default, the API's, and say so.
+    (help_text,) = max_tokens_help
+    assert help_text == f"{MAX_TOKENS_HELP} default=None"
 
 
 def test_errors_are_clear_and_exit_nonzero(module_stack: Stack) -> None:
@@ -122,13 +169,16 @@ def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
 
 
 def test_generate_scale_and_a_failed_launch(module_stack: Stack, tiny_model: Path) -> None:
-    assert xb(module_stack, "launch", "tiny", "-p", str(tiny_model), "--uid", "g").returncode == 0
-    generated = xb(module_stack, "generate", "g", "-p", "Once upon", "--max-tokens", "6")
+    assert (
+        xb(module_stack, "launch", "tiny", "--model-path", str(tiny_model), "-u", "g").returncode
+        == 0
+    )
+    generated = xb(module_stack, "generate", "g", "-p", "Once upon", "-n", "6")
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.strip()
     scaled = xb(module_stack, "scale", "g", "2")
     assert scaled.returncode == 0 and "2 replicas" in scaled.stdout
-    failed = xb(module_stack, "launch", "broken", "-p", "/nowhere/x.gguf")
+    failed = xb(module_stack, "launch", "broken", "--model-path", "/nowhere/x.gguf")
     assert failed.returncode == 1
     assert "failed to load" in failed.stderr and "does not exist" in failed.stderr
     assert "broken" not in json.loads(xb(module_stack, "list", "--json").stdout)

