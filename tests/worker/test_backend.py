@@ -14,7 +14,7 @@ from xb.worker.backend import BackendError, Done, Piece, StopText
 from xb.worker.engine import Engine, Failed
 from xb.worker.llama_engine import BatchEngine
 from xb.worker.llama_model import LlamaModel
-from xb.worker.prefix_cache import PrefixCache
+from xb.worker.prefix_cache import Claim, PrefixCache
 
 
 @pytest.mark.unit
@@ -45,19 +45,29 @@ def test_stop_text_joins_split_utf8() -> None:
 
 
 @pytest.mark.unit
-def test_prefix_cache_picks_the_slot_with_the_longest_shared_prefix() -> None:
-    cache = PrefixCache(n_slots=3, budget=10)
-    assert cache.claim([1, 2, 3]) == (0, 0, 0)  # nothing kept yet: the first empty slot
-    assert cache.claim([7, 7]) == (1, 0, 0)
+def test_prefix_cache_keeps_running_sequences_in_the_lowest_slots() -> None:
+    cache = PrefixCache(n_slots=4, budget=12)
+    assert cache.claim([1, 2, 3]) == Claim(0, 0)  # nothing kept yet: the lowest slot
+    assert cache.claim([7, 7]) == Claim(1, 0)
     assert cache.release(0, [1, 2, 3, 4]) == []
-    assert cache.release(1, [1, 2, 9, 9, 9]) == []
+    assert cache.release(1, [7, 7, 9]) == []
+    assert cache.tokens == 7
+    # The lowest idle slot holds the longest prefix: used where it is.
+    assert cache.claim([1, 2, 3, 8]) == Claim(0, 3)
+    # The prefix is in slot 1 while slot 2 is free and lower than nothing kept: no move.
+    assert cache.claim([7, 7, 5]) == Claim(1, 2)
+    assert cache.release(0, [1, 2, 3, 8, 6]) == []
+    assert cache.release(1, [7, 7, 5, 5]) == []
+    # Slot 0 is the lowest idle one; the prefix is in slot 1: its cells are copied into
+    # slot 0, and what slot 0 kept moves to an empty slot (the highest) first.
+    assert cache.claim([7, 7, 5, 1]) == Claim(0, 3, source=1, stash=3)
+    assert cache.kept() == {1: [7, 7, 5, 5], 3: [1, 2, 3, 8, 6]}
     assert cache.tokens == 9
-    assert cache.claim([1, 2, 3, 7]) == (0, 3, 4)  # shares three tokens with slot 0
-    assert cache.claim([5]) == (2, 0, 0)  # no prefix shared: an empty slot before a kept one
-    assert cache.release(2, [5] * 6) == [1]  # over budget: the least recently used goes
-    assert cache.tokens == 6 and cache.idle == 2
-    assert cache.release(0, list(range(11))) == [0]  # bigger than the budget: not kept
-    assert cache.claim([8]) == (1, 0, 0)
+    # Over budget: the least recently used entries go.
+    assert cache.release(0, [4] * 6) == [3]
+    assert cache.tokens == 10 and cache.idle == 4
+    assert cache.claim([9]) == Claim(0, 0, stash=3)  # what slot 0 kept moves aside
+    assert cache.release(0, list(range(13))) == [0]  # bigger than the budget: not kept
 
 
 N_CTX = 512
@@ -280,3 +290,32 @@ def test_every_sampling_feature_is_per_sequence(engine: BatchEngine) -> None:
     assert isinstance(stop_done, Done) and "e" not in "".join(tokens(alone["stop"]))
     pieces = [i for i in alone["logprobs"] if isinstance(i, Piece)]
     assert all(p.logprob is not None and len(p.logprob.top) == 3 for p in pieces)
+
+
+@pytest.mark.integration
+def test_running_sequences_stay_in_the_lowest_slots_and_prefixes_follow(
+    engine: BatchEngine,
+) -> None:
+    """Four answers fill slots 0-3; a follow-up of the one in slot 3 runs in slot 0, with
+    that conversation's cells copied there, and what slot 0 kept stays cached too."""
+    chats = {i: [ChatMessage("user", f"story {i} " + "about the sea " * 10)] for i in range(4)}
+    first = run(
+        engine,
+        {f"c{i}": ("chat", GenerateParams(messages=m, max_tokens=8)) for i, m in chats.items()},
+    )
+    assert sorted(engine._cache.kept()) == [0, 1, 2, 3]  # c3 ran, and is kept, in slot 3
+    answer = "".join(tokens(first["c3"]))
+    follow = [*chats[3], ChatMessage("assistant", answer), ChatMessage("user", "and?")]
+    engine.add("f", "chat", GenerateParams(messages=follow, max_tokens=6))
+    engine.step()
+    (running,) = engine._running
+    assert running.seq_id == 0
+    done = first["c3"][-1]
+    assert isinstance(done, Done) and running.cached >= done.usage.total_tokens - 1
+    while engine.busy:
+        engine.step()
+    # Slot 0's own conversation was moved aside, not lost: it is still found.
+    again = run(engine, {"a": ("chat", GenerateParams(messages=chats[0], max_tokens=2))})["a"]
+    again_done = again[-1]
+    assert isinstance(again_done, Done)
+    assert again_done.usage.cached_tokens == again_done.usage.prompt_tokens - 1

@@ -1,26 +1,31 @@
-"""The thread tuner: measured steps decide, and a busy machine is noticed."""
+"""The thread tuner: steps timed side by side decide, and a busy machine is noticed."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from xb.worker.threads import MAX_PROBE_SECONDS, PROBE_SECONDS, PROBE_STEPS, ThreadTuner
+from xb.worker.threads import MAX_PROBE_SECONDS, PROBE_STEPS, ThreadTuner
 
 pytestmark = pytest.mark.unit
 
 
 class Machine:
-    """A fake clock, and step times that depend on the thread count and a busy flag."""
+    """A fake clock, and step times that depend on the thread count, a busy flag, and a
+    context that grows with every step (attention reads more each time)."""
 
     def __init__(self) -> None:
         self.now = 0.0
         self.busy = False
+        self.steps = 0
         self.applied: list[int] = []
 
     def step_time(self, threads: int) -> float:
+        growth = 1 + self.steps / 2000
         if threads == 1:
-            return 0.002
-        return 0.020 if self.busy else 0.0014  # two threads: faster, until a core is taken
+            return 0.002 * growth
+        return (0.020 if self.busy else 0.0014) * growth
 
     def run(self, tuner: ThreadTuner, steps: int, tokens: int = 4) -> list[int]:
         used = []
@@ -29,12 +34,17 @@ class Machine:
             used.append(tuner.threads)
             took = self.step_time(tuner.threads)
             self.now += took
+            self.steps += 1
             tuner.after(tokens, took)
         return used
 
 
 def make(machine: Machine, ceiling: int = 2) -> ThreadTuner:
     return ThreadTuner(ceiling, machine.applied.append, clock=lambda: machine.now)
+
+
+def switches(used: list[int]) -> int:
+    return sum(a != b for a, b in itertools.pairwise(used))
 
 
 def test_one_thread_is_all_there_is_to_use() -> None:
@@ -44,35 +54,27 @@ def test_one_thread_is_all_there_is_to_use() -> None:
     assert machine.applied == []
 
 
-def test_the_faster_setting_wins_after_measuring_both() -> None:
+def test_the_faster_setting_is_kept_while_the_context_grows() -> None:
     machine = Machine()
     tuner = make(machine)
-    used = machine.run(tuner, 100)
-    assert used[: 2 * PROBE_STEPS].count(1) == PROBE_STEPS  # each measured first
-    assert used[-50:].count(2) >= 50 - PROBE_STEPS  # then two threads, probing one now and then
+    used = machine.run(tuner, 3000)
+    # Two threads nearly always; one only for short probes, about once a second.
+    assert used.count(1) < 0.02 * len(used)
+    seconds = machine.now
+    assert switches(used) <= 2 * (seconds + 1) * 2
 
 
 def test_a_busy_machine_moves_to_one_thread_and_back() -> None:
     machine = Machine()
     tuner = make(machine)
-    machine.run(tuner, 100)
+    machine.run(tuner, 500)
     machine.busy = True
-    used = machine.run(tuner, 200)
-    slow = [t for t in used if t == 2]
-    # A few slow steps notice it, then re-probes now and then: never most of the time.
-    assert len(slow) < 30
-    assert used[-20:].count(1) >= 20 - PROBE_STEPS
+    used = machine.run(tuner, 3000)
+    assert used[:10].count(1) >= 5  # noticed within a few steps
+    assert used[-1000:].count(2) < 10  # and seldom tried again, as probing backs off
     machine.busy = False
-    machine.now += PROBE_SECONDS
-    assert machine.run(tuner, 100)[-50:].count(2) >= 50 - PROBE_STEPS
-
-
-def test_sizes_are_measured_apart() -> None:
-    machine = Machine()
-    tuner = make(machine)
-    machine.run(tuner, 40, tokens=1)
-    tuner.before(300)  # a prompt chunk: nothing known for this size yet, so it is probed
-    assert tuner.threads in (1, 2) and tuner._probing is not None
+    later = machine.run(tuner, 20_000)
+    assert later[-1000:].count(2) > 950  # back to two threads once probed again
 
 
 def test_a_setting_that_keeps_losing_is_probed_less_and_less() -> None:
@@ -80,10 +82,18 @@ def test_a_setting_that_keeps_losing_is_probed_less_and_less() -> None:
     tuner = make(machine)
     machine.run(tuner, 100)
     machine.busy = True
-    machine.run(tuner, 1000)  # two seconds: the backoff grows
+    machine.run(tuner, 2000)
     start = machine.now
-    used = machine.run(tuner, 30_000)  # a minute more of a busy machine
+    used = machine.run(tuner, 30_000)
     minutes = (machine.now - start) / 60
-    slow = used.count(2)
-    # One slow step per probe, a probe every MAX_PROBE_SECONDS at most once backed off.
-    assert slow <= 60 / MAX_PROBE_SECONDS * minutes + 2, slow
+    # One slow step per probe (it ends at once), a probe every MAX_PROBE_SECONDS.
+    assert used.count(2) <= 60 / MAX_PROBE_SECONDS * minutes + 2, used.count(2)
+
+
+def test_sizes_are_tuned_apart() -> None:
+    machine = Machine()
+    tuner = make(machine)
+    machine.run(tuner, 40, tokens=1)
+    assert len(tuner._sizes) == 1
+    machine.run(tuner, PROBE_STEPS, tokens=300)
+    assert len(tuner._sizes) == 2
