@@ -9,10 +9,11 @@ So the engine times its steps, grouped by size (tokens in the batch, to the next
 two). Each size uses one setting, one thread or the replica's whole share, and now and
 then tries the other for ``PROBE_STEPS`` steps. The two are compared on steps taken one
 right after the other, because a step's time also grows with the context: a measurement
-from a while ago is no yardstick. The other setting is tried every ``PROBE_SECONDS``, less
-often (up to ``MAX_PROBE_SECONDS``) while it keeps losing by far, at once when a step takes
-``SUDDEN`` times its recent median (a core was just taken), and a probe step far slower
-than the setting in use ends the probe there. So a busy machine costs a slow step or two.
+from a while ago is no yardstick. The other setting is tried after ``PROBE_SECONDS``, and
+half as often each time it loses (up to ``MAX_PROBE_SECONDS``); at once when a step takes
+``SUDDEN`` times its recent median (a core was just taken, or given back); and a probe step
+far slower than the setting in use ends the probe there. So a busy machine costs a slow
+step or two, and a steady one hardly any probing.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class ThreadTuner:
 
     def _size(self, tokens: int) -> _Size:
         size = self._sizes.get(size_class(tokens))
-        if size is None:  # a new size starts where the last decision went
-            size = self._sizes[size_class(tokens)] = _Size(self.threads)
+        if size is None:  # a new size starts with every thread: larger batches gain most
+            size = self._sizes[size_class(tokens)] = _Size(self.ceiling)
         return size
 
     def before(self, tokens: int) -> None:
@@ -97,10 +98,8 @@ class ThreadTuner:
             size.threads = self._other(size.threads)
             size.recent = deque(size.probe, maxlen=PROBE_STEPS)
             size.interval = PROBE_SECONDS
-        elif tried > _BAD * base:
+        else:  # the choice holds: ask again later, and later
             size.interval = min(size.interval * 2, MAX_PROBE_SECONDS)
-        else:
-            size.interval = PROBE_SECONDS
         size.probe = None
         size.next_probe = self._clock() + size.interval
 
