@@ -12,7 +12,7 @@ import pytest
 from xb.protocol import ChatMessage, GenerateParams, ModelSpec, Tool
 from xb.worker.backend import BackendError, Done, Piece, StopText
 from xb.worker.engine import Engine, Failed
-from xb.worker.llama_engine import BatchEngine
+from xb.worker.llama_engine import PREFILL_CHUNK, BatchEngine
 from xb.worker.llama_model import LlamaModel
 from xb.worker.prefix_cache import Claim, PrefixCache
 
@@ -207,7 +207,8 @@ def test_a_long_prompt_joins_in_chunks_while_others_generate(engine: BatchEngine
     engine.add("running", "completion", greedy("go", 60))
     while not any(s.next_token is not None for s in engine._running):
         engine.step()
-    engine.add("long", "completion", greedy("word " * 100, 3))
+    engine.add("long", "completion", greedy("word " * 110, 3))
+    assert len(engine._waiting[0].prompt) > 2 * PREFILL_CHUNK
     engine.step()  # admits it
     long = next(s for s in engine._running if s.request_id == "long")
     steps = 1
@@ -215,7 +216,8 @@ def test_a_long_prompt_joins_in_chunks_while_others_generate(engine: BatchEngine
         fed = len(long.kv)
         engine.step()
         steps += 1
-        assert len(long.kv) - fed <= 64  # the generating sequence waits for 64 tokens at most
+        # The generating sequence waits for one chunk at most.
+        assert len(long.kv) - fed <= PREFILL_CHUNK
     assert steps >= 3
     while engine.busy:
         engine.step()
