@@ -26,6 +26,7 @@ from xb.api.schemas import (
     LaunchRequest,
 )
 from xb.api.streaming import Generation, fail
+from xb.keys import PeerKeys
 from xb.registry import Registry
 from xb.settings import HEARTBEAT_INTERVAL, xb_home
 
@@ -38,8 +39,11 @@ def create_app(
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     launch_on_start: list[str] | None = None,
     cors_origins: list[str] | None = None,
+    keys: PeerKeys | None = None,
 ) -> FastAPI:
-    bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval)
+    """``keys``: the facade's CURVE keys and the broker's public key; None for a broker
+    that takes plain peers."""
+    bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval, keys=keys)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -70,7 +74,7 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         params = convert.chat_params(body)
         request_id = new_request_id()
-        prefix_keys, conversation = conversation_keys(params.messages or [])
+        prefix_keys, conversation = conversation_keys(body.model, params.messages or [])
         submits = [
             p.Submit(
                 f"{request_id}-{i}",

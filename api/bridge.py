@@ -18,7 +18,9 @@ import zmq
 import zmq.asyncio
 
 from xb import protocol as p
+from xb.keys import PeerKeys
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.transport import configure_peer
 
 log = logging.getLogger("xb.api")
 
@@ -30,16 +32,29 @@ def new_request_id() -> str:
 
 
 class BrokerBridge:
-    def __init__(self, address: str, *, heartbeat_interval: float = HEARTBEAT_INTERVAL) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        keys: PeerKeys | None = None,
+    ) -> None:
         self.address = address
         self.interval = heartbeat_interval
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        configure_peer(self._sock, keys)
         self._waiters: dict[str, asyncio.Queue[Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_seen = time.monotonic()
         self._instance = ""  # the broker's, from its pongs
+
+    def _unavailable(self, request_id: str) -> p.Error:
+        return p.Error(
+            request_id,
+            p.ErrorCode.BROKER_UNAVAILABLE,
+            f"the broker at {self.address} cannot be reached",
+        )
 
     def _fail_all(self, reason: str) -> None:
         for rid, queue in self._waiters.items():
@@ -63,9 +78,12 @@ class BrokerBridge:
         self._sock.close(linger=0)
         self._ctx.term()
 
-    def _send(self, message: p.Message) -> None:
-        # A DEALER send only queues the frames; it does not wait, so cleanup code may call it.
-        self._sock.send_multipart(p.encode(message))
+    def _send(self, message: p.Message) -> bool:
+        """Queue the frames without waiting (cleanup code may call it); False when there is
+        no connection to the broker, or its queue is full."""
+        sent = self._sock.send_multipart(p.encode(message), zmq.NOBLOCK)
+        assert isinstance(sent, asyncio.Future)  # with NOBLOCK it is settled already
+        return not (sent.done() and sent.exception() is not None)
 
     async def _read(self) -> None:
         while True:
@@ -101,7 +119,8 @@ class BrokerBridge:
         queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._waiters[rid] = queue
         try:
-            self._send(make(rid))
+            if not self._send(make(rid)):
+                return self._unavailable(rid)
             try:
                 return await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
@@ -117,7 +136,8 @@ class BrokerBridge:
         """Submit a request; its PARTIAL, FINAL or ERROR frames arrive on the stream."""
         queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._waiters[submit.request_id] = queue
-        self._send(submit)
+        if not self._send(submit):
+            queue.put_nowait(self._unavailable(submit.request_id))
         return RequestStream(self, submit.request_id, queue)
 
     def _release(self, request_id: str, cancel: bool) -> None:
@@ -135,6 +155,7 @@ class RequestStream:
         self._queue = queue
         self.finished = False
         self._closed = False
+        self._partials = 0  # PARTIAL frames received
 
     async def next(self, timeout: float | None = None) -> p.Partial | p.Final | p.Error | None:
         """The next frame, or None when ``timeout`` passes first."""
@@ -143,10 +164,23 @@ class RequestStream:
                 message = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
                 return None
+            lost = (isinstance(message, p.Partial) and message.index != self._partials) or (
+                isinstance(message, p.Final) and message.partials not in (-1, self._partials)
+            )
+            if lost:
+                # Part of the answer went missing between the model and here: say so,
+                # rather than hand on text with a hole in it. Closing cancels the rest.
+                return p.Error(
+                    self.request_id,
+                    p.ErrorCode.WORKER_LOST,
+                    "part of this answer was lost on the way from the worker (its "
+                    "connection broke); retry the request",
+                )
             if isinstance(message, p.Final | p.Error):
                 self.finished = True
                 return message
             if isinstance(message, p.Partial):
+                self._partials += 1
                 return message
 
     def close(self) -> None:

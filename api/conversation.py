@@ -15,10 +15,10 @@ from xb import protocol as p
 PREFIX_KEYS = 8  # the broker looks no further back than this many prefixes
 
 
-def conversation_keys(messages: list[p.ChatMessage]) -> tuple[list[str], str]:
-    """(prefix keys, longest first; this conversation's key)."""
+def conversation_keys(model: str, messages: list[p.ChatMessage]) -> tuple[list[str], str]:
+    """(prefix keys, longest first; this conversation's key), for chats with ``model``."""
     chain: list[str] = []
-    digest = b""
+    digest = hashlib.blake2b(model.encode(), digest_size=16).digest()
     for message in messages:
         h = hashlib.blake2b(digest, digest_size=16)
         h.update(message.role.encode())

@@ -13,6 +13,7 @@ from xb.api import compat
 from xb.api.errors import APIError
 from xb.api.schemas import LaunchRequest
 from xb.demo_model import DEMO_MODEL_NAME
+from xb.modelfile import kv_cells
 from xb.registry import (
     Registry,
     RegistryError,
@@ -93,7 +94,7 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
     _check_engine(body, spec.model_format)
     spec = _with_slots(body, spec)
     if chosen is not None:
-        need = estimate_from_spec(*chosen, spec.n_ctx * spec.n_parallel)
+        need = estimate_from_spec(*chosen, kv_cells(spec.n_ctx, spec.n_parallel))
     return p.LaunchModel(
         request_id=request_id,
         spec=spec,

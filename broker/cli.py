@@ -11,7 +11,8 @@ import uvicorn
 
 from xb.api.app import create_app
 from xb.broker.server import DEFAULT_MAX_QUEUE, Broker, serve_in_thread
-from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
+from xb.keys import peer_keys
+from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 
 app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
 log = logging.getLogger("xb.broker")
@@ -41,9 +42,25 @@ def run(
         "--cors-origin",
         help="Let web pages from this origin call the API (repeatable; *: any).",
     ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Accept plain, unauthenticated workers and facades (no CURVE keys).",
+    ),
 ) -> None:
     """Serve the broker on HOST:PORT and the API on API_HOST:API_PORT."""
-    serve(host, port, api_host, api_port, local, launch, heartbeat_interval, max_queue, cors_origin)
+    serve(
+        host,
+        port,
+        api_host,
+        api_port,
+        local,
+        launch,
+        heartbeat_interval,
+        max_queue,
+        cors_origin,
+        insecure=insecure,
+    )
 
 
 def serve(
@@ -56,11 +73,20 @@ def serve(
     heartbeat_interval: float,
     max_queue: int = DEFAULT_MAX_QUEUE,
     cors_origins: list[str] | None = None,
+    *,
+    insecure: bool = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    home = xb_home()
     broker = Broker(
-        f"tcp://{host}:{port}", heartbeat_interval=heartbeat_interval, max_queue=max_queue
+        f"tcp://{host}:{port}",
+        heartbeat_interval=heartbeat_interval,
+        max_queue=max_queue,
+        home=None if insecure else home,
     )
+    # The facade in this process, and a --local worker, are peers of this home: their key
+    # is allowed, and the broker's key is where they look for it.
+    keys = None if insecure else peer_keys(home)
     thread = serve_in_thread(broker)
     reach = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
     address = f"tcp://{reach}:{port}"
@@ -75,6 +101,7 @@ def serve(
                 address,
                 "--heartbeat-interval",
                 str(heartbeat_interval),
+                *(["--insecure"] if insecure else []),
             ]
         )
     log.warning(
@@ -90,6 +117,7 @@ def serve(
                 heartbeat_interval=heartbeat_interval,
                 launch_on_start=launch,
                 cors_origins=cors_origins,
+                keys=keys,
             ),
             host=api_host,
             port=api_port,

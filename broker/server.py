@@ -11,19 +11,29 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from pathlib import Path
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from xb import protocol as p
 from xb.broker.affinity import Affinity
 from xb.broker.management import ModelManagement
+from xb.broker.peers import authenticate
 from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.table import InFlight, Model, Replica, WorkerEntry
+from xb.keys import broker_keys
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.throttle import Throttle
+from xb.transport import configure_router
 
 log = logging.getLogger("xb.broker")
 
 DEFAULT_MAX_QUEUE = 256
+
+
+MAX_BINDINGS = 4096  # worker ids remembered with their keys
 
 
 class Broker(ModelManagement):
@@ -34,7 +44,10 @@ class Broker(ModelManagement):
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         max_queue: int = DEFAULT_MAX_QUEUE,
         policy: RoutingPolicy | None = None,
+        home: Path | None = None,
     ) -> None:
+        """``home``: where the broker's keys and allow-list are; None serves plain,
+        unauthenticated peers (``--insecure``)."""
         self.interval = heartbeat_interval
         self.max_queue = max_queue
         self.policy = policy or LeastLoaded()
@@ -43,14 +56,25 @@ class Broker(ModelManagement):
         self.in_flight: dict[str, InFlight] = {}
         self.affinity = Affinity()
         self.malformed = 0
+        self.dropped = 0  # frames a peer could not be sent
+        self.refused = 0  # READYs for a worker id that belongs to another key
         self.instance = uuid.uuid4().hex
+        # A worker id belongs to the key that first announced it: no other peer can take
+        # it over, whatever connection it comes from.
+        self.bindings: OrderedDict[str, str] = OrderedDict()
+        self._by_id: dict[str, bytes] = {}  # worker id -> the identity of its connection
+        self._warn = Throttle(log)
         self._stop = threading.Event()
         self._ctx = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
+        keys = None
+        if home is not None:
+            keys = broker_keys(home)
+            self._auth, self.allowlist = authenticate(self._ctx, home)
+        self.secure = keys is not None
         self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        configure_router(self._sock, keys)
         self._sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_BODY_BYTES + 4096)
-        # A worker that reconnects with its old identity takes over from its stale connection.
-        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._sock.bind(bind)
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -69,31 +93,41 @@ class Broker(ModelManagement):
                 now = time.monotonic()
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.interval
-                    self.send_heartbeats()
-                    self.purge_workers(now)
+                    try:
+                        self.send_heartbeats()
+                        self.purge_workers(now)
+                    except Exception:  # the loop must outlive any one bad state
+                        log.exception("error sending heartbeats")
         finally:
             self._sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
             self._ctx.term()
 
     def _drain(self) -> None:
         for _ in range(1000):  # bounded, so heartbeats still go out under load
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.process(frames)
+            # With CURVE the peer's public key travels with every frame it sends.
+            key = str(frames[-1].get("User-Id")) if self.secure else ""
+            self.process([frame.bytes for frame in frames], key)
 
-    def process(self, frames: list[bytes]) -> None:
-        """Handle one multipart message; nothing a peer sends can raise out of here."""
+    def process(self, frames: list[bytes], key: str = "") -> None:
+        """Handle one multipart message from the peer whose public key is ``key``;
+        nothing a peer sends can raise out of here."""
         identity, body = frames[0], frames[1:]
         try:
             message = p.decode(body)
         except p.ProtocolError as exc:
             self.malformed += 1
-            log.warning("dropped malformed frame from %r: %s", identity[:32], exc)
+            self._warn.warning(identity.hex(), "malformed", "dropped malformed frame: %s", exc)
             return
         try:
-            if identity in self.workers or isinstance(message, p.Ready):
+            if isinstance(message, p.Ready):
+                self._register(identity, message, key)
+            elif identity in self.workers:
                 self.process_worker(identity, message, body)
             else:
                 self.process_client(identity, message)
@@ -106,27 +140,63 @@ class Broker(ModelManagement):
                 self._error(identity, request_id, p.ErrorCode.INTERNAL, f"broker error: {exc}")
 
     def _send(self, identity: bytes, message: p.Message) -> None:
-        self._sock.send_multipart([identity, *p.encode(message)])
+        self._deliver(identity, p.encode(message))
+
+    def _deliver(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Send without waiting; False when the peer is gone or too far behind."""
+        try:
+            self._sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.Again:  # its queue is full: it reads too slowly, or not at all
+            self._warn.warning(identity.hex(), "full", "dropped a frame for a peer that lags")
+            self.dropped += 1
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.dropped += 1
+            self._peer_gone(identity)
+            return False
+        return True
+
+    def _peer_gone(self, identity: bytes) -> None:
+        """A peer's connection is closed: a worker's requests fail over, a facade's stop."""
+        if identity in self.workers:
+            self._remove_worker(identity, "its connection closed")
+            return
+        for request_id, flight in list(self.in_flight.items()):
+            if flight.client == identity:
+                del self.in_flight[request_id]
+                self._release_slot(flight)
+                self._deliver(flight.worker, p.encode(p.Cancel(request_id)))
+        for model in self.models.values():
+            for entry in [e for e in model.queue if e[0] == identity]:
+                model.queue.remove(entry)
+            model.waiters = [w for w in model.waiters if w.client != identity]
+
+    def _release_slot(self, flight: InFlight) -> None:
+        model = self.models.get(flight.submit.model_uid)
+        replica = model.replicas.get(flight.replica_id) if model else None
+        if replica is not None:
+            replica.in_flight = max(replica.in_flight - 1, 0)
 
     # ---- workers ----------------------------------------------------------------------
 
     def process_worker(self, identity: bytes, message: p.Message, frames: list[bytes]) -> None:
-        if isinstance(message, p.Ready):
-            self._register(identity, message)
-            return
         worker = self.workers[identity]
         worker.last_seen = time.monotonic()
         if isinstance(message, p.Partial):
             flight = self.in_flight.get(message.request_id)
             if flight is not None and flight.worker == identity:
                 flight.started = True
-                self._sock.send_multipart([flight.client, *frames])
+                self._deliver(flight.client, frames)
         elif isinstance(message, p.Final | p.Error):
             self._finish(worker, message, frames)
         elif isinstance(message, p.Heartbeat):
             if message.memory is not None:
                 worker.memory = message.memory
             worker.queue_depth, worker.in_flight = message.queue_depth, message.in_flight
+            ready = [s for s in message.replicas if s.state == p.ModelState.READY]
+            worker.slots = sum(s.slots for s in ready) or 1
             for status in message.replicas:
                 self._apply_status(worker, status, adopt=False)
         elif isinstance(message, p.ModelEvent):
@@ -138,7 +208,21 @@ class Broker(ModelManagement):
                 "unexpected %s from worker %s dropped", type(message).__name__, worker.worker_id
             )
 
-    def _register(self, identity: bytes, ready: p.Ready) -> None:
+    def _register(self, identity: bytes, ready: p.Ready, key: str) -> None:
+        bound = self.bindings.get(ready.worker_id)
+        if bound is not None and bound != key:
+            self.refused += 1
+            self._warn.warning(
+                ready.worker_id,
+                "stolen",
+                "refused READY for worker %s from a peer with another key",
+                ready.worker_id,
+            )
+            return
+        self._bind(ready.worker_id, key)
+        old = self._by_id.get(ready.worker_id)
+        if old is not None and old != identity:
+            self._move_worker(old, identity)  # the same worker on a new connection
         known = self.workers.get(identity)
         if known is not None and known.pid != ready.pid:
             self._remove_worker(identity, "worker restarted")
@@ -150,6 +234,7 @@ class Broker(ModelManagement):
             for status in ready.replicas:
                 self._apply_status(known, status, adopt=True)
             return
+        self._by_id[ready.worker_id] = identity
         self.workers[identity] = WorkerEntry(
             identity=identity,
             worker_id=ready.worker_id,
@@ -164,6 +249,33 @@ class Broker(ModelManagement):
         )
         for status in ready.replicas:
             self._apply_status(self.workers[identity], status, adopt=True)
+
+    def _bind(self, worker_id: str, key: str) -> None:
+        self.bindings[worker_id] = key
+        self.bindings.move_to_end(worker_id)
+        while len(self.bindings) > MAX_BINDINGS:
+            # Forget the longest unheard-of worker id that is not connected now.
+            stale = next((w for w in self.bindings if w not in self._by_id), None)
+            if stale is None:
+                break
+            del self.bindings[stale]
+
+    def _move_worker(self, old: bytes, new: bytes) -> None:
+        """A known worker came back on a new connection: what it ran is still its own."""
+        worker = self.workers.pop(old, None)
+        if worker is None:
+            return
+        worker.identity = new
+        self.workers[new] = worker
+        self._by_id[worker.worker_id] = new
+        for model in self.models.values():
+            for replica in model.replicas.values():
+                if replica.worker == old:
+                    replica.worker = new
+        for flight in self.in_flight.values():
+            if flight.worker == old:
+                flight.worker = new
+        log.info("worker %s reconnected", worker.worker_id)
 
     def _apply_status(self, worker: WorkerEntry, status: p.ReplicaStatus, *, adopt: bool) -> None:
         model = self.models.get(status.model_uid)
@@ -212,7 +324,7 @@ class Broker(ModelManagement):
         if flight is None or flight.worker != worker.identity:
             return  # a cancelled, terminated or retried-elsewhere request's last frame
         del self.in_flight[message.request_id]
-        self._sock.send_multipart([flight.client, *frames])
+        self._deliver(flight.client, frames)
         model = self.models.get(flight.submit.model_uid)
         if model is None:
             return
@@ -227,7 +339,7 @@ class Broker(ModelManagement):
         self.dispatch(model)
 
     def send_heartbeats(self) -> None:
-        for identity in self.workers:
+        for identity in list(self.workers):  # a send may find one gone, and remove it
             self._send(identity, p.Heartbeat())
 
     def purge_workers(self, now: float) -> None:
@@ -240,7 +352,11 @@ class Broker(ModelManagement):
                 )
 
     def _remove_worker(self, identity: bytes, reason: str) -> None:
-        worker = self.workers.pop(identity)
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return  # already gone: a send to it failed while it was being removed
+        if self._by_id.get(worker.worker_id) == identity:
+            del self._by_id[worker.worker_id]
         log.warning("dropping worker %s: %s", worker.worker_id, reason)
         self._forget_replicas(identity, set(), reason)
 
@@ -308,8 +424,9 @@ class Broker(ModelManagement):
             self._send(client, self._cluster(message.request_id))
         elif isinstance(message, p.Ping):
             self._send(client, p.Pong(message.request_id, self.instance))
-        elif isinstance(message, p.Heartbeat):
-            # A worker the broker does not know (it restarted): ask it to announce itself.
+        elif isinstance(message, p.Heartbeat | p.ModelEvent | p.Partial | p.Final | p.Error):
+            # A worker the broker does not know (either restarted, or it reconnected and
+            # this is its new connection): ask it to announce itself.
             self._send(client, p.Disconnect("unknown worker; send READY"))
         else:
             self.malformed += 1

@@ -68,9 +68,15 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     )
 
 
+def kv_cells(n_ctx: int, sequences: int = 1) -> int:
+    """KV cells llama.cpp allocates for ``sequences`` contexts of ``n_ctx`` tokens: each
+    rounded up to a multiple of 256."""
+    return -(-max(n_ctx, 1) // 256) * 256 * max(sequences, 1)
+
+
 def estimate_memory(info: GGUFInfo, n_ctx: int, sequences: int = 1) -> int:
     """Bytes to hold the weights, an f16 KV cache for ``sequences`` contexts of ``n_ctx``
     tokens each, and overhead."""
     n_embd_kv = info.n_embd * info.n_head_kv // max(info.n_head, 1)
-    kv_cache = 2 * info.n_layer * n_ctx * sequences * n_embd_kv * 2
+    kv_cache = 2 * info.n_layer * kv_cells(n_ctx, sequences) * n_embd_kv * 2
     return info.tensor_bytes + kv_cache + _OVERHEAD

@@ -251,13 +251,20 @@ class Terminate(Struct, frozen=True):
 
 
 class Partial(Struct, frozen=True):
+    """Tokens of a request; ``index`` counts its PARTIAL frames from 0, so a receiver
+    notices one that was lost on the way (a connection that broke mid-stream)."""
+
     request_id: str
     text: str
     tokens: int
     logprobs: list[TokenLogprob] = []
+    index: int = 0
 
 
 class Final(Struct, frozen=True):
+    """The end of a request; ``partials`` is how many PARTIAL frames came before it
+    (-1: not counted)."""
+
     request_id: str
     finish_reason: str
     usage: Usage
@@ -265,6 +272,7 @@ class Final(Struct, frozen=True):
     logprobs: list[TokenLogprob] = []
     tool_calls: list[ToolCall] = []
     embeddings: list[list[float]] = []
+    partials: int = -1
 
 
 class Error(Struct, frozen=True):

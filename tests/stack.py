@@ -16,6 +16,10 @@ from typing import Any
 
 import httpx
 import psutil
+import zmq
+
+from xb.keys import PeerKeys, peer_keys
+from xb.transport import configure_peer
 
 
 def free_port() -> int:
@@ -117,6 +121,13 @@ class Stack:
     def in_flight(self) -> int:
         """Requests the broker has sent to replicas that have not ended."""
         return sum(r["in_flight"] for w in self.cluster() for r in w["replicas"])
+
+    def peer(self, ctx: zmq.Context[zmq.Socket[bytes]], keys: PeerKeys | None = None) -> Any:
+        """A DEALER connected to the broker with this home's allowed peer key (or ``keys``)."""
+        sock = ctx.socket(zmq.DEALER)
+        configure_peer(sock, keys or peer_keys(self.home))
+        sock.connect(self.broker_address)
+        return sock
 
     def cluster(self) -> list[dict[str, Any]]:
         return list(httpx.get(self.url + "/v1/cluster/info", timeout=5).json())

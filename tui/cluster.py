@@ -8,6 +8,7 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
@@ -84,12 +85,15 @@ class ClusterScreen(Screen[None]):
         except ClientError as exc:
             status.update(f"[red]{exc}[/red]")
             return
+        try:
+            worker_table = self.query_one("#workers", DataTable)
+            model_table = self.query_one("#models", DataTable)
+        except NoMatches:
+            return  # the screen was closed while the answer was on its way
         status.update(f"{len(workers)} workers · {len(models)} models · {self.client.base_url}")
         self.models = models
         names = {w["worker_id"]: w["host"] for w in workers}
-        _sync(
-            self.query_one("#workers", DataTable), {w["worker_id"]: _worker_row(w) for w in workers}
-        )
+        _sync(worker_table, {w["worker_id"]: _worker_row(w) for w in workers})
         now = time.monotonic()
         rows = {}
         for uid, model in models.items():
@@ -99,7 +103,7 @@ class ClusterScreen(Screen[None]):
             tps = (model["tokens"] - before[2]) / elapsed if elapsed > 0.5 else 0.0
             self._rates[uid] = (now, model["served"], model["tokens"])
             rows[uid] = _model_row(model, names, rps, tps)
-        _sync(self.query_one("#models", DataTable), rows)
+        _sync(model_table, rows)
 
     def selected_model(self) -> str | None:
         table = self.query_one("#models", DataTable)

@@ -8,7 +8,8 @@ from types import FrameType
 
 import typer
 
-from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
+from xb.keys import KeysError, peer_keys
+from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 from xb.worker.memory import parse_size
 from xb.worker.server import Worker
 
@@ -26,6 +27,15 @@ def run(
     memory_limit: str | None = typer.Option(
         None, "--memory-limit", help="Offer at most this much memory, e.g. 512MB or 8GiB."
     ),
+    broker_key: str | None = typer.Option(
+        None,
+        "--broker-key",
+        help="The broker's public key, or its .key file ('xb keys' on the broker's machine). "
+        "Needed when the broker runs with another XB_HOME, on another machine say.",
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Talk to a broker that runs with --insecure (no CURVE)."
+    ),
     threads: int | None = typer.Option(
         None,
         "--threads",
@@ -40,8 +50,16 @@ def run(
         limit = parse_size(memory_limit) if memory_limit is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--memory-limit") from exc
+    try:
+        keys = None if insecure else peer_keys(xb_home(), broker_key)
+    except KeysError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker-key") from exc
     worker = Worker(
-        broker, heartbeat_interval=heartbeat_interval, memory_limit=limit, threads=threads
+        broker,
+        heartbeat_interval=heartbeat_interval,
+        memory_limit=limit,
+        threads=threads,
+        keys=keys,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

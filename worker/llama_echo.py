@@ -56,6 +56,7 @@ def scored_piece(
     text = echo.texts[position]
     top: list[TopLogprob] = []
     if echo.top:
-        best = np.argsort(-logprobs)[: echo.top]
+        best = np.argpartition(-logprobs, echo.top - 1)[: echo.top]
+        best = best[np.argsort(-logprobs[best])]
         top = [TopLogprob(model.token_text(int(i)), float(logprobs[i])) for i in best]
     return Piece(text, TokenLogprob(text, float(logprobs[token]), top))

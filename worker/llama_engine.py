@@ -40,7 +40,6 @@ log = logging.getLogger("xb.model")
 # second; smaller chunks cost throughput (mixed requests on 4 slots: 1.57x one slot's
 # throughput with 128, 1.47x with 64).
 PREFILL_CHUNK = int(os.environ.get("XB_PREFILL_CHUNK", "128"))
-_MAX_SEQ = 256  # llama.cpp's bound on sequence ids
 
 
 @dataclass(eq=False)
@@ -85,7 +84,8 @@ class BatchEngine(Engine):
         self._llama = llama_cpp
         self._model = model
         self.abilities = model.abilities
-        self.slots = max(1, min(n_parallel, model.n_batch, _MAX_SEQ))
+        most = int(llama_cpp.llama_max_parallel_sequences())
+        self.slots = max(1, min(n_parallel, model.n_batch, most))
         self._n_ctx = n_ctx
         pool = n_ctx * self.slots
         self._ctx = model.new_context(pool, self.slots)
@@ -104,8 +104,6 @@ class BatchEngine(Engine):
         self._early: list[Event] = []  # answers that need no decoding
         self._texts: dict[int, str] = {}  # what the cells of idle slots render as, for chats
         self._tuner = ThreadTuner(model.threads if model.tuned else 1, self._set_threads)
-        self.reused = 0  # prompt tokens taken from the cache, since the start
-        self.computed = 0
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -115,6 +113,10 @@ class BatchEngine(Engine):
                 "this model was not launched for embeddings; launch it with model_type 'embedding'"
             )
         tokens, template_stop, text = self._model.prompt_tokens(kind, params)
+        if not tokens:  # an empty prompt, for a model that adds no BOS: nothing to decode
+            if self._model.bos < 0:
+                raise BackendError("the prompt is empty; give the model some text to go on")
+            tokens = [self._model.bos]  # what llama-cpp-python's completions do
         if text is not None:
             tokens = self._continued(tokens, text)
         limit = token_budget(len(tokens), self._n_ctx, params.max_tokens)
@@ -126,22 +128,24 @@ class BatchEngine(Engine):
             )
         choice = params.tool_choice if params.tools else "none"
         grammar = self._model.grammar(params, calls=choice not in ("none", "auto"))
-        sequence = Sequence(
+        echo = None
+        if params.echo and params.logprobs:
+            texts, start = prompt_texts(self._model, tokens, params.prompt or "")
+            echo = Echo(texts, start, params.top_logprobs)
+        sequence = Sequence(  # the sampler last: nothing may raise once it exists
             request_id,
             tokens,
             limit,
             Sampler(self._model, params, grammar),
             Answer(template_stop + self._model.stop + params.stop, params.tools, choice),
             params.top_logprobs if params.logprobs else None,
+            echo=echo,
             text=text,
         )
         self._requests[request_id] = sequence
-        if params.echo and params.logprobs:
-            texts, start = prompt_texts(self._model, tokens, params.prompt or "")
-            sequence.echo = Echo(texts, start, params.top_logprobs)
-        elif params.echo:
+        if params.echo and echo is None:
             self._early.append((request_id, Piece(params.prompt or "")))
-        if limit <= 0 and sequence.echo is None:
+        if limit <= 0 and echo is None:
             self._early.append((request_id, sequence.answer.done("length", sequence.usage)))
             self._requests.pop(request_id)
             sequence.sampler.close()
@@ -191,9 +195,11 @@ class BatchEngine(Engine):
         except UnicodeDecodeError:  # a character cut in two: match by tokens alone
             return None
 
-    def _clear(self, seq_id: int, start: int = 0) -> None:
-        self._llama.llama_memory_seq_rm(self._memory, seq_id, start, -1)
+    def _clear(self, seq_id: int, start: int = 0) -> bool:
+        """Drop a slot's cells from ``start`` on; False when the model's memory cannot
+        cut there (a recurrent state, say), and then nothing was dropped."""
         self._texts.pop(seq_id, None)
+        return bool(self._llama.llama_memory_seq_rm(self._memory, seq_id, start, -1))
 
     def _place(self, sequence: Sequence) -> None:
         """Give a joining sequence a slot, with the longest cached prefix of its prompt."""
@@ -209,13 +215,17 @@ class BatchEngine(Engine):
         if claim.source is not None:  # the longest prefix is elsewhere: copy it here
             self._clear(slot)
             self._llama.llama_memory_seq_cp(self._memory, claim.source, slot, -1, -1)
-        reuse = min(claim.shared, len(sequence.prompt) - 1)  # one token must be decoded
-        self._clear(slot, reuse)
+        reuse = max(min(claim.shared, len(sequence.prompt) - 1), 0)  # one to decode, at least
+        # Recurrent and hybrid models keep a state that cannot be cut at a position, and a
+        # sliding window may have lost the prefix's first cells: then read it all again.
+        kept_whole = self._llama.llama_memory_seq_pos_min(self._memory, slot) <= 0
+        if reuse and not (self._clear(slot, reuse) and kept_whole):
+            reuse = 0
+        if not reuse:
+            self._clear(slot)
         sequence.seq_id = slot
         sequence.kv = sequence.prompt[:reuse]
         sequence.cached = reuse
-        self.reused += reuse
-        self.computed += len(sequence.prompt) - reuse
 
     def _retire(self, sequence: Sequence) -> None:
         """A finished sequence leaves; its cells stay in its slot if the budget allows."""
@@ -250,21 +260,41 @@ class BatchEngine(Engine):
             return events
         index = 0  # of each row's first token in the batch
         for row in rows:
-            sequence, start = row.sequence, len(row.sequence.kv)
-            sequence.kv += row.tokens
-            sequence.next_token = None
-            if row.score:
-                self._score(row, start, index, events)
+            start = len(row.sequence.kv)
+            try:
+                self._advance(row, start, index, events)
+            except Exception as exc:  # one request's bad luck must not end the others
+                log.exception("request %s failed", row.sequence.request_id)
+                self._abandon(row.sequence, events, f"generation failed: {exc}")
             index += len(row.tokens)
-            if sequence.closing:
-                self._retire(sequence)
-            if not row.sample:
-                continue
-            if sequence.produced >= sequence.limit:  # max_tokens 0: the prompt was scored
-                self._finish(sequence, "length", events)
-            else:
-                self._sample(sequence, index - 1, events)
         return events
+
+    def _advance(self, row: Row, start: int, index: int, events: list[Event]) -> None:
+        """What a decoded row gives: scored prompt tokens, the next token, or the end."""
+        sequence = row.sequence
+        sequence.kv += row.tokens
+        sequence.next_token = None
+        if row.score:
+            self._score(row, start, index, events)
+        if sequence.closing:
+            self._retire(sequence)
+        if not row.sample:
+            return
+        if sequence.produced >= sequence.limit:  # max_tokens 0: the prompt was scored
+            self._finish(sequence, "length", events)
+        else:
+            self._sample(sequence, index + len(row.tokens) - 1, events)
+
+    def _abandon(self, sequence: Sequence, events: list[Event], reason: str) -> None:
+        """End a running sequence with an error, leaving nothing of it behind."""
+        if sequence not in self._running:
+            return
+        if not sequence.closing:
+            events.append((sequence.request_id, Failed(reason, invalid=False)))
+        self._running.remove(sequence)
+        self._requests.pop(sequence.request_id, None)
+        self._drop(sequence)
+        sequence.sampler.close()
 
     def _score(self, row: Row, start: int, index: int, events: list[Event]) -> None:
         """Pieces of the prompt tokens this row's logits score (the position after each)."""
@@ -328,19 +358,14 @@ class BatchEngine(Engine):
     def _fail_all(self, events: list[Event], reason: str) -> None:
         log.error("%s; ending %d requests", reason, len(self._running))
         for sequence in list(self._running):
-            if not sequence.closing:
-                events.append((sequence.request_id, Failed(reason, invalid=False)))
-            self._running.remove(sequence)
-            self._requests.pop(sequence.request_id, None)
-            self._drop(sequence)
-            sequence.sampler.close()
+            self._abandon(sequence, events, reason)
 
     def _sample(self, sequence: Sequence, row: int, events: list[Event]) -> None:
         sampler = sequence.sampler
         wants_logprobs = sequence.top_logprobs is not None
         logprobs = sampler.log_softmax(self._ctx, row) if wants_logprobs else None
         token = sampler.sample(self._ctx, row)
-        if token in self._model.stop_ids:
+        if self._model.ends_turn(token):
             self._finish(sequence, "stop", events)
             return
         sequence.produced += 1
@@ -370,6 +395,8 @@ class BatchEngine(Engine):
         sequence.closing, sequence.next_token = True, last
 
     def close(self) -> None:
+        for sequence in [*self._running, *self._waiting]:
+            sequence.sampler.close()
         self._llama.llama_batch_free(self._batch)
         self._llama.llama_free(self._ctx)
         self._model.close()

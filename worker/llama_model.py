@@ -40,7 +40,7 @@ _GGML_ERROR = 4  # ggml's log levels: none, debug, info, warn, error, cont
 @functools.cache
 def _route_llama_logs() -> Any:
     """Send llama.cpp's own messages to logging: errors as errors, the rest as debug (its
-    warnings include one about ``n_ctx_seq`` that the shared KV pool makes misleading)."""
+    warnings include a misleading one about ``n_ctx_seq`` exceeding the training context)."""
     import llama_cpp
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
@@ -108,6 +108,7 @@ class LlamaModel:
         self.vocab = self.llm._model.vocab
         self.n_vocab = self.llm.n_vocab()
         self.eos = self.llm.token_eos()
+        self.bos = self.llm.token_bos()
         self.adds_bos = bool(self.llm._model.add_bos_token())
         # The end-of-turn tokens of the file, and those the registry adds for the family.
         self.stop_ids = {self.eos, *spec.stop_token_ids}
@@ -132,8 +133,19 @@ class LlamaModel:
         """The bytes of one generated token (special tokens render as nothing)."""
         import llama_cpp
 
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
+        size = len(self._piece)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, size, 0, False)
+        if n < 0:  # longer than the buffer: -n is what it needs
+            self._piece = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, -n, 0, False)
         return self._piece.raw[: max(n, 0)]
+
+    def ends_turn(self, token: int) -> bool:
+        """End of sequence, or any end-of-turn token the file marks, or one the registry
+        names: a model whose turns end with another token than EOS stops there too."""
+        import llama_cpp
+
+        return token in self.stop_ids or bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def token_text(self, token: int) -> str:
         if token < 0:
@@ -204,7 +216,8 @@ class LlamaModel:
     # ---- contexts ---------------------------------------------------------------------
 
     def new_context(self, n_ctx: int, n_seq: int) -> Any:
-        """A context of ``n_ctx`` cells split evenly among ``n_seq`` sequences."""
+        """A context of ``n_ctx`` cells split evenly among ``n_seq`` sequences (llama.cpp
+        rounds each sequence's share up to a multiple of 256)."""
         import llama_cpp
 
         params = llama_cpp.llama_context_params.from_buffer_copy(self._base_params)

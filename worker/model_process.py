@@ -107,6 +107,7 @@ class _Outgoing:
     logprobs: list[p.TokenLogprob] = field(default_factory=list)
     tokens: int = 0
     sent_first: bool = False
+    partials: int = 0  # PARTIAL frames sent
 
 
 class Runner:
@@ -129,7 +130,14 @@ class Runner:
         while True:
             self._drain(0 if self._engine.busy else 1000)
             if self._engine.busy:
-                for request_id, item in self._engine.step():
+                try:
+                    events = self._engine.step()
+                except Exception as exc:  # the engine's state is unknown now: end it all
+                    log.exception("the engine failed")
+                    for request_id in list(self._outgoing):
+                        self._emit(request_id, Failed(f"the model failed: {exc}", invalid=False))
+                    raise
+                for request_id, item in events:
                     self._emit(request_id, item)
             self._housekeeping()
 
@@ -189,8 +197,10 @@ class Runner:
             now = time.monotonic()
             wait = min(COALESCE_SECONDS * len(self._outgoing), MAX_COALESCE_SECONDS)
             if (not out.sent_first and item.text) or now - out.last_sent >= wait:
-                self._send(p.Partial(rid, "".join(out.text), out.tokens, out.logprobs))
+                partial = p.Partial(rid, "".join(out.text), out.tokens, out.logprobs, out.partials)
+                self._send(partial)
                 out.text, out.logprobs, out.tokens = [], [], 0
+                out.partials += 1
                 out.sent_first, out.last_sent = True, now
             return
         del self._outgoing[rid]
@@ -203,6 +213,7 @@ class Runner:
                 out.logprobs,
                 list(item.tool_calls),
                 list(item.embeddings),
+                out.partials,
             )
             self._send(final)
         else:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,10 +23,12 @@ import psutil
 import zmq
 
 from xb import protocol as p
-from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.keys import PeerKeys
+from xb.settings import HEARTBEAT_INTERVAL
 from xb.units import size_text
 from xb.worker.cores import default_budget, threads_per_replica, usable_cores
 from xb.worker.memory import memory_snapshot
+from xb.worker.uplink import Uplink
 
 log = logging.getLogger("xb.worker")
 
@@ -70,7 +74,10 @@ class Worker:
         worker_id: str | None = None,
         memory_limit: int | None = None,
         threads: int | None = None,
+        keys: PeerKeys | None = None,
     ) -> None:
+        """``keys``: this worker's CURVE keys and the broker's public key; None for a
+        broker that takes plain peers."""
         self.broker = broker
         self.memory_limit = memory_limit
         # CPU threads this worker's llama.cpp models share (cores.py says why the default).
@@ -82,48 +89,30 @@ class Worker:
         self._ctx = zmq.Context()
         self._models = self._ctx.socket(zmq.ROUTER)
         self._models.setsockopt(zmq.LINGER, 0)
-        port = self._models.bind_to_random_port("tcp://127.0.0.1")
-        self._models_address = f"tcp://127.0.0.1:{port}"
+        # Model processes reach the worker through a socket file in a folder only this
+        # user can enter: no other local user can pose as a model process.
+        self._private = tempfile.mkdtemp(prefix="xb-worker-")
+        self._models_address = f"ipc://{self._private}/models"
+        self._models.bind(self._models_address)
         self._poller = zmq.Poller()
         self._poller.register(self._models, zmq.POLLIN)
-        self._broker: zmq.Socket[bytes] | None = None
-        self._broker_seen = 0.0
+        self._uplink = Uplink(self._ctx, self._poller, broker, keys, self._ready, self.interval)
         self._running = True
 
     # ---- sockets ----------------------------------------------------------------------
 
-    def _connect(self) -> None:
-        if self._broker is not None:
-            self._poller.unregister(self._broker)
-            self._broker.close(linger=0)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
-        sock.connect(self.broker)
-        self._poller.register(sock, zmq.POLLIN)
-        self._broker = sock
-        self._broker_seen = time.monotonic()
-        self._announce()
-
-    def _announce(self) -> None:
-        self._send_broker(
-            p.Ready(
-                worker_id=self.worker_id,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                memory=self.memory(),
-                slots=self.slots(),
-                replicas=[r.status(with_spec=True) for r in self.replicas.values()],
-            )
+    def _ready(self) -> p.Ready:
+        return p.Ready(
+            worker_id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            memory=self.memory(),
+            slots=self.slots(),
+            replicas=[r.status(with_spec=True) for r in self.replicas.values()],
         )
-        log.info("worker %s announced to %s", self.worker_id, self.broker)
 
     def _send_broker(self, message: p.Message) -> None:
-        assert self._broker is not None
-        try:
-            self._broker.send_multipart(p.encode(message), zmq.NOBLOCK)
-        except zmq.Again:  # the broker has been away long enough to fill the queue
-            log.warning("broker unreachable; dropped %s", type(message).__name__)
+        self._uplink.send(message)
 
     def _send_model(self, replica_id: str, message: p.Message) -> None:
         self._models.send_multipart([replica_id.encode(), *p.encode(message)])
@@ -134,29 +123,21 @@ class Worker:
         self._running = False
 
     def run(self) -> None:
-        self._connect()
+        self._uplink.connect()
         next_heartbeat = time.monotonic() + self.interval
         try:
             while self._running:
-                assert self._broker is not None
-                broker = self._broker
                 timeout = max(0.0, next_heartbeat - time.monotonic())
                 events = dict(self._poller.poll(int(timeout * 1000)))
                 if events.get(self._models):
                     self._receive_models()
-                if events.get(broker):
-                    self._receive_broker(broker)
+                for frames in self._uplink.receive(events):
+                    self._handle_broker(frames)
                 self._reap()
                 now = time.monotonic()
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.interval
-                    if now - self._broker_seen > self.interval * HEARTBEAT_LIVENESS:
-                        # ZeroMQ reconnects by itself; a new socket would drop queued
-                        # frames (a FINAL among them). Announce again instead.
-                        log.warning("broker silent for %.1f s", now - self._broker_seen)
-                        self._broker_seen = now
-                        self._announce()
-                    else:
+                    if self._uplink.tick(now):
                         self._send_heartbeat()
         finally:
             self.shutdown()
@@ -176,24 +157,16 @@ class Worker:
             )
         )
 
-    def _receive_broker(self, broker: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frames = broker.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._broker_seen = time.monotonic()
-            try:
-                message = p.decode(frames)
-            except p.ProtocolError as exc:
-                log.warning("dropped malformed frame from broker: %s", exc)
-                continue
-            try:
-                self.process_broker(message)
-            except Exception:  # one bad launch must not take down every model here
-                log.exception("error handling %s from the broker", type(message).__name__)
-            if broker is not self._broker:  # re-announced: the old socket is closed
-                return
+    def _handle_broker(self, frames: list[bytes]) -> None:
+        try:
+            message = p.decode(frames)
+        except p.ProtocolError as exc:
+            log.warning("dropped malformed frame from broker: %s", exc)
+            return
+        try:
+            self.process_broker(message)
+        except Exception:  # one bad launch must not take down every model here
+            log.exception("error handling %s from the broker", type(message).__name__)
 
     def _receive_models(self) -> None:
         while True:
@@ -237,7 +210,7 @@ class Worker:
             self.terminate(message.replica_id)
         elif isinstance(message, p.Disconnect):
             log.info("broker asked us to re-announce: %s", message.reason)
-            self._announce()
+            self._uplink.announce()
         elif not isinstance(message, p.Heartbeat):
             log.warning("unexpected %s from broker dropped", type(message).__name__)
 
@@ -294,7 +267,10 @@ class Worker:
         # What the model process may take: its own check is against this, or against the
         # machine's free RAM when the worker sets no bound.
         offer = free if self.memory_limit is not None or gpu else 0
-        sharing = 1 + sum(r.spec.model_format == "gguf" for r in self.replicas.values())
+        sharing = 1 + sum(
+            r.spec.model_format == "gguf" and r.state != p.ModelState.FAILED
+            for r in self.replicas.values()
+        )
         threads = threads_per_replica(self.threads, sharing)
         try:
             process = subprocess.Popen(
@@ -368,9 +344,11 @@ class Worker:
                 process.kill()
         for process in processes:
             process.wait()
-        if self._broker is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self._send_broker(p.Disconnect("worker shutting down"))
-            self._broker.close(linger=100)
+        with contextlib.suppress(zmq.ZMQError):
+            self._send_broker(p.Disconnect("worker shutting down"))
+            if self._uplink.sock is not None:
+                self._uplink.sock.setsockopt(zmq.LINGER, 100)  # let the goodbye leave
+        self._uplink.close()
         self._models.close(linger=0)
+        shutil.rmtree(self._private, ignore_errors=True)
         self._ctx.term()

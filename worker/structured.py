@@ -169,10 +169,12 @@ def parse_call(text: str, tools: list[Tool]) -> tuple[ToolCall, ...]:
     """The tool call ``text`` holds, or nothing when it is not one."""
     try:
         value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
         return ()
     names = {t.name for t in tools}
-    if not isinstance(value, dict) or value.get("name") not in names:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return ()
+    if value["name"] not in names:
         return ()
     arguments = value.get("arguments", {})
     return (ToolCall(f"call_{uuid.uuid4().hex[:24]}", value["name"], json.dumps(arguments)),)

@@ -20,6 +20,7 @@ import pytest
 from tests.hub import Hub
 from tests.stack import Stack, wait_until
 from xb.demo_model import DemoModelConfig, write_demo_model
+from xb.modelfile import kv_cells
 from xb.registry import estimate_from_spec, parse_family
 from xb.settings import DEFAULT_PARALLEL
 from xb.units import size_text
@@ -194,7 +195,7 @@ def test_refused_when_no_worker_has_room(
     message = response.json()["error"]["message"]
     spec = parse_family(json.dumps(tiny_family(hub, hub_model))).model_specs[0]
     # Four slots of the default n_ctx: the KV cache of every sequence counts.
-    need = size_text(estimate_from_spec(spec, "f32", 2048 * DEFAULT_PARALLEL))
+    need = size_text(estimate_from_spec(spec, "f32", kv_cells(2048, DEFAULT_PARALLEL)))
     # Sizes under 1 GiB read in MiB: "0.06 GiB" said nothing.
     assert f"needs {need}" in message and "largest free worker has 64 MiB" in message
     assert stack.cluster()[0]["memory"]["total"] == 64 * 1024**2

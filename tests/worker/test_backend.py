@@ -46,28 +46,29 @@ def test_stop_text_joins_split_utf8() -> None:
 
 @pytest.mark.unit
 def test_prefix_cache_keeps_running_sequences_in_the_lowest_slots() -> None:
-    cache = PrefixCache(n_slots=4, budget=12)
-    assert cache.claim([1, 2, 3]) == Claim(0, 0)  # nothing kept yet: the lowest slot
-    assert cache.claim([7, 7]) == Claim(1, 0)
-    assert cache.release(0, [1, 2, 3, 4]) == []
-    assert cache.release(1, [7, 7, 9]) == []
-    assert cache.tokens == 7
+    a, b, c = [1] * 40, [2] * 40, [3] * 40  # long enough to be worth moving aside
+    cache = PrefixCache(n_slots=4, budget=200)
+    assert cache.claim(a) == Claim(0, 0)  # nothing kept yet: the lowest slot
+    assert cache.claim(b) == Claim(1, 0)
+    assert cache.release(0, a) == [] and cache.release(1, b) == []
+    assert cache.tokens == 80
     # The lowest idle slot holds the longest prefix: used where it is.
-    assert cache.claim([1, 2, 3, 8]) == Claim(0, 3)
-    # The prefix is in slot 1 while slot 2 is free and lower than nothing kept: no move.
-    assert cache.claim([7, 7, 5]) == Claim(1, 2)
-    assert cache.release(0, [1, 2, 3, 8, 6]) == []
-    assert cache.release(1, [7, 7, 5, 5]) == []
-    # Slot 0 is the lowest idle one; the prefix is in slot 1: its cells are copied into
+    assert cache.claim([*a, 9]) == Claim(0, 40)
+    assert cache.release(0, [*a, 9, 9]) == []
+    # The prefix is in slot 1, slot 0 is the lowest idle one: the cells are copied into
     # slot 0, and what slot 0 kept moves to an empty slot (the highest) first.
-    assert cache.claim([7, 7, 5, 1]) == Claim(0, 3, source=1, stash=3)
-    assert cache.kept() == {1: [7, 7, 5, 5], 3: [1, 2, 3, 8, 6]}
-    assert cache.tokens == 9
+    assert cache.claim([*b, 5]) == Claim(0, 40, source=1, stash=3)
+    assert cache.kept() == {1: b, 3: [*a, 9, 9]}
+    assert cache.tokens == 82
+    # A few tokens are not worth a copy: they are dropped instead of moved.
+    assert cache.release(0, [7, 7]) == []
+    assert cache.claim(c) == Claim(0, 0)
+    assert cache.tokens == 82
     # Over budget: the least recently used entries go.
-    assert cache.release(0, [4] * 6) == [3]
-    assert cache.tokens == 10 and cache.idle == 4
-    assert cache.claim([9]) == Claim(0, 0, stash=3)  # what slot 0 kept moves aside
-    assert cache.release(0, list(range(13))) == [0]  # bigger than the budget: not kept
+    assert cache.release(0, [4] * 150) == [3]
+    assert cache.tokens == 190 and cache.idle == 4
+    assert cache.claim([4] * 151) == Claim(0, 150)
+    assert cache.release(0, list(range(201))) == [0]  # bigger than the budget: not kept
 
 
 N_CTX = 512
