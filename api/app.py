@@ -14,10 +14,13 @@ from fastapi.responses import JSONResponse, Response
 from xb import __version__
 from xb import protocol as p
 from xb.api import convert, errors, management, middleware, registrations, xinference
+from xb.api.auth import APIKeys
+from xb.api.body import CheckedRoute
 from xb.api.bridge import BrokerBridge, new_request_id
 from xb.api.conversation import conversation_keys
 from xb.api.errors import APIError
 from xb.api.launching import launch_message
+from xb.api.limits import Limits, answer_timeout_error, check_frame
 from xb.api.metrics import Metrics
 from xb.api.schemas import (
     ChatCompletionRequest,
@@ -39,11 +42,13 @@ def create_app(
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     launch_on_start: list[str] | None = None,
     cors_origins: list[str] | None = None,
-    keys: PeerKeys | None = None,
+    peer_keys: PeerKeys | None = None,
+    api_keys: APIKeys | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
-    """``keys``: the facade's CURVE keys and the broker's public key; None for a broker
+    """``peer_keys``: the facade's CURVE keys and the broker's public key; None for a broker
     that takes plain peers."""
-    bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval, keys=keys)
+    bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval, keys=peer_keys)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -59,14 +64,17 @@ def create_app(
             await bridge.close()
 
     app = FastAPI(title="xb", version=__version__, lifespan=lifespan)
+    app.router.route_class = CheckedRoute
     app.state.bridge = bridge
     app.state.metrics = metrics
     app.state.registry = Registry(xb_home())
+    app.state.api_keys = api_keys or APIKeys()
+    app.state.limits = limits = limits or Limits()
     app.include_router(management.router)
     app.include_router(registrations.router)
     app.include_router(xinference.router)
     errors.install(app)
-    middleware.install(app, cors_origins or [])
+    middleware.install(app, cors_origins or [], app.state.api_keys)
 
     # ---- inference --------------------------------------------------------------------
 
@@ -98,6 +106,7 @@ def create_app(
             prompt_counted=[i == 0 for i in range(body.n)],
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             request=request,
+            limits=limits,
         )
         return await generation.respond(body.stream)
 
@@ -125,6 +134,7 @@ def create_app(
             prompt_counted=counted,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             request=request,
+            limits=limits,
         )
         return await generation.respond(body.stream)
 
@@ -134,11 +144,16 @@ def create_app(
         submit = p.Submit(
             new_request_id(), body.model, "embedding", p.GenerateParams(inputs=inputs)
         )
+        check_frame(submit)
         stream = bridge.open(submit)
         try:
-            message = await stream.next()
-            while isinstance(message, p.Partial):
+            async with asyncio.timeout(limits.answer_timeout):
                 message = await stream.next()
+                while isinstance(message, p.Partial):
+                    message = await stream.next()
+        except TimeoutError:
+            metrics.request(body.model, "embeddings", 504)
+            raise answer_timeout_error(limits.answer_timeout) from None
         finally:
             stream.close()
         if not isinstance(message, p.Final):
@@ -159,7 +174,8 @@ def _seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:
     """Choice ``index`` of several: its own seed, so the choices differ yet repeat."""
     if index == 0 or params.seed is None:
         return params
-    return msgspec.structs.replace(params, seed=params.seed + index)
+    seed = (params.seed + index + 2**63) % 2**64 - 2**63  # wraps within 64 bits
+    return msgspec.structs.replace(params, seed=seed)
 
 
 async def _launch_on_start(bridge: BrokerBridge, registry: Registry, names: list[str]) -> None:

@@ -25,6 +25,10 @@ from xb.transport import configure_peer
 log = logging.getLogger("xb.api")
 
 Reply = p.Message
+# Frames one request may have waiting for its reader (one more: the error that ends it).
+# A stream's frames come at most about 100 a second, so a reader this far behind has
+# stopped reading for seconds (README, "Limits").
+MAX_PENDING_FRAMES = 1024
 
 
 def new_request_id() -> str:
@@ -57,8 +61,22 @@ class BrokerBridge:
         )
 
     def _fail_all(self, reason: str) -> None:
-        for rid, queue in self._waiters.items():
-            queue.put_nowait(p.Error(rid, p.ErrorCode.BROKER_UNAVAILABLE, reason))
+        for rid, queue in list(self._waiters.items()):
+            self._deliver(queue, p.Error(rid, p.ErrorCode.BROKER_UNAVAILABLE, reason))
+
+    def _deliver(self, queue: asyncio.Queue[Reply], message: Reply) -> None:
+        """Queue ``message`` for its waiter. A waiter ``MAX_PENDING_FRAMES`` behind has
+        stopped reading (a stream whose client does not read): its request is cancelled,
+        and the last place in its queue says so."""
+        if queue.qsize() < MAX_PENDING_FRAMES:
+            queue.put_nowait(message)
+            return
+        rid = getattr(message, "request_id", "")
+        if self._waiters.pop(rid, None) is None:
+            return  # cancelled already
+        self._send(p.Cancel(rid))
+        text = f"the client fell {MAX_PENDING_FRAMES} frames behind; the request was cancelled"
+        queue.put_nowait(p.Error(rid, p.ErrorCode.CANCELLED, text))
 
     @property
     def up(self) -> bool:
@@ -100,7 +118,7 @@ class BrokerBridge:
                 self._instance = message.instance
             queue = self._waiters.get(getattr(message, "request_id", ""))
             if queue is not None:
-                queue.put_nowait(message)
+                self._deliver(queue, message)
 
     async def _ping(self) -> None:
         was_up = True
@@ -116,7 +134,7 @@ class BrokerBridge:
     async def call(self, make: Callable[[str], p.Message], timeout: float | None = 30.0) -> Reply:
         """Send the management message ``make(request_id)`` and wait for its one reply."""
         rid = new_request_id()
-        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        queue: asyncio.Queue[Reply] = asyncio.Queue(MAX_PENDING_FRAMES + 1)
         self._waiters[rid] = queue
         try:
             if not self._send(make(rid)):
@@ -134,7 +152,7 @@ class BrokerBridge:
 
     def open(self, submit: p.Submit) -> RequestStream:
         """Submit a request; its PARTIAL, FINAL or ERROR frames arrive on the stream."""
-        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        queue: asyncio.Queue[Reply] = asyncio.Queue(MAX_PENDING_FRAMES + 1)
         self._waiters[submit.request_id] = queue
         if not self._send(submit):
             queue.put_nowait(self._unavailable(submit.request_id))

@@ -8,7 +8,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xb.protocol import ErrorCode
 
@@ -86,32 +87,43 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{where}{first.get('msg', 'invalid value')}{more}", param
 
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
+class CrashGuard:
+    """Answer an unexpected exception with a 500 and keep the connection.
 
-
-class BodyLimit:
-    """Refuse a request body over ``MAX_BODY_BYTES`` before reading it.
-
-    Plain ASGI rather than ``@app.middleware``: Starlette's BaseHTTPMiddleware hides the
-    client's disconnect from the endpoint, which then could not cancel the generation.
+    Starlette's own handler of ``Exception`` answers, then raises the exception again to
+    the server, which then drops the connection: the client's next request on it failed
+    too. This one, inside it, answers and returns.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                text = f"the request body is {int(length)} bytes; at most {MAX_BODY_BYTES} are read"
-                await APIError(413, text).response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except ClientDisconnect:
+            return  # nobody to answer
+        except Exception as exc:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                return  # part of an answer is out: the server ends the connection
+            error = APIError(500, f"internal error: {exc}", type="server_error")
+            await error.response()(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
-    """Make every error the app answers an OpenAI error object, and bound request bodies."""
-    app.add_middleware(BodyLimit)
+    """Make every error the app answers an OpenAI error object."""
+    app.add_middleware(CrashGuard)
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -129,8 +141,3 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"xb has no endpoint {request.url.path}; its endpoints are in its README"
         return APIError(exc.status_code, message, type=kind).response()
-
-    @app.exception_handler(Exception)
-    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return APIError(500, f"internal error: {exc}", type="server_error").response()

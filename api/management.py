@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xb import __version__
 from xb import protocol as p
+from xb.api.body import CheckedRoute
 from xb.api.bridge import BrokerBridge
 from xb.api.describe import model_entry
 from xb.api.errors import APIError
@@ -25,7 +26,7 @@ from xb.api.schemas import AddReplicasRequest, LaunchRequest, ScaleRequest
 from xb.api.streaming import fail
 from xb.registry import ModelFamily, Registry
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)
 
 
 def bridge_of(request: Request) -> BrokerBridge:

@@ -2,7 +2,7 @@
 operator names (``xb-broker --cors-origin``; none by default, so browsers on other
 origins are refused as they are by any server that says nothing).
 
-Plain ASGI, as ``BodyLimit`` is: Starlette's BaseHTTPMiddleware would hide a client's
+Plain ASGI, as ``api.body.BodyLimit`` is: Starlette's BaseHTTPMiddleware would hide a client's
 disconnect from the streaming endpoints.
 """
 
@@ -16,6 +16,8 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xb.api.auth import APIKeys, RequireKey
+from xb.api.body import BodyLimit
 from xb.api.errors import APIError
 
 
@@ -85,9 +87,12 @@ class CORS(CORSMiddleware):
         return JSONResponse(refused.body(), status_code=400, headers=headers)
 
 
-def install(app: FastAPI, cors_origins: list[str]) -> None:
-    """HEAD and OPTIONS everywhere; CORS (outermost, so errors carry it too) if asked."""
+def install(app: FastAPI, cors_origins: list[str], keys: APIKeys) -> None:
+    """HEAD and OPTIONS everywhere; API keys before anything reads a body; CORS
+    (outermost, so errors carry it too) if asked."""
+    app.add_middleware(BodyLimit)
     app.add_middleware(HeadAndOptions, routes=app)
+    app.add_middleware(RequireKey, keys=keys)
     if cors_origins:
         app.add_middleware(
             CORS,

@@ -13,13 +13,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
 from xb.api.management import families, registry_of
 from xb.api.schemas import RegisterRequest
+from xb.paths import PathRefused, check_folder
 from xb.registry import ModelFamily, RegistryError, parse_family
 from xb.xinference_family import from_xinference
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)
 log = logging.getLogger("xb.api")
 
 
@@ -81,15 +83,25 @@ async def register(request: Request, model_type: str, body: RegisterRequest) -> 
             raise RegistryError("the family is not a JSON object")
         converted, skipped = from_xinference(data, model_type, known)
         family = parse_family(json.dumps(converted))
+        await run_in_threadpool(_check_uris, family)
         await run_in_threadpool(
             registry_of(request).register, family, overwrite=body.overwrite, persist=body.persist
         )
-    except (RegistryError, ValueError) as exc:  # ValueError: JSON that does not parse
+    except (RegistryError, ValueError, PathRefused) as exc:  # ValueError: JSON unparsed
         raise APIError(400, f"invalid model family: {exc}", param="model") from exc
     for note in skipped:
         log.warning("registering %s: %s", family.model_name, note)
     # Registrations are the broker's, for every worker: a worker_ip needs nothing more.
     return JSONResponse({"model_name": family.model_name, "registered": True, "skipped": skipped})
+
+
+def _check_uris(family: ModelFamily) -> None:
+    """A ``model_uri`` names a file (or a folder of them) on the workers: it must lie in
+    the model folders, which the broker checks against its own (``--model-dir``) and
+    each worker again against its own when it loads the file."""
+    for spec in family.model_specs:
+        if spec.model_uri is not None:
+            check_folder(spec.model_uri)
 
 
 @router.delete("/v1/model_registrations/{model_type}/{model_name}")

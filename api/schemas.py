@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from xb.api.body import strict_json
 
 
 class _Body(BaseModel):
@@ -24,6 +26,18 @@ class ContentPart(_Body):
 class FunctionCall(BaseModel):
     name: str
     arguments: str = "{}"
+
+    @field_validator("arguments")
+    @classmethod
+    def _json(cls, arguments: str) -> str:
+        # The call is written back into the prompt as the model would have made it, and
+        # a model's call is JSON: anything else is the client's mistake.
+        if arguments:
+            try:
+                strict_json(arguments)
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"arguments must be a JSON text ({exc})") from None
+        return arguments
 
 
 class ToolCallIn(BaseModel):
@@ -58,10 +72,7 @@ class ChatMessageIn(_Body):
 
 
 def _arguments(call: ToolCallIn) -> Any:
-    try:
-        return json.loads(call.function.arguments or "{}")
-    except ValueError:
-        return call.function.arguments  # not JSON: shown to the model as the client sent it
+    return json.loads(call.function.arguments or "{}")  # JSON: checked by FunctionCall
 
 
 class FunctionDef(BaseModel):

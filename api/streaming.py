@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from xb import protocol as p
 from xb.api import convert
 from xb.api.bridge import BrokerBridge, RequestStream
 from xb.api.errors import APIError
+from xb.api.limits import Limits, answer_timeout_error, check_frame
 from xb.api.metrics import Metrics
 
 # Seconds without a frame before the SSE stream gets a keep-alive comment; also how long
 # the facade waits for the first frame before it commits to a 200 and starts streaming.
 KEEPALIVE_SECONDS = float(os.environ.get("XB_SSE_KEEPALIVE_S", "5"))
 DISCONNECT_POLL_SECONDS = 0.25
+MERGED_FRAMES = 16  # frames of a stream's choices waiting to be written, at most
+log = logging.getLogger("xb.api")
 _json = msgspec.json.Encoder()
 
 
@@ -59,6 +63,7 @@ class Generation:
     prompt_counted: list[bool] | None = None
     include_usage: bool = False
     request: Request | None = None  # the HTTP request, to notice a client that goes away
+    limits: Limits = field(default_factory=Limits)
     started: float = field(default_factory=time.perf_counter)
     _recorded: bool = False
 
@@ -84,17 +89,19 @@ class Generation:
                 self.metrics.per_token(self.model, per_token)
 
     async def respond(self, stream: bool) -> Response:
+        for submit in self.submits:
+            check_frame(submit)
         choices = [Choice(self.bridge.open(s)) for s in self.submits]
+        if not stream:
+            try:
+                return await self._whole_within_deadline(choices)
+            finally:
+                self._close(choices)
         try:
-            early = await self._first_frames(choices, None if not stream else KEEPALIVE_SECONDS)
+            early = await self._first_frames(choices, KEEPALIVE_SECONDS)
         except BaseException:
             self._close(choices)
             raise
-        if not stream:
-            try:
-                return await self._whole_unless_gone(choices, early)
-            finally:
-                self._close(choices)
         events = self._events(choices, early)
 
         def ended() -> None:
@@ -103,7 +110,19 @@ class Generation:
             self._close(choices)
             self._record(499, choices)
 
-        return _SSEResponse(events, ended)
+        return _SSEResponse(events, ended, self.limits.write_timeout)
+
+    async def _whole_within_deadline(self, choices: list[Choice]) -> Response:
+        """The whole answer, or a 504 once ``answer_timeout`` has passed (the caller's
+        closing of the choices then cancels them)."""
+        seconds = self.limits.answer_timeout
+        try:
+            async with asyncio.timeout(seconds):
+                early = await self._first_frames(choices, None)
+                return await self._whole_unless_gone(choices, early)
+        except TimeoutError:
+            self._record(504, choices)
+            raise answer_timeout_error(seconds) from None
 
     async def _first_frames(
         self, choices: list[Choice], timeout: float | None
@@ -142,11 +161,14 @@ class Generation:
             return await self._whole(choices, early)
         whole = asyncio.create_task(self._whole(choices, early))
         gone = asyncio.create_task(self._client_gone(self.request))
-        await asyncio.wait({whole, gone}, return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
-        if whole.done():
+        try:
+            await asyncio.wait({whole, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # a deadline cancels this wait: the tasks go with it
+            gone.cancel()
+            if not whole.done():
+                whole.cancel()
+        if whole.done() and not whole.cancelled():
             return whole.result()
-        whole.cancel()
         self._record(499, choices)
         return Response(status_code=499)  # nobody reads it; closing the choices cancels
 
@@ -178,8 +200,12 @@ class Generation:
 
     async def _events(
         self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
-    ) -> AsyncIterator[bytes]:
-        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]] = asyncio.Queue()
+    ) -> AsyncGenerator[bytes, None]:
+        # Bounded: while the client reads slowly the readers wait here, and the frames
+        # wait in the bridge, which cancels a request that falls too far behind.
+        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]] = asyncio.Queue(
+            len(choices) + MERGED_FRAMES
+        )
         for item in early:
             merged.put_nowait(item)
         # Each reader carries on after the frame its choice already gave (a finished one stops).
@@ -227,7 +253,7 @@ class Generation:
         while not choice.stream.finished:
             message = await choice.stream.next()
             if message is not None:
-                merged.put_nowait((index, message))
+                await merged.put((index, message))
 
     @staticmethod
     def _close(choices: list[Choice]) -> None:
@@ -235,19 +261,44 @@ class Generation:
             choice.stream.close()
 
 
-class _SSEResponse(StreamingResponse):
-    """A server-sent event stream that runs ``ended`` however it ends."""
+class _Stalled(Exception):
+    """The client left a write unread for longer than the write timeout."""
 
-    def __init__(self, events: AsyncIterator[bytes], ended: Callable[[], None]) -> None:
+
+class _SSEResponse(StreamingResponse):
+    """A server-sent event stream that runs ``ended`` however it ends, and ends when its
+    client stops reading: a write the client leaves unread for ``write_timeout`` seconds
+    (the server's buffer for the connection is full) cancels the stream."""
+
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], ended: Callable[[], None], write_timeout: float
+    ) -> None:
         super().__init__(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        self._events = events
         self._ended = ended
+        self._write_timeout = write_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded(message: Message) -> None:
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await send(message)
+            except TimeoutError:
+                raise _Stalled from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded)
+        except _Stalled:
+            # The answer cannot be completed; returning without it makes the server close
+            # the connection.
+            log.warning(
+                "a stream's client read nothing for %g s; the stream was cancelled",
+                self._write_timeout,
+            )
         finally:
             self._ended()
+            await self._events.aclose()  # its readers stop now, not when it is collected

@@ -14,11 +14,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from xb import protocol as p
+from xb.api.auth import APIKeys
+from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
 from xb.api.management import bridge_of, call
 from xb.api.registrations import of_type
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)
 
 ENGINE_OF_FORMAT = {"gguf": "llama.cpp", "ggml": "chatglm.cpp"}
 
@@ -42,9 +44,10 @@ async def workers(request: Request) -> JSONResponse:
 
 
 @router.get("/v1/cluster/auth")
-async def cluster_auth() -> JSONResponse:
-    # The client asks before anything else; xb's API takes no logins.
-    return JSONResponse({"auth": False})
+async def cluster_auth(request: Request) -> JSONResponse:
+    # The client asks before anything else, and sends its api_key only where this is true.
+    keys: APIKeys = request.app.state.api_keys
+    return JSONResponse({"auth": keys.enabled})
 
 
 @router.get("/v1/supervisor")

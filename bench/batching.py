@@ -234,7 +234,7 @@ def bench(path: Path, label: str, tokens: int, runs: int, extra: dict[str, Any])
     EXACT["exact"] = label == "medium"
     words = history_words(path, 1000)
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(home=Path(tmp) / "home")
+        stack = Stack(home=Path(tmp) / "home", model_dirs=[path.parent])
         try:
             stack.start()
             stack.add_worker()

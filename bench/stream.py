@@ -104,7 +104,7 @@ def main() -> None:
                 n_embd=512, n_layer=8, n_head=8, n_ff=1408, eos_logit=-1000.0, f16=True
             ),
         )
-        stack = Stack(home=Path(tmp) / "home")
+        stack = Stack(home=Path(tmp) / "home", model_dirs=[Path(tmp)])
         try:
             stack.start()
             stack.add_worker()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import typer
 import uvicorn
 
 from xb.api.app import create_app
+from xb.api.auth import APIKeyError, exposure_refusal, load_keys
+from xb.api.limits import DEFAULT_ANSWER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits
 from xb.broker.server import DEFAULT_MAX_QUEUE, Broker, serve_in_thread
 from xb.keys import peer_keys
+from xb.paths import allow_folders
 from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 
 app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
@@ -42,10 +46,40 @@ def run(
         "--cors-origin",
         help="Let web pages from this origin call the API (repeatable; *: any).",
     ),
+    api_key: list[str] = typer.Option(
+        [], "--api-key", help="An API key with full access (repeatable). Prefer --api-keys-file."
+    ),
+    api_keys_file: Path | None = typer.Option(
+        None,
+        "--api-keys-file",
+        dir_okay=False,
+        help="API keys, one a line: KEY SCOPES (inference, admin; comma-separated).",
+    ),
     insecure: bool = typer.Option(
         False,
         "--insecure",
-        help="Accept plain, unauthenticated workers and facades (no CURVE keys).",
+        help="Serve a non-loopback --api-host without API keys, and take plain, "
+        "unauthenticated ZeroMQ peers.",
+    ),
+    model_dir: list[Path] = typer.Option(
+        [],
+        "--model-dir",
+        exists=True,
+        file_okay=False,
+        help="A folder whose model files launches and registrations may name (repeatable); "
+        "~/.xb/models and the download cache always are. The --local worker gets them too.",
+    ),
+    answer_timeout: float = typer.Option(
+        DEFAULT_ANSWER_TIMEOUT,
+        "--answer-timeout",
+        min=1,
+        help="Seconds a whole (non-streamed) answer may take; then it is cancelled (504).",
+    ),
+    write_timeout: float = typer.Option(
+        DEFAULT_WRITE_TIMEOUT,
+        "--write-timeout",
+        min=1,
+        help="Seconds a stream's client may leave a write unread; then the stream is cancelled.",
     ),
 ) -> None:
     """Serve the broker on HOST:PORT and the API on API_HOST:API_PORT."""
@@ -59,7 +93,11 @@ def run(
         heartbeat_interval,
         max_queue,
         cors_origin,
+        api_key=api_key,
+        api_keys_file=api_keys_file,
         insecure=insecure,
+        model_dirs=model_dir,
+        limits=Limits(answer_timeout, write_timeout),
     )
 
 
@@ -74,10 +112,28 @@ def serve(
     max_queue: int = DEFAULT_MAX_QUEUE,
     cors_origins: list[str] | None = None,
     *,
+    api_key: list[str] | None = None,
+    api_keys_file: Path | None = None,
     insecure: bool = False,
+    model_dirs: list[Path] | None = None,
+    limits: Limits | None = None,
 ) -> None:
+    try:
+        api_keys, warnings = load_keys(api_key or [], api_keys_file)
+    except APIKeyError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    refusal = exposure_refusal(api_host, api_keys, insecure)
+    if refusal is not None:
+        typer.echo(f"xb-broker: {refusal}", err=True)
+        raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     home = xb_home()
+    for warning in warnings:
+        log.warning("%s", warning)
+    # A file named by --launch is the operator's own choice: that file, not its folder,
+    # may be loaded. The --local worker inherits the list (XB_MODEL_DIRS).
+    files = [name for name in launch if name.endswith((".gguf", ".bin"))]
+    allow_folders([*(model_dirs or []), *files])
     broker = Broker(
         f"tcp://{host}:{port}",
         heartbeat_interval=heartbeat_interval,
@@ -105,10 +161,11 @@ def serve(
             ]
         )
     log.warning(
-        "broker for workers on %s; OpenAI API on http://%s:%d/v1",
+        "broker for workers on %s; OpenAI API on http://%s:%d/v1 (%s)",
         broker.address,
         api_host,
         api_port,
+        f"{len(api_keys)} API keys" if api_keys.enabled else "no API keys",
     )
     try:
         uvicorn.run(
@@ -117,7 +174,9 @@ def serve(
                 heartbeat_interval=heartbeat_interval,
                 launch_on_start=launch,
                 cors_origins=cors_origins,
-                keys=keys,
+                peer_keys=keys,
+                api_keys=api_keys,
+                limits=limits,
             ),
             host=api_host,
             port=api_port,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import msgspec
 
@@ -17,6 +16,7 @@ from xb.broker.placement import PlacementError, place
 from xb.broker.table import InFlight, Model, Replica, Waiter, WorkerEntry
 from xb.demo_model import DEMO_MODEL_NAME
 from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
+from xb.paths import inside
 
 log = logging.getLogger("xb.broker")
 
@@ -196,15 +196,16 @@ class ModelManagement:
 
     @staticmethod
     def _estimate(spec: p.ModelSpec) -> int:
-        """Bytes a GGUF file needs when it is readable here; 0 leaves it to the worker."""
+        """Bytes a GGUF file needs when it is readable here; 0 leaves it to the worker.
+        Only files inside this machine's model folders are opened (``xb.paths``)."""
         if not spec.model_path or spec.model_format != "gguf":
             return 0
+        path = inside(spec.model_path)
         try:
-            path = Path(spec.model_path).expanduser()
-            if not path.is_file():
-                return 0  # the path may exist on the worker's machine only
-        except (OSError, RuntimeError):
-            return 0  # unreadable here (an unknown ~user, no permission): the worker checks
+            if path is None or not path.is_file():
+                return 0  # on the worker's machine only, or not allowed: the worker checks
+        except OSError:
+            return 0  # no permission here: the worker checks
         return estimate_memory(read_gguf_info(path), spec.n_ctx, spec.n_parallel)
 
     def _check_waiters(self, model: Model) -> None:

@@ -7,6 +7,7 @@ differ in how they carry it out.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,13 @@ class ClientError(Exception):
         self.status = status
 
 
+API_KEY_ENV = "XB_API_KEY"
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """The bearer header for ``api_key``, else for ``$XB_API_KEY``; none without a key."""
+    key = api_key or os.environ.get(API_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _identity(body: Any) -> Any:

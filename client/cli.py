@@ -30,6 +30,12 @@ err = Console(stderr=True)
 _endpoint = typer.Option(
     DEFAULT_ENDPOINT, "--endpoint", "-e", envvar="XB_ENDPOINT", help="REST API of the xb broker."
 )
+_api_key = typer.Option(
+    None,
+    "--api-key",
+    envvar="XB_API_KEY",
+    help="API key, sent as a bearer token (when the broker takes keys).",
+)
 _as_json = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
@@ -41,9 +47,9 @@ def _fail(exc: ClientError) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _call(endpoint: str, action: Callable[[Client], T]) -> T:
+def _call(endpoint: str, api_key: str | None, action: Callable[[Client], T]) -> T:
     """Run ``action`` with a client; an API error ends the command with exit code 1."""
-    with Client(endpoint) as client:
+    with Client(endpoint, api_key) as client:
         try:
             return action(client)
         except ClientError as exc:
@@ -93,6 +99,7 @@ def launch(
         None, "--threads", min=1, help="CPU threads per replica (default: the worker's share)."
     ),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
     as_json: bool = _as_json,
 ) -> None:
     """Launch a model, show its download and load progress, and wait until it is ready."""
@@ -112,7 +119,7 @@ def launch(
         "wait_ready": False,
     }
     model_uid = None
-    with Client(endpoint) as client:
+    with Client(endpoint, api_key) as client:
         try:
             model_uid = client.launch_model(model_name, **fields)
             state = _follow_launch(client, model_uid, quiet=as_json)
@@ -156,9 +163,10 @@ def scale(
     model_uid: str = typer.Argument(..., help="Model uid."),
     replica: int = typer.Argument(..., help="The number of replicas it should have."),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
 ) -> None:
     """Add or remove replicas of a running model."""
-    info = _call(endpoint, lambda client: client.scale_model(model_uid, replica))
+    info = _call(endpoint, api_key, lambda client: client.scale_model(model_uid, replica))
     console.print(f"model [bold]{model_uid}[/bold] has {len(info['replicas'])} replicas")
 
 
@@ -168,15 +176,16 @@ def list_models(
         False, "--all", "-a", help="List the registry's families instead of running models."
     ),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
     as_json: bool = _as_json,
 ) -> None:
     """List running models (or, with --all, every family that can be launched)."""
     if all_families:
         from xb.client.cli_registry import show_registrations
 
-        show_registrations(endpoint, "LLM", as_json, also_embedding=True)
+        show_registrations(endpoint, api_key, "LLM", as_json, also_embedding=True)
         return
-    models = list(_call(endpoint, Client.list_models).values())
+    models = list(_call(endpoint, api_key, Client.list_models).values())
     if as_json:
         _print_json(models)
         return
@@ -200,19 +209,22 @@ def terminate(
     model_uid: str | None = typer.Argument(None, help="Model uid."),
     model_uid_option: str | None = typer.Option(None, "--model-uid", "-u", help="Model uid."),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
 ) -> None:
     """Terminate a model and free its memory."""
     uid = model_uid or model_uid_option
     if not uid:
         raise typer.BadParameter("give the model uid")
-    _call(endpoint, lambda client: client.terminate_model(uid))
+    _call(endpoint, api_key, lambda client: client.terminate_model(uid))
     console.print(f"model [bold]{uid}[/bold] terminated")
 
 
 @app.command()
-def workers(endpoint: str = _endpoint, as_json: bool = _as_json) -> None:
+def workers(
+    endpoint: str = _endpoint, api_key: str | None = _api_key, as_json: bool = _as_json
+) -> None:
     """List workers with their memory, models and load."""
-    infos = _call(endpoint, Client.get_workers_info)
+    infos = _call(endpoint, api_key, Client.get_workers_info)
     if as_json:
         _print_json(infos)
         return
@@ -243,13 +255,14 @@ def chat(
     ),
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
 ) -> None:
     """Chat with a model, streaming its answers; an empty line or Ctrl-D ends the chat."""
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     params: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     if temperature is not None:
         params["temperature"] = temperature
-    with Client(endpoint) as client:
+    with Client(endpoint, api_key) as client:
         try:
             handle = client.get_model(model_uid)
         except ClientError as exc:
@@ -295,6 +308,7 @@ def generate(
     ),
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
 ) -> None:
     """Continue a prompt (a text completion), streaming the text."""
     config: dict[str, Any] = {"stream": True}
@@ -302,7 +316,7 @@ def generate(
         config["max_tokens"] = max_tokens
     if temperature is not None:
         config["temperature"] = temperature
-    with Client(endpoint) as client:
+    with Client(endpoint, api_key) as client:
         try:
             chunks = client.get_model(model_uid).generate(prompt, generate_config=config)
             _print_stream(c["choices"][0]["text"] for c in chunks)

@@ -8,13 +8,18 @@ from typing import Any
 import typer
 
 from xb.client.calls import ClientError
-from xb.client.cli import _as_json, _call, _endpoint, _fail, _print_json, console
+from xb.client.cli import _api_key, _as_json, _call, _endpoint, _fail, _print_json, console
 from xb.client.client import Client
 from xb.client.tables import table
 
 
 def show_registrations(
-    endpoint: str, model_type: str, as_json: bool, *, also_embedding: bool = False
+    endpoint: str,
+    api_key: str | None,
+    model_type: str,
+    as_json: bool,
+    *,
+    also_embedding: bool = False,
 ) -> None:
     types = (
         [model_type, "embedding"] if also_embedding and model_type != "embedding" else [model_type]
@@ -23,7 +28,7 @@ def show_registrations(
     def every(client: Client) -> list[dict[str, Any]]:
         return [f for kind in types for f in client.list_model_registrations(kind)]
 
-    families = _call(endpoint, every)
+    families = _call(endpoint, api_key, every)
     if as_json:
         _print_json(families)
         return
@@ -46,10 +51,11 @@ def show_registrations(
 def registrations(
     model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
     as_json: bool = _as_json,
 ) -> None:
     """List the families of the registry, built-in and registered."""
-    show_registrations(endpoint, model_type, as_json)
+    show_registrations(endpoint, api_key, model_type, as_json)
 
 
 def register(
@@ -58,10 +64,11 @@ def register(
     ),
     model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
 ) -> None:
     """Register a model family (kept under the broker's xb home)."""
     text = file.read_text()
-    with Client(endpoint) as client:
+    with Client(endpoint, api_key) as client:
         try:
             client.register_model(model_type, text)
         except ClientError as exc:
@@ -73,9 +80,10 @@ def unregister(
     model_name: str = typer.Argument(..., help="The family's model_name."),
     model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
     endpoint: str = _endpoint,
+    api_key: str | None = _api_key,
 ) -> None:
     """Remove a registered family; built-in families stay."""
-    _call(endpoint, lambda client: client.unregister_model(model_type, model_name))
+    _call(endpoint, api_key, lambda client: client.unregister_model(model_type, model_name))
     console.print(f"unregistered {model_name}")
 
 

@@ -7,12 +7,17 @@ live in ``families/`` beside this module; a user's own go to ``$XB_HOME/registra
 
 from __future__ import annotations
 
+import logging
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from xb.paths import safe_name
+
+log = logging.getLogger("xb.registry")
 
 Ability = Literal["generate", "chat", "embed"]
 Format = Literal["gguf", "ggml"]
@@ -99,9 +104,7 @@ def _check(family: ModelFamily) -> ModelFamily:
         raise RegistryError("model_ability of an embedding model is ['embed']")
     for i, spec in enumerate(family.model_specs):
         where = f"model_specs[{i}]"
-        templates = [spec.model_file_name_template or "", spec.model_file_name_split_template or ""]
-        if any(".." in Path(t).parts or t.startswith("/") for t in templates):
-            raise RegistryError(f"{where}: file names must stay inside the repository")
+        _check_names(spec, where)
         if not re.match(r"^\d+(_\d+)?$", spec.model_size_in_billions):
             raise RegistryError(f"{where}.model_size_in_billions must look like '7' or '0_5'")
         if not spec.quantizations:
@@ -120,6 +123,33 @@ def _check(family: ModelFamily) -> ModelFamily:
             if spec.model_file_name_split_template is None:
                 raise RegistryError(f"{where} has quantization_parts but no split template")
     return family
+
+
+def _check_names(spec: Spec, where: str) -> None:
+    """Fields that become file or folder names in the cache must each be one plain name:
+    a quantization of '../../x' would otherwise write outside it."""
+    for quantization in spec.quantizations:
+        if not safe_name(quantization):
+            raise RegistryError(f"{where}.quantizations: {quantization!r} {_ONE_NAME}")
+    for quantization, parts in spec.quantization_parts.items():
+        if not all(safe_name(part) for part in parts):
+            raise RegistryError(f"{where}.quantization_parts[{quantization!r}]: parts {_ONE_NAME}")
+    owner_name = (spec.model_id or "a/b").split("/")
+    if len(owner_name) != 2 or not all(safe_name(x) for x in owner_name):
+        raise RegistryError(f"{where}.model_id {spec.model_id!r} must be 'owner/name', {_ONE_NAME}")
+    # A hub revision may be a branch such as refs/pr/1; each of its parts is one name.
+    if not all(safe_name(x) for x in spec.model_revision.split("/")):
+        raise RegistryError(f"{where}.model_revision {spec.model_revision!r}: parts {_ONE_NAME}")
+    for field in ("model_file_name_template", "model_file_name_split_template"):
+        template = getattr(spec, field)
+        if template is None:
+            continue
+        example = template.replace("{quantization}", "q").replace("{part}", "1")
+        if not safe_name(example):
+            raise RegistryError(f"{where}.{field} {template!r}: file names {_ONE_NAME}")
+
+
+_ONE_NAME = "must each be one file name (letters, digits, '._+-'; no '/', no '..')"
 
 
 def parse_family(data: bytes | str) -> ModelFamily:
@@ -157,7 +187,11 @@ class Registry:
         families: dict[str, ModelFamily] = dict(self._transient)
         if self._dir.is_dir():
             for path in sorted(self._dir.glob("*.json")):
-                family = parse_family(path.read_bytes())
+                try:
+                    family = parse_family(path.read_bytes())
+                except RegistryError as exc:  # written by hand, or by an xb with looser rules
+                    log.warning("ignoring the registration %s: %s", path, exc)
+                    continue
                 families[family.model_name] = family
         return families
 

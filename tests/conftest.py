@@ -39,12 +39,20 @@ def endless_model(models_dir: Path) -> Path:
 
 
 @pytest.fixture
-def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
-    """Start a stack with N workers; every process is killed when the test ends."""
+def make_stack(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path
+) -> Iterator[Callable[..., Stack]]:
+    """Start a stack with N workers, which may load the files in ``models_dir``; every
+    process is killed when the test ends."""
     stacks: list[Stack] = []
 
-    def make(n_workers: int = 1, *broker_args: str) -> Stack:
-        stack = Stack(home=tmp_path_factory.mktemp("xbhome"), broker_args=list(broker_args))
+    def make(n_workers: int = 1, *broker_args: str, api_key: str | None = None) -> Stack:
+        stack = Stack(
+            home=tmp_path_factory.mktemp("xbhome"),
+            broker_args=list(broker_args),
+            model_dirs=[models_dir],
+            api_key=api_key,
+        )
         stacks.append(stack)
         stack.start()
         for _ in range(n_workers):
@@ -59,9 +67,9 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
 
 
 @pytest.fixture(scope="module")
-def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def module_stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
     """One broker and one worker shared by a module's tests."""
-    stack = Stack(home=tmp_path_factory.mktemp("xbhome"))
+    stack = Stack(home=tmp_path_factory.mktemp("xbhome"), model_dirs=[models_dir])
     try:
         stack.start()
         stack.add_worker()

@@ -74,6 +74,8 @@ class Stack:
     broker_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     broker_args: list[str] = field(default_factory=list)
+    model_dirs: list[Path] = field(default_factory=list)  # --model-dir of every process
+    api_key: str | None = None  # sent by the helpers below; the broker's are in broker_args
     broker: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -88,6 +90,12 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {**os.environ, "XB_HOME": str(self.home)}
 
+    def dir_args(self) -> list[str]:
+        return [arg for folder in self.model_dirs for arg in ("--model-dir", str(folder))]
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def start(self) -> None:
         self.broker = subprocess.Popen(
             [
@@ -100,16 +108,26 @@ class Stack:
                 str(self.broker_port),
                 "--api-port",
                 str(self.api_port),
+                *self.dir_args(),
                 *self.broker_args,
             ],
             env=self.env(),
         )
         wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200)
 
-    def add_worker(self) -> subprocess.Popen[bytes]:
+    def add_worker(self, *args: str) -> subprocess.Popen[bytes]:
         before = {w["worker_id"] for w in self.cluster()}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "xb.worker", "--broker", self.broker_address], env=self.env()
+            [
+                sys.executable,
+                "-m",
+                "xb.worker",
+                "--broker",
+                self.broker_address,
+                *self.dir_args(),
+                *args,
+            ],
+            env=self.env(),
         )
         self.workers.append(worker)
         wait_until(lambda: len({w["worker_id"] for w in self.cluster()} - before) == 1)
@@ -130,10 +148,13 @@ class Stack:
         return sock
 
     def cluster(self) -> list[dict[str, Any]]:
-        return list(httpx.get(self.url + "/v1/cluster/info", timeout=5).json())
+        response = httpx.get(self.url + "/v1/cluster/info", headers=self.headers(), timeout=5)
+        return list(response.json())
 
     def launch(self, **body: Any) -> str:
-        response = httpx.post(self.url + "/v1/models", json=body, timeout=60)
+        response = httpx.post(
+            self.url + "/v1/models", json=body, headers=self.headers(), timeout=60
+        )
         assert response.status_code == 200, response.text
         return str(response.json()["model_uid"])
 

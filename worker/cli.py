@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from types import FrameType
 
 import typer
 
 from xb.keys import KeysError, peer_keys
+from xb.paths import allow_folders
 from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 from xb.worker.memory import parse_size
 from xb.worker.server import Worker
@@ -43,9 +45,18 @@ def run(
         help="CPU threads all llama.cpp models here share (default: every core but one). "
         "A launch's n_threads overrides it for one model.",
     ),
+    model_dir: list[Path] = typer.Option(
+        [],
+        "--model-dir",
+        exists=True,
+        file_okay=False,
+        help="A folder whose model files launches may name (repeatable); ~/.xb/models and "
+        "the download cache always are.",
+    ),
 ) -> None:
     """Connect to BROKER, announce this machine and serve the models it places here."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    allow_folders(model_dir)  # model processes inherit them
     try:
         limit = parse_size(memory_limit) if memory_limit is not None else None
     except ValueError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xb import protocol as p
+from xb.paths import safe_name
 
 Report = Callable[[p.Progress], None]
 REPORT_EVERY = 0.25  # seconds between progress reports
@@ -39,6 +40,7 @@ def fetch(download: p.Download, home: Path, report: Report) -> Path:
     needs no network at all."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
+    _check_names(download)
     if download.package and len(download.files) == 1:
         found = installed_file(download.package, download.files[0])
         if found is not None:
@@ -62,7 +64,10 @@ def fetch(download: p.Download, home: Path, report: Report) -> Path:
             f"cannot fetch {download.repo_id} from the model hub: {exc}{hint}"
         ) from exc
     meter = _Meter(sum(m.size or 0 for m in metas), report)
-    folder = _repo_dir(home, download.repo_id) / (metas[0].commit_hash or download.revision)
+    revision = metas[0].commit_hash or download.revision
+    if not safe_name(revision):  # a branch name such as refs/pr/1, with no commit given
+        raise DownloadError(f"the hub gave no usable commit for {download.repo_id}@{revision}")
+    folder = _repo_dir(home, download.repo_id) / revision
     paths = [
         _fetch_file(meta.location, folder / name, meta.size, meter)
         for name, meta in zip(download.files, metas, strict=True)
@@ -71,6 +76,18 @@ def fetch(download: p.Download, home: Path, report: Report) -> Path:
     if download.sha256 and len(paths) == 1:
         _verify(paths[0], download.sha256)
     return paths[0]
+
+
+def _check_names(download: p.Download) -> None:
+    """The names that become folders and files in the cache are plain names (the registry
+    checks them too; a launch frame is checked again here, where files are written)."""
+    parts = download.repo_id.split("/")
+    names = [*parts, *download.files]
+    if len(parts) != 2 or not download.files or not all(safe_name(n) for n in names):
+        raise DownloadError(
+            f"cannot fetch {download.repo_id!r} {download.files}: a repository is "
+            "'owner/name' and its files plain file names (no '/', no '..')"
+        )
 
 
 def installed_file(package: str, name: str) -> Path | None:

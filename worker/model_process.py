@@ -23,6 +23,7 @@ import zmq
 from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
 from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
+from xb.paths import PathRefused, allowed_file
 from xb.settings import xb_home
 from xb.units import size_text
 from xb.worker.backend import BackendError, Done, Piece
@@ -45,9 +46,13 @@ class LoadError(Exception):
 
 
 def resolve_path(spec: p.ModelSpec, report: Report) -> Path:
-    """The model file on this machine: given, fetched from the hub, or the demo model."""
+    """The model file on this machine: given, fetched from the hub, or the demo model.
+    A given path must lie inside the model folders (``xb.paths``), however it is spelled."""
     if spec.model_path:
-        return Path(spec.model_path).expanduser()
+        try:
+            return allowed_file(spec.model_path)
+        except PathRefused as exc:
+            raise LoadError(str(exc)) from exc
     if spec.download is not None:
         try:
             return fetch(spec.download, xb_home(), report)

