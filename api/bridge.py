@@ -52,6 +52,7 @@ class BrokerBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_seen = time.monotonic()
         self._instance = ""  # the broker's, from its pongs
+        self.stats = p.BrokerStats()  # the broker's counters, from its latest pong
 
     def _unavailable(self, request_id: str) -> p.Error:
         return p.Error(
@@ -116,6 +117,7 @@ class BrokerBridge:
                 if self._instance and message.instance != self._instance:
                     self._fail_all("the broker restarted; requests it was running are lost")
                 self._instance = message.instance
+                self.stats = message.stats or self.stats
             queue = self._waiters.get(getattr(message, "request_id", ""))
             if queue is not None:
                 self._deliver(queue, message)

@@ -6,6 +6,7 @@ Registrations are in ``api.registrations``; routes only Xinference's clients cal
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,30 @@ async def call(
     return reply
 
 
+async def all_models(request: Request) -> list[p.ModelInfo]:
+    """Every model, read page by page (the broker answers ``PAGE_SIZE`` at a time)."""
+    models: list[p.ModelInfo] = []
+    while True:
+        page: p.ModelList = await call(
+            request, functools.partial(p.ListModels, offset=len(models)), p.ModelList
+        )
+        models += page.models
+        if not page.models or len(models) >= page.total:
+            return models
+
+
+async def all_workers(request: Request) -> list[p.WorkerInfo]:
+    """Every worker, read page by page."""
+    workers: list[p.WorkerInfo] = []
+    while True:
+        page: p.Cluster = await call(
+            request, functools.partial(p.ClusterInfo, offset=len(workers)), p.Cluster
+        )
+        workers += page.workers
+        if not page.workers or len(workers) >= page.total:
+            return workers
+
+
 async def describe(request: Request, uid: str) -> p.ModelInfo:
     info: p.ModelInfo = await call(request, lambda rid: p.DescribeModel(rid, uid), p.ModelInfo)
     return info
@@ -80,16 +105,16 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/v1/cluster/info")
 async def cluster_info(request: Request) -> Response:
-    reply: p.Cluster = await call(request, lambda rid: p.ClusterInfo(rid), p.Cluster)
-    return Response(msgspec.json.encode(reply.workers), media_type="application/json")
+    workers = await all_workers(request)
+    return Response(msgspec.json.encode(workers), media_type="application/json")
 
 
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
-    models: p.ModelList = await call(request, lambda rid: p.ListModels(rid), p.ModelList)
-    cluster: p.Cluster = await call(request, lambda rid: p.ClusterInfo(rid), p.Cluster)
+    models = await all_models(request)
+    workers = await all_workers(request)
     metrics: Metrics = request.app.state.metrics
-    body = metrics.render(models.models, cluster.workers)
+    body = metrics.render(models, workers, bridge_of(request).stats)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -98,9 +123,9 @@ async def prometheus(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    reply: p.ModelList = await call(request, lambda rid: p.ListModels(rid), p.ModelList)
+    models = await all_models(request)
     known = await families(request)
-    data = [model_entry(m, known.get(m.model_name)) for m in reply.models]
+    data = [model_entry(m, known.get(m.model_name)) for m in models]
     return JSONResponse({"object": "list", "data": data})
 
 

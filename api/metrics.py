@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from xb import protocol as p
@@ -20,8 +20,25 @@ class _ClusterCollector(Collector):
     def __init__(self) -> None:
         self.models: list[p.ModelInfo] = []
         self.workers: list[p.WorkerInfo] = []
+        self.broker = p.BrokerStats()
 
     def collect(self) -> Iterator[Metric]:
+        for name, text, value in (
+            ("xb_broker_malformed_frames", "Frames the broker could not read or act upon",
+             self.broker.malformed),
+            ("xb_broker_dropped_frames", "Frames the broker could not deliver",
+             self.broker.dropped),
+            ("xb_broker_refused_workers", "READYs for a worker id bound to another key",
+             self.broker.refused),
+            ("xb_broker_retries", "Requests retried after a failure before their first token",
+             self.broker.retries),
+            ("xb_broker_replacements", "Replicas placed again after they were lost",
+             self.broker.replacements),
+            ("xb_broker_restarts", "Failed replicas started again", self.broker.restarts),
+        ):  # fmt: skip
+            counter = CounterMetricFamily(name, text)
+            counter.add_metric([], value)
+            yield counter
         queue = GaugeMetricFamily("xb_model_queue_depth", "Requests waiting", labels=["model"])
         replicas = GaugeMetricFamily(
             "xb_model_replicas", "Replicas by state", labels=["model", "state"]
@@ -114,6 +131,8 @@ class Metrics:
         self._computed.labels(model).inc(prompt - cached)
         self._generated.labels(model).inc(generated)
 
-    def render(self, models: list[p.ModelInfo], workers: list[p.WorkerInfo]) -> bytes:
-        self.cluster.models, self.cluster.workers = models, workers
+    def render(
+        self, models: list[p.ModelInfo], workers: list[p.WorkerInfo], broker: p.BrokerStats
+    ) -> bytes:
+        self.cluster.models, self.cluster.workers, self.cluster.broker = models, workers, broker
         return generate_latest(self.registry)

@@ -13,11 +13,10 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from xb import protocol as p
 from xb.api.auth import APIKeys
 from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
-from xb.api.management import bridge_of, call
+from xb.api.management import all_workers, bridge_of
 from xb.api.registrations import of_type
 
 router = APIRouter(route_class=CheckedRoute)
@@ -28,9 +27,8 @@ ENGINE_OF_FORMAT = {"gguf": "llama.cpp", "ggml": "chatglm.cpp"}
 @router.get("/v1/workers")
 async def workers(request: Request) -> JSONResponse:
     """Xinference's worker list ("work-ip" and its "models"), with xb's fields beside."""
-    reply: p.Cluster = await call(request, lambda rid: p.ClusterInfo(rid), p.Cluster)
     out: list[dict[str, Any]] = []
-    for worker in reply.workers:
+    for worker in await all_workers(request):
         models: dict[str, dict[str, Any]] = {}
         for replica in worker.replicas:
             models.setdefault(

@@ -14,6 +14,7 @@ from xb.api.app import create_app
 from xb.api.auth import APIKeyError, exposure_refusal, load_keys
 from xb.api.limits import DEFAULT_ANSWER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits
 from xb.broker.server import DEFAULT_MAX_QUEUE, Broker, serve_in_thread
+from xb.broker.state import STATE_FILE
 from xb.keys import peer_keys
 from xb.paths import allow_folders
 from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
@@ -139,6 +140,7 @@ def serve(
         heartbeat_interval=heartbeat_interval,
         max_queue=max_queue,
         home=None if insecure else home,
+        state=home / STATE_FILE,
     )
     # The facade in this process, and a --local worker, are peers of this home: their key
     # is allowed, and the broker's key is where they look for it.

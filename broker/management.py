@@ -7,34 +7,39 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TypeVar
 
 import msgspec
 
 from xb import protocol as p
 from xb.broker.affinity import Affinity
+from xb.broker.heal import Healing, least_useful
 from xb.broker.placement import PlacementError, place
-from xb.broker.table import InFlight, Model, Replica, Waiter, WorkerEntry
+from xb.broker.table import InFlight, Model, Queued, Replica, Waiter, WorkerEntry
 from xb.demo_model import DEMO_MODEL_NAME
 from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.paths import inside
 
 log = logging.getLogger("xb.broker")
 
+T = TypeVar("T")
 
-class ModelManagement:
+
+def page_of(items: list[T], offset: int, limit: int) -> list[T]:
+    """One page of a list reply: at most ``PAGE_SIZE`` entries, whatever a peer asks."""
+    start = max(offset, 0)
+    return items[start : start + max(min(limit, p.PAGE_SIZE), 0)]
+
+
+class ModelManagement(Healing):
     workers: dict[bytes, WorkerEntry]
     models: dict[str, Model]
     in_flight: dict[str, InFlight]
     affinity: Affinity
-
-    def _send(self, identity: bytes, message: p.Message) -> None:
-        raise NotImplementedError
+    retries: int  # requests sent again after their replica failed before a token
 
     def _error(self, identity: bytes, request_id: str, code: p.ErrorCode, text: str) -> None:
         self._send(identity, p.Error(request_id, code, text))
-
-    def dispatch(self, model: Model) -> None:
-        raise NotImplementedError
 
     def _unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
         known = ", ".join(sorted(self.models)) or "none"
@@ -80,6 +85,7 @@ class ModelManagement:
             )
             return
         self.models[model.uid] = model
+        self._save(model)
         if launch.wait_ready:
             model.waiters.append(Waiter(client, rid, added, initial=True))
         else:
@@ -94,8 +100,14 @@ class ModelManagement:
                 f"model uid {spec.model_uid!r} is already running; pick another uid or "
                 "terminate it",
             )
-        if launch.replica < 1:
-            return p.ErrorCode.INVALID_REQUEST, "replica must be at least 1"
+        if not 1 <= launch.replica <= p.MAX_REPLICAS:
+            return p.ErrorCode.INVALID_REQUEST, f"replica must be 1 to {p.MAX_REPLICAS}"
+        if len(self.models) >= p.MAX_MODELS:
+            return (
+                p.ErrorCode.LAUNCH_REFUSED,
+                f"{len(self.models)} models run already, the most one broker serves; "
+                "terminate one first",
+            )
         if spec.model_type not in ("LLM", "embedding"):
             return (
                 p.ErrorCode.INVALID_REQUEST,
@@ -153,12 +165,12 @@ class ModelManagement:
         if model is None:
             self._unknown_model(client, message.request_id, message.model_uid)
             return
-        if message.replica < 1:
+        if not 1 <= message.replica <= p.MAX_REPLICAS:
             self._error(
                 client,
                 message.request_id,
                 p.ErrorCode.INVALID_REQUEST,
-                "replica must be at least 1; terminate the model to stop it",
+                f"replica must be 1 to {p.MAX_REPLICAS}; terminate the model to stop it",
             )
             return
         current = len(model.replicas)
@@ -168,6 +180,7 @@ class ModelManagement:
                 added = self._add_replicas(model, message.replica - current)
             except PlacementError as exc:
                 model.replica = current
+                self._save(model)
                 self._error(
                     client,
                     message.request_id,
@@ -175,14 +188,11 @@ class ModelManagement:
                     f"cannot add replicas to {model.uid!r}: {exc}",
                 )
                 return
+            self._save(model)
             model.waiters.append(Waiter(client, message.request_id, added))
             return
-        # Remove the least useful first: not ready, then the least busy.
-        ranked = sorted(
-            model.replicas.values(),
-            key=lambda r: (r.state == p.ModelState.READY, r.in_flight),
-        )
-        doomed = {r.replica_id for r in ranked[: current - message.replica]}
+        self._save(model)
+        doomed = least_useful(model, current - message.replica)
         self._remove_replicas(doomed, f"model {model.uid!r} was scaled down", terminate=True)
         self._send(client, self._model_info(model, message.request_id))
 
@@ -230,11 +240,26 @@ class ModelManagement:
                     return
                 self._remove_replicas(waiter.replica_ids, "load failed", terminate=True)
                 model.replica = len(model.replicas)
+                self._save(model)
             elif all(r is not None and r.state == p.ModelState.READY for r in replicas):
                 model.waiters.remove(waiter)
                 self._send(waiter.client, self._model_info(model, waiter.request_id))
 
     # ---- removal ----------------------------------------------------------------------
+
+    def _retry(self, flight: InFlight, model: Model | None) -> bool:
+        """Queue a request whose replica failed before it sent a token again, once, for
+        another ready replica; False when it cannot be (the caller ends it)."""
+        if flight.started or flight.retried or model is None:
+            return False
+        others = [r for r in model.ready() if r.replica_id != flight.replica_id]
+        if not others:
+            return False
+        self.retries += 1
+        model.queue.appendleft(
+            Queued(flight.client, flight.submit, retried=True, avoid=flight.replica_id)
+        )
+        return True
 
     def _remove_replicas(self, doomed: set[str], reason: str, *, terminate: bool) -> None:
         """Forget the replicas in ``doomed`` (telling their workers when ``terminate``).
@@ -258,9 +283,7 @@ class ModelManagement:
                 continue
             del self.in_flight[request_id]
             owner = self.models.get(flight.submit.model_uid)
-            if not flight.started and owner is not None and owner.ready():
-                owner.queue.appendleft((flight.client, flight.submit))  # no token sent: retry
-            else:
+            if not self._retry(flight, owner):
                 self._error(
                     flight.client,
                     request_id,
@@ -283,6 +306,7 @@ class ModelManagement:
     def _drop_model(self, model: Model, reason: str) -> None:
         """Terminate every replica of ``model`` and end its requests and waiters."""
         self.models.pop(model.uid, None)
+        self.state.forget(model.uid)
         for waiter in model.waiters:
             self._error(
                 waiter.client,
@@ -296,7 +320,7 @@ class ModelManagement:
             if worker is not None:
                 worker.reserved = max(worker.reserved - replica.reserved, 0)
                 self._send(worker.identity, p.Terminate(replica.replica_id))
-        ended = [entry for entry in model.queue]
+        ended = [(entry.client, entry.submit) for entry in model.queue]
         ended += [
             (flight.client, flight.submit)
             for flight in self.in_flight.values()
@@ -348,10 +372,10 @@ class ModelManagement:
             n_parallel=model.spec.n_parallel,
         )
 
-    def _cluster(self, request_id: str) -> p.Cluster:
+    def _cluster(self, request_id: str, offset: int = 0, limit: int = p.PAGE_SIZE) -> p.Cluster:
         now = time.monotonic()
         infos = []
-        for worker in self.workers.values():
+        for worker in page_of(list(self.workers.values()), offset, limit):
             statuses = [
                 p.ReplicaStatus(
                     r.replica_id,
@@ -369,4 +393,4 @@ class ModelManagement:
                 if r.worker == worker.identity
             ]
             infos.append(worker.info(now, statuses))
-        return p.Cluster(request_id, infos)
+        return p.Cluster(request_id, infos, len(self.workers))

@@ -19,10 +19,11 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from xb import protocol as p
 from xb.broker.affinity import Affinity
-from xb.broker.management import ModelManagement
+from xb.broker.management import ModelManagement, page_of
 from xb.broker.peers import authenticate
 from xb.broker.routing import LeastLoaded, RoutingPolicy
-from xb.broker.table import InFlight, Model, Replica, WorkerEntry
+from xb.broker.state import DesiredState
+from xb.broker.table import InFlight, Model, Queued, Replica, WorkerEntry
 from xb.keys import broker_keys
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from xb.throttle import Throttle
@@ -45,9 +46,11 @@ class Broker(ModelManagement):
         max_queue: int = DEFAULT_MAX_QUEUE,
         policy: RoutingPolicy | None = None,
         home: Path | None = None,
+        state: Path | None = None,
     ) -> None:
         """``home``: where the broker's keys and allow-list are; None serves plain,
-        unauthenticated peers (``--insecure``)."""
+        unauthenticated peers (``--insecure``). ``state``: the file that keeps the desired
+        state (``state.py``) across restarts; None keeps it in memory."""
         self.interval = heartbeat_interval
         self.max_queue = max_queue
         self.policy = policy or LeastLoaded()
@@ -58,12 +61,24 @@ class Broker(ModelManagement):
         self.malformed = 0
         self.dropped = 0  # frames a peer could not be sent
         self.refused = 0  # READYs for a worker id that belongs to another key
+        self.retries = 0
+        self.replacements = 0
+        self.restarts = 0
         self.instance = uuid.uuid4().hex
         # A worker id belongs to the key that first announced it: no other peer can take
         # it over, whatever connection it comes from.
         self.bindings: OrderedDict[str, str] = OrderedDict()
         self._by_id: dict[str, bytes] = {}  # worker id -> the identity of its connection
         self._warn = Throttle(log)
+        self.state = DesiredState(state)
+        for worker_id, bound in self.state.bindings()[-MAX_BINDINGS:]:
+            self.bindings[worker_id] = bound
+        self._restore()
+        # Restored models wait for their workers to announce what still runs before the
+        # missing replicas are placed again.
+        self.settle_until = (
+            time.monotonic() + heartbeat_interval * HEARTBEAT_LIVENESS if self.models else 0.0
+        )
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
@@ -96,13 +111,19 @@ class Broker(ModelManagement):
                     try:
                         self.send_heartbeats()
                         self.purge_workers(now)
+                        self.reconcile(now)
                     except Exception:  # the loop must outlive any one bad state
-                        log.exception("error sending heartbeats")
+                        log.exception("error in the broker's periodic work")
         finally:
-            self._sock.close(linger=0)
-            if self._auth is not None:
-                self._auth.stop()
-            self._ctx.term()
+            self.close()
+
+    def close(self) -> None:
+        """Let go of the socket and the state file (``run`` does when it ends)."""
+        self.state.close()
+        self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
 
     def _drain(self) -> None:
         for _ in range(1000):  # bounded, so heartbeats still go out under load
@@ -169,7 +190,7 @@ class Broker(ModelManagement):
                 self._release_slot(flight)
                 self._deliver(flight.worker, p.encode(p.Cancel(request_id)))
         for model in self.models.values():
-            for entry in [e for e in model.queue if e[0] == identity]:
+            for entry in [e for e in model.queue if e.client == identity]:
                 model.queue.remove(entry)
             model.waiters = [w for w in model.waiters if w.client != identity]
 
@@ -251,6 +272,8 @@ class Broker(ModelManagement):
             self._apply_status(self.workers[identity], status, adopt=True)
 
     def _bind(self, worker_id: str, key: str) -> None:
+        if worker_id not in self.bindings:
+            self.state.bind(worker_id, key)
         self.bindings[worker_id] = key
         self.bindings.move_to_end(worker_id)
         while len(self.bindings) > MAX_BINDINGS:
@@ -259,6 +282,7 @@ class Broker(ModelManagement):
             if stale is None:
                 break
             del self.bindings[stale]
+            self.state.unbind(stale)
 
     def _move_worker(self, old: bytes, new: bytes) -> None:
         """A known worker came back on a new connection: what it ran is still its own."""
@@ -280,32 +304,45 @@ class Broker(ModelManagement):
     def _apply_status(self, worker: WorkerEntry, status: p.ReplicaStatus, *, adopt: bool) -> None:
         model = self.models.get(status.model_uid)
         if model is None:
-            if not adopt:
-                return
-            # The broker restarted while the worker kept the model: take it back.
-            spec = status.spec or p.ModelSpec(status.model_uid, status.model_name)
-            model = Model(spec=spec, replica=0, created=int(time.time()))
-            self.models[model.uid] = model
+            # Nobody launched it (or it was terminated while the worker was away): the
+            # desired state decides what runs, so it stops.
+            if status.state != p.ModelState.FAILED:
+                log.info(
+                    "worker %s runs %s of unknown model %r; terminating it",
+                    worker.worker_id,
+                    status.replica_id,
+                    status.model_uid,
+                )
+            self._send(worker.identity, p.Terminate(status.replica_id))
+            return
         replica = model.replicas.get(status.replica_id)
+        adopted = replica is None
         if replica is None:
-            if not adopt:
+            if not adopt or status.state == p.ModelState.FAILED:
+                self._send(worker.identity, p.Terminate(status.replica_id))
                 return
+            # A replica that kept running while its worker, or this broker, was away.
             replica = Replica(status.replica_id, model.uid, worker.identity, status.state)
             model.replicas[replica.replica_id] = replica
-            model.replica = max(model.replica, len(model.replicas))
+            model.ran = model.ran or status.state == p.ModelState.READY
+            log.info("took back replica %s on %s", replica.replica_id, worker.worker_id)
         if replica.worker != worker.identity:
             return  # another worker's replica of that id: not this worker's to report
-        if status.abilities:
+        if status.abilities and status.abilities != model.abilities:
             model.abilities = list(status.abilities)
+            self._save(model)
         replica.progress = status.progress
         replica.cached_tokens = status.cached_tokens
         more_slots = status.slots > replica.slots
         replica.slots = max(status.slots, 1)
         if replica.state == status.state:
-            if more_slots:
+            if adopted:
+                self._trim(model)
+            if more_slots or adopted:
                 self.dispatch(model)
             return
         replica.state, replica.error = status.state, status.error
+        model.ran = model.ran or status.state == p.ModelState.READY
         if status.state != p.ModelState.LOADING:
             worker.reserved = max(worker.reserved - replica.reserved, 0)
             replica.reserved = 0
@@ -316,16 +353,35 @@ class Broker(ModelManagement):
             status.state,
             status.error or "",
         )
+        # A launch or scale-up waiting on this replica answers for its failure; any other
+        # failed replica is healed.
+        waited_on = any(replica.replica_id in w.replica_ids for w in model.waiters)
         self._check_waiters(model)
-        self.dispatch(model)
+        if status.state == p.ModelState.FAILED and not waited_on and model.uid in self.models:
+            self._replica_failed(model, replica)
+        if model.uid in self.models:
+            self._trim(model)
+            self.dispatch(model)
 
     def _finish(self, worker: WorkerEntry, message: p.Final | p.Error, frames: list[bytes]) -> None:
         flight = self.in_flight.get(message.request_id)
         if flight is None or flight.worker != worker.identity:
             return  # a cancelled, terminated or retried-elsewhere request's last frame
         del self.in_flight[message.request_id]
-        self._deliver(flight.client, frames)
         model = self.models.get(flight.submit.model_uid)
+        replica = model.replicas.get(flight.replica_id) if model else None
+        if replica is not None:
+            replica.in_flight = max(replica.in_flight - 1, 0)
+        if (
+            isinstance(message, p.Error)
+            and message.code in (p.ErrorCode.MODEL_FAILED, p.ErrorCode.WORKER_LOST)
+            and self._retry(flight, model)
+        ):
+            assert model is not None
+            log.info("retrying %s elsewhere: %s", message.request_id, message.message)
+            self.dispatch(model)
+            return
+        self._deliver(flight.client, frames)
         if model is None:
             return
         if isinstance(message, p.Final):
@@ -333,10 +389,17 @@ class Broker(ModelManagement):
             model.served += 1
             model.tokens += message.usage.completion_tokens
             self.affinity.remember(flight.submit.conversation, flight.replica_id)
-        replica = model.replicas.get(flight.replica_id)
-        if replica is not None:
-            replica.in_flight = max(replica.in_flight - 1, 0)
         self.dispatch(model)
+
+    def stats(self) -> p.BrokerStats:
+        return p.BrokerStats(
+            malformed=self.malformed,
+            dropped=self.dropped,
+            refused=self.refused,
+            retries=self.retries,
+            replacements=self.replacements,
+            restarts=self.restarts,
+        )
 
     def send_heartbeats(self) -> None:
         for identity in list(self.workers):  # a send may find one gone, and remove it
@@ -375,25 +438,29 @@ class Broker(ModelManagement):
 
     def dispatch(self, model: Model) -> None:
         """Send queued requests of ``model`` to replicas with free slots."""
-        if not model.ready() and not model.loading():
+        if not model.ready() and not model.coming(time.monotonic()):
             while model.queue:
-                client, submit = model.queue.popleft()
+                entry = model.queue.popleft()
                 self._error(
-                    client,
-                    submit.request_id,
+                    entry.client,
+                    entry.submit.request_id,
                     p.ErrorCode.NO_REPLICA,
                     f"model {model.uid!r} has no ready replica",
                 )
             return
         while model.queue:
-            preferred = self.affinity.lookup(model.queue[0][1].prefix_keys)
-            replica = self.policy.choose(model.ready(), preferred)
+            head = model.queue[0]
+            ready = model.ready()
+            # A retried request goes to another replica than the one it failed on, while
+            # there is one.
+            elsewhere = [r for r in ready if r.replica_id != head.avoid] or ready
+            replica = self.policy.choose(elsewhere, self.affinity.lookup(head.submit.prefix_keys))
             if replica is None:
                 return
-            client, submit = model.queue.popleft()
+            client, submit, retried, _ = model.queue.popleft()
             replica.in_flight += 1
             self.in_flight[submit.request_id] = InFlight(
-                client, submit, replica.replica_id, replica.worker
+                client, submit, replica.replica_id, replica.worker, retried=retried
             )
             request = p.Request(submit.request_id, replica.replica_id, submit.kind, submit.params)
             self._send(replica.worker, request)
@@ -412,8 +479,9 @@ class Broker(ModelManagement):
         elif isinstance(message, p.ScaleModel):
             self._scale(client, message)
         elif isinstance(message, p.ListModels):
-            infos = [self._model_info(m, message.request_id) for m in self.models.values()]
-            self._send(client, p.ModelList(message.request_id, infos))
+            page = page_of(list(self.models.values()), message.offset, message.limit)
+            infos = [self._model_info(m, message.request_id) for m in page]
+            self._send(client, p.ModelList(message.request_id, infos, len(self.models)))
         elif isinstance(message, p.DescribeModel):
             model = self.models.get(message.model_uid)
             if model is None:
@@ -421,9 +489,9 @@ class Broker(ModelManagement):
             else:
                 self._send(client, self._model_info(model, message.request_id))
         elif isinstance(message, p.ClusterInfo):
-            self._send(client, self._cluster(message.request_id))
+            self._send(client, self._cluster(message.request_id, message.offset, message.limit))
         elif isinstance(message, p.Ping):
-            self._send(client, p.Pong(message.request_id, self.instance))
+            self._send(client, p.Pong(message.request_id, self.instance, self.stats()))
         elif isinstance(message, p.Heartbeat | p.ModelEvent | p.Partial | p.Final | p.Error):
             # A worker the broker does not know (either restarted, or it reconnected and
             # this is its new connection): ask it to announce itself.
@@ -465,7 +533,7 @@ class Broker(ModelManagement):
                 f"model {model.uid!r} has {len(model.queue)} requests waiting; retry later",
             )
             return
-        model.queue.append((client, submit))
+        model.queue.append(Queued(client, submit))
         self.dispatch(model)  # which also refuses it when no replica is ready or loading
 
     def _cancel(self, request_id: str) -> None:
@@ -475,9 +543,9 @@ class Broker(ModelManagement):
             return
         for model in self.models.values():
             for entry in list(model.queue):
-                if entry[1].request_id == request_id:
+                if entry.submit.request_id == request_id:
                     model.queue.remove(entry)
-                    self._error(entry[0], request_id, p.ErrorCode.CANCELLED, "cancelled")
+                    self._error(entry.client, request_id, p.ErrorCode.CANCELLED, "cancelled")
 
 
 def serve_in_thread(broker: Broker) -> threading.Thread:

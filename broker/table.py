@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from xb import protocol as p
 
@@ -61,6 +62,16 @@ class Waiter:
     initial: bool = False  # the model's first launch: if it fails, the model goes
 
 
+class Queued(NamedTuple):
+    """A request waiting for a free slot. ``avoid``: the replica it failed on before its
+    first token, when it is being retried (once) elsewhere."""
+
+    client: bytes
+    submit: p.Submit
+    retried: bool = False
+    avoid: str = ""
+
+
 @dataclass
 class Model:
     spec: p.ModelSpec  # what each replica loads
@@ -74,8 +85,15 @@ class Model:
     served: int = 0
     tokens: int = 0
     replicas: dict[str, Replica] = field(default_factory=dict)
-    queue: deque[tuple[bytes, p.Submit]] = field(default_factory=deque)
+    queue: deque[Queued] = field(default_factory=deque)
     waiters: list[Waiter] = field(default_factory=list)
+    # Self-healing (heal.py): whether a replica was ever ready (a first launch that fails
+    # is the user's to fix, not retried), replicas that failed in a row, and when to try
+    # again.
+    ran: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    last_failure: float = 0.0
 
     @property
     def uid(self) -> str:
@@ -87,6 +105,10 @@ class Model:
     def loading(self) -> bool:
         return any(r.state == p.ModelState.LOADING for r in self.replicas.values())
 
+    def coming(self, now: float) -> bool:
+        """A replica is loading, or a failed one starts again soon: requests may wait."""
+        return self.loading() or now < self.retry_at
+
 
 @dataclass
 class InFlight:
@@ -95,3 +117,4 @@ class InFlight:
     replica_id: str
     worker: bytes
     started: bool = False  # a token reached the client: it can no longer be retried
+    retried: bool = False  # this is its second try

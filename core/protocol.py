@@ -32,6 +32,11 @@ VERSION = b"XB1"
 
 # Frames larger than this are refused before decoding (principle 7: bounded everything).
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# What one broker serves at most, so that every reply stays well inside a frame: list
+# replies come in pages of at most PAGE_SIZE entries.
+MAX_REPLICAS = 256  # per model
+MAX_MODELS = 1024
+PAGE_SIZE = 100
 
 
 class ProtocolError(Exception):
@@ -323,6 +328,8 @@ class TerminateModel(Struct, frozen=True):
 
 class ListModels(Struct, frozen=True):
     request_id: str
+    offset: int = 0
+    limit: int = PAGE_SIZE  # at most PAGE_SIZE
 
 
 class DescribeModel(Struct, frozen=True):
@@ -332,15 +339,29 @@ class DescribeModel(Struct, frozen=True):
 
 class ClusterInfo(Struct, frozen=True):
     request_id: str
+    offset: int = 0
+    limit: int = PAGE_SIZE  # at most PAGE_SIZE
 
 
 class Ping(Struct, frozen=True):
     request_id: str = ""
 
 
+class BrokerStats(Struct, frozen=True):
+    """The broker's counters since it started, for the facade's ``/metrics``."""
+
+    malformed: int = 0  # frames it could not read, or could not act upon
+    dropped: int = 0  # frames it could not send: the peer was gone or too far behind
+    refused: int = 0  # READYs for a worker id that belongs to another key
+    retries: int = 0  # requests sent again after their replica failed before a token
+    replacements: int = 0  # replicas placed again after they were lost
+    restarts: int = 0  # failed replicas started again
+
+
 class Pong(Struct, frozen=True):
     request_id: str = ""
     instance: str = ""  # new each time the broker starts: a facade sees a restart by it
+    stats: BrokerStats | None = None
 
 
 class ReplicaPlace(Struct, frozen=True):
@@ -375,6 +396,7 @@ class ModelInfo(Struct, frozen=True):
 class ModelList(Struct, frozen=True):
     request_id: str
     models: list[ModelInfo]
+    total: int = 0  # models on every page: ask for the next from offset + len(models)
 
 
 class WorkerInfo(Struct, frozen=True):
@@ -393,6 +415,7 @@ class WorkerInfo(Struct, frozen=True):
 class Cluster(Struct, frozen=True):
     request_id: str
     workers: list[WorkerInfo]
+    total: int = 0  # workers on every page
 
 
 class Ack(Struct, frozen=True):

@@ -1,0 +1,173 @@
+"""Self-healing: the broker keeps each model at the replica count its user asked for.
+
+A mixin of ``Broker``. Every heartbeat interval ``reconcile`` compares what runs with the
+desired state (``state.py``) and places replicas that are missing: those lost with their
+worker (at once where there is room, else when a worker with room joins), and those whose
+process failed, after a backoff. A model whose replicas keep failing is given up after
+``MAX_RESTARTS`` tries in a row: its last replica stays ``failed``, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from xb import protocol as p
+from xb.broker.placement import PlacementError
+from xb.broker.state import DesiredState, SavedModel
+from xb.broker.table import Model, Replica, WorkerEntry
+from xb.throttle import Throttle
+
+log = logging.getLogger("xb.broker")
+
+MAX_RESTARTS = 5  # failures in a row, then the replica stays failed
+BACKOFF_FIRST = 1.0  # seconds before the first restart; doubled each time after
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0  # seconds without a failure that forgive the earlier ones
+
+
+def backoff(failures: int) -> float:
+    return float(min(BACKOFF_FIRST * 2 ** max(failures - 1, 0), BACKOFF_MAX))
+
+
+class Healing:
+    workers: dict[bytes, WorkerEntry]
+    models: dict[str, Model]
+    state: DesiredState
+    settle_until: float  # a restarted broker waits this long for its workers to come back
+    replacements: int  # replicas placed again
+    restarts: int  # failed replicas started again
+    _warn: Throttle
+
+    def _send(self, identity: bytes, message: p.Message) -> None:
+        raise NotImplementedError
+
+    def _add_replicas(self, model: Model, count: int) -> set[str]:
+        raise NotImplementedError
+
+    def _remove_replicas(self, doomed: set[str], reason: str, *, terminate: bool) -> None:
+        raise NotImplementedError
+
+    def dispatch(self, model: Model) -> None:
+        raise NotImplementedError
+
+    # ---- the desired state ------------------------------------------------------------
+
+    def _save(self, model: Model) -> None:
+        self.state.save(
+            SavedModel(
+                spec=model.spec,
+                replica=model.replica,
+                created=model.created,
+                need=model.need,
+                worker=model.worker,
+                request_limits=model.request_limits,
+                abilities=model.abilities,
+                next_index=model.next_index,
+            )
+        )
+
+    def _restore(self) -> None:
+        """Read the models users launched before this broker started; their replicas come
+        back as workers announce them, or are placed after ``settle_until``."""
+        for saved in self.state.models():
+            model = Model(
+                spec=saved.spec,
+                replica=saved.replica,
+                created=saved.created,
+                abilities=list(saved.abilities),
+                need=saved.need,
+                worker=saved.worker,
+                request_limits=saved.request_limits,
+                next_index=saved.next_index,
+                ran=True,
+            )
+            self.models[model.uid] = model
+        if self.models:
+            log.info("restored %d models from %s", len(self.models), self.state.path)
+
+    # ---- reconciling ------------------------------------------------------------------
+
+    def reconcile(self, now: float) -> None:
+        """Place the replicas each model misses, as far as there is room."""
+        if now < self.settle_until:
+            return
+        for model in list(self.models.values()):
+            if model.failures and now - model.last_failure > STABLE_AFTER and model.ready():
+                model.failures = 0
+            missing = model.replica - len(model.replicas)
+            if missing <= 0 or now < model.retry_at or model.waiters:
+                continue
+            placed = 0
+            for _ in range(missing):
+                try:
+                    self._add_replicas(model, 1)
+                except PlacementError as exc:
+                    self._warn.warning(
+                        model.uid,
+                        "room",
+                        "%s waits for room for %d replicas: %s",
+                        model.uid,
+                        missing - placed,
+                        exc,
+                    )
+                    break
+                placed += 1
+            if placed:
+                self.replacements += placed
+                self._save(model)  # its next replica id
+            elif model.queue:
+                self.dispatch(model)  # nothing comes: what waits ends with a clear error
+
+    def _replica_failed(self, model: Model, replica: Replica) -> None:
+        """A replica nobody waits on failed: loading elsewhere after a loss, or its process
+        died while serving. Start another after a backoff, or give up. A model that never
+        had a ready replica (a launch that did not wait, and failed) keeps its failure for
+        the user to see: loading again would fail the same way."""
+        if not model.ran:
+            return
+        now = time.monotonic()
+        model.failures += 1
+        model.last_failure = now
+        if model.failures > MAX_RESTARTS:
+            model.retry_at = 0.0  # nothing comes: waiting requests end
+            replica.error = (
+                f"gave up after {MAX_RESTARTS} restarts in a row; last failure: {replica.error}"
+            )
+            log.warning("replica %s: %s", replica.replica_id, replica.error)
+            return
+        delay = backoff(model.failures)
+        model.retry_at = now + delay
+        self.restarts += 1
+        log.warning(
+            "replica %s failed (%s); a new one starts in %.0f s (try %d of %d)",
+            replica.replica_id,
+            replica.error,
+            delay,
+            model.failures,
+            MAX_RESTARTS,
+        )
+        self._remove_replicas({replica.replica_id}, replica.error or "it failed", terminate=True)
+
+    def _trim(self, model: Model) -> None:
+        """More replicas than wanted (a lost worker came back after its replicas were placed
+        again): stop the least useful."""
+        extra = len(model.replicas) - model.replica
+        if extra <= 0 or model.waiters:
+            return
+        doomed = least_useful(model, extra)
+        log.info(
+            "model %s has %d replicas more than wanted; stopping %s",
+            model.uid,
+            extra,
+            ", ".join(sorted(doomed)),
+        )
+        self._remove_replicas(doomed, f"model {model.uid!r} has enough replicas", terminate=True)
+
+
+def least_useful(model: Model, count: int) -> set[str]:
+    """The ``count`` replicas of ``model`` to stop first: not ready, then the least busy."""
+    ranked = sorted(
+        model.replicas.values(), key=lambda r: (r.state == p.ModelState.READY, r.in_flight)
+    )
+    return {r.replica_id for r in ranked[:count]}

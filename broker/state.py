@@ -1,0 +1,92 @@
+"""The broker's desired state on disk: the models users launched, with their replica counts
+and launch settings, and which key each worker id belongs to.
+
+A restarted broker reads it back and puts the cluster together again: replicas that
+workers still run are taken back, missing ones are placed anew (``heal.py``). It is one
+SQLite file under ``XB_HOME``; only the broker's thread writes to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import msgspec
+
+from xb import protocol as p
+
+log = logging.getLogger("xb.broker")
+
+STATE_FILE = "broker.db"
+
+
+class SavedModel(msgspec.Struct, frozen=True):
+    """What a launch asked for, as it stands after later scaling."""
+
+    spec: p.ModelSpec
+    replica: int
+    created: int
+    need: int = 0
+    worker: str | None = None
+    request_limits: int | None = None
+    abilities: list[str] = []
+    next_index: int = 0  # replica ids are never used twice, even across restarts
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SavedModel)
+
+
+class DesiredState:
+    """``path`` None keeps nothing across restarts (a broker embedded in a benchmark)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # Made in the caller's thread, used in the broker's: one user at a time.
+        self._db = sqlite3.connect(
+            str(path) if path is not None else ":memory:", check_same_thread=False
+        )
+        with self._db:
+            self._db.execute("CREATE TABLE IF NOT EXISTS models (uid TEXT PRIMARY KEY, body BLOB)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS bindings (worker_id TEXT PRIMARY KEY, key TEXT)"
+            )
+
+    def models(self) -> list[SavedModel]:
+        saved = []
+        for uid, body in self._db.execute("SELECT uid, body FROM models ORDER BY rowid"):
+            try:
+                saved.append(_decoder.decode(body))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("saved model %r is unreadable and was skipped: %s", uid, exc)
+        return saved
+
+    def save(self, model: SavedModel) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO models (uid, body) VALUES (?, ?)",
+                (model.spec.model_uid, _encoder.encode(model)),
+            )
+
+    def forget(self, uid: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM models WHERE uid = ?", (uid,))
+
+    def bindings(self) -> list[tuple[str, str]]:
+        return list(self._db.execute("SELECT worker_id, key FROM bindings ORDER BY rowid"))
+
+    def bind(self, worker_id: str, key: str) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO bindings (worker_id, key) VALUES (?, ?)", (worker_id, key)
+            )
+
+    def unbind(self, worker_id: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM bindings WHERE worker_id = ?", (worker_id,))
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,243 @@
+"""Self-healing, retries and bounds, driven through ``Broker.process`` with the frames
+peers send; what the broker sends is recorded instead of going out on its socket."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xb import protocol as p
+from xb.broker.heal import MAX_RESTARTS
+from xb.broker.server import Broker
+from xb.demo_model import DEMO_MODEL_NAME
+
+pytestmark = pytest.mark.unit
+GIB = 1024**3
+FACADE = b"facade"
+
+
+class Recorder:
+    """A broker whose sends are kept, per peer."""
+
+    def __init__(self, state: Path) -> None:
+        self.broker = Broker("tcp://127.0.0.1:0", state=state)
+        self.sent: list[tuple[bytes, p.Message]] = []
+
+        def deliver(identity: bytes, frames: list[bytes]) -> bool:
+            self.sent.append((identity, p.decode(frames)))
+            return True
+
+        self.broker._deliver = deliver  # type: ignore[method-assign]
+
+    def peer(self, identity: bytes, message: p.Message) -> None:
+        self.broker.process([identity, *p.encode(message)])
+
+    def take(self, identity: bytes | None = None) -> list[p.Message]:
+        """What was sent (to ``identity``) since the last call."""
+        mine = [m for who, m in self.sent if identity is None or who == identity]
+        self.sent = [(who, m) for who, m in self.sent if identity is not None and who != identity]
+        return mine
+
+    def join(self, name: str, replicas: list[p.ReplicaStatus] | None = None) -> bytes:
+        memory = p.Memory(64 * GIB, 64 * GIB)
+        self.peer(name.encode(), p.Ready(name, "host", 1, memory, 4, replicas or []))
+        return name.encode()
+
+    def ready(self, worker: bytes, replica_id: str, uid: str = "m") -> None:
+        status = p.ReplicaStatus(replica_id, uid, DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
+        self.peer(worker, p.ModelEvent(status))
+
+    def fail(self, worker: bytes, replica_id: str, uid: str = "m") -> None:
+        status = p.ReplicaStatus(
+            replica_id, uid, DEMO_MODEL_NAME, p.ModelState.FAILED, "exited with code -9"
+        )
+        self.peer(worker, p.ModelEvent(status))
+
+    def launch(
+        self, replica: int = 1, uid: str = "m", need: int = GIB, limits: int | None = None
+    ) -> p.Message:
+        spec = p.ModelSpec(uid, DEMO_MODEL_NAME)
+        launch = p.LaunchModel(
+            "l", spec, replica, wait_ready=False, need=need, request_limits=limits
+        )
+        self.peer(FACADE, launch)
+        (reply,) = self.take(FACADE)
+        return reply
+
+    def requests(self) -> list[tuple[bytes, p.Request]]:
+        """Requests sent to workers since the last call, with where they went."""
+        sent = [(who, m) for who, m in self.sent if isinstance(m, p.Request)]
+        self.sent = [(who, m) for who, m in self.sent if not isinstance(m, p.Request)]
+        return sent
+
+    def launches(self) -> list[tuple[bytes, str]]:
+        return [(who, m.replica_id) for who, m in self.sent if isinstance(m, p.Launch)]
+
+
+@pytest.fixture
+def rec(tmp_path: Path) -> Iterator[Recorder]:
+    recorder = Recorder(tmp_path / "broker.db")
+    yield recorder
+    recorder.broker.close()
+
+
+def submit(rid: str, uid: str = "m") -> p.Submit:
+    return p.Submit(rid, uid, "chat", p.GenerateParams(messages=[]))
+
+
+def later(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
+def test_a_replica_lost_with_its_worker_is_placed_again(rec: Recorder) -> None:
+    a, b = rec.join("a"), rec.join("b")
+    assert isinstance(rec.launch(replica=2), p.ModelInfo)
+    placed = dict((rid, who) for who, rid in rec.launches())
+    assert sorted(placed.values()) == [a, b]
+    for rid, who in placed.items():
+        rec.ready(who, rid)
+    rec.take()
+    # A request is running on a's replica, before its first token, when a goes away.
+    rec.peer(FACADE, submit("r1"))
+    ((first, _),) = rec.requests()
+    rec.peer(first, p.Disconnect("gone"))
+    # It is retried on the other replica at once, and counted.
+    ((second, again),) = rec.requests()
+    assert second != first and again.request_id == "r1" and rec.broker.retries == 1
+    rec.take()
+    # The next reconcile places the lost replica on the worker left.
+    rec.broker.reconcile(later(0))
+    ((where, new_id),) = rec.launches()
+    assert where == second and new_id == "m-2" and rec.broker.replacements == 1
+    rec.ready(second, new_id)
+    rec.take()
+    # The lost worker comes back with its replica still running: one replica too many,
+    # so the least useful (the idle one of those ready, here) stops.
+    lost = next(rid for rid, who in placed.items() if who == first)
+    status = p.ReplicaStatus(lost, "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
+    rec.join(first.decode(), [status])
+    stopped = [(w, m.replica_id) for w, m in rec.sent if isinstance(m, p.Terminate)]
+    assert len(stopped) == 1
+    model = rec.broker.models["m"]
+    assert len(model.replicas) == 2 and stopped[0][1] not in model.replicas
+
+
+def test_a_failed_replica_starts_again_with_backoff_then_is_given_up(rec: Recorder) -> None:
+    w = rec.join("w")
+    rec.launch()
+    ((_, rid),) = rec.launches()
+    rec.ready(w, rid)
+    rec.take()
+    model = rec.broker.models["m"]
+    waits = []
+    for attempt in range(1, MAX_RESTARTS + 1):
+        rec.fail(w, rid)
+        assert [type(m) for m in rec.take(w)] == [p.Terminate]
+        assert not model.replicas and rec.broker.restarts == attempt
+        waits.append(round(model.retry_at - time.monotonic()))
+        rec.broker.reconcile(time.monotonic())  # too early: nothing yet
+        assert not rec.launches()
+        rec.broker.reconcile(model.retry_at + 0.01)
+        ((_, rid),) = rec.launches()
+        rec.take()
+        rec.ready(w, rid)
+    assert waits == [1, 2, 4, 8, 16]
+    # One failure more than allowed: the replica stays failed, with the reason.
+    rec.fail(w, rid)
+    assert not [m for m in rec.take(w) if isinstance(m, p.Terminate)]
+    (replica,) = model.replicas.values()
+    assert replica.state == p.ModelState.FAILED
+    assert replica.error is not None and replica.error.startswith("gave up after 5 restarts")
+    rec.broker.reconcile(later(3600))
+    assert not rec.launches()
+    # A request for it now ends at once with a clear error.
+    rec.peer(FACADE, submit("late"))
+    (error,) = rec.take(FACADE)
+    assert isinstance(error, p.Error) and error.code == p.ErrorCode.NO_REPLICA
+
+
+def test_a_request_failing_before_its_first_token_is_retried_once(rec: Recorder) -> None:
+    a, b = rec.join("a"), rec.join("b")
+    rec.launch(replica=2)
+    for who, rid in rec.launches():
+        rec.ready(who, rid)
+    rec.take()
+    rec.peer(FACADE, submit("r"))
+    ((first, _),) = rec.requests()
+    rec.peer(first, p.Error("r", p.ErrorCode.MODEL_FAILED, "model process exited"))
+    ((second, _),) = rec.requests()
+    assert second != first and not rec.take(FACADE)
+    # A second failure reaches the client.
+    rec.peer(second, p.Error("r", p.ErrorCode.MODEL_FAILED, "model process exited"))
+    (error,) = rec.take(FACADE)
+    assert isinstance(error, p.Error) and error.code == p.ErrorCode.MODEL_FAILED
+    # A request that streamed a token is never retried.
+    rec.take()
+    rec.peer(FACADE, submit("s"))
+    ((where, _),) = rec.requests()
+    rec.peer(where, p.Partial("s", "hi", 1))
+    rec.peer(where, p.Error("s", p.ErrorCode.MODEL_FAILED, "model process exited"))
+    sent = rec.take(FACADE)
+    assert [type(m) for m in sent] == [p.Partial, p.Error]
+    assert {a, b} >= {first, second} and rec.broker.retries == 1
+
+
+def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None:
+    state = tmp_path / "broker.db"
+    rec = Recorder(state)
+    w = rec.join("w")
+    rec.launch(replica=2, limits=3)
+    for who, rid in rec.launches():
+        rec.ready(who, rid)
+    rec.broker.close()
+    # The broker restarts. Its worker still runs one of the replicas (the other was lost
+    # meanwhile) and one replica of a model nobody launched.
+    rec = Recorder(state)
+    model = rec.broker.models["m"]
+    assert (model.replica, model.request_limits, model.need) == (2, 3, GIB)
+    kept = p.ReplicaStatus("m-0", "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
+    stray = p.ReplicaStatus("x-0", "x", "x", p.ModelState.READY, slots=1)
+    rec.join(w.decode(), [kept, stray])
+    assert [(type(m), getattr(m, "replica_id", "")) for m in rec.take(w)] == [(p.Terminate, "x-0")]
+    assert list(model.replicas) == ["m-0"] and "x" not in rec.broker.models
+    # Missing replicas wait for workers to come back first ...
+    rec.broker.reconcile(time.monotonic())
+    assert not rec.launches()
+    # ... then are placed, under a replica id never used before.
+    rec.broker.reconcile(later(10))
+    assert [rid for _, rid in rec.launches()] == ["m-2"]
+    # The launch settings came back too.
+    for i in range(3):
+        rec.peer(FACADE, submit(f"r{i}"))
+    rec.peer(FACADE, submit("over"))
+    errors = [m for m in rec.take(FACADE) if isinstance(m, p.Error)]
+    assert [e.code for e in errors] == [p.ErrorCode.QUEUE_FULL]
+    # A terminated model is gone from the state as well.
+    rec.peer(FACADE, p.TerminateModel("t", "m"))
+    rec.broker.close()
+    rec = Recorder(state)
+    assert not rec.broker.models
+    rec.broker.close()
+
+
+def test_replica_counts_and_list_replies_are_bounded(rec: Recorder) -> None:
+    rec.join("w")
+    refused = rec.launch(replica=100_000)
+    assert isinstance(refused, p.Error) and refused.code == p.ErrorCode.INVALID_REQUEST
+    assert str(p.MAX_REPLICAS) in refused.message
+    for i in range(p.PAGE_SIZE + 20):
+        assert isinstance(rec.launch(uid=f"m{i}", need=1), p.ModelInfo)
+    rec.peer(FACADE, p.ListModels("q", limit=10**9))
+    (page,) = rec.take(FACADE)
+    assert isinstance(page, p.ModelList)
+    assert (len(page.models), page.total) == (p.PAGE_SIZE, p.PAGE_SIZE + 20)
+    rec.peer(FACADE, p.ListModels("q", offset=p.PAGE_SIZE))
+    (rest,) = rec.take(FACADE)
+    assert isinstance(rest, p.ModelList) and len(rest.models) == 20
+    assert sum(len(p.encode(m)[2]) for m in (page,)) < p.MAX_BODY_BYTES
+    rec.peer(FACADE, p.ScaleModel("s", "m0", 10**6))
+    (error,) = rec.take(FACADE)
+    assert isinstance(error, p.Error) and error.code == p.ErrorCode.INVALID_REQUEST
