@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 import typer
 import uvicorn
@@ -16,11 +18,14 @@ from xb.api.limits import DEFAULT_ANSWER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits
 from xb.broker.server import DEFAULT_MAX_QUEUE, Broker, serve_in_thread
 from xb.broker.state import STATE_FILE
 from xb.keys import peer_keys
+from xb.lifetime import child_env
 from xb.paths import allow_folders
 from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 
 app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
 log = logging.getLogger("xb.broker")
+
+SHUTDOWN_GRACE = 3  # seconds open requests and the --local worker get to finish
 
 
 @app.command()
@@ -128,6 +133,9 @@ def serve(
         typer.echo(f"xb-broker: {refusal}", err=True)
         raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # uvicorn stops on SIGTERM and then raises it again: this handler turns that into
+    # SystemExit, so the cleanup below (the --local worker) runs instead of an abrupt end.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     home = xb_home()
     for warning in warnings:
         log.warning("%s", warning)
@@ -160,7 +168,8 @@ def serve(
                 "--heartbeat-interval",
                 str(heartbeat_interval),
                 *(["--insecure"] if insecure else []),
-            ]
+            ],
+            env=child_env(),  # it stops when this process ends, however that happens
         )
     log.warning(
         "broker for workers on %s; OpenAI API on http://%s:%d/v1 (%s)",
@@ -183,16 +192,23 @@ def serve(
             host=api_host,
             port=api_port,
             log_level="warning",
+            # Requests still open this long after SIGTERM are cut: a hung one never holds
+            # the shutdown.
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
         )
     finally:
         if worker is not None:
             worker.terminate()
             try:
-                worker.wait(10)
+                worker.wait(SHUTDOWN_GRACE)
             except subprocess.TimeoutExpired:
                 worker.kill()
         broker.stop()
-        thread.join(5)
+        thread.join(SHUTDOWN_GRACE)
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from types import FrameType
 import typer
 
 from xb.keys import KeysError, peer_keys
+from xb.lifetime import die_with_parent
 from xb.paths import allow_folders
 from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 from xb.worker.memory import parse_size
@@ -78,6 +79,7 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    die_with_parent(signal.SIGTERM)  # a --local worker stops with its broker
     worker.run()
 
 

@@ -30,7 +30,7 @@ from xb.worker.engine import Engine, Event, Failed
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, scored_piece
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
-from xb.worker.prefix_cache import PrefixCache
+from xb.worker.prefix_cache import STASH_MIN, PrefixCache
 from xb.worker.threads import ThreadTuner
 
 log = logging.getLogger("xb.model")
@@ -248,6 +248,8 @@ class BatchEngine(Engine):
     def step(self) -> list[Event]:
         events, self._early = self._early, []
         while self._waiting and len(self._running) < self.slots:
+            if self._continues_closing(self._waiting[0]):
+                break
             sequence = self._waiting.popleft()
             self._place(sequence)
             self._running.append(sequence)
@@ -268,6 +270,12 @@ class BatchEngine(Engine):
                 self._abandon(row.sequence, events, f"generation failed: {exc}")
             index += len(row.tokens)
         return events
+
+    def _continues_closing(self, sequence: Sequence) -> bool:
+        """A follow-up that came while the answer it continues is in its closing step waits
+        that one step: then the answer's cells are complete and cached for it to reuse."""
+        head = sequence.prompt[:STASH_MIN]
+        return any(s.closing and s.kv[: len(head)] == head for s in self._running)
 
     def _advance(self, row: Row, start: int, index: int, events: list[Event]) -> None:
         """What a decoded row gives: scored prompt tokens, the next token, or the end."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import zmq
 
 from xb import protocol as p
 from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
+from xb.lifetime import die_with_parent
 from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.paths import PathRefused, allowed_file
 from xb.settings import xb_home
@@ -129,7 +131,17 @@ class Runner:
         self._cached = engine.cached_tokens
 
     def _send(self, message: p.Message) -> None:
-        self._sock.send_multipart(p.encode(message))
+        frames = p.encode(message)
+        if len(frames[-1]) > p.MAX_BODY_BYTES and isinstance(message, p.Final):
+            # One frame cannot carry it, and the broker would drop the connection that
+            # tried: the request ends with the reason instead.
+            size = len(frames[-1]) / 2**20
+            text = (
+                f"the result is {size:.1f} MiB, more than the {p.MAX_BODY_BYTES // 2**20} MiB "
+                "one answer may carry; ask for fewer inputs or fewer tokens at a time"
+            )
+            frames = p.encode(p.Error(message.request_id, p.ErrorCode.INVALID_REQUEST, text))
+        self._sock.send_multipart(frames)
 
     def run(self) -> None:
         while True:
@@ -227,6 +239,7 @@ class Runner:
 
 
 def main(argv: list[str]) -> int:
+    die_with_parent(signal.SIGKILL)  # it holds nothing that needs cleaning up
     address, replica_id, spec_json, offer, threads = argv
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s model {replica_id} %(message)s")
     spec = msgspec.json.decode(spec_json, type=p.ModelSpec)

@@ -24,6 +24,7 @@ import zmq
 
 from xb import protocol as p
 from xb.keys import PeerKeys
+from xb.lifetime import child_env
 from xb.settings import HEARTBEAT_INTERVAL
 from xb.units import size_text
 from xb.worker.cores import default_budget, threads_per_replica, usable_cores
@@ -283,7 +284,8 @@ class Worker:
                     msgspec.json.encode(message.spec).decode(),
                     str(offer),
                     str(threads),
-                ]
+                ],
+                env=child_env(),
             )
         except OSError as exc:
             self._refuse(message, f"cannot start a model process: {exc}")

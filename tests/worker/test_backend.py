@@ -188,6 +188,24 @@ def test_a_follow_up_reads_only_what_the_cache_lacks(engine: BatchEngine) -> Non
 
 
 @pytest.mark.integration
+def test_a_follow_up_sent_the_moment_its_answer_ends_reuses_it_all(engine: BatchEngine) -> None:
+    # An answer cut at max_tokens takes one more step to put its last token in the cache;
+    # a follow-up that arrives meanwhile waits that step rather than computing it again.
+    history = [ChatMessage("user", "tell me about " + "the sea " * 30)]
+    engine.add("1", "chat", GenerateParams(messages=history, max_tokens=20))
+    first: list[object] = []
+    while not first or not isinstance(first[-1], Done):
+        first += [item for _, item in engine.step()]
+    done = first[-1]
+    assert isinstance(done, Done) and done.finish_reason == "length"
+    assert any(s.closing for s in engine._running)  # the closing step is still to come
+    follow = [*history, ChatMessage("assistant", "".join(tokens(first))), ChatMessage("user", "?")]
+    second = run(engine, {"2": ("chat", GenerateParams(messages=follow, max_tokens=5))})["2"][-1]
+    assert isinstance(second, Done)
+    assert second.usage.cached_tokens >= done.usage.prompt_tokens + 19
+
+
+@pytest.mark.integration
 def test_cancel_frees_the_sequence_at_once(engine: BatchEngine) -> None:
     engine.add("long", "completion", greedy("go", 200))
     engine.add("short", "completion", greedy("go on", 5))

@@ -1,0 +1,38 @@
+"""The model process's runner: what it sends to its worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from xb import protocol as p
+from xb.worker.model_process import Runner
+
+pytestmark = pytest.mark.unit
+
+
+class Socket:
+    def __init__(self) -> None:
+        self.sent: list[p.Message] = []
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        assert len(frames[-1]) <= p.MAX_BODY_BYTES
+        self.sent.append(p.decode(frames))
+
+
+class Engine:
+    cached_tokens = 0
+
+
+def test_a_result_too_big_for_one_frame_ends_its_request_with_the_reason() -> None:
+    sock = Socket()
+    runner = Runner(sock, Engine(), lambda: None)  # type: ignore[arg-type]
+    # 16,000 inputs of 64 dimensions: about 9 MiB as a frame.
+    vectors: Any = [[0.123456789] * 64] * 16_000
+    runner._send(p.Final("big", "stop", p.Usage(16_000, 0, 16_000), embeddings=vectors))
+    runner._send(p.Final("small", "stop", p.Usage(1, 0, 1), embeddings=[[0.5] * 64]))
+    big, small = sock.sent
+    assert isinstance(big, p.Error) and big.request_id == "big"
+    assert big.code == p.ErrorCode.INVALID_REQUEST and "fewer inputs" in big.message
+    assert isinstance(small, p.Final) and small.embeddings == [[0.5] * 64]
