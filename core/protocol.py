@@ -24,7 +24,7 @@ This module imports nothing of the project.
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -37,6 +37,14 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_REPLICAS = 256  # per model
 MAX_MODELS = 1024
 PAGE_SIZE = 100
+
+
+# What a worker reports is checked as it is decoded: a frame outside these bounds is
+# malformed, dropped and counted, before the broker acts on any of it.
+MAX_REPLICAS_PER_WORKER = 1024
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**60)]  # an exabyte: more is a lie
+Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
+Name = Annotated[str, msgspec.Meta(max_length=256)]
 
 
 class ProtocolError(Exception):
@@ -79,10 +87,10 @@ class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 
 
 class Memory(Struct, frozen=True):
-    total: int
-    free: int
-    gpu_total: int = 0
-    gpu_free: int = 0
+    total: Bytes
+    free: Bytes
+    gpu_total: Bytes = 0
+    gpu_free: Bytes = 0
 
 
 class ChatMessage(Struct, frozen=True):
@@ -191,37 +199,40 @@ class ModelSpec(Struct, frozen=True):
 
 
 class ReplicaStatus(Struct, frozen=True):
-    replica_id: str
-    model_uid: str
+    replica_id: Name
+    model_uid: Name
     model_name: str
     state: ModelState
     error: str | None = None
-    in_flight: int = 0
-    queue_depth: int = 0
+    in_flight: Count = 0
+    queue_depth: Count = 0
     abilities: list[str] = []
     progress: Progress | None = None
     spec: ModelSpec | None = None  # sent in READY, so a restarted broker can take it over
-    slots: int = 1  # sequences it decodes at once; in_flight counts the busy ones
-    cached_tokens: int = 0  # tokens of finished conversations held in its prefix cache
+    slots: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1  # sequences decoded at once
+    cached_tokens: Count = 0  # tokens of finished conversations held in its prefix cache
 
 
 # ---- worker <-> broker -----------------------------------------------------------------
 
 
+Replicas = Annotated[list[ReplicaStatus], msgspec.Meta(max_length=MAX_REPLICAS_PER_WORKER)]
+
+
 class Ready(Struct, frozen=True):
-    worker_id: str
-    host: str
+    worker_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    host: Name
     pid: int
     memory: Memory
-    slots: int
-    replicas: list[ReplicaStatus] = []
+    slots: Count
+    replicas: Replicas = []
 
 
 class Heartbeat(Struct, frozen=True):
     memory: Memory | None = None
-    replicas: list[ReplicaStatus] = []
-    queue_depth: int = 0
-    in_flight: int = 0
+    replicas: Replicas = []
+    queue_depth: Count = 0
+    in_flight: Count = 0
 
 
 class Disconnect(Struct, frozen=True):

@@ -77,3 +77,55 @@ def test_fields_from_newer_peers_are_ignored() -> None:
 
     body = msgspec.msgpack.encode({"request_id": "r", "future_field": 1})
     assert p.decode([p.VERSION, p.encode(p.Cancel("r"))[1], body]) == p.Cancel("r")
+
+
+def _ready(**fields: object) -> list[bytes]:
+    """A READY whose body has ``fields`` as given, whatever their values."""
+    import msgspec
+
+    body = {
+        "worker_id": "w",
+        "host": "h",
+        "pid": 1,
+        "memory": {"total": 1, "free": 1},
+        "slots": 1,
+        **fields,
+    }
+    return [
+        p.VERSION,
+        p.encode(p.Ready("w", "h", 1, p.Memory(1, 1), 1))[1],
+        msgspec.msgpack.encode(body),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"memory": {"total": 2**61, "free": 2**61}},  # claims of an exabyte and more
+        {"memory": {"total": 1, "free": -1}},
+        {"slots": 10**9},
+        {"worker_id": ""},
+        {"worker_id": "w" * 1000},
+        {
+            "replicas": [
+                {"replica_id": f"r{i}", "model_uid": "m", "model_name": "m", "state": "ready"}
+                for i in range(p.MAX_REPLICAS_PER_WORKER + 1)
+            ]
+        },
+        {
+            "replicas": [
+                {
+                    "replica_id": "r",
+                    "model_uid": "m",
+                    "model_name": "m",
+                    "state": "ready",
+                    "slots": 0,
+                }
+            ]
+        },
+    ],
+)
+def test_what_a_worker_reports_is_bounded(fields: dict[str, object]) -> None:
+    assert isinstance(p.decode(_ready()), p.Ready)
+    with pytest.raises(p.ProtocolError):
+        p.decode(_ready(**fields))
