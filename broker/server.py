@@ -463,7 +463,18 @@ class Broker(ModelManagement):
                 client, submit, replica.replica_id, replica.worker, retried=retried
             )
             request = p.Request(submit.request_id, replica.replica_id, submit.kind, submit.params)
-            self._send(replica.worker, request)
+            if not self._deliver(replica.worker, p.encode(request)):
+                # The worker is gone (its requests were handled as it was removed) or too
+                # far behind to take more: this one must not hold the slot.
+                flight = self.in_flight.pop(submit.request_id, None)
+                if flight is not None:
+                    self._release_slot(flight)
+                    self._error(
+                        client,
+                        submit.request_id,
+                        p.ErrorCode.WORKER_LOST,
+                        "the worker serving this model did not take the request; retry",
+                    )
 
     # ---- facades ----------------------------------------------------------------------
 

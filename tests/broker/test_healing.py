@@ -25,8 +25,11 @@ class Recorder:
     def __init__(self, state: Path) -> None:
         self.broker = Broker("tcp://127.0.0.1:0", state=state)
         self.sent: list[tuple[bytes, p.Message]] = []
+        self.full: set[bytes] = set()  # peers whose queues are full: nothing reaches them
 
         def deliver(identity: bytes, frames: list[bytes]) -> bool:
+            if identity in self.full:
+                return False
             self.sent.append((identity, p.decode(frames)))
             return True
 
@@ -241,3 +244,20 @@ def test_replica_counts_and_list_replies_are_bounded(rec: Recorder) -> None:
     rec.peer(FACADE, p.ScaleModel("s", "m0", 10**6))
     (error,) = rec.take(FACADE)
     assert isinstance(error, p.Error) and error.code == p.ErrorCode.INVALID_REQUEST
+
+
+def test_a_request_a_worker_cannot_take_ends_and_frees_its_slot(rec: Recorder) -> None:
+    w = rec.join("w")
+    rec.launch()
+    ((_, rid),) = rec.launches()
+    rec.ready(w, rid)
+    rec.take()
+    rec.full.add(w)  # the worker stopped reading: its queue is full
+    rec.peer(FACADE, submit("r"))
+    (error,) = rec.take(FACADE)
+    assert isinstance(error, p.Error) and error.code == p.ErrorCode.WORKER_LOST
+    replica = rec.broker.models["m"].replicas[rid]
+    assert replica.in_flight == 0 and "r" not in rec.broker.in_flight
+    rec.full.clear()
+    rec.peer(FACADE, submit("r2"))
+    assert [m.request_id for _, m in rec.requests()] == ["r2"]
