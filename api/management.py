@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Query, Request
@@ -26,6 +26,8 @@ from xb.api.metrics import Metrics
 from xb.api.schemas import AddReplicasRequest, LaunchRequest, ScaleRequest
 from xb.api.streaming import fail
 from xb.registry import ModelFamily, Registry
+
+T = TypeVar("T")
 
 router = APIRouter(route_class=CheckedRoute)
 
@@ -60,28 +62,29 @@ async def call(
     return reply
 
 
-async def all_models(request: Request) -> list[p.ModelInfo]:
-    """Every model, read page by page (the broker answers ``PAGE_SIZE`` at a time)."""
-    models: list[p.ModelInfo] = []
+async def _every(
+    request: Request,
+    ask: Callable[..., p.Message],
+    expect: type[p.Message],
+    entries: Callable[[Any], list[T]],
+) -> list[T]:
+    """Every entry of a list reply, read page by page (the broker answers ``PAGE_SIZE``
+    at a time)."""
+    out: list[T] = []
     while True:
-        page: p.ModelList = await call(
-            request, functools.partial(p.ListModels, offset=len(models)), p.ModelList
-        )
-        models += page.models
-        if not page.models or len(models) >= page.total:
-            return models
+        page = await call(request, functools.partial(ask, offset=len(out)), expect)
+        more = entries(page)
+        out += more
+        if not more or len(out) >= page.total:
+            return out
+
+
+async def all_models(request: Request) -> list[p.ModelInfo]:
+    return await _every(request, p.ListModels, p.ModelList, lambda page: page.models)
 
 
 async def all_workers(request: Request) -> list[p.WorkerInfo]:
-    """Every worker, read page by page."""
-    workers: list[p.WorkerInfo] = []
-    while True:
-        page: p.Cluster = await call(
-            request, functools.partial(p.ClusterInfo, offset=len(workers)), p.Cluster
-        )
-        workers += page.workers
-        if not page.workers or len(workers) >= page.total:
-            return workers
+    return await _every(request, p.ClusterInfo, p.Cluster, lambda page: page.workers)
 
 
 async def describe(request: Request, uid: str) -> p.ModelInfo:

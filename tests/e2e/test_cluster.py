@@ -258,3 +258,27 @@ def test_client_gone_from_a_whole_answer_cancels_too(
     gave_up = time.monotonic()
     wait_until(lambda: stack.in_flight() == 0, timeout=2.0)  # 4000 tokens would take seconds
     assert time.monotonic() - gave_up < 2.0
+
+
+def test_lists_longer_than_a_page_are_read_whole(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(0)
+    ctx = zmq.Context()
+    peers = [stack.peer(ctx) for _ in range(p.PAGE_SIZE + 30)]
+    try:
+        for i, sock in enumerate(peers):
+            sock.send_multipart(p.encode(p.Ready(f"w{i:03}", "h", 1, p.Memory(1, 1), 1)))
+
+        def listed() -> list[dict[str, object]]:
+            for sock in peers:  # alive: a worker silent for 3 s is dropped
+                sock.send_multipart(p.encode(p.Heartbeat()))
+            workers = stack.cluster()
+            return workers if len(workers) == len(peers) else []
+
+        workers = wait_until(listed)
+        assert sorted(w["worker_id"] for w in workers) == [f"w{i:03}" for i in range(len(peers))]
+        metrics = httpx.get(stack.url + "/metrics", timeout=5).text
+        assert f"xb_workers_alive {float(len(peers))}" in metrics
+    finally:
+        for sock in peers:
+            sock.close(0)
+        ctx.term()
