@@ -48,7 +48,8 @@ class Allowlist:
             return True
         self.refused += 1
         name = key.decode(errors="replace")
-        self._warn.warning(name, "refused", "refused a peer whose key %s is not allowed", name)
+        # One line per interval for all refused keys: a rogue can make new keys at will.
+        self._warn.warning("*", "refused", "refused a peer whose key %s is not allowed", name)
         return False
 
 

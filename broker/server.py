@@ -154,7 +154,13 @@ class Broker(ModelManagement):
                 self.process_client(identity, message)
         except Exception as exc:
             self.malformed += 1
-            log.exception("error handling %s from %r; dropped", type(message).__name__, identity)
+            self._warn.exception(
+                identity.hex(),
+                "error",
+                "error handling %s from %r; dropped",
+                type(message).__name__,
+                identity,
+            )
             request_id = getattr(message, "request_id", None)
             if identity not in self.workers and request_id:
                 # Nobody may wait for an answer that will never come.
@@ -225,8 +231,13 @@ class Broker(ModelManagement):
         elif isinstance(message, p.Disconnect):
             self._remove_worker(identity, f"worker disconnected: {message.reason}")
         else:
-            log.warning(
-                "unexpected %s from worker %s dropped", type(message).__name__, worker.worker_id
+            self.malformed += 1
+            self._warn.warning(
+                worker.worker_id,
+                "unexpected",
+                "unexpected %s from worker %s dropped",
+                type(message).__name__,
+                worker.worker_id,
             )
 
     def _register(self, identity: bytes, ready: p.Ready, key: str) -> None:
@@ -509,7 +520,13 @@ class Broker(ModelManagement):
             self._send(client, p.Disconnect("unknown worker; send READY"))
         else:
             self.malformed += 1
-            log.warning("unexpected %s from %r dropped", type(message).__name__, client[:32])
+            self._warn.warning(
+                client.hex(),
+                "unexpected",
+                "unexpected %s from %r dropped",
+                type(message).__name__,
+                client[:32],
+            )
 
     def _submit(self, client: bytes, submit: p.Submit) -> None:
         model = self.models.get(submit.model_uid)

@@ -25,6 +25,15 @@ class Throttle:
 
     def warning(self, peer: str, kind: str, message: str, *args: object) -> None:
         """Log ``message`` unless this peer had this kind of warning within the interval."""
+        self._emit(peer, kind, message, args, exc_info=False)
+
+    def exception(self, peer: str, kind: str, message: str, *args: object) -> None:
+        """As ``warning``, at error level with the traceback of the exception handled now."""
+        self._emit(peer, kind, message, args, exc_info=True)
+
+    def _emit(
+        self, peer: str, kind: str, message: str, args: tuple[object, ...], *, exc_info: bool
+    ) -> None:
         key, now = (peer, kind), self._clock()
         last, skipped = self._last.get(key, (float("-inf"), 0))
         if now - last < self._interval:
@@ -32,7 +41,10 @@ class Throttle:
             return
         if skipped:
             message += f" ({skipped} more like it left out)"
-        self._log.warning(message, *args)
+        if exc_info:
+            self._log.exception(message, *args)
+        else:
+            self._log.warning(message, *args)
         self._last[key] = (now, 0)
         self._last.move_to_end(key)
         if len(self._last) > _KEYS:
