@@ -35,7 +35,7 @@ class Healing:
     models: dict[str, Model]
     state: DesiredState
     settle_until: float  # a restarted broker waits this long for its workers to come back
-    replacements: int  # replicas placed again
+    replacements: int  # replicas placed again after they were lost with their worker
     restarts: int  # failed replicas started again
     _warn: Throttle
 
@@ -114,7 +114,10 @@ class Healing:
                     break
                 placed += 1
             if placed:
-                self.replacements += placed
+                restarted = min(placed, model.restarting)
+                model.restarting -= restarted
+                self.restarts += restarted
+                self.replacements += placed - restarted
                 self._save(model)  # its next replica id
             elif model.queue:
                 self.dispatch(model)  # nothing comes: what waits ends with a clear error
@@ -138,7 +141,7 @@ class Healing:
             return
         delay = backoff(model.failures)
         model.retry_at = now + delay
-        self.restarts += 1
+        model.restarting += 1
         log.warning(
             "replica %s failed (%s); a new one starts in %.0f s (try %d of %d)",
             replica.replica_id,

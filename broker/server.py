@@ -449,7 +449,10 @@ class Broker(ModelManagement):
 
     def dispatch(self, model: Model) -> None:
         """Send queued requests of ``model`` to replicas with free slots."""
-        if not model.ready() and not model.coming(time.monotonic()):
+        now = time.monotonic()
+        # Nothing ready and nothing coming: what waits ends. A broker that has just
+        # restarted waits for its workers to announce their replicas first.
+        if not model.ready() and not model.coming(now) and now >= self.settle_until:
             while model.queue:
                 entry = model.queue.popleft()
                 self._error(

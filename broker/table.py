@@ -91,6 +91,7 @@ class Model:
     # is the user's to fix, not retried), replicas that failed in a row, and when to try
     # again.
     ran: bool = False
+    restarting: int = 0  # replicas missing because they failed (not lost), for the counts
     failures: int = 0
     retry_at: float = 0.0
     last_failure: float = 0.0

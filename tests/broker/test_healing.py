@@ -139,12 +139,13 @@ def test_a_failed_replica_starts_again_with_backoff_then_is_given_up(rec: Record
     for attempt in range(1, MAX_RESTARTS + 1):
         rec.fail(w, rid)
         assert [type(m) for m in rec.take(w)] == [p.Terminate]
-        assert not model.replicas and rec.broker.restarts == attempt
+        assert not model.replicas and rec.broker.restarts == attempt - 1
         waits.append(round(model.retry_at - time.monotonic()))
         rec.broker.reconcile(time.monotonic())  # too early: nothing yet
         assert not rec.launches()
         rec.broker.reconcile(model.retry_at + 0.01)
         ((_, rid),) = rec.launches()
+        assert (rec.broker.restarts, rec.broker.replacements) == (attempt, 0)
         rec.take()
         rec.ready(w, rid)
     assert waits == [1, 2, 4, 8, 16]
@@ -201,10 +202,16 @@ def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None
     rec = Recorder(state)
     model = rec.broker.models["m"]
     assert (model.replica, model.request_limits, model.need) == (2, 3, GIB)
+    # A request that comes before the workers are back waits for them.
+    rec.peer(FACADE, submit("early"))
+    assert not rec.take(FACADE)
     kept = p.ReplicaStatus("m-0", "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
     stray = p.ReplicaStatus("x-0", "x", "x", p.ModelState.READY, slots=1)
     rec.join(w.decode(), [kept, stray])
+    assert [m.request_id for _, m in rec.requests()] == ["early"]
     assert [(type(m), getattr(m, "replica_id", "")) for m in rec.take(w)] == [(p.Terminate, "x-0")]
+    rec.peer(w, p.Final("early", "stop", p.Usage(1, 1, 2)))
+    assert [type(m) for m in rec.take(FACADE)] == [p.Final]
     assert list(model.replicas) == ["m-0"] and "x" not in rec.broker.models
     # Missing replicas wait for workers to come back first ...
     rec.broker.reconcile(time.monotonic())
