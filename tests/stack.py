@@ -66,6 +66,16 @@ def kill_tree(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> No
     process.wait(10)
 
 
+def alive(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` still running (zombies count as gone)."""
+    living = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                living.append(pid)
+    return living
+
+
 @dataclass
 class Stack:
     """A real xb-broker (with its facade) and any number of xb-worker processes."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ import psutil
 import pytest
 
 from tests.chaos.traffic import Load, back_to, broker_counters, mib, ready, replicas, rss
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, alive, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -28,15 +27,6 @@ def model_process(worker_pid: int, replica_id: str) -> psutil.Process:
     return next(
         child for child in psutil.Process(worker_pid).children() if replica_id in child.cmdline()
     )
-
-
-def alive(pids: list[int]) -> list[int]:
-    living = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                living.append(pid)
-    return living
 
 
 def test_killed_model_processes_and_workers_under_load(

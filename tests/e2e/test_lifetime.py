@@ -15,18 +15,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.stack import Stack, free_port, long_chat, wait_until
+from tests.stack import Stack, alive, free_port, long_chat, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def alive(pids: list[int]) -> list[int]:
-    living = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                living.append(pid)
-    return living
 
 
 def test_model_processes_die_with_a_killed_worker(
