@@ -129,7 +129,24 @@ class Runner:
         self._cached = engine.cached_tokens
 
     def _send(self, message: p.Message) -> None:
-        self._sock.send_multipart(p.encode(message))
+        frames = p.encode(message)
+        size = len(frames[-1])
+        if size > p.MAX_BODY_BYTES and isinstance(message, p.Partial | p.Final):
+            # The worker would drop a frame this big, and the request would never end (its
+            # slot taken for good): end it here with an error that says why.
+            self._too_large(message.request_id, size)
+            return
+        self._sock.send_multipart(frames)
+
+    def _too_large(self, rid: str, size: int) -> None:
+        self._outgoing.pop(rid, None)
+        self._engine.cancel(rid)  # a partial: the rest of its answer would not fit either
+        text = (
+            f"the answer takes {size} bytes, more than the {p.MAX_BODY_BYTES} that one protocol "
+            "frame carries: send fewer inputs per request (embeddings), or ask for fewer tokens "
+            "or logprobs"
+        )
+        self._sock.send_multipart(p.encode(p.Error(rid, p.ErrorCode.INVALID_REQUEST, text)))
 
     def run(self) -> None:
         while True:
