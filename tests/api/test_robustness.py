@@ -4,6 +4,7 @@ model's slot, and leaves the connection and the facade as they were."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -16,6 +17,8 @@ import psutil
 import pytest
 
 from tests.stack import Stack, long_chat, wait_until
+from xb import protocol as p
+from xb.api.bridge import MAX_PENDING_FRAMES, BrokerBridge
 from xb.demo_model import DemoModelConfig, write_demo_model
 
 pytestmark = pytest.mark.e2e
@@ -240,3 +243,24 @@ def test_a_stream_whose_client_stops_reading_is_cancelled(slow: Stack) -> None:
         stalled.close()
     with httpx.stream("POST", slow.url + CHAT, json=long_chat("endless", 3), timeout=30) as ok:
         assert [line for line in ok.iter_lines() if line][-1] == "data: [DONE]"
+
+
+@pytest.mark.unit
+def test_a_request_that_falls_too_far_behind_is_cancelled() -> None:
+    """The facade holds at most MAX_PENDING_FRAMES frames of a request whose reader has
+    stopped; then the request is cancelled and its reader told so."""
+
+    async def flood() -> tuple[int, p.Message, bool]:
+        bridge = BrokerBridge("tcp://127.0.0.1:9")  # never connected: sends are dropped
+        queue: asyncio.Queue[p.Message] = asyncio.Queue(MAX_PENDING_FRAMES + 1)
+        bridge._waiters["r"] = queue
+        for index in range(MAX_PENDING_FRAMES + 100):
+            bridge._deliver(queue, p.Partial("r", "token", 1, index=index))
+        size, waiting = queue.qsize(), "r" in bridge._waiters
+        last = [queue.get_nowait() for _ in range(size)][-1]
+        await bridge.close()
+        return size, last, waiting
+
+    size, last, waiting = asyncio.run(flood())
+    assert size == MAX_PENDING_FRAMES + 1 and not waiting
+    assert isinstance(last, p.Error) and last.code == p.ErrorCode.CANCELLED
