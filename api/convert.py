@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import struct
 import time
 from typing import Any
@@ -29,11 +30,21 @@ def unsupported(param: str, why: str) -> APIError:
     return APIError(400, f"'{param}' {why}", param=param, code="unsupported_parameter")
 
 
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
+MAX_TOKEN_ID = 2**31 - 1  # llama.cpp's token ids are 32-bit
+MAX_ANSWERS = 128  # prompts times n in one completion request; half the default queue
+
+
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
     out: dict[int, float] = {}
     for key, value in (bias or {}).items():
-        if not key.lstrip("-").isdigit() or int(key) < 0:
-            raise APIError(400, f"logit_bias keys are token ids; got {key!r}", param="logit_bias")
+        # ASCII digits only: str.isdigit also takes '²', which int() does not.
+        if not _TOKEN_ID.fullmatch(key) or int(key) > MAX_TOKEN_ID:
+            raise APIError(
+                400,
+                f"logit_bias keys are token ids (0 to {MAX_TOKEN_ID}); got {key!r}",
+                param="logit_bias",
+            )
         if not -100 <= value <= 100:
             raise APIError(400, "logit_bias values lie in [-100, 100]", param="logit_bias")
         out[int(key)] = value
@@ -113,6 +124,14 @@ def completion_prompts(body: CompletionRequest) -> list[str]:
         raise unsupported("prompt", "as token ids is not supported: send text")
     if not prompt:
         raise APIError(400, "'prompt' is an empty list", param="prompt")
+    if len(prompt) * body.n > MAX_ANSWERS:
+        # More than a model's queue may hold: a 429 would say to retry, which never helps.
+        raise APIError(
+            400,
+            f"'prompt': {len(prompt)} prompts with n={body.n} make {len(prompt) * body.n} "
+            f"answers; one request makes at most {MAX_ANSWERS}: split the list",
+            param="prompt",
+        )
     return [str(item) for item in prompt]
 
 

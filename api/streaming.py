@@ -143,12 +143,16 @@ class Generation:
         return early
 
     def _take(
-        self, choice: Choice, message: p.Partial | p.Final
+        self, choice: Choice, message: p.Partial | p.Final, keep: bool = True
     ) -> tuple[str, list[p.TokenLogprob]]:
+        """Note ``message`` for its choice; ``keep`` its text and logprobs for a whole
+        answer (a stream hands them on instead: keeping them would hold the whole answer,
+        tens of MB with logprobs, for as long as the stream lasts)."""
         if not choice.first_at:
             choice.first_at = time.perf_counter()
-        choice.text.append(message.text)
-        choice.logprobs += message.logprobs
+        if keep:
+            choice.text.append(message.text)
+            choice.logprobs += message.logprobs
         if isinstance(message, p.Final):
             choice.final = message
         return message.text, list(message.logprobs)
@@ -226,7 +230,7 @@ class Generation:
                     yield sse(error.body())
                     break
                 first = not choice.first_at
-                text, lp = self._take(choice, message)
+                text, lp = self._take(choice, message, keep=False)
                 final = message if isinstance(message, p.Final) else None
                 if first or text or lp or final is not None:
                     yield sse(self.shape.chunk(index, first, text, lp, None))

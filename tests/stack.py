@@ -86,7 +86,9 @@ class Stack:
     broker_args: list[str] = field(default_factory=list)
     model_dirs: list[Path] = field(default_factory=list)  # --model-dir of every process
     api_key: str | None = None  # sent by the helpers below; the broker's are in broker_args
+    broker_log: Path | None = None  # where the broker's stdout and stderr go, if not inherited
     broker: subprocess.Popen[bytes] | None = None
+    _log_file: Any = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -107,6 +109,8 @@ class Stack:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def start(self) -> None:
+        if self.broker_log is not None:
+            self._log_file = self.broker_log.open("ab")
         self.broker = subprocess.Popen(
             [
                 sys.executable,
@@ -122,6 +126,8 @@ class Stack:
                 *self.broker_args,
             ],
             env=self.env(),
+            stdout=self._log_file,
+            stderr=self._log_file,
         )
         wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200)
 
@@ -172,3 +178,5 @@ class Stack:
         for process in [*self.workers, self.broker]:
             if process is not None:
                 kill_tree(process)
+        if self._log_file is not None:
+            self._log_file.close()

@@ -132,16 +132,23 @@ class Runner:
 
     def _send(self, message: p.Message) -> None:
         frames = p.encode(message)
-        if len(frames[-1]) > p.MAX_BODY_BYTES and isinstance(message, p.Final):
-            # One frame cannot carry it, and the broker would drop the connection that
-            # tried: the request ends with the reason instead.
-            size = len(frames[-1]) / 2**20
-            text = (
-                f"the result is {size:.1f} MiB, more than the {p.MAX_BODY_BYTES // 2**20} MiB "
-                "one answer may carry; ask for fewer inputs or fewer tokens at a time"
-            )
-            frames = p.encode(p.Error(message.request_id, p.ErrorCode.INVALID_REQUEST, text))
+        size = len(frames[-1])
+        if size > p.MAX_BODY_BYTES and isinstance(message, p.Partial | p.Final):
+            # The worker would drop a frame this big, and the request would never end (its
+            # slot taken for good): end it here with an error that says why.
+            self._too_large(message.request_id, size)
+            return
         self._sock.send_multipart(frames)
+
+    def _too_large(self, rid: str, size: int) -> None:
+        self._outgoing.pop(rid, None)
+        self._engine.cancel(rid)  # a partial: the rest of its answer would not fit either
+        text = (
+            f"the answer takes {size} bytes, more than the {p.MAX_BODY_BYTES} that one protocol "
+            "frame carries: send fewer inputs per request (embeddings), or ask for fewer tokens "
+            "or logprobs"
+        )
+        self._sock.send_multipart(p.encode(p.Error(rid, p.ErrorCode.INVALID_REQUEST, text)))
 
     def run(self) -> None:
         while True:

@@ -24,10 +24,18 @@ class Socket:
 class Engine:
     cached_tokens = 0
 
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    def cancel(self, request_id: str) -> bool:
+        self.cancelled.append(request_id)
+        return True
+
 
 def test_a_result_too_big_for_one_frame_ends_its_request_with_the_reason() -> None:
     sock = Socket()
-    runner = Runner(sock, Engine(), lambda: None)  # type: ignore[arg-type]
+    engine = Engine()
+    runner = Runner(sock, engine, lambda: None)  # type: ignore[arg-type]
     # 16,000 inputs of 64 dimensions: about 9 MiB as a frame.
     vectors: Any = [[0.123456789] * 64] * 16_000
     runner._send(p.Final("big", "stop", p.Usage(16_000, 0, 16_000), embeddings=vectors))
@@ -36,3 +44,4 @@ def test_a_result_too_big_for_one_frame_ends_its_request_with_the_reason() -> No
     assert isinstance(big, p.Error) and big.request_id == "big"
     assert big.code == p.ErrorCode.INVALID_REQUEST and "fewer inputs" in big.message
     assert isinstance(small, p.Final) and small.embeddings == [[0.5] * 64]
+    assert engine.cancelled == ["big"]

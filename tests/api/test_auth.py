@@ -1,0 +1,366 @@
+"""API keys: who may call which route, how the clients send a key, and what is refused.
+
+One broker takes three keys: an inference key and an admin key from a keys file, and a
+full-access key from ``--api-key``; its output is kept, to show that no key reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from textual.widgets import DataTable, Static
+from xinference_client import RESTfulClient
+
+from tests.stack import Stack, free_port
+from xb.api import auth
+from xb.api.auth import (
+    APIKeyError,
+    APIKeys,
+    exposure_refusal,
+    load_keys,
+    needed_scope,
+    parse_keys_file,
+)
+from xb.client import AsyncClient, Client, ClientError
+from xb.tui.app import XbApp
+
+pytestmark = pytest.mark.e2e
+
+INFERENCE_KEY = "inference-key-for-tests-0123456789"
+ADMIN_KEY = "admin-key-for-tests-abcdefghijklmn"
+FULL_KEY = "full-key-from-the-command-line-0123"
+WRONG_KEY = "wrong-key-that-looks-right-9876543"
+KEYS = (INFERENCE_KEY, ADMIN_KEY, FULL_KEY, WRONG_KEY)
+HI = [{"role": "user", "content": "hi"}]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, tiny_model: Path
+) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("keyed")
+    keys_file = folder / "keys"
+    keys_file.write_text(
+        f"# the chat front end\n{INFERENCE_KEY}  inference\n\n{ADMIN_KEY} admin # operators\n"
+    )
+    keys_file.chmod(0o600)
+    stack = Stack(
+        home=folder / "home",
+        broker_args=["--api-keys-file", str(keys_file), "--api-key", FULL_KEY],
+        model_dirs=[models_dir],
+        api_key=ADMIN_KEY,
+        broker_log=folder / "broker.log",
+    )
+    try:
+        stack.start()
+        stack.add_worker()
+        stack.launch(model_name="tiny", model_path=str(tiny_model), n_ctx=256)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def assert_refused(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code
+    assert body["detail"] == body["error"]["message"]  # where Xinference's client reads it
+    assert not any(key in response.text for key in KEYS)
+    return str(body["error"]["message"])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        bearer(WRONG_KEY),
+        bearer(ADMIN_KEY + "x"),
+        bearer(ADMIN_KEY[:-1]),
+        {"Authorization": f"Basic {ADMIN_KEY}"},
+        {"Authorization": ADMIN_KEY},
+        {"X-Api-Key": ADMIN_KEY},
+    ],
+    ids=["none", "wrong", "longer", "shorter", "basic", "no-scheme", "other-header"],
+)
+def test_no_key_or_a_wrong_one_is_401_everywhere_but_health(
+    keyed: Stack, headers: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=keyed.url, headers=headers, timeout=10) as http:
+        for method, path, body in [
+            ("GET", "/v1/models", None),
+            ("POST", "/v1/chat/completions", {"model": "tiny", "messages": HI}),
+            ("DELETE", "/v1/models/tiny", None),
+            ("GET", "/v1/cluster/info", None),
+            ("GET", "/metrics", None),
+            ("GET", "/openapi.json", None),
+        ]:
+            response = http.request(method, path, json=body)
+            message = assert_refused(response, 401, "invalid_api_key")
+            assert "Authorization: Bearer" in message
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert http.get("/health").status_code == 200
+        assert http.get("/v1/cluster/auth").json() == {"auth": True}
+    models = httpx.get(keyed.url + "/v1/models", headers=bearer(ADMIN_KEY)).json()["data"]
+    assert [m["id"] for m in models] == ["tiny"]  # the DELETE above did nothing
+
+
+INFERENCE_CALLS = [
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/tiny", None),
+    ("POST", "/v1/chat/completions", {"model": "tiny", "messages": HI, "max_tokens": 2}),
+    ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2}),
+    ("POST", "/v1/embeddings", {"model": "tiny", "input": "hi"}),  # an LLM: 400, but let in
+    ("GET", "/openapi.json", None),
+]
+ADMIN_CALLS = [
+    ("POST", "/v1/models", {"model_name": "x", "model_path": "/nowhere.gguf"}),
+    ("DELETE", "/v1/models/tiny", None),
+    ("PUT", "/v1/models/tiny/replicas", {"replica": 2}),
+    ("POST", "/v1/models/tiny/replicas", {}),
+    ("POST", "/v1/models/tiny/cancel", None),
+    ("GET", "/v1/models/tiny/progress", None),
+    ("GET", "/v1/cluster/info", None),
+    ("GET", "/v1/workers", None),
+    ("GET", "/v1/supervisor", None),
+    ("GET", "/v1/model_registrations/LLM", None),
+    ("POST", "/v1/model_registrations/LLM", {"model": "{}"}),
+    ("DELETE", "/v1/model_registrations/LLM/tiny-chat", None),
+    ("GET", "/v1/engines/tiny", None),
+    ("GET", "/metrics", None),
+]
+
+
+def test_an_inference_key_chats_but_changes_nothing(keyed: Stack) -> None:
+    with httpx.Client(base_url=keyed.url, headers=bearer(INFERENCE_KEY), timeout=30) as http:
+        for method, path, body in INFERENCE_CALLS:
+            response = http.request(method, path, json=body)
+            assert response.status_code in (200, 400), (path, response.text)
+        for method, path, body in ADMIN_CALLS:
+            response = http.request(method, path, json=body)
+            message = assert_refused(response, 403, "insufficient_scope")
+            assert "admin scope" in message and path in message
+    assert [r["model_uid"] for r in keyed.cluster()[0]["replicas"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("key", [ADMIN_KEY, FULL_KEY], ids=["admin", "full"])
+def test_admin_and_full_keys_do_everything(keyed: Stack, key: str) -> None:
+    with httpx.Client(base_url=keyed.url, headers=bearer(key), timeout=30) as http:
+        for method, path, body in INFERENCE_CALLS + ADMIN_CALLS[-8:]:
+            response = http.request(method, path, json=body)
+            assert response.status_code not in (401, 403), (path, response.text)
+        # The scheme is case-insensitive, as HTTP says.
+        lower = http.get("/v1/cluster/info", headers={"Authorization": f"bearer {key}"})
+        assert lower.status_code == 200
+
+
+def test_the_openai_package_sends_its_api_key(keyed: Stack) -> None:
+    client = openai.OpenAI(base_url=keyed.url + "/v1", api_key=INFERENCE_KEY, max_retries=0)
+    answer = client.chat.completions.create(model="tiny", messages=HI, max_tokens=3)  # type: ignore[arg-type]
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.delete("tiny")
+    wrong = openai.OpenAI(base_url=keyed.url + "/v1", api_key=WRONG_KEY, max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="not valid"):
+        wrong.models.list()
+    wrong.close()
+    client.close()
+
+
+def test_python_clients_take_a_key_or_xb_api_key(
+    keyed: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XB_API_KEY", raising=False)
+    with Client(keyed.url) as anonymous, pytest.raises(ClientError, match="needs a key") as caught:
+        anonymous.list_models()
+    assert caught.value.status == 401
+    with Client(keyed.url, api_key=INFERENCE_KEY) as client:
+        assert list(client.list_models()) == ["tiny"]
+        with pytest.raises(ClientError, match="admin scope") as denied:
+            client.get_workers_info()
+        assert denied.value.status == 403
+    monkeypatch.setenv("XB_API_KEY", ADMIN_KEY)
+    with Client(keyed.url) as from_env:
+        assert len(from_env.get_workers_info()) == 1
+
+    async def asynchronous() -> tuple[list[str], int | None]:
+        async with (
+            AsyncClient(keyed.url) as from_env,
+            AsyncClient(keyed.url, api_key=WRONG_KEY) as wrong,
+        ):
+            models = list(await from_env.list_models())
+            try:
+                await wrong.list_models()
+            except ClientError as exc:
+                return models, exc.status
+            return models, None
+
+    assert asyncio.run(asynchronous()) == (["tiny"], 401)
+
+
+def xb(stack: Stack, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**stack.env(), "COLUMNS": "200"}
+    env.pop("XB_API_KEY", None)
+    if key is not None:
+        env["XB_API_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "xb.client", *args, "--endpoint", stack.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_the_xb_command_takes_api_key_or_xb_api_key(keyed: Stack) -> None:
+    anonymous = xb(keyed, "list", "--json")
+    assert anonymous.returncode == 1
+    assert "needs a key" in anonymous.stderr and "401" in anonymous.stderr
+    assert '"tiny"' in xb(keyed, "list", "--json", "--api-key", INFERENCE_KEY).stdout
+    assert '"tiny"' in xb(keyed, "list", "--json", key=INFERENCE_KEY).stdout
+    denied = xb(keyed, "workers", key=INFERENCE_KEY)
+    assert denied.returncode == 1 and "admin scope" in denied.stderr
+    assert xb(keyed, "workers", "--api-key", ADMIN_KEY, key=INFERENCE_KEY).returncode == 0
+    chat = xb(keyed, "chat", "tiny", "-m", "hi", "-n", "2", key=INFERENCE_KEY)
+    assert chat.returncode == 0, chat.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_dashboard_sends_its_key(keyed: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XB_API_KEY", raising=False)
+    for key, shown in [(ADMIN_KEY, "tiny"), (None, "needs a key")]:
+        app = XbApp(keyed.url, api_key=key)
+        async with app.run_test(size=(120, 36)) as pilot:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                status = str(app.cluster.query_one("#cluster-status", Static).render())
+                models = [str(k.value) for k in app.cluster.query_one("#models", DataTable).rows]
+                if shown in models or shown in status:
+                    break
+                await pilot.pause(0.05)
+            else:
+                raise AssertionError(f"the dashboard never showed {shown!r}: {status}")
+
+
+def test_xinference_client_sends_its_api_key(keyed: Stack) -> None:
+    client = RESTfulClient(keyed.url, api_key=ADMIN_KEY)
+    assert list(client.list_models()) == ["tiny"]
+    client.close()
+    anonymous = RESTfulClient(keyed.url)
+    with pytest.raises(RuntimeError, match="needs a key"):
+        anonymous.list_models()
+    anonymous.close()
+
+
+def test_no_key_reaches_the_log(keyed: Stack) -> None:
+    # Every key has been sent, right and wrong, by the tests above; send each once more.
+    for key in KEYS:
+        httpx.get(keyed.url + "/v1/models", headers=bearer(key), timeout=10)
+    assert keyed.broker_log is not None
+    log = keyed.broker_log.read_text(errors="replace")
+    assert "OpenAI API on" in log  # the log is the broker's
+    assert not [key for key in KEYS if key in log]
+
+
+# ---- starting the broker ------------------------------------------------------------
+
+
+def broker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``xb-broker`` with ``args``, expected to refuse to start."""
+    command = [sys.executable, "-m", "xb.broker", "--port", str(free_port()), *args]
+    return subprocess.run(
+        [*command, "--api-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "XB_HOME": str(tmp_path)},
+    )
+
+
+def test_a_broker_without_keys_will_not_serve_beyond_loopback(tmp_path: Path) -> None:
+    refused = broker(tmp_path, "--api-host", "0.0.0.0")
+    assert refused.returncode != 0
+    assert "without API keys" in refused.stderr
+    assert "--api-key" in refused.stderr and "--insecure" in refused.stderr
+
+
+def test_a_bad_keys_file_stops_the_broker_without_repeating_its_keys(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"{INFERENCE_KEY} inference\n{ADMIN_KEY} root\n")
+    refused = broker(tmp_path, "--api-keys-file", str(keys_file))
+    assert refused.returncode != 0
+    assert "line 2" in refused.stderr and "root" in refused.stderr
+    assert INFERENCE_KEY not in refused.stderr and ADMIN_KEY not in refused.stderr
+
+
+# ---- the rules, without processes -----------------------------------------------------
+
+
+@pytest.mark.unit
+def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = APIKeys([(ADMIN_KEY, frozenset(auth.SCOPES)), (INFERENCE_KEY, frozenset({"inference"}))])
+    compared: list[bytes] = []
+    original = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(a)
+        return original(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    assert keys.scopes(ADMIN_KEY.encode()) == frozenset(auth.SCOPES)
+    assert keys.scopes(WRONG_KEY.encode()) is None
+    assert len(compared) == 4  # both keys, each time, whichever matched
+    assert ADMIN_KEY not in repr(keys) and "2 keys" in repr(keys)
+
+
+@pytest.mark.unit
+def test_keys_file_format(tmp_path: Path) -> None:
+    keys = parse_keys_file(f"{INFERENCE_KEY} inference\n{ADMIN_KEY} admin,inference\n", "f")
+    assert keys == [
+        (INFERENCE_KEY, frozenset({"inference"})),
+        (ADMIN_KEY, frozenset({"inference", "admin"})),
+    ]
+    for bad in [f"{ADMIN_KEY}", f"{ADMIN_KEY} admin extra", "s3cret-short admin", f"{ADMIN_KEY} ,"]:
+        with pytest.raises(APIKeyError) as caught:
+            parse_keys_file(bad, "f")
+        assert ADMIN_KEY not in str(caught.value) and "s3cret" not in str(caught.value)
+    with pytest.raises(APIKeyError, match="at least 16") as short:
+        load_keys(["s3cret-short"], None)
+    assert "s3cret" not in str(short.value)
+    readable = tmp_path / "keys"
+    readable.write_text(f"{ADMIN_KEY} admin\n")
+    readable.chmod(0o644)
+    keys_of_file, warnings = load_keys([FULL_KEY], readable)
+    assert len(keys_of_file) == 2 and "chmod 600" in warnings[0]
+
+
+@pytest.mark.unit
+def test_scopes_of_routes_and_exposure() -> None:
+    assert needed_scope("GET", "/health") is None
+    assert needed_scope("OPTIONS", "/v1/models/tiny") is None
+    assert needed_scope("POST", "/v1/chat/completions") == "inference"
+    assert needed_scope("HEAD", "/v1/models") == "inference"
+    assert needed_scope("POST", "/v1/models") == "admin"
+    assert needed_scope("GET", "/v1/models/tiny/progress") == "admin"
+    assert needed_scope("GET", "/v1/some-future-route") == "admin"  # closed until listed
+    none, some = APIKeys(), APIKeys([(ADMIN_KEY, frozenset(auth.SCOPES))])
+    for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"]:
+        assert exposure_refusal(host, none, insecure=False) is None
+    for host in ["0.0.0.0", "::", "192.168.1.5", "my-host.example"]:
+        assert exposure_refusal(host, none, insecure=False) is not None
+        assert exposure_refusal(host, none, insecure=True) is None
+        assert exposure_refusal(host, some, insecure=False) is None
