@@ -1,0 +1,346 @@
+"""The broker at scale: routed requests per second, forwarded PARTIAL frames per second,
+sequential round trip beside ``zmq.proxy``, and the broker's CPU and memory with 10, 100
+and 1,000 idle workers; with CURVE (the default) and with plain sockets (``--insecure``).
+
+Every peer is a process of its own (bench/synthetic.py) on real loopback sockets, speaking
+the real protocol to the real broker, which runs alone in its process. Workers answer at
+once; each facade keeps --depth requests in flight. The round trip is one request at a
+time from this process: straight to an echo peer (no middle), through libzmq's C proxy,
+and through the broker; "added" is a path's round trip less the straight one. Measurements
+are interleaved in --rounds rounds and the medians reported, with the spread across rounds.
+Run: .venv/bin/python -m bench.broker [--rounds 5] [--profile PREFIX]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from bench import synthetic
+from tests.stack import free_port
+from xb import protocol as p
+from xb.keys import KeyPair, PeerKeys, broker_keys, peer_keys
+from xb.transport import configure_peer
+
+_mp = multiprocessing.get_context("spawn")
+IDLE_PER_PROCESS = 250  # synthetic workers one idle host process holds
+
+
+@dataclass
+class Security:
+    """The keys of one mode: CURVE (peers and server keys) or plain (both None)."""
+
+    name: str
+    home: Path | None
+    peers: PeerKeys | None
+    server: KeyPair | None
+
+    @classmethod
+    def make(cls, secure: bool, folder: Path) -> Security:
+        if not secure:
+            return cls("plain", None, None, None)
+        home = folder / "home"
+        server = broker_keys(home)  # allows this home's peer key, as xb-broker does
+        return cls("CURVE", home, peer_keys(home), server)
+
+
+@dataclass
+class Processes:
+    """Processes started for one measurement, all stopped when it ends."""
+
+    items: list[Any] = field(default_factory=list)
+    stop: Any = field(default_factory=_mp.Event)
+
+    def start(self, target: Callable[..., None], *args: Any) -> Any:
+        process = _mp.Process(target=target, args=args, daemon=True)
+        process.start()
+        self.items.append(process)
+        return process
+
+    def close(self) -> None:
+        self.stop.set()
+        for process in self.items:
+            process.join(3)
+            if process.is_alive():
+                process.terminate()
+                process.join(3)
+
+
+@contextlib.contextmanager
+def running() -> Iterator[Processes]:
+    processes = Processes()
+    try:
+        yield processes
+    finally:
+        processes.close()
+
+
+def start_broker(processes: Processes, security: Security) -> tuple[str, psutil.Process]:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    ours, theirs = _mp.Pipe()
+    home = str(security.home) if security.home else None
+    processes.start(synthetic.broker, address, home, theirs)
+    return address, psutil.Process(ours.recv())
+
+
+def control(address: str, security: Security) -> tuple[zmq.Context[Any], zmq.Socket[Any]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    configure_peer(sock, security.peers)
+    sock.connect(address)
+    return ctx, sock
+
+
+def workers_known(sock: zmq.Socket[Any]) -> int:
+    sock.send_multipart(p.encode(p.ClusterInfo("count")))
+    while sock.poll(5000):
+        message = p.decode(sock.recv_multipart())
+        if isinstance(message, p.Cluster):
+            return len(message.workers)
+    raise RuntimeError("the broker did not answer CLUSTER_INFO within 5 s")
+
+
+def wait_workers(sock: zmq.Socket[Any], count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while (known := workers_known(sock)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{known} of {count} synthetic workers joined in {timeout} s")
+        time.sleep(0.2)
+
+
+def round_trips(sock: zmq.Socket[Any], count: int) -> float:
+    """Median seconds of ``count`` sequential SUBMIT -> FINAL round trips on ``sock``."""
+    params = p.GenerateParams(messages=[p.ChatMessage("user", "hi")], max_tokens=0)
+    times = []
+    for i in range(count + count // 10):  # the first tenth warms up
+        frames = p.encode(p.Submit(f"rt-{i}", synthetic.MODEL, "chat", params))
+        start = time.perf_counter()
+        sock.send_multipart(frames)
+        if not sock.poll(5000):
+            raise RuntimeError("no answer within 5 s")
+        reply = sock.recv_multipart()
+        times.append(time.perf_counter() - start)
+        if reply[-2] != synthetic.FINAL:
+            raise RuntimeError(f"expected FINAL, got {p.decode(reply[-3:])!r}")
+    return statistics.median(times[count // 10 :])
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+# ---- measurements -----------------------------------------------------------------------
+
+
+@dataclass
+class Busy:
+    """One load measurement on a busy broker."""
+
+    requests: float  # routed requests/s with no PARTIAL frames
+    partials: float  # PARTIAL frames/s forwarded with --tokens per request
+    partial_requests: float
+    cpu_requests: float  # broker CPU, % of one core, during each load
+    cpu_partials: float
+    errors: int
+    rtt: float  # seconds, sequential
+
+
+def busy(security: Security, args: argparse.Namespace, profile: str | None) -> Busy:
+    with running() as processes:
+        address, broker = start_broker(processes, security)
+        for w in range(args.workers):
+            processes.start(
+                synthetic.worker, address, security.peers, f"w{w}", args.slots, processes.stop
+            )
+        conns: list[Connection] = []
+        for _ in range(args.facades):
+            ours, theirs = _mp.Pipe()
+            processes.start(synthetic.facade, address, security.peers, theirs)
+            conns.append(ours)
+        ctx, sock = control(address, security)
+        try:
+            wait_workers(sock, args.workers)
+
+            def load(tokens: int, profile: str | None = None) -> tuple[float, float, float, int]:
+                for conn in conns:
+                    conn.send((args.depth, tokens, args.warmup, args.seconds))
+                time.sleep(args.warmup)
+                spy = None
+                if profile:
+                    pid, duration = str(broker.pid), str(int(args.seconds))
+                    record = ["record", "--pid", pid, "--rate", "250", "--nonblocking"]
+                    output = ["--duration", duration, "--format", "raw", "-o", profile]
+                    spy = subprocess.Popen(
+                        [args.py_spy, *record, *output], stdout=subprocess.DEVNULL
+                    )
+                before, start = cpu_seconds(broker), time.monotonic()
+                time.sleep(args.seconds)
+                cpu = (cpu_seconds(broker) - before) / (time.monotonic() - start) * 100
+                results = [conn.recv() for conn in conns]
+                if spy is not None:
+                    spy.wait(60)
+                finals = sum(r[0] / r[3] for r in results)
+                partials = sum(r[1] / r[3] for r in results)
+                return finals, partials, cpu, sum(r[2] for r in results)
+
+            name = security.name.lower()
+            requests, _, cpu_r, errors_r = load(0, profile and f"{profile}-{name}-requests.txt")
+            finals, partials, cpu_p, errors_p = load(
+                args.tokens, profile and f"{profile}-{name}-partials.txt"
+            )
+            rtt = round_trips(sock, args.trips)
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+        for conn in conns:
+            conn.send(None)
+    return Busy(requests, partials, finals, cpu_r, cpu_p, errors_r + errors_p, rtt)
+
+
+def proxy_trips(security: Security, count: int) -> tuple[float, float]:
+    """(straight to the echo peer, through zmq.proxy): median round-trip seconds."""
+    with running() as processes:
+        direct, front, back = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+        processes.start(synthetic.echo_direct, direct, security.server, processes.stop)
+        processes.start(synthetic.proxy, front, back, security.server)
+        processes.start(synthetic.echo_behind, back, security.peers, processes.stop)
+        figures = []
+        for address in (direct, front):
+            ctx, sock = control(address, security)
+            try:
+                figures.append(round_trips(sock, count))
+            finally:
+                sock.close(linger=0)
+                ctx.term()
+    return figures[0], figures[1]
+
+
+def idle(security: Security, count: int, seconds: float) -> tuple[float, int]:
+    """(broker CPU as % of one core, RSS bytes) with ``count`` idle workers heartbeating."""
+    with running() as processes:
+        address, broker = start_broker(processes, security)
+        ids = [f"idle{i}" for i in range(count)]
+        for i in range(0, count, IDLE_PER_PROCESS):
+            chunk = ids[i : i + IDLE_PER_PROCESS]
+            processes.start(synthetic.idle_host, address, security.peers, chunk, processes.stop)
+        ctx, sock = control(address, security)
+        try:
+            wait_workers(sock, count)
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+        time.sleep(2)  # joins and handshakes are over; what is left is the steady state
+        before, start = cpu_seconds(broker), time.monotonic()
+        time.sleep(seconds)
+        cpu = (cpu_seconds(broker) - before) / (time.monotonic() - start) * 100
+        return cpu, broker.memory_info().rss
+
+
+# ---- report -----------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return ""
+    return f" ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="busy synthetic workers")
+    parser.add_argument("--facades", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=64, help="requests in flight per facade")
+    parser.add_argument("--slots", type=int, default=256, help="slots per busy worker")
+    parser.add_argument("--tokens", type=int, default=32, help="PARTIAL frames per request")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="each load's window")
+    parser.add_argument("--trips", type=int, default=2000, help="sequential round trips")
+    parser.add_argument("--idle", default="10,100,1000", help="idle worker counts")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--modes", default="curve,plain")
+    parser.add_argument(
+        "--profile", help="sample the broker with py-spy in round 1; raw stacks go to PROFILE-*"
+    )
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy command")
+    args = parser.parse_args()
+    synthetic.raise_fd_limit()
+    counts = [int(n) for n in args.idle.split(",") if n]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        modes = [Security.make(m == "curve", Path(tmp)) for m in args.modes.split(",")]
+        loads: dict[str, list[Busy]] = {m.name: [] for m in modes}
+        trips: dict[str, list[tuple[float, float]]] = {m.name: [] for m in modes}
+        idles: dict[tuple[str, int], list[tuple[float, int]]] = {}
+        for r in range(args.rounds):  # interleaved, so drift and neighbours hit every side
+            for mode in modes:
+                profile = args.profile if r == 0 else None
+                loads[mode.name].append(busy(mode, args, profile))
+                trips[mode.name].append(proxy_trips(mode, args.trips))
+                for count in counts:
+                    idles.setdefault((mode.name, count), []).append(
+                        idle(mode, count, args.idle_seconds)
+                    )
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    print(
+        f"\n{args.facades} facades x {args.depth} in flight, {args.workers} workers, "
+        f"{args.tokens} PARTIAL frames per request in the frames test; medians of "
+        f"{args.rounds} rounds (range across rounds); {psutil.cpu_count()} cores"
+    )
+    targets = {"requests": 25_000, "partials": 100_000}
+    for mode in modes:
+        runs, baseline = loads[mode.name], trips[mode.name]
+        requests = [b.requests for b in runs]
+        partials = [b.partials for b in runs]
+        straight = statistics.median(t[0] for t in baseline)
+        proxied = statistics.median(t[1] for t in baseline)
+        xb = statistics.median(b.rtt for b in runs)
+        added_proxy, added_xb = proxied - straight, xb - straight
+        print(f"\n[{mode.name}]")
+        print(
+            f"  routed requests/s       {statistics.median(requests):>9,.0f}{spread(requests)}"
+            f"   target >= {targets['requests']:,}; broker CPU "
+            f"{statistics.median(b.cpu_requests for b in runs):.0f}%"
+        )
+        print(
+            f"  PARTIAL frames/s        {statistics.median(partials):>9,.0f}{spread(partials)}"
+            f"   target >= {targets['partials']:,}; broker CPU "
+            f"{statistics.median(b.cpu_partials for b in runs):.0f}%"
+        )
+        print(f"  errors                  {sum(b.errors for b in runs):>9}")
+        print(
+            f"  round trip us           straight {straight * 1e6:.0f}, zmq.proxy "
+            f"{proxied * 1e6:.0f}, broker {xb * 1e6:.0f}"
+        )
+        print(
+            f"  added per round trip us zmq.proxy {added_proxy * 1e6:.0f}, broker "
+            f"{added_xb * 1e6:.0f}: {added_xb / added_proxy:.2f}x   target <= 1.5x"
+        )
+        for count in counts:
+            runs_idle = idles[(mode.name, count)]
+            cpu = [c for c, _ in runs_idle]
+            rss = statistics.median(m for _, m in runs_idle) / 2**20
+            print(
+                f"  {count:>5} idle workers       CPU {statistics.median(cpu):5.1f}% of a core"
+                f" ({min(cpu):.1f}-{max(cpu):.1f}), RSS {rss:.0f} MiB"
+                + ("   target < 25%" if count == 1000 else "")
+            )
+
+
+if __name__ == "__main__":
+    main()
