@@ -88,11 +88,11 @@ def running() -> Iterator[Processes]:
         processes.close()
 
 
-def start_broker(processes: Processes, security: Security) -> tuple[str, psutil.Process]:
+def start_broker(processes: Processes, security: Security, spec: str) -> tuple[str, psutil.Process]:
     address = f"tcp://127.0.0.1:{free_port()}"
     ours, theirs = _mp.Pipe()
     home = str(security.home) if security.home else None
-    processes.start(synthetic.broker, address, home, theirs)
+    processes.start(synthetic.broker, address, home, spec, theirs)
     return address, psutil.Process(ours.recv())
 
 
@@ -159,9 +159,9 @@ class Busy:
     rtt: float  # seconds, sequential
 
 
-def busy(security: Security, args: argparse.Namespace, profile: str | None) -> Busy:
+def busy(security: Security, spec: str, args: argparse.Namespace, profile: str | None) -> Busy:
     with running() as processes:
-        address, broker = start_broker(processes, security)
+        address, broker = start_broker(processes, security, spec)
         for w in range(args.workers):
             processes.start(
                 synthetic.worker, address, security.peers, f"w{w}", args.slots, processes.stop
@@ -197,7 +197,7 @@ def busy(security: Security, args: argparse.Namespace, profile: str | None) -> B
                 partials = sum(r[1] / r[3] for r in results)
                 return finals, partials, cpu, sum(r[2] for r in results)
 
-            name = security.name.lower()
+            name = f"{security.name.lower()}-{spec.rsplit(':', 1)[-1]}"
             requests, _, cpu_r, errors_r = load(0, profile and f"{profile}-{name}-requests.txt")
             finals, partials, cpu_p, errors_p = load(
                 args.tokens, profile and f"{profile}-{name}-partials.txt"
@@ -229,10 +229,10 @@ def proxy_trips(security: Security, count: int) -> tuple[float, float]:
     return figures[0], figures[1]
 
 
-def idle(security: Security, count: int, seconds: float) -> tuple[float, int]:
+def idle(security: Security, spec: str, count: int, seconds: float) -> tuple[float, int]:
     """(broker CPU as % of one core, RSS bytes) with ``count`` idle workers heartbeating."""
     with running() as processes:
-        address, broker = start_broker(processes, security)
+        address, broker = start_broker(processes, security, spec)
         ids = [f"idle{i}" for i in range(count)]
         for i in range(0, count, IDLE_PER_PROCESS):
             chunk = ids[i : i + IDLE_PER_PROCESS]
@@ -277,24 +277,33 @@ def main() -> None:
         "--profile", help="sample the broker with py-spy in round 1; raw stacks go to PROFILE-*"
     )
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy command")
+    parser.add_argument(
+        "--broker",
+        default="xb.broker.server:Broker",
+        help="broker classes to measure side by side, module:Class, comma-separated "
+        "(a prototype beside the real one, say)",
+    )
     args = parser.parse_args()
     synthetic.raise_fd_limit()
     counts = [int(n) for n in args.idle.split(",") if n]
 
     with tempfile.TemporaryDirectory() as tmp:
         modes = [Security.make(m == "curve", Path(tmp)) for m in args.modes.split(",")]
-        loads: dict[str, list[Busy]] = {m.name: [] for m in modes}
+        specs = args.broker.split(",")
+        variants = [(mode, spec) for mode in modes for spec in specs]
+        loads: dict[tuple[str, str], list[Busy]] = {(m.name, s): [] for m, s in variants}
         trips: dict[str, list[tuple[float, float]]] = {m.name: [] for m in modes}
-        idles: dict[tuple[str, int], list[tuple[float, int]]] = {}
+        idles: dict[tuple[str, str, int], list[tuple[float, int]]] = {}
         for r in range(args.rounds):  # interleaved, so drift and neighbours hit every side
             for mode in modes:
-                profile = args.profile if r == 0 else None
-                loads[mode.name].append(busy(mode, args, profile))
                 trips[mode.name].append(proxy_trips(mode, args.trips))
-                for count in counts:
-                    idles.setdefault((mode.name, count), []).append(
-                        idle(mode, count, args.idle_seconds)
-                    )
+                for spec in specs:
+                    profile = args.profile if r == 0 else None
+                    loads[(mode.name, spec)].append(busy(mode, spec, args, profile))
+                    for count in counts:
+                        idles.setdefault((mode.name, spec, count), []).append(
+                            idle(mode, spec, count, args.idle_seconds)
+                        )
             print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     print(
@@ -303,15 +312,15 @@ def main() -> None:
         f"{args.rounds} rounds (range across rounds); {psutil.cpu_count()} cores"
     )
     targets = {"requests": 25_000, "partials": 100_000}
-    for mode in modes:
-        runs, baseline = loads[mode.name], trips[mode.name]
+    for mode, spec in variants:
+        runs, baseline = loads[(mode.name, spec)], trips[mode.name]
         requests = [b.requests for b in runs]
         partials = [b.partials for b in runs]
         straight = statistics.median(t[0] for t in baseline)
         proxied = statistics.median(t[1] for t in baseline)
         xb = statistics.median(b.rtt for b in runs)
         added_proxy, added_xb = proxied - straight, xb - straight
-        print(f"\n[{mode.name}]")
+        print(f"\n[{mode.name}]" + (f" {spec}" if len(specs) > 1 else ""))
         print(
             f"  routed requests/s       {statistics.median(requests):>9,.0f}{spread(requests)}"
             f"   target >= {targets['requests']:,}; broker CPU "
@@ -332,7 +341,7 @@ def main() -> None:
             f"{added_xb * 1e6:.0f}: {added_xb / added_proxy:.2f}x   target <= 1.5x"
         )
         for count in counts:
-            runs_idle = idles[(mode.name, count)]
+            runs_idle = idles[(mode.name, spec, count)]
             cpu = [c for c, _ in runs_idle]
             rss = statistics.median(m for _, m in runs_idle) / 2**20
             print(

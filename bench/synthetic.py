@@ -11,6 +11,7 @@ synthetic worker does for a request (read its id, answer with a FINAL).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import resource
@@ -85,13 +86,13 @@ def _answer(sock: zmq.Socket[Any], body: bytes, envelope: list[bytes]) -> None:
 # ---- the broker ---------------------------------------------------------------------------
 
 
-def broker(bind: str, home: str | None, ready: Connection) -> None:
-    """The real broker, alone in its process, until SIGTERM."""
-    from xb.broker.server import Broker
-
+def broker(bind: str, home: str | None, spec: str, ready: Connection) -> None:
+    """The broker class ``spec`` ("module:Class"), alone in its process, until SIGTERM."""
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
     raise_fd_limit()
     logging.getLogger("xb").setLevel(logging.ERROR)  # 1,000 joins and leaves, not measured
-    server = Broker(bind, home=Path(home) if home else None)
+    server = cls(bind, home=Path(home) if home else None)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     ready.send(os.getpid())
     server.run()
