@@ -5,8 +5,10 @@ and 1,000 idle workers; with CURVE (the default) and with plain sockets (``--ins
 Every peer is a process of its own (bench/synthetic.py) on real loopback sockets, speaking
 the real protocol to the real broker, which runs alone in its process. Workers answer at
 once; each facade keeps --depth requests in flight. The round trip is one request at a
-time from this process: straight to an echo peer (no middle), through libzmq's C proxy,
-and through the broker; "added" is a path's round trip less the straight one. Measurements
+time from this process, in alternating blocks: straight to an echo peer (no middle),
+through libzmq's C proxy, and through the broker; "added" is a path's round trip less the
+straight one. The echo peer does what a synthetic worker does (reads the request id,
+answers with a FINAL). Measurements
 are interleaved in --rounds rounds and the medians reported, with the spread across rounds.
 Run: .venv/bin/python -m bench.broker [--rounds 5] [--profile PREFIX]
 """
@@ -121,11 +123,11 @@ def wait_workers(sock: zmq.Socket[Any], count: int, timeout: float = 120) -> Non
         time.sleep(0.2)
 
 
-def round_trips(sock: zmq.Socket[Any], count: int) -> float:
-    """Median seconds of ``count`` sequential SUBMIT -> FINAL round trips on ``sock``."""
+def round_trips(sock: zmq.Socket[Any], count: int) -> list[float]:
+    """Seconds each of ``count`` sequential SUBMIT -> FINAL round trips on ``sock`` took."""
     params = p.GenerateParams(messages=[p.ChatMessage("user", "hi")], max_tokens=0)
     times = []
-    for i in range(count + count // 10):  # the first tenth warms up
+    for i in range(count):
         frames = p.encode(p.Submit(f"rt-{i}", synthetic.MODEL, "chat", params))
         start = time.perf_counter()
         sock.send_multipart(frames)
@@ -135,12 +137,36 @@ def round_trips(sock: zmq.Socket[Any], count: int) -> float:
         times.append(time.perf_counter() - start)
         if reply[-2] != synthetic.FINAL:
             raise RuntimeError(f"expected FINAL, got {p.decode(reply[-3:])!r}")
-    return statistics.median(times[count // 10 :])
+    return times
 
 
-def cpu_seconds(process: psutil.Process) -> float:
+def paired_trips(socks: list[zmq.Socket[Any]], count: int, block: int = 50) -> list[float]:
+    """Median round trip on each of ``socks``, taken in alternating blocks of ``block``
+    trips, so that a busy neighbour slows every path alike."""
+    times: list[list[float]] = [[] for _ in socks]
+    for sock in socks:
+        round_trips(sock, block)  # warm up
+    for _ in range(max(count // block, 1)):
+        for sock, kept in zip(socks, times, strict=True):
+            kept += round_trips(sock, block)
+    return [statistics.median(kept) for kept in times]
+
+
+def cpu_seconds(process: psutil.Process) -> tuple[float, float]:
+    """CPU seconds of the whole broker process, and of its loop (its main thread); the
+    rest is libzmq's I/O thread (CURVE's encryption is done there) and the ZAP thread."""
+    threads = {t.id: t.user_time + t.system_time for t in process.threads()}
     times = process.cpu_times()
-    return times.user + times.system
+    return times.user + times.system, threads.get(process.pid, 0.0)
+
+
+@contextlib.contextmanager
+def cpu_share(process: psutil.Process, out: list[float]) -> Iterator[None]:
+    """Appends to ``out`` the % of one core the broker, then its loop, used meanwhile."""
+    before, start = cpu_seconds(process), time.monotonic()
+    yield
+    after, elapsed = cpu_seconds(process), time.monotonic() - start
+    out += [(after[i] - before[i]) / elapsed * 100 for i in (0, 1)]
 
 
 # ---- measurements -----------------------------------------------------------------------
@@ -153,10 +179,10 @@ class Busy:
     requests: float  # routed requests/s with no PARTIAL frames
     partials: float  # PARTIAL frames/s forwarded with --tokens per request
     partial_requests: float
-    cpu_requests: float  # broker CPU, % of one core, during each load
-    cpu_partials: float
+    cpu_requests: list[float]  # broker CPU, % of one core, during each load: all, loop
+    cpu_partials: list[float]
     errors: int
-    rtt: float  # seconds, sequential
+    trips: list[float]  # sequential round trip, seconds: straight, zmq.proxy, broker
 
 
 def busy(security: Security, spec: str, args: argparse.Namespace, profile: str | None) -> Busy:
@@ -175,7 +201,9 @@ def busy(security: Security, spec: str, args: argparse.Namespace, profile: str |
         try:
             wait_workers(sock, args.workers)
 
-            def load(tokens: int, profile: str | None = None) -> tuple[float, float, float, int]:
+            def load(
+                tokens: int, profile: str | None = None
+            ) -> tuple[float, float, list[float], int]:
                 for conn in conns:
                     conn.send((args.depth, tokens, args.warmup, args.seconds))
                 time.sleep(args.warmup)
@@ -187,9 +215,9 @@ def busy(security: Security, spec: str, args: argparse.Namespace, profile: str |
                     spy = subprocess.Popen(
                         [args.py_spy, *record, *output], stdout=subprocess.DEVNULL
                     )
-                before, start = cpu_seconds(broker), time.monotonic()
-                time.sleep(args.seconds)
-                cpu = (cpu_seconds(broker) - before) / (time.monotonic() - start) * 100
+                cpu: list[float] = []
+                with cpu_share(broker, cpu):
+                    time.sleep(args.seconds)
                 results = [conn.recv() for conn in conns]
                 if spy is not None:
                     spy.wait(60)
@@ -202,35 +230,34 @@ def busy(security: Security, spec: str, args: argparse.Namespace, profile: str |
             finals, partials, cpu_p, errors_p = load(
                 args.tokens, profile and f"{profile}-{name}-partials.txt"
             )
-            rtt = round_trips(sock, args.trips)
+            trips = baseline_and(processes, security, sock, args.trips)
         finally:
             sock.close(linger=0)
             ctx.term()
         for conn in conns:
             conn.send(None)
-    return Busy(requests, partials, finals, cpu_r, cpu_p, errors_r + errors_p, rtt)
+    return Busy(requests, partials, finals, cpu_r, cpu_p, errors_r + errors_p, trips)
 
 
-def proxy_trips(security: Security, count: int) -> tuple[float, float]:
-    """(straight to the echo peer, through zmq.proxy): median round-trip seconds."""
-    with running() as processes:
-        direct, front, back = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-        processes.start(synthetic.echo_direct, direct, security.server, processes.stop)
-        processes.start(synthetic.proxy, front, back, security.server)
-        processes.start(synthetic.echo_behind, back, security.peers, processes.stop)
-        figures = []
-        for address in (direct, front):
-            ctx, sock = control(address, security)
-            try:
-                figures.append(round_trips(sock, count))
-            finally:
-                sock.close(linger=0)
-                ctx.term()
-    return figures[0], figures[1]
+def baseline_and(
+    processes: Processes, security: Security, broker: zmq.Socket[Any], count: int
+) -> list[float]:
+    """Round trips straight to an echo peer, through zmq.proxy, and on ``broker``."""
+    direct, front, back = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    processes.start(synthetic.echo_direct, direct, security.server, processes.stop)
+    processes.start(synthetic.proxy, front, back, security.server)
+    processes.start(synthetic.echo_behind, back, security.peers, processes.stop)
+    contexts = [control(address, security) for address in (direct, front)]
+    try:
+        return paired_trips([contexts[0][1], contexts[1][1], broker], count)
+    finally:
+        for ctx, sock in contexts:
+            sock.close(linger=0)
+            ctx.term()
 
 
-def idle(security: Security, spec: str, count: int, seconds: float) -> tuple[float, int]:
-    """(broker CPU as % of one core, RSS bytes) with ``count`` idle workers heartbeating."""
+def idle(security: Security, spec: str, count: int, seconds: float) -> tuple[list[float], int]:
+    """(broker CPU as % of one core: all, loop; RSS bytes) with ``count`` idle workers."""
     with running() as processes:
         address, broker = start_broker(processes, security, spec)
         ids = [f"idle{i}" for i in range(count)]
@@ -244,9 +271,9 @@ def idle(security: Security, spec: str, count: int, seconds: float) -> tuple[flo
             sock.close(linger=0)
             ctx.term()
         time.sleep(2)  # joins and handshakes are over; what is left is the steady state
-        before, start = cpu_seconds(broker), time.monotonic()
-        time.sleep(seconds)
-        cpu = (cpu_seconds(broker) - before) / (time.monotonic() - start) * 100
+        cpu: list[float] = []
+        with cpu_share(broker, cpu):
+            time.sleep(seconds)
         return cpu, broker.memory_info().rss
 
 
@@ -292,11 +319,9 @@ def main() -> None:
         specs = args.broker.split(",")
         variants = [(mode, spec) for mode in modes for spec in specs]
         loads: dict[tuple[str, str], list[Busy]] = {(m.name, s): [] for m, s in variants}
-        trips: dict[str, list[tuple[float, float]]] = {m.name: [] for m in modes}
-        idles: dict[tuple[str, str, int], list[tuple[float, int]]] = {}
+        idles: dict[tuple[str, str, int], list[tuple[list[float], int]]] = {}
         for r in range(args.rounds):  # interleaved, so drift and neighbours hit every side
             for mode in modes:
-                trips[mode.name].append(proxy_trips(mode, args.trips))
                 for spec in specs:
                     profile = args.profile if r == 0 else None
                     loads[(mode.name, spec)].append(busy(mode, spec, args, profile))
@@ -306,48 +331,65 @@ def main() -> None:
                         )
             print(f"round {r + 1}/{args.rounds} done", flush=True)
 
+    report(args, variants, loads, idles, counts)
+
+
+def report(
+    args: argparse.Namespace,
+    variants: list[tuple[Security, str]],
+    loads: dict[tuple[str, str], list[Busy]],
+    idles: dict[tuple[str, str, int], list[tuple[list[float], int]]],
+    counts: list[int],
+) -> None:
+    several = len({spec for _, spec in variants}) > 1
     print(
         f"\n{args.facades} facades x {args.depth} in flight, {args.workers} workers, "
         f"{args.tokens} PARTIAL frames per request in the frames test; medians of "
         f"{args.rounds} rounds (range across rounds); {psutil.cpu_count()} cores"
     )
-    targets = {"requests": 25_000, "partials": 100_000}
     for mode, spec in variants:
-        runs, baseline = loads[(mode.name, spec)], trips[mode.name]
-        requests = [b.requests for b in runs]
-        partials = [b.partials for b in runs]
-        straight = statistics.median(t[0] for t in baseline)
-        proxied = statistics.median(t[1] for t in baseline)
-        xb = statistics.median(b.rtt for b in runs)
+        runs = loads[(mode.name, spec)]
+        print(f"\n[{mode.name}]" + (f" {spec}" if several else ""))
+        requests = ("routed requests/s", [b.requests for b in runs], 25_000)
+        partials = ("PARTIAL frames/s", [b.partials for b in runs], 100_000)
+        for (label, rates, target), cpus in (
+            (requests, [b.cpu_requests for b in runs]),
+            (partials, [b.cpu_partials for b in runs]),
+        ):
+            rate = statistics.median(rates)
+            cpu, loop = (statistics.median(c[i] for c in cpus) for i in (0, 1))
+            # Broker CPU per item, whatever share of the machine it got; its loop is one
+            # thread, so one core for the loop alone would carry 1 / (loop's cost) a second.
+            costs = [
+                statistics.median(c[i] / 100 / r for c, r in zip(cpus, rates, strict=True))
+                for i in (0, 1)
+            ]
+            print(
+                f"  {label:<18}{rate:>9,.0f}{spread(rates)}   target >= {target:,}\n"
+                f"  {'':<18}broker CPU {cpu:.0f}% of a core (its loop {loop:.0f}%): "
+                f"{costs[0] * 1e6:.1f} us each ({costs[1] * 1e6:.1f} in its loop, "
+                f"which a core of its own would carry at {1 / costs[1]:,.0f}/s)"
+            )
+        print(f"  errors            {sum(b.errors for b in runs):>9}")
+        straight, proxied, xb = (statistics.median(b.trips[i] for b in runs) for i in range(3))
         added_proxy, added_xb = proxied - straight, xb - straight
-        print(f"\n[{mode.name}]" + (f" {spec}" if len(specs) > 1 else ""))
         print(
-            f"  routed requests/s       {statistics.median(requests):>9,.0f}{spread(requests)}"
-            f"   target >= {targets['requests']:,}; broker CPU "
-            f"{statistics.median(b.cpu_requests for b in runs):.0f}%"
+            f"  round trip        straight {straight * 1e6:.0f} us, zmq.proxy "
+            f"{proxied * 1e6:.0f} us, broker {xb * 1e6:.0f} us"
         )
         print(
-            f"  PARTIAL frames/s        {statistics.median(partials):>9,.0f}{spread(partials)}"
-            f"   target >= {targets['partials']:,}; broker CPU "
-            f"{statistics.median(b.cpu_partials for b in runs):.0f}%"
-        )
-        print(f"  errors                  {sum(b.errors for b in runs):>9}")
-        print(
-            f"  round trip us           straight {straight * 1e6:.0f}, zmq.proxy "
-            f"{proxied * 1e6:.0f}, broker {xb * 1e6:.0f}"
-        )
-        print(
-            f"  added per round trip us zmq.proxy {added_proxy * 1e6:.0f}, broker "
-            f"{added_xb * 1e6:.0f}: {added_xb / added_proxy:.2f}x   target <= 1.5x"
+            f"  added per trip    zmq.proxy {added_proxy * 1e6:.0f} us, broker "
+            f"{added_xb * 1e6:.0f} us: {added_xb / added_proxy:.2f}x   target <= 1.5x"
         )
         for count in counts:
             runs_idle = idles[(mode.name, spec, count)]
-            cpu = [c for c, _ in runs_idle]
+            cpu_all = [c[0] for c, _ in runs_idle]
+            loop = statistics.median(c[1] for c, _ in runs_idle)
             rss = statistics.median(m for _, m in runs_idle) / 2**20
             print(
-                f"  {count:>5} idle workers       CPU {statistics.median(cpu):5.1f}% of a core"
-                f" ({min(cpu):.1f}-{max(cpu):.1f}), RSS {rss:.0f} MiB"
-                + ("   target < 25%" if count == 1000 else "")
+                f"  {count:>5} idle workers CPU {statistics.median(cpu_all):.1f}% of a core "
+                f"({min(cpu_all):.1f}-{max(cpu_all):.1f}; its loop {loop:.1f}%), "
+                f"RSS {rss:.0f} MiB" + ("   target < 25%" if count == 1000 else "")
             )
 
 
