@@ -377,9 +377,11 @@ def report(
             f"  round trip        straight {straight * 1e6:.0f} us, zmq.proxy "
             f"{proxied * 1e6:.0f} us, broker {xb * 1e6:.0f} us"
         )
+        ratios = [(b.trips[2] - b.trips[0]) / (b.trips[1] - b.trips[0]) for b in runs]
         print(
             f"  added per trip    zmq.proxy {added_proxy * 1e6:.0f} us, broker "
-            f"{added_xb * 1e6:.0f} us: {added_xb / added_proxy:.2f}x   target <= 1.5x"
+            f"{added_xb * 1e6:.0f} us: {added_xb / added_proxy:.2f}x"
+            f" (rounds: {min(ratios):.2f}-{max(ratios):.2f}x)   target <= 1.5x"
         )
         for count in counts:
             runs_idle = idles[(mode.name, spec, count)]
