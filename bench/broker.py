@@ -274,7 +274,15 @@ def idle(security: Security, spec: str, count: int, seconds: float) -> tuple[lis
         cpu: list[float] = []
         with cpu_share(broker, cpu):
             time.sleep(seconds)
-        return cpu, broker.memory_info().rss
+        rss = broker.memory_info().rss
+        ctx, sock = control(address, security)
+        try:  # none was dropped for silence meanwhile (which would have cost rejoins)
+            if (known := workers_known(sock)) != count:
+                raise RuntimeError(f"{count - known} idle workers were dropped")
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+        return cpu, rss
 
 
 # ---- report -----------------------------------------------------------------------------
