@@ -10,11 +10,10 @@ from pathlib import Path
 from types import FrameType
 
 import typer
-import uvicorn
 
-from xb.api.app import create_app
-from xb.api.auth import APIKeyError, exposure_refusal, load_keys
-from xb.api.limits import DEFAULT_ANSWER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits
+from xb.api import options
+from xb.api.limits import Limits
+from xb.api.options import SHUTDOWN_GRACE
 from xb.broker.server import DEFAULT_MAX_QUEUE, Broker, serve_in_thread
 from xb.broker.state import STATE_FILE
 from xb.keys import peer_keys
@@ -24,8 +23,6 @@ from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL,
 
 app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
 log = logging.getLogger("xb.broker")
-
-SHUTDOWN_GRACE = 3  # seconds open requests and the --local worker get to finish
 
 
 @app.command()
@@ -47,46 +44,13 @@ def run(
         min=0,
         help="Requests that may wait per model when every replica is busy; then 429.",
     ),
-    cors_origin: list[str] = typer.Option(
-        [],
-        "--cors-origin",
-        help="Let web pages from this origin call the API (repeatable; *: any).",
-    ),
-    api_key: list[str] = typer.Option(
-        [], "--api-key", help="An API key with full access (repeatable). Prefer --api-keys-file."
-    ),
-    api_keys_file: Path | None = typer.Option(
-        None,
-        "--api-keys-file",
-        dir_okay=False,
-        help="API keys, one a line: KEY SCOPES (inference, admin; comma-separated).",
-    ),
-    insecure: bool = typer.Option(
-        False,
-        "--insecure",
-        help="Serve a non-loopback --api-host without API keys, and take plain, "
-        "unauthenticated ZeroMQ peers.",
-    ),
-    model_dir: list[Path] = typer.Option(
-        [],
-        "--model-dir",
-        exists=True,
-        file_okay=False,
-        help="A folder whose model files launches and registrations may name (repeatable); "
-        "~/.xb/models and the download cache always are. The --local worker gets them too.",
-    ),
-    answer_timeout: float = typer.Option(
-        DEFAULT_ANSWER_TIMEOUT,
-        "--answer-timeout",
-        min=1,
-        help="Seconds a whole (non-streamed) answer may take; then it is cancelled (504).",
-    ),
-    write_timeout: float = typer.Option(
-        DEFAULT_WRITE_TIMEOUT,
-        "--write-timeout",
-        min=1,
-        help="Seconds a stream's client may leave a write unread; then the stream is cancelled.",
-    ),
+    cors_origin: list[str] = options.CORS_ORIGIN,
+    api_key: list[str] = options.API_KEY,
+    api_keys_file: Path | None = options.API_KEYS_FILE,
+    insecure: bool = options.insecure_option("take plain, unauthenticated ZeroMQ peers"),
+    model_dir: list[Path] = options.model_dir_option("The --local worker gets them too."),
+    answer_timeout: float = options.ANSWER_TIMEOUT,
+    write_timeout: float = options.WRITE_TIMEOUT,
 ) -> None:
     """Serve the broker on HOST:PORT and the API on API_HOST:API_PORT."""
     serve(
@@ -124,21 +88,14 @@ def serve(
     model_dirs: list[Path] | None = None,
     limits: Limits | None = None,
 ) -> None:
-    try:
-        api_keys, warnings = load_keys(api_key or [], api_keys_file)
-    except APIKeyError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    refusal = exposure_refusal(api_host, api_keys, insecure)
-    if refusal is not None:
-        typer.echo(f"xb-broker: {refusal}", err=True)
-        raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    api_keys = options.api_keys_or_exit(
+        "xb-broker", api_host, api_key or [], api_keys_file, insecure
+    )
     # uvicorn stops on SIGTERM and then raises it again: this handler turns that into
     # SystemExit, so the cleanup below (the --local worker) runs instead of an abrupt end.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     home = xb_home()
-    for warning in warnings:
-        log.warning("%s", warning)
     # A file named by --launch is the operator's own choice: that file, not its folder,
     # may be loaded. The --local worker inherits the list (XB_MODEL_DIRS).
     files = [name for name in launch if name.endswith((".gguf", ".bin"))]
@@ -179,22 +136,16 @@ def serve(
         f"{len(api_keys)} API keys" if api_keys.enabled else "no API keys",
     )
     try:
-        uvicorn.run(
-            create_app(
-                address,
-                heartbeat_interval=heartbeat_interval,
-                launch_on_start=launch,
-                cors_origins=cors_origins,
-                peer_keys=keys,
-                api_keys=api_keys,
-                limits=limits,
-            ),
-            host=api_host,
-            port=api_port,
-            log_level="warning",
-            # Requests still open this long after SIGTERM are cut: a hung one never holds
-            # the shutdown.
-            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        options.serve_api(
+            address,
+            api_host,
+            api_port,
+            heartbeat_interval=heartbeat_interval,
+            launch_on_start=launch,
+            cors_origins=cors_origins or [],
+            peer_keys=keys,
+            api_keys=api_keys,
+            limits=limits or Limits(),
         )
     finally:
         if worker is not None:

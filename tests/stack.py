@@ -90,6 +90,7 @@ class Stack:
     broker: subprocess.Popen[bytes] | None = None
     _log_file: Any = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    facades: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -149,6 +150,30 @@ class Stack:
         wait_until(lambda: len({w["worker_id"] for w in self.cluster()} - before) == 1)
         return worker
 
+    def add_facade(self, *args: str, home: Path | None = None) -> str:
+        """Another REST facade (xb-api) for this broker, with XB_HOME ``home`` (default:
+        the broker's); its base URL, once it has heard from the broker."""
+        port = free_port()
+        facade = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xb.api",
+                "--broker",
+                self.broker_address,
+                "--port",
+                str(port),
+                *self.dir_args(),
+                *args,
+            ],
+            env={**self.env(), "XB_HOME": str(home or self.home)},
+        )
+        self.facades.append(facade)
+        url = f"http://127.0.0.1:{port}"
+        models = url + "/v1/models"
+        wait_until(lambda: httpx.get(models, headers=self.headers(), timeout=2).status_code == 200)
+        return url
+
     def worker_id(self, worker: subprocess.Popen[bytes]) -> str:
         return next(w["worker_id"] for w in self.cluster() if w["pid"] == worker.pid)
 
@@ -175,7 +200,7 @@ class Stack:
         return str(response.json()["model_uid"])
 
     def stop(self) -> None:
-        for process in [*self.workers, self.broker]:
+        for process in [*self.facades, *self.workers, self.broker]:
             if process is not None:
                 kill_tree(process)
         if self._log_file is not None:

@@ -9,10 +9,10 @@ from types import FrameType
 
 import typer
 
-from xb.keys import KeysError, peer_keys
+from xb import peer_options
 from xb.lifetime import die_with_parent
 from xb.paths import allow_folders
-from xb.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
+from xb.settings import HEARTBEAT_INTERVAL
 from xb.worker.memory import parse_size
 from xb.worker.server import Worker
 
@@ -21,21 +21,14 @@ app = typer.Typer(add_completion=False, help="Host models for an xb broker.")
 
 @app.command()
 def run(
-    broker: str = typer.Option(
-        f"tcp://{DEFAULT_HOST}:{BROKER_PORT}", "--broker", help="Broker address, tcp://HOST:PORT."
-    ),
+    broker: str = peer_options.BROKER,
     heartbeat_interval: float = typer.Option(
         HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between heartbeats."
     ),
     memory_limit: str | None = typer.Option(
         None, "--memory-limit", help="Offer at most this much memory, e.g. 512MB or 8GiB."
     ),
-    broker_key: str | None = typer.Option(
-        None,
-        "--broker-key",
-        help="The broker's public key, or its .key file ('xb keys' on the broker's machine). "
-        "Needed when the broker runs with another XB_HOME, on another machine say.",
-    ),
+    broker_key: str | None = peer_options.BROKER_KEY,
     insecure: bool = typer.Option(
         False, "--insecure", help="Talk to a broker that runs with --insecure (no CURVE)."
     ),
@@ -62,10 +55,7 @@ def run(
         limit = parse_size(memory_limit) if memory_limit is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--memory-limit") from exc
-    try:
-        keys = None if insecure else peer_keys(xb_home(), broker_key)
-    except KeysError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker-key") from exc
+    keys = peer_options.keys_or_exit(broker_key, insecure)
     worker = Worker(
         broker,
         heartbeat_interval=heartbeat_interval,

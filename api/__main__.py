@@ -1,0 +1,3 @@
+from xb.api.cli import main
+
+main()
