@@ -161,7 +161,7 @@ def test_a_worker_with_a_home_of_its_own_joins_once_its_key_is_allowed(
     time.sleep(3)
     assert stack.cluster() == []  # its key is not allowed yet: the broker does not hear it
     xb(stack.home, "keys", "allow", worker_key, "--name", "other-machine")
-    wait_until(lambda: len(stack.cluster()) == 1, timeout=15)
+    wait_until(lambda: len(stack.cluster()) == 1, timeout=30)  # a new socket within 6 s
     stack.launch(model_name="tiny", model_path=str(tiny_model))
     chat_a_few(stack, 2)
     # Without the broker's key it cannot start: it says what to give.
