@@ -107,11 +107,11 @@ def control(address: str, security: Security) -> tuple[zmq.Context[Any], zmq.Soc
 
 
 def workers_known(sock: zmq.Socket[Any]) -> int:
-    sock.send_multipart(p.encode(p.ClusterInfo("count")))
+    sock.send_multipart(p.encode(p.ClusterInfo("count", limit=1)))  # one page: the total
     while sock.poll(5000):
         message = p.decode(sock.recv_multipart())
         if isinstance(message, p.Cluster):
-            return len(message.workers)
+            return message.total
     raise RuntimeError("the broker did not answer CLUSTER_INFO within 5 s")
 
 

@@ -27,6 +27,7 @@ import zmq
 from zmq.backend import Socket as _RawSocket
 
 from xb import protocol as p
+from xb.broker.table import Model
 from xb.keys import KeyPair, PeerKeys
 from xb.transport import configure_peer, configure_router
 
@@ -114,6 +115,12 @@ def broker(bind: str, home: str | None, spec: str, ready: Connection) -> None:
     raise_fd_limit()
     logging.getLogger("xb").setLevel(logging.ERROR)  # 1,000 joins and leaves, not measured
     server = cls(bind, home=Path(home) if home else None)
+    # The synthetic workers announce replicas of models nobody launched, and a broker
+    # stops those: its desired state names both models here, with room for every
+    # replica, and it never places one itself (the workers bring them all).
+    for uid in (MODEL, "idle"):
+        server.models[uid] = Model(p.ModelSpec(uid, uid), replica=1 << 30, created=0)
+    server.settle_until = float("inf")
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     ready.send(os.getpid())
     server.run()

@@ -14,7 +14,8 @@ import typer
 from xb.api import options
 from xb.api.limits import Limits
 from xb.api.options import SHUTDOWN_GRACE
-from xb.broker.server import DEFAULT_MAX_QUEUE, Broker, serve_in_thread
+from xb.broker import process
+from xb.broker.server import DEFAULT_MAX_QUEUE
 from xb.broker.state import STATE_FILE
 from xb.keys import peer_keys
 from xb.lifetime import child_env
@@ -100,17 +101,21 @@ def serve(
     # may be loaded. The --local worker inherits the list (XB_MODEL_DIRS).
     files = [name for name in launch if name.endswith((".gguf", ".bin"))]
     allow_folders([*(model_dirs or []), *files])
-    broker = Broker(
-        f"tcp://{host}:{port}",
-        heartbeat_interval=heartbeat_interval,
-        max_queue=max_queue,
-        home=None if insecure else home,
-        state=home / STATE_FILE,
-    )
-    # The facade in this process, and a --local worker, are peers of this home: their key
-    # is allowed, and the broker's key is where they look for it.
+    # The broker runs in a process of its own (broker/process.py), the facade here.
+    try:
+        broker, bound = process.start(
+            f"tcp://{host}:{port}",
+            heartbeat_interval=heartbeat_interval,
+            max_queue=max_queue,
+            home=None if insecure else home,
+            state=home / STATE_FILE,
+        )
+    except process.BrokerStartError as exc:
+        typer.echo(f"xb-broker: {exc}", err=True)
+        raise typer.Exit(1) from None
+    # The facade here, and a --local worker, are peers of this home: their key is
+    # allowed, and the broker's key is where they look for it.
     keys = None if insecure else peer_keys(home)
-    thread = serve_in_thread(broker)
     reach = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
     address = f"tcp://{reach}:{port}"
     worker: subprocess.Popen[bytes] | None = None
@@ -130,7 +135,7 @@ def serve(
         )
     log.warning(
         "broker for workers on %s; OpenAI API on http://%s:%d/v1 (%s)",
-        broker.address,
+        bound,
         api_host,
         api_port,
         f"{len(api_keys)} API keys" if api_keys.enabled else "no API keys",
@@ -154,8 +159,7 @@ def serve(
                 worker.wait(SHUTDOWN_GRACE)
             except subprocess.TimeoutExpired:
                 worker.kill()
-        broker.stop()
-        thread.join(SHUTDOWN_GRACE)
+        process.stop(broker, SHUTDOWN_GRACE)
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:

@@ -188,6 +188,12 @@ class Stack:
         sock.connect(self.broker_address)
         return sock
 
+    def broker_loop_pid(self) -> int:
+        """The pid of the broker's own process, which xb-broker starts beside its facade."""
+        assert self.broker is not None
+        children = psutil.Process(self.broker.pid).children()
+        return next(c.pid for c in children if "xb.broker.process" in c.cmdline())
+
     def cluster(self) -> list[dict[str, Any]]:
         response = httpx.get(self.url + "/v1/cluster/info", headers=self.headers(), timeout=5)
         return list(response.json())

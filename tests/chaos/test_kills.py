@@ -37,7 +37,7 @@ def test_killed_model_processes_and_workers_under_load(
     assert stack.broker is not None
     placed = {r["worker_id"] for r in replicas(stack, uid)}
     assert len(placed) == 2  # one replica on each worker
-    rss_before = rss(stack.broker.pid)
+    rss_before = rss(stack.broker_loop_pid())
 
     with Load(stack, uid, clients=16) as load:
         wait_until(lambda: load.completed() >= 32, timeout=20)
@@ -72,7 +72,7 @@ def test_killed_model_processes_and_workers_under_load(
 
         time.sleep(max(0.0, load.started + LOAD_SECONDS - time.monotonic()))
     tally = load.tally
-    rss_after = rss(stack.broker.pid)
+    rss_after = rss(stack.broker_loop_pid())
 
     figures(f"16 clients for {time.monotonic() - load.started:.0f} s: {tally.summary()}")
     for failure, count in tally.failed.most_common():

@@ -209,7 +209,7 @@ def test_ten_thousand_malformed_frames_between_chats(
             drain(facade)
             drain(worker)
         before = settle(facade, "warm")
-        rss_before = rss(stack.broker.pid)
+        rss_before = rss(stack.broker_loop_pid())
         lines_before = log_lines(log)
 
         stop = threading.Event()
@@ -241,7 +241,7 @@ def test_ten_thousand_malformed_frames_between_chats(
         flood = time.monotonic() - started
         assert [chat(stack, f"after {i}") for i in range(5)] == [200] * 5
         assert stack.broker.poll() is None
-        rss_after = rss(stack.broker.pid)
+        rss_after = rss(stack.broker_loop_pid())
         lines = log_lines(log) - lines_before
     finally:
         ctx.destroy(linger=0)  # closes the peers' sockets too
@@ -285,12 +285,12 @@ def test_frames_past_the_size_bound_leave_memory_bounded(
     sizes = []
     try:
         first = settle(facade, "start").malformed
-        sizes.append(rss(stack.broker.pid))
+        sizes.append(rss(stack.broker_loop_pid()))
         for batch in range(4):
             for _ in range(12):
                 facade.send_multipart(big)
             last = settle(facade, f"batch {batch}").malformed
-            sizes.append(rss(stack.broker.pid))
+            sizes.append(rss(stack.broker_loop_pid()))
         assert chat(stack, "after big frames") == 200
     finally:
         ctx.destroy(linger=0)

@@ -59,7 +59,7 @@ def test_sigterm_stops_a_local_broker_its_worker_and_models_despite_a_hung_reque
         body = {"model_name": "endless", "model_path": str(endless_model), "n_ctx": 4096}
         assert httpx.post(url + "/v1/models", json=body, timeout=60).status_code == 200
         family = [broker.pid, *(c.pid for c in psutil.Process(broker.pid).children(True))]
-        assert len(family) == 3  # the broker, its worker and one model process
+        assert len(family) == 4  # xb-broker (the facade), its broker process, worker and model
 
         # A client that keeps a stream open and reads it slowly: a hung request.
         started = threading.Event()
