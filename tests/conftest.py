@@ -70,12 +70,8 @@ def make_stack(
 def module_stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
     """One broker and one worker shared by a module's tests."""
     stack = Stack(home=tmp_path_factory.mktemp("xbhome"), model_dirs=[models_dir])
-    try:
-        stack.start()
-        stack.add_worker()
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,17 @@ class Stack:
         configure_peer(sock, keys or peer_keys(self.home))
         sock.connect(self.broker_address)
         return sock
+
+    @contextlib.contextmanager
+    def running(self, workers: int = 1) -> Iterator[Stack]:
+        """The broker and ``workers`` workers, every process stopped on the way out."""
+        try:
+            self.start()
+            for _ in range(workers):
+                self.add_worker()
+            yield self
+        finally:
+            self.stop()
 
     def broker_loop_pid(self) -> int:
         """The pid of the broker's own process, which xb-broker starts beside its facade."""

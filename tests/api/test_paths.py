@@ -30,12 +30,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterato
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # no hub: nothing may be fetched
         stack = Stack(home=tmp_path_factory.mktemp("xbhome"), model_dirs=[models_dir])
-        try:
-            stack.start()
-            stack.add_worker()
+        with stack.running():
             yield stack
-        finally:
-            stack.stop()
 
 
 def launch(stack: Stack, name: str, path: str) -> httpx.Response:

@@ -61,12 +61,8 @@ def keyed_stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> I
         model_dirs=[models_dir],
         api_key=KEY,
     )
-    try:
-        stack.start()
-        stack.add_worker()
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
