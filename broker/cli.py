@@ -6,6 +6,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -113,6 +114,8 @@ def serve(
     except process.BrokerStartError as exc:
         typer.echo(f"xb-broker: {exc}", err=True)
         raise typer.Exit(1) from None
+    stopping = threading.Event()
+    process.watch(broker, stopping)
     # The facade here, and a --local worker, are peers of this home: their key is
     # allowed, and the broker's key is where they look for it.
     keys = None if insecure else peer_keys(home)
@@ -159,6 +162,7 @@ def serve(
                 worker.wait(SHUTDOWN_GRACE)
             except subprocess.TimeoutExpired:
                 worker.kill()
+        stopping.set()
         process.stop(broker, SHUTDOWN_GRACE)
 
 

@@ -24,6 +24,7 @@ MAX_RESTARTS = 5  # failures in a row, then the replica stays failed
 BACKOFF_FIRST = 1.0  # seconds before the first restart; doubled each time after
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # seconds without a failure that forgive the earlier ones
+UNREPORTED_GRACE = 3.0  # seconds a placed replica may be missing from heartbeats
 
 
 def backoff(failures: int) -> float:
@@ -51,6 +52,9 @@ class Healing:
     def dispatch(self, model: Model) -> None:
         raise NotImplementedError
 
+    def _forget_replicas(self, identity: bytes, keep: set[str], reason: str = "") -> None:
+        raise NotImplementedError
+
     # ---- the desired state ------------------------------------------------------------
 
     def _save(self, model: Model) -> None:
@@ -64,6 +68,7 @@ class Healing:
                 request_limits=model.request_limits,
                 abilities=model.abilities,
                 next_index=model.next_index,
+                ran=model.ran,
             )
         )
 
@@ -80,7 +85,7 @@ class Healing:
                 worker=saved.worker,
                 request_limits=saved.request_limits,
                 next_index=saved.next_index,
-                ran=True,
+                ran=saved.ran,
             )
             self.models[model.uid] = model
         if self.models:
@@ -92,7 +97,10 @@ class Healing:
         """Place the replicas each model misses, as far as there is room."""
         if now < self.settle_until:
             return
+        self._forget_unreported()
         for model in list(self.models.values()):
+            if self.models.get(model.uid) is not model:
+                continue  # dropped while an earlier model was being placed
             if model.failures and now - model.last_failure > STABLE_AFTER and model.ready():
                 model.failures = 0
             missing = model.replica - len(model.replicas)
@@ -121,6 +129,22 @@ class Healing:
                 self._save(model)  # its next replica id
             elif model.queue:
                 self.dispatch(model)  # nothing comes: what waits ends with a clear error
+
+    def _forget_unreported(self) -> None:
+        """Replicas a worker stopped reporting in its heartbeats (a launch it never
+        received, a process it lost track of) are lost, and placed again."""
+        hosted: dict[bytes, set[str]] = {}
+        missing: dict[bytes, set[str]] = {}
+        for model in self.models.values():
+            for rid, replica in model.replicas.items():
+                hosted.setdefault(replica.worker, set()).add(rid)
+                worker = self.workers.get(replica.worker)
+                if worker is None or worker.reported is None or rid in worker.reported:
+                    continue
+                if worker.reported_at - replica.since > UNREPORTED_GRACE:
+                    missing.setdefault(replica.worker, set()).add(rid)
+        for identity, rids in missing.items():
+            self._forget_replicas(identity, hosted[identity] - rids, "it no longer reports it")
 
     def _replica_failed(self, model: Model, replica: Replica) -> None:
         """A replica nobody waits on failed: loading elsewhere after a loss, or its process

@@ -279,8 +279,8 @@ class ModelManagement(Healing):
                 touched.append(model)
         self.affinity.forget(doomed)
         for request_id, flight in list(self.in_flight.items()):
-            if flight.replica_id not in doomed:
-                continue
+            if flight.replica_id not in doomed or self.in_flight.get(request_id) is not flight:
+                continue  # another replica's, or ended meanwhile (its client went away)
             del self.in_flight[request_id]
             owner = self.models.get(flight.submit.model_uid)
             if not self._retry(flight, owner):

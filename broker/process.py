@@ -10,10 +10,12 @@ child stops on SIGTERM or SIGINT, and dies with its parent however the parent en
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -67,6 +69,19 @@ def start(
     return child, text
 
 
+def watch(child: subprocess.Popen[bytes], stopping: threading.Event) -> None:
+    """Stop this process (SIGTERM to itself) if the broker process ends unasked: an API
+    with no broker behind it would only answer 503."""
+
+    def wait() -> None:
+        code = child.wait()
+        if not stopping.is_set():
+            log.error("the broker process exited (code %s); stopping", code)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="xb-broker-watch", daemon=True).start()
+
+
 def stop(child: subprocess.Popen[bytes], grace: float) -> None:
     """Ask the broker process to stop; kill it after ``grace`` seconds."""
     if child.poll() is None:
@@ -109,7 +124,9 @@ def main(argv: list[str]) -> int:
         broker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Ctrl-C reaches the whole process group: the parent stops this process once its
+    # open requests had their grace, so the broker must outlive that grace.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     print(f"ready {broker.address}", flush=True)
     broker.run()
     return 0

@@ -75,6 +75,9 @@ class Broker(ModelManagement):
         # it over, whatever connection it comes from.
         self.bindings: OrderedDict[str, str] = OrderedDict()
         self._by_id: dict[str, bytes] = {}  # worker id -> the identity of its connection
+        # Peers found gone by a send. They are dealt with once the message at hand is
+        # handled, never in the middle of it (a send inside a loop over requests, say).
+        self._gone: set[bytes] = set()
         self._warn = Throttle(log)
         self.state = DesiredState(state)
         for worker_id, bound in self.state.bindings()[-MAX_BINDINGS:]:
@@ -96,7 +99,11 @@ class Broker(ModelManagement):
         self._sock = self._ctx.socket(zmq.ROUTER)
         configure_router(self._sock, keys)
         self._sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_BODY_BYTES + 4096)
-        self._sock.bind(bind)
+        try:
+            self._sock.bind(bind)
+        except zmq.ZMQError:
+            self.close()  # the authenticator's thread, the context and the state file
+            raise
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     # ---- loop -------------------------------------------------------------------------
@@ -119,6 +126,7 @@ class Broker(ModelManagement):
                         self.send_heartbeats()
                         self.purge_workers(now)
                         self.reconcile(now)
+                        self._bury()
                     except Exception:  # the loop must outlive any one bad state
                         log.exception("error in the broker's periodic work")
         finally:
@@ -156,6 +164,21 @@ class Broker(ModelManagement):
     def process(self, frames: list[bytes], key: str = "") -> None:
         """Handle one multipart message from the peer whose public key is ``key``;
         nothing a peer sends can raise out of here."""
+        try:
+            self._process(frames, key)
+        finally:
+            self._bury()
+
+    def _bury(self) -> None:
+        """Deal with the peers that sends found gone (which may find more gone)."""
+        while self._gone:
+            identity = self._gone.pop()
+            try:
+                self._peer_gone(identity)
+            except Exception:  # the loop must outlive any one bad state
+                log.exception("error removing a peer that went away")
+
+    def _process(self, frames: list[bytes], key: str) -> None:
         identity, body = frames[0], frames[1:]
         try:
             message = p.decode(body)
@@ -204,7 +227,7 @@ class Broker(ModelManagement):
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             self.dropped += 1
-            self._peer_gone(identity)
+            self._gone.add(identity)
             return False
         return True
 
@@ -214,7 +237,7 @@ class Broker(ModelManagement):
             self._remove_worker(identity, "its connection closed")
             return
         for request_id, flight in list(self.in_flight.items()):
-            if flight.client == identity:
+            if flight.client == identity and self.in_flight.get(request_id) is flight:
                 del self.in_flight[request_id]
                 self._release_slot(flight)
                 self._deliver(flight.worker, p.encode(p.Cancel(request_id)))
@@ -245,6 +268,8 @@ class Broker(ModelManagement):
             if message.memory is not None:
                 worker.memory = message.memory
             worker.queue_depth, worker.in_flight = message.queue_depth, message.in_flight
+            worker.reported = {s.replica_id for s in message.replicas}
+            worker.reported_at = worker.last_seen
             ready = [s for s in message.replicas if s.state == p.ModelState.READY]
             worker.slots = sum(s.slots for s in ready) or 1
             for status in message.replicas:
@@ -264,7 +289,8 @@ class Broker(ModelManagement):
             )
 
     def _register(self, identity: bytes, ready: p.Ready, key: str) -> None:
-        bound = self.bindings.get(ready.worker_id)
+        # Without CURVE every key is "": there is nothing to bind a worker id to.
+        bound = self.bindings.get(ready.worker_id) if self.secure else None
         if bound is not None and bound != key:
             self.refused += 1
             self._warn.warning(
@@ -274,7 +300,8 @@ class Broker(ModelManagement):
                 ready.worker_id,
             )
             return
-        self._bind(ready.worker_id, key)
+        if self.secure:
+            self._bind(ready.worker_id, key)
         old = self._by_id.get(ready.worker_id)
         if old is not None and old != identity:
             self._move_worker(old, identity)  # the same worker on a new connection
@@ -358,10 +385,15 @@ class Broker(ModelManagement):
             # A replica that kept running while its worker, or this broker, was away.
             replica = Replica(status.replica_id, model.uid, worker.identity, status.state)
             model.replicas[replica.replica_id] = replica
-            model.ran = model.ran or status.state == p.ModelState.READY
+            if status.state == p.ModelState.READY and not model.ran:
+                model.ran = True
+                self._save(model)
             log.info("took back replica %s on %s", replica.replica_id, worker.worker_id)
         if replica.worker != worker.identity:
-            return  # another worker's replica of that id: not this worker's to report
+            # Another worker runs the replica of that id now (this one was cut off, and
+            # the model relaunched meanwhile): this worker's copy is nobody's.
+            self._send(worker.identity, p.Terminate(status.replica_id))
+            return
         if status.abilities and status.abilities != model.abilities:
             model.abilities = list(status.abilities)
             self._save(model)
@@ -376,7 +408,9 @@ class Broker(ModelManagement):
                 self.dispatch(model)
             return
         replica.state, replica.error = status.state, status.error
-        model.ran = model.ran or status.state == p.ModelState.READY
+        if status.state == p.ModelState.READY and not model.ran:
+            model.ran = True
+            self._save(model)
         if status.state != p.ModelState.LOADING:
             worker.reserved = max(worker.reserved - replica.reserved, 0)
             replica.reserved = 0
@@ -437,8 +471,9 @@ class Broker(ModelManagement):
 
     def send_heartbeats(self) -> None:
         heartbeat = p.encode(p.Heartbeat())
-        for identity in list(self.workers):  # a send may find one gone, and remove it
+        for identity in list(self.workers):
             self._deliver(identity, heartbeat)
+        self._bury()
 
     def purge_workers(self, now: float) -> None:
         """Remove workers that missed ``HEARTBEAT_LIVENESS`` intervals."""
@@ -467,6 +502,10 @@ class Broker(ModelManagement):
             if replica.worker == identity and rid not in keep
         }
         reason = reason or "it no longer hosts the replica"
+        now = time.monotonic()
+        for model in self.models.values():
+            if any(rid in model.replicas for rid in lost):
+                model.retry_at = max(model.retry_at, now)  # placed again at the next reconcile
         self._remove_replicas(lost, f"the worker was lost: {reason}", terminate=False)
 
     # ---- routing ----------------------------------------------------------------------
@@ -502,11 +541,12 @@ class Broker(ModelManagement):
             )
             request = p.Request(submit.request_id, replica.replica_id, submit.kind, submit.params)
             if not self._deliver(replica.worker, p.encode(request)):
-                # The worker is gone (its requests were handled as it was removed) or too
-                # far behind to take more: this one must not hold the slot.
-                flight = self.in_flight.pop(submit.request_id, None)
-                if flight is not None:
-                    self._release_slot(flight)
+                # The worker is gone or too far behind to take more: this request must
+                # not hold the slot. It goes elsewhere once, as any that failed before
+                # its first token.
+                flight = self.in_flight.pop(submit.request_id)
+                self._release_slot(flight)
+                if not self._retry(flight, model):
                     self._error(
                         client,
                         submit.request_id,

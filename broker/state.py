@@ -32,6 +32,7 @@ class SavedModel(msgspec.Struct, frozen=True):
     request_limits: int | None = None
     abilities: list[str] = []
     next_index: int = 0  # replica ids are never used twice, even across restarts
+    ran: bool = True  # a replica was ready once (a failed first launch is not retried)
 
 
 _encoder = msgspec.msgpack.Encoder()

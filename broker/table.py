@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from xb import protocol as p
+
+PLACING_GRACE = 2.0  # seconds after retry_at for the reconcile that places a replica
 
 
 @dataclass
@@ -22,6 +25,8 @@ class WorkerEntry:
     in_flight: int = 0
     reserved: int = 0  # bytes promised to replicas still loading here
     served: int = 0  # requests that ended here with FINAL
+    reported: set[str] | None = None  # the replica ids of its latest heartbeat
+    reported_at: float = 0.0
 
     def info(self, now: float, replicas: list[p.ReplicaStatus]) -> p.WorkerInfo:
         return p.WorkerInfo(
@@ -50,6 +55,7 @@ class Replica:
     progress: p.Progress | None = None
     slots: int = 1  # sequences it decodes at once, as its worker reports
     cached_tokens: int = 0
+    since: float = field(default_factory=time.monotonic)  # when it was placed or taken back
 
 
 @dataclass
@@ -107,8 +113,9 @@ class Model:
         return any(r.state == p.ModelState.LOADING for r in self.replicas.values())
 
     def coming(self, now: float) -> bool:
-        """A replica is loading, or a failed one starts again soon: requests may wait."""
-        return self.loading() or now < self.retry_at
+        """A replica is loading, or one that failed or was lost is about to be placed
+        (the next reconcile, up to a heartbeat after ``retry_at``): requests may wait."""
+        return self.loading() or now < self.retry_at + PLACING_GRACE
 
 
 @dataclass

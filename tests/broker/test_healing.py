@@ -26,9 +26,13 @@ class Recorder:
         self.broker = Broker("tcp://127.0.0.1:0", state=state)
         self.sent: list[tuple[bytes, p.Message]] = []
         self.full: set[bytes] = set()  # peers whose queues are full: nothing reaches them
+        self.closed: set[bytes] = set()  # peers whose connections closed
 
         def deliver(identity: bytes, frames: list[bytes]) -> bool:
             if identity in self.full:
+                return False
+            if identity in self.closed:  # as the real one does on EHOSTUNREACH
+                self.broker._gone.add(identity)
                 return False
             self.sent.append((identity, p.decode(frames)))
             return True
@@ -268,3 +272,84 @@ def test_a_request_a_worker_cannot_take_ends_and_frees_its_slot(rec: Recorder) -
     rec.full.clear()
     rec.peer(FACADE, submit("r2"))
     assert [m.request_id for _, m in rec.requests()] == ["r2"]
+
+
+def test_a_request_sent_to_a_worker_whose_connection_just_closed_goes_elsewhere(
+    rec: Recorder,
+) -> None:
+    a, b = rec.join("a"), rec.join("b")
+    rec.launch(replica=2)
+    for who, rid in rec.launches():
+        rec.ready(who, rid)
+    rec.take()
+    rec.closed.add(a)
+    # Each request the broker tries on a goes to b instead; a is dropped afterwards.
+    for i in range(2):
+        rec.peer(FACADE, submit(f"r{i}"))
+        if a not in rec.broker.workers:
+            break
+    assert a not in rec.broker.workers and not rec.take(FACADE)
+    assert {m.request_id for _, m in rec.requests()} <= {"r0", "r1"}
+    assert all(f.worker == b for f in rec.broker.in_flight.values())
+    replica = next(iter(rec.broker.models["m"].replicas.values()))
+    assert replica.in_flight == len(rec.broker.in_flight)
+
+
+def test_a_launch_onto_a_worker_whose_connection_just_closed_is_placed_again(
+    rec: Recorder,
+) -> None:
+    a = rec.join("a")
+    rec.closed.add(a)
+    rec.launch()
+    # The worker is gone once the launch is handled; its replica with it.
+    assert a not in rec.broker.workers and not rec.broker.models["m"].replicas
+    b = rec.join("b")
+    rec.take()
+    rec.broker.reconcile(later(0))
+    assert [who for who, _ in rec.launches()] == [b]
+
+
+def test_a_replica_its_worker_stops_reporting_is_placed_again(rec: Recorder) -> None:
+    w = rec.join("w")
+    rec.launch()
+    ((_, rid),) = rec.launches()
+    rec.ready(w, rid)
+    rec.take()
+    replica = rec.broker.models["m"].replicas[rid]
+    replica.since -= 10  # placed a while ago
+    rec.peer(w, p.Heartbeat(p.Memory(64 * GIB, 64 * GIB), []))  # it does not list it
+    rec.broker.reconcile(later(0))
+    assert rid not in rec.broker.models["m"].replicas
+    rec.broker.reconcile(later(1))  # the next round places it
+    ((_, again),) = rec.launches()
+    assert again != rid and rec.broker.replacements == 1
+
+
+def test_requests_wait_while_a_lost_replica_is_placed_again(rec: Recorder) -> None:
+    a, b = rec.join("a"), rec.join("b")
+    rec.launch(replica=1)
+    ((where, rid),) = rec.launches()
+    rec.ready(where, rid)
+    rec.take()
+    rec.peer(where, p.Disconnect("bye"))
+    rec.peer(FACADE, submit("waits"))
+    assert not rec.take(FACADE)  # queued, not refused
+    rec.broker.reconcile(later(0))
+    ((other, new),) = rec.launches()
+    assert other != where and other in (a, b)
+    rec.ready(other, new)
+    assert [m.request_id for _, m in rec.requests()] == ["waits"]
+
+
+def test_a_returning_worker_whose_replica_id_is_taken_stops_its_copy(rec: Recorder) -> None:
+    a, b = rec.join("a"), rec.join("b")
+    rec.launch(replica=2)
+    placed = {who: rid for who, rid in rec.launches()}
+    for who, rid in placed.items():
+        rec.ready(who, rid)
+    rec.take()
+    # b reports a's replica id as its own (a relaunch while b was cut off, say).
+    status = p.ReplicaStatus(placed[a], "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
+    rec.peer(b, p.ModelEvent(status))
+    assert [(type(m), m.replica_id) for m in rec.take(b)] == [(p.Terminate, placed[a])]  # type: ignore[attr-defined]
+    assert rec.broker.models["m"].replicas[placed[a]].worker == a
