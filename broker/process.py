@@ -62,8 +62,13 @@ def start(
     kind, _, text = line.partition(" ")
     if kind != "ready":
         child.kill()
-        child.wait()
-        reason = text if kind == "error" else f"no answer within {START_TIMEOUT:.0f} s"
+        code = child.wait()
+        if kind == "error":
+            reason = text
+        elif answered:  # it closed its output without a word: it crashed
+            reason = f"its process exited with code {code} (its log is above)"
+        else:
+            reason = f"no answer within {START_TIMEOUT:.0f} s"
         raise BrokerStartError(f"the broker did not start: {reason}")
     child.stdout.close()
     return child, text

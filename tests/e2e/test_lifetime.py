@@ -88,3 +88,26 @@ def test_sigterm_stops_a_local_broker_its_worker_and_models_despite_a_hung_reque
     finally:
         if broker.poll() is None:
             broker.kill()
+
+
+def test_a_broker_port_in_use_is_refused_with_the_reason(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(0)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xb.broker",
+            "--port",
+            str(stack.broker_port),
+            "--api-port",
+            str(free_port()),
+        ],
+        env={**Stack(home=tmp_path).env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert "the broker did not start: Address already in use" in second.stderr
