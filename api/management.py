@@ -7,13 +7,13 @@ Registrations are in ``api.registrations``; routes only Xinference's clients cal
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from xb import __version__
 from xb import protocol as p
@@ -25,9 +25,10 @@ from xb.api.launching import ENGINES, launch_message, progress
 from xb.api.metrics import Metrics
 from xb.api.schemas import AddReplicasRequest, LaunchRequest, ScaleRequest
 from xb.api.streaming import fail
-from xb.registry import ModelFamily, Registry
+from xb.registry import ModelFamily, Registry, RegistryError, parse_family
 
 T = TypeVar("T")
+log = logging.getLogger("xb.api")
 
 router = APIRouter(route_class=CheckedRoute)
 
@@ -43,8 +44,20 @@ def registry_of(request: Request) -> Registry:
 
 
 async def families(request: Request) -> dict[str, ModelFamily]:
-    """Every family, built-in and registered (read from disk, so off the event loop)."""
-    return await run_in_threadpool(registry_of(request).all)
+    """Every family: the built-in ones, and those registered with the broker (so every
+    facade sees the same), which the facade's registry then holds for this request."""
+    bodies = await _every(request, p.ListFamilies, p.Families, lambda page: page.families)
+    registered = {}
+    for body in bodies:
+        try:
+            family = parse_family(body)
+        except RegistryError as exc:  # a newer broker's, say: the others still count
+            log.warning("ignoring a registered family the broker sent: %s", exc)
+            continue
+        registered[family.model_name] = family
+    registry = registry_of(request)
+    registry.use(registered)
+    return registry.all()
 
 
 async def call(
@@ -138,6 +151,7 @@ async def launch_model(
 ) -> JSONResponse:
     if wait_ready is not None:  # Xinference's client sends it as a query parameter
         body = body.model_copy(update={"wait_ready": wait_ready})
+    await families(request)  # the broker's registrations, for a launch by family name
     launch = launch_message(body, registry_of(request), "")  # refuse bad input here
     # Downloading and loading take as long as they take; a dead broker still ends the wait.
     reply: p.ModelInfo = await call(

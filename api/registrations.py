@@ -13,10 +13,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from xb import protocol as p
 from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
-from xb.api.management import families, registry_of
+from xb.api.management import bridge_of, families, registry_of
 from xb.api.schemas import RegisterRequest
+from xb.api.streaming import fail
 from xb.paths import PathRefused, check_folder
 from xb.registry import ModelFamily, RegistryError, parse_family
 from xb.xinference_family import from_xinference
@@ -83,12 +85,23 @@ async def register(request: Request, model_type: str, body: RegisterRequest) -> 
             raise RegistryError("the family is not a JSON object")
         converted, skipped = from_xinference(data, model_type, known)
         family = parse_family(json.dumps(converted))
+        if family.model_name in registry_of(request).builtin:
+            raise RegistryError(
+                f"{family.model_name!r} is a built-in family and cannot be replaced; "
+                "register it under another model_name"
+            )
         await run_in_threadpool(_check_uris, family)
-        await run_in_threadpool(
-            registry_of(request).register, family, overwrite=body.overwrite, persist=body.persist
-        )
     except (RegistryError, ValueError, PathRefused) as exc:  # ValueError: JSON unparsed
         raise APIError(400, f"invalid model family: {exc}", param="model") from exc
+    # The broker keeps registrations, for every facade and every worker.
+    encoded = msgspec.json.encode(family)
+    reply = await bridge_of(request).call(
+        lambda rid: p.RegisterFamily(rid, encoded, body.overwrite, body.persist)
+    )
+    if isinstance(reply, p.Error) and reply.code == p.ErrorCode.INVALID_REQUEST:
+        raise APIError(400, f"invalid model family: {reply.message}", param="model")
+    if not isinstance(reply, p.Ack):
+        raise fail(reply)
     for note in skipped:
         log.warning("registering %s: %s", family.model_name, note)
     # Registrations are the broker's, for every worker: a worker_ip needs nothing more.
@@ -109,8 +122,9 @@ async def unregister(request: Request, model_type: str, model_name: str) -> JSON
     found = (await of_type(request, model_type)).get(model_name)
     if found is None:
         raise APIError(404, f"no registered {model_type} family named {model_name!r}")
-    try:
-        await run_in_threadpool(registry_of(request).unregister, model_name)
-    except RegistryError as exc:
-        raise APIError(400, str(exc)) from exc
+    reply = await bridge_of(request).call(lambda rid: p.UnregisterFamily(rid, model_name))
+    if isinstance(reply, p.Error) and reply.code == p.ErrorCode.INVALID_REQUEST:
+        raise APIError(400, reply.message)
+    if not isinstance(reply, p.Ack):
+        raise fail(reply)
     return JSONResponse({"model_name": model_name, "unregistered": True})

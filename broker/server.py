@@ -14,6 +14,7 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
+import msgspec
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
@@ -25,6 +26,7 @@ from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.state import DesiredState
 from xb.broker.table import InFlight, Model, Queued, Replica, WorkerEntry
 from xb.keys import broker_keys
+from xb.registry import ModelFamily, Registry, RegistryError, parse_family
 from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from xb.throttle import Throttle
 from xb.transport import configure_router
@@ -80,6 +82,10 @@ class Broker(ModelManagement):
         self._gone: set[bytes] = set()
         self._warn = Throttle(log)
         self.state = DesiredState(state)
+        # Registered model families are the broker's, so that every facade sees the same:
+        # files under the home of the state file (read once, then kept up to date here).
+        self.registry = Registry(state.parent if state is not None else None)
+        self._families: dict[str, ModelFamily] | None = None
         for worker_id, bound in self.state.bindings()[-MAX_BINDINGS:]:
             self.bindings[worker_id] = bound
         self._restore()
@@ -579,6 +585,8 @@ class Broker(ModelManagement):
                 self._send(client, self._model_info(model, message.request_id))
         elif isinstance(message, p.ClusterInfo):
             self._send(client, self._cluster(message.request_id, message.offset, message.limit))
+        elif isinstance(message, p.RegisterFamily | p.UnregisterFamily | p.ListFamilies):
+            self._families_call(client, message)
         elif isinstance(message, p.Ping):
             self._send(client, p.Pong(message.request_id, self.instance, self.stats()))
         elif isinstance(message, p.Heartbeat | p.ModelEvent | p.Partial | p.Final | p.Error):
@@ -594,6 +602,29 @@ class Broker(ModelManagement):
                 type(message).__name__,
                 client[:32],
             )
+
+    def _families_call(
+        self, client: bytes, message: p.RegisterFamily | p.UnregisterFamily | p.ListFamilies
+    ) -> None:
+        if self._families is None:
+            self._families = self.registry.custom()
+        if isinstance(message, p.ListFamilies):
+            names = page_of(sorted(self._families), message.offset, message.limit)
+            bodies = [msgspec.json.encode(self._families[name]) for name in names]
+            self._send(client, p.Families(message.request_id, bodies, len(self._families)))
+            return
+        try:
+            if isinstance(message, p.RegisterFamily):
+                family = parse_family(message.family)
+                self.registry.register(family, overwrite=message.overwrite, persist=message.persist)
+            else:
+                self.registry.unregister(message.model_name)
+        except RegistryError as exc:
+            self._error(client, message.request_id, p.ErrorCode.INVALID_REQUEST, str(exc))
+            return
+        finally:
+            self._families = None  # read again at the next call
+        self._send(client, p.Ack(message.request_id))
 
     def _submit(self, client: bytes, submit: p.Submit) -> None:
         model = self.models.get(submit.model_uid)

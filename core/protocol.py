@@ -37,6 +37,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_REPLICAS = 256  # per model
 MAX_MODELS = 1024
 PAGE_SIZE = 100
+MAX_FAMILY_BYTES = 64 * 1024  # one registered family, as JSON: a page stays under 8 MiB
+MAX_FAMILIES = 1024
 
 
 # What a worker reports is checked as it is decoded: a frame outside these bounds is
@@ -433,6 +435,34 @@ class Ack(Struct, frozen=True):
     request_id: str
 
 
+class RegisterFamily(Struct, frozen=True):
+    """Register a model family (the registry's JSON) with the broker, for every facade."""
+
+    request_id: str
+    family: Annotated[bytes, msgspec.Meta(max_length=MAX_FAMILY_BYTES)]
+    overwrite: bool = False
+    persist: bool = True  # False: until the broker stops
+
+
+class UnregisterFamily(Struct, frozen=True):
+    request_id: str
+    model_name: str
+
+
+class ListFamilies(Struct, frozen=True):
+    request_id: str
+    offset: int = 0
+    limit: int = PAGE_SIZE
+
+
+class Families(Struct, frozen=True):
+    """Registered families (JSON each), a page at a time."""
+
+    request_id: str
+    families: list[bytes]
+    total: int = 0
+
+
 Message = (
     Ready
     | Heartbeat
@@ -458,6 +488,10 @@ Message = (
     | Cluster
     | Ack
     | ScaleModel
+    | RegisterFamily
+    | UnregisterFamily
+    | ListFamilies
+    | Families
 )
 
 # One byte per command; the order is the wire format, append only.
@@ -486,6 +520,10 @@ _TYPES: tuple[type[Message], ...] = (
     Cluster,
     Ack,
     ScaleModel,
+    RegisterFamily,
+    UnregisterFamily,
+    ListFamilies,
+    Families,
 )
 _COMMAND = {cls: bytes([i + 1]) for i, cls in enumerate(_TYPES)}
 _DECODERS = {bytes([i + 1]): msgspec.msgpack.Decoder(cls) for i, cls in enumerate(_TYPES)}

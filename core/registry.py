@@ -16,6 +16,7 @@ from typing import Literal
 import msgspec
 
 from xb.paths import safe_name
+from xb.protocol import MAX_FAMILIES
 
 log = logging.getLogger("xb.registry")
 
@@ -176,16 +177,24 @@ def builtin_families() -> dict[str, ModelFamily]:
 
 
 class Registry:
-    """Built-in families and the user's own, which persist under ``home``."""
+    """Built-in families and the user's own, which persist under ``home`` (the broker's:
+    facades read them from the broker, ``use``). ``home`` None keeps them in memory."""
 
-    def __init__(self, home: Path) -> None:
-        self._dir = home / "registrations"
+    def __init__(self, home: Path | None) -> None:
+        self._dir = home / "registrations" if home is not None else None
         self.builtin = builtin_families()
         self._transient: dict[str, ModelFamily] = {}  # registered with persist=False
+        self._given: dict[str, ModelFamily] | None = None  # the broker's, in a facade
+
+    def use(self, families: dict[str, ModelFamily]) -> None:
+        """Take ``families`` as the registered ones (a facade, from its broker)."""
+        self._given = families
 
     def custom(self) -> dict[str, ModelFamily]:
+        if self._given is not None:
+            return dict(self._given)
         families: dict[str, ModelFamily] = dict(self._transient)
-        if self._dir.is_dir():
+        if self._dir is not None and self._dir.is_dir():
             for path in sorted(self._dir.glob("*.json")):
                 try:
                     family = parse_family(path.read_bytes())
@@ -216,15 +225,17 @@ class Registry:
                 f"{family.model_name!r} is a built-in family and cannot be replaced; "
                 "register it under another model_name"
             )
-        path = self._dir / f"{family.model_name}.json"
-        taken = path.exists() or family.model_name in self._transient
+        taken = family.model_name in self.custom()
         if taken and not overwrite:
             raise RegistryError(f"{family.model_name!r} is already registered; unregister it first")
+        if not taken and len(self.custom()) >= MAX_FAMILIES:
+            raise RegistryError(f"{MAX_FAMILIES} families are registered, the most; unregister one")
         self._transient.pop(family.model_name, None)
-        path.unlink(missing_ok=True)
-        if not persist:
+        if self._dir is None or not persist:
+            self._drop_file(family.model_name)
             self._transient[family.model_name] = family
             return
+        path = self._dir / f"{family.model_name}.json"
         self._dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.format(msgspec.json.encode(family)))
@@ -233,12 +244,18 @@ class Registry:
     def unregister(self, name: str) -> None:
         if name in self.builtin:
             raise RegistryError(f"{name!r} is a built-in family and cannot be unregistered")
-        path = self._dir / f"{name}.json"
         if self._transient.pop(name, None) is not None:
             return
-        if not path.exists():
+        if not self._drop_file(name):
             raise RegistryError(f"no registered family named {name!r}")
-        path.unlink()
+
+    def _drop_file(self, name: str) -> bool:
+        if self._dir is None:
+            return False
+        path = self._dir / f"{name}.json"
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
 
 
 def pick_spec(

@@ -52,6 +52,36 @@ def test_two_facades_serve_one_broker(
     listed = [httpx.get(url + "/v1/models", timeout=5).json() for url in (here, elsewhere)]
     assert [[m["id"] for m in models["data"]] for models in listed] == [[uid], [uid]]
 
+    # A family registered through the facade elsewhere is the broker's: the facade here
+    # lists it and launches it by name; unregistered through here, it is gone there too.
+    family = {
+        "version": 1,
+        "model_name": "tiny-family",
+        "model_type": "LLM",
+        "model_ability": ["chat"],
+        "model_specs": [
+            {
+                "model_format": "gguf",
+                "model_size_in_billions": 0.001,
+                "quantizations": ["f16"],
+                "model_uri": str(tiny_model),
+            }
+        ],
+    }
+    registered = httpx.post(
+        elsewhere + "/v1/model_registrations/LLM", json={"model": family}, timeout=10
+    )
+    assert registered.status_code == 200, registered.text
+    names = [r["model_name"] for r in httpx.get(here + "/v1/model_registrations/LLM").json()]
+    assert "tiny-family" in names
+    by_name = httpx.post(here + "/v1/models", json={"model_name": "tiny-family"}, timeout=60)
+    assert by_name.status_code == 200, by_name.text
+    gone = httpx.delete(here + "/v1/model_registrations/LLM/tiny-family", timeout=10)
+    assert gone.status_code == 200, gone.text
+    names = [r["model_name"] for r in httpx.get(elsewhere + "/v1/model_registrations/LLM").json()]
+    assert "tiny-family" not in names
+    assert not (elsewhere_home / "registrations").exists()  # nothing kept by the facade
+
 
 def test_xb_api_refuses_a_host_others_reach_without_keys(tmp_path: Path) -> None:
     done = subprocess.run(
