@@ -173,6 +173,16 @@ class ModelManagement(Healing):
                 f"replica must be 1 to {p.MAX_REPLICAS}; terminate the model to stop it",
             )
             return
+        # A scale-up still loading is superseded: its caller hears so, and its failure
+        # can no longer change the count asked for now.
+        for waiter in [w for w in model.waiters if not w.initial]:
+            model.waiters.remove(waiter)
+            self._error(
+                waiter.client,
+                waiter.request_id,
+                p.ErrorCode.CANCELLED,
+                f"superseded: model {model.uid!r} was scaled to {message.replica} replicas",
+            )
         current = len(model.replicas)
         model.replica = message.replica
         if message.replica > current:

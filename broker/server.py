@@ -140,6 +140,8 @@ class Broker(ModelManagement):
 
     def close(self) -> None:
         """Let go of the socket and the state file (``run`` does when it ends)."""
+        if self._sock.closed:
+            return
         self.state.close()
         self._sock.close(linger=0)
         if self._auth is not None:

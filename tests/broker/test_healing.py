@@ -353,3 +353,28 @@ def test_a_returning_worker_whose_replica_id_is_taken_stops_its_copy(rec: Record
     rec.peer(b, p.ModelEvent(status))
     assert [(type(m), m.replica_id) for m in rec.take(b)] == [(p.Terminate, placed[a])]  # type: ignore[attr-defined]
     assert rec.broker.models["m"].replicas[placed[a]].worker == a
+
+
+def test_a_scale_down_supersedes_a_scale_up_still_loading(rec: Recorder) -> None:
+    w = rec.join("w")
+    rec.launch()
+    ((_, first),) = rec.launches()
+    rec.ready(w, first)
+    rec.take()
+    rec.peer(b"scaler", p.ScaleModel("up", "m", 4))
+    assert len(rec.launches()) == 3 and not rec.take(b"scaler")  # loading: no answer yet
+    rec.take()
+    rec.peer(FACADE, p.ScaleModel("down", "m", 2))
+    (superseded,) = rec.take(b"scaler")
+    assert isinstance(superseded, p.Error) and superseded.code == p.ErrorCode.CANCELLED
+    (info,) = rec.take(FACADE)
+    assert isinstance(info, p.ModelInfo) and info.replica == 2
+    model = rec.broker.models["m"]
+    assert model.replica == 2 and len(model.replicas) == 2 and first in model.replicas
+    rec.broker.close()
+    assert rec.broker.state.path is not None
+    again = Recorder(rec.broker.state.path)  # the count kept on disk is the one asked last
+    try:
+        assert again.broker.models["m"].replica == 2
+    finally:
+        again.broker.close()
