@@ -14,6 +14,13 @@ half as often each time it loses (up to ``MAX_PROBE_SECONDS``); at once when a s
 ``SUDDEN`` times its recent median (a core was just taken, or given back); and a probe step
 far slower than the setting in use ends the probe there. So a busy machine costs a slow
 step or two, and a steady one hardly any probing.
+
+Prompt chunks (``PROMPT_TOKENS`` tokens or more) are not tuned on their own: they come
+seldom, each at another context length, so steps of one size are no yardstick for each
+other, and a probe with one thread cost a follow-up's first token 30-40 ms (measured on
+the 512x8 model: a 1,000-token history's follow-up took 42-56 ms, or 76-81 ms when its
+chunk happened to be a probe). They take the setting the latest generating step used:
+whether a core is free is what the frequent small steps keep finding out.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ PROBE_STEPS = 3
 SUDDEN = 3.0  # a step this many times its recent median sends for a probe at once
 _BAD = 2.0  # a probe this many times slower than the setting in use is backed off
 _MARGIN = 0.95  # the other setting must be 5% faster to take over
+PROMPT_TOKENS = 32  # a step this big reads a prompt: it follows the small steps' setting
 
 
 def size_class(tokens: int) -> int:
@@ -57,6 +65,7 @@ class ThreadTuner:
         self._clock = clock
         self.threads = self.ceiling
         self._sizes: dict[int, _Size] = {}
+        self._verdict = self.ceiling  # what the latest small step (not a probe) used
 
     def _other(self, threads: int) -> int:
         return 1 if threads == self.ceiling else self.ceiling
@@ -71,15 +80,20 @@ class ThreadTuner:
         """Pick the thread count for a step of ``tokens`` tokens."""
         if self.ceiling == 1:
             return
+        if tokens >= PROMPT_TOKENS:
+            self._use(self._verdict)
+            return
         size = self._size(tokens)
         ready = len(size.recent) == PROBE_STEPS and self._clock() >= size.next_probe
         if size.probe is None and ready:
             size.probe = []
+        if size.probe is None:
+            self._verdict = size.threads
         self._use(size.threads if size.probe is None else self._other(size.threads))
 
     def after(self, tokens: int, seconds: float) -> None:
         """Record how long the step took."""
-        if self.ceiling == 1:
+        if self.ceiling == 1 or tokens >= PROMPT_TOKENS:
             return
         size = self._size(tokens)
         if size.probe is None:

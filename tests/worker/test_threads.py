@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from xb.worker.threads import MAX_PROBE_SECONDS, PROBE_STEPS, ThreadTuner
+from xb.worker.threads import MAX_PROBE_SECONDS, PROBE_STEPS, PROMPT_TOKENS, ThreadTuner
 
 pytestmark = pytest.mark.unit
 
@@ -95,5 +95,21 @@ def test_sizes_are_tuned_apart() -> None:
     tuner = make(machine)
     machine.run(tuner, 40, tokens=1)
     assert len(tuner._sizes) == 1
-    machine.run(tuner, PROBE_STEPS, tokens=300)
+    machine.run(tuner, PROBE_STEPS, tokens=8)
     assert len(tuner._sizes) == 2
+
+
+def test_prompt_chunks_follow_the_generating_steps_and_never_probe() -> None:
+    machine = Machine()
+    tuner = make(machine)
+    machine.run(tuner, 200)
+    # However often they come, prompt chunks use what generation found best: every
+    # thread on a free machine ...
+    for _ in range(50):
+        machine.now += 5.0  # far apart, as follow-ups are
+        assert set(machine.run(tuner, 1, tokens=PROMPT_TOKENS * 2)) == {2}
+    assert len(tuner._sizes) == 1
+    # ... and one thread once generation found a core taken.
+    machine.busy = True
+    machine.run(tuner, 500)
+    assert set(machine.run(tuner, 5, tokens=500)) == {1}
