@@ -115,15 +115,13 @@ def main(argv: list[str]) -> int:
                 state=Path(state),
             )
             break
-        except zmq.ZMQError as exc:
+        except Exception as exc:  # whatever it is, the parent prints it and exits
             # A broker that has just been killed may hold the port a moment longer.
-            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+            in_use = isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EADDRINUSE
+            if not in_use or time.monotonic() > deadline:
                 print("error " + " ".join(str(exc).split()), flush=True)
                 return 1
             time.sleep(0.1)
-        except Exception as exc:  # whatever it is, the parent prints it and exits
-            print("error " + " ".join(str(exc).split()), flush=True)
-            return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         broker.stop()

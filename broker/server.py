@@ -393,17 +393,16 @@ class Broker(ModelManagement):
             # A replica that kept running while its worker, or this broker, was away.
             replica = Replica(status.replica_id, model.uid, worker.identity, status.state)
             model.replicas[replica.replica_id] = replica
-            if status.state == p.ModelState.READY and not model.ran:
-                model.ran = True
-                self._save(model)
             log.info("took back replica %s on %s", replica.replica_id, worker.worker_id)
         if replica.worker != worker.identity:
             # Another worker runs the replica of that id now (this one was cut off, and
             # the model relaunched meanwhile): this worker's copy is nobody's.
             self._send(worker.identity, p.Terminate(status.replica_id))
             return
-        if status.abilities and status.abilities != model.abilities:
-            model.abilities = list(status.abilities)
+        ran = status.state == p.ModelState.READY and not model.ran
+        if ran or (status.abilities and status.abilities != model.abilities):
+            model.ran = model.ran or ran
+            model.abilities = list(status.abilities or model.abilities)
             self._save(model)
         replica.progress = status.progress
         replica.cached_tokens = status.cached_tokens
@@ -416,9 +415,6 @@ class Broker(ModelManagement):
                 self.dispatch(model)
             return
         replica.state, replica.error = status.state, status.error
-        if status.state == p.ModelState.READY and not model.ran:
-            model.ran = True
-            self._save(model)
         if status.state != p.ModelState.LOADING:
             worker.reserved = max(worker.reserved - replica.reserved, 0)
             replica.reserved = 0
@@ -674,9 +670,3 @@ class Broker(ModelManagement):
                 if entry.submit.request_id == request_id:
                     model.queue.remove(entry)
                     self._error(entry.client, request_id, p.ErrorCode.CANCELLED, "cancelled")
-
-
-def serve_in_thread(broker: Broker) -> threading.Thread:
-    thread = threading.Thread(target=broker.run, name="xb-broker", daemon=True)
-    thread.start()
-    return thread

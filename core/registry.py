@@ -225,10 +225,11 @@ class Registry:
                 f"{family.model_name!r} is a built-in family and cannot be replaced; "
                 "register it under another model_name"
             )
-        taken = family.model_name in self.custom()
+        registered = self.custom()
+        taken = family.model_name in registered
         if taken and not overwrite:
             raise RegistryError(f"{family.model_name!r} is already registered; unregister it first")
-        if not taken and len(self.custom()) >= MAX_FAMILIES:
+        if not taken and len(registered) >= MAX_FAMILIES:
             raise RegistryError(f"{MAX_FAMILIES} families are registered, the most; unregister one")
         self._transient.pop(family.model_name, None)
         if self._dir is None or not persist:
