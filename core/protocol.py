@@ -16,7 +16,8 @@ Who sends what:
 * facade -> broker: SUBMIT, CANCEL, LAUNCH_MODEL, TERMINATE_MODEL, LIST_MODELS,
   DESCRIBE_MODEL, CLUSTER_INFO, PING
 * broker -> facade: PARTIAL, FINAL, ERROR, MODEL_INFO, MODEL_LIST, CLUSTER, ACK, PONG
-* worker <-> its model processes: REQUEST, CANCEL in; MODEL_EVENT, PARTIAL, FINAL, ERROR out
+* worker <-> its model processes: REQUEST, CANCEL, SHARE in; MODEL_EVENT, PARTIAL, FINAL,
+  ERROR out
 
 This module imports nothing of the project.
 """
@@ -268,6 +269,12 @@ class Terminate(Struct, frozen=True):
     replica_id: str
 
 
+class Share(Struct, frozen=True):
+    """The CPU threads a model process may use from now on: its share of the worker's."""
+
+    threads: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+
+
 class Partial(Struct, frozen=True):
     """Tokens of a request; ``index`` counts its PARTIAL frames from 0, so a receiver
     notices one that was lost on the way (a connection that broke mid-stream)."""
@@ -492,6 +499,7 @@ Message = (
     | UnregisterFamily
     | ListFamilies
     | Families
+    | Share
 )
 
 # One byte per command; the order is the wire format, append only.
@@ -524,6 +532,7 @@ _TYPES: tuple[type[Message], ...] = (
     UnregisterFamily,
     ListFamilies,
     Families,
+    Share,
 )
 _COMMAND = {cls: bytes([i + 1]) for i, cls in enumerate(_TYPES)}
 _DECODERS = {bytes([i + 1]): msgspec.msgpack.Decoder(cls) for i, cls in enumerate(_TYPES)}

@@ -39,6 +39,11 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, kind: str, params: GenerateParams) -> Iterator[Piece | Done]: ...
 
+    def share(self, threads: int) -> None:
+        """Use at most ``threads`` CPU threads from now on (the worker's share for it).
+        By default the threads stay as loaded (chatglm.cpp picks its own)."""
+        return None
+
 
 def token_budget(n_prompt: int, n_ctx: int, max_tokens: int | None) -> int:
     """How many tokens may follow a prompt of ``n_prompt``; a prompt that fills the

@@ -1,7 +1,9 @@
 """How many CPU threads llama.cpp may use: the cores this worker may run on, shared out
-among the replicas it hosts. Each replica then measures, step by step, whether using all
-of its share is faster than one thread (``threads.py``): a core another process takes
-would otherwise stall every step."""
+among the replicas that are working (a replica with requests in hand); an idle one takes
+nothing from the others, so a model used alone has every core whatever else is loaded.
+The worker tells each replica its share as that changes (SHARE), and each replica then
+measures, step by step, whether using all of its share is faster than one thread
+(``threads.py``): a core another process takes would otherwise stall every step."""
 
 from __future__ import annotations
 
@@ -31,5 +33,5 @@ def default_budget(cores: int) -> int:
 
 
 def threads_per_replica(budget: int, replicas: int) -> int:
-    """Threads for one of ``replicas`` replicas sharing ``budget`` threads."""
+    """Threads for one of ``replicas`` working replicas sharing ``budget`` threads."""
     return max(budget // max(replicas, 1), 1)

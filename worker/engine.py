@@ -58,6 +58,10 @@ class Engine(ABC):
         """Tokens of finished requests kept for reuse by later ones."""
         return 0
 
+    def share(self, threads: int) -> None:
+        """Use at most ``threads`` CPU threads from the next step on."""
+        return None
+
 
 class SequentialEngine(Engine):
     """One request at a time, over a backend that yields a request's items in turn."""
@@ -84,6 +88,9 @@ class SequentialEngine(Engine):
     @property
     def busy(self) -> bool:
         return self._current is not None or bool(self._waiting)
+
+    def share(self, threads: int) -> None:
+        self._backend.share(threads)
 
     def step(self) -> list[Event]:
         if self._current is None:

@@ -20,6 +20,7 @@ class LlamaEmbedder(Backend):
         extra = engine_kwargs(spec)
         if "pooling_type" not in extra and read_gguf_info(path).pooling_type is None:
             extra["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN  # the file names none
+        self._tuned = "n_threads" not in extra  # threads the launch named stay as they are
         extra.setdefault("n_threads", threads)
         extra.setdefault("n_threads_batch", threads)
         self._llm = llama_cpp.Llama(
@@ -31,6 +32,12 @@ class LlamaEmbedder(Backend):
             **extra,
         )
         self._n_ctx = self._llm.n_ctx()
+
+    def share(self, threads: int) -> None:
+        if self._tuned:
+            import llama_cpp
+
+            llama_cpp.llama_set_n_threads(self._llm.ctx, threads, threads)
 
     def generate(self, kind: str, params: GenerateParams) -> Iterator[Piece | Done]:
         if kind != "embedding":

@@ -172,6 +172,10 @@ class BatchEngine(Engine):
     def cached_tokens(self) -> int:
         return self._cache.tokens
 
+    def share(self, threads: int) -> None:
+        if self._model.tuned:  # threads the launch named stay as they are
+            self._tuner.share(threads)
+
     # ---- cells ------------------------------------------------------------------------
 
     def _continued(self, tokens: list[int], text: str) -> list[int]:

@@ -205,6 +205,8 @@ class Runner:
                 self._send(p.Error(rid, p.ErrorCode.MODEL_FAILED, f"generation failed: {exc}"))
                 return
             self._outgoing[rid] = _Outgoing(time.monotonic())
+        elif isinstance(message, p.Share):
+            self._engine.share(message.threads)
         elif isinstance(message, p.Cancel) and self._engine.cancel(message.request_id):
             self._outgoing.pop(message.request_id, None)
             self._send(p.Error(message.request_id, p.ErrorCode.CANCELLED, "cancelled"))

@@ -48,6 +48,7 @@ class Replica:
     in_flight: set[str] = field(default_factory=set)
     slots: int = 1  # sequences the model process decodes together, known once it is ready
     cached_tokens: int = 0
+    threads: int = 1  # CPU threads it was told it may use (SHARE)
 
     def status(self, *, with_spec: bool = False) -> p.ReplicaStatus:
         return p.ReplicaStatus(
@@ -200,6 +201,7 @@ class Worker:
                 )
                 return
             replica.in_flight.add(message.request_id)
+            self._reshare()
             self._send_model(replica.replica_id, message)
         elif isinstance(message, p.Cancel):
             for replica in self.replicas.values():
@@ -222,6 +224,8 @@ class Worker:
         if isinstance(message, p.Final | p.Error):
             replica.in_flight.discard(message.request_id)
             self._send_broker(message)
+            if not replica.in_flight:
+                self._reshare()
         elif isinstance(message, p.Partial):
             self._send_broker(message)
         elif isinstance(message, p.ModelEvent):
@@ -238,6 +242,7 @@ class Worker:
             replica.progress = status.progress
             replica.slots = max(status.slots, 1)
             log.info("replica %s is %s %s", replica_id, replica.state, replica.error or "")
+            self._reshare()
             self._send_broker(p.ModelEvent(replica.status()))
 
     def memory(self) -> p.Memory:
@@ -268,11 +273,7 @@ class Worker:
         # What the model process may take: its own check is against this, or against the
         # machine's free RAM when the worker sets no bound.
         offer = free if self.memory_limit is not None or gpu else 0
-        sharing = 1 + sum(
-            r.spec.model_format == "gguf" and r.state != p.ModelState.FAILED
-            for r in self.replicas.values()
-        )
-        threads = threads_per_replica(self.threads, sharing)
+        threads = threads_per_replica(self.threads, self._working())
         try:
             process = subprocess.Popen(
                 [
@@ -290,7 +291,7 @@ class Worker:
         except OSError as exc:
             self._refuse(message, f"cannot start a model process: {exc}")
             return
-        replica = Replica(message.spec, message.replica_id, process)
+        replica = Replica(message.spec, message.replica_id, process, threads=threads)
         self.replicas[message.replica_id] = replica
         log.info(
             "loading %s (%s) in pid %d with %d threads",
@@ -300,6 +301,27 @@ class Worker:
             threads,
         )
         self._send_broker(p.ModelEvent(replica.status()))
+
+    def _sharing(self) -> list[Replica]:
+        """The replicas that share this worker's CPU threads: llama.cpp ones, loaded."""
+        return [
+            r
+            for r in self.replicas.values()
+            if r.spec.model_format == "gguf" and r.state == p.ModelState.READY
+        ]
+
+    def _working(self) -> int:
+        return sum(bool(r.in_flight) for r in self._sharing())
+
+    def _reshare(self) -> None:
+        """Share the threads among the replicas at work, not all that are loaded: one
+        working alone has every core, two have half each. Idle ones are told the share
+        they would have now, and told again when they start working."""
+        threads = threads_per_replica(self.threads, self._working())
+        for replica in self._sharing():
+            if replica.threads != threads:
+                replica.threads = threads
+                self._send_model(replica.replica_id, p.Share(threads))
 
     def _refuse(self, message: p.Launch, reason: str) -> None:
         spec = message.spec
@@ -316,6 +338,7 @@ class Worker:
         replica.process.send_signal(signal.SIGTERM)
         self._dying.append((replica.process, time.monotonic() + _KILL_GRACE))
         log.info("terminated %s", replica_id)
+        self._reshare()
 
     def _reap(self) -> None:
         """Notice model processes that died, and finish off those asked to stop."""
@@ -330,6 +353,7 @@ class Worker:
                 self._send_broker(p.Error(request_id, p.ErrorCode.MODEL_FAILED, reason))
             replica.in_flight.clear()
             self._send_broker(p.ModelEvent(replica.status()))
+            self._reshare()
         now = time.monotonic()
         still: list[tuple[subprocess.Popen[bytes], float]] = []
         for process, deadline in self._dying:

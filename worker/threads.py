@@ -21,6 +21,10 @@ other, and a probe with one thread cost a follow-up's first token 30-40 ms (meas
 the 512x8 model: a 1,000-token history's follow-up took 42-56 ms, or 76-81 ms when its
 chunk happened to be a probe). They take the setting the latest generating step used:
 whether a core is free is what the frequent small steps keep finding out.
+
+The ceiling is the replica's share of the worker's cores, and the worker changes it as
+its replicas start and stop working (``share``): a replica alone at work has them all.
+What was learnt under each ceiling is kept apart, for when that ceiling comes back.
 """
 
 from __future__ import annotations
@@ -64,8 +68,23 @@ class ThreadTuner:
         self._apply = apply
         self._clock = clock
         self.threads = self.ceiling
-        self._sizes: dict[int, _Size] = {}
+        self._learnt: dict[int, dict[int, _Size]] = {}  # per ceiling
+        self._sizes = self._learnt.setdefault(self.ceiling, {})
         self._verdict = self.ceiling  # what the latest small step (not a probe) used
+
+    def share(self, ceiling: int) -> None:
+        """Tune under another ceiling from the next step on: the replica's share of the
+        cores changed."""
+        ceiling = max(ceiling, 1)
+        if ceiling == self.ceiling:
+            return
+        self.ceiling = ceiling
+        self._sizes = self._learnt.setdefault(ceiling, {})
+        self._verdict = ceiling
+        for size in self._sizes.values():  # what it learnt here is old: confirm it soon
+            size.recent.clear()
+            size.probe, size.next_probe = None, 0.0
+        self._use(ceiling)
 
     def _other(self, threads: int) -> int:
         return 1 if threads == self.ceiling else self.ceiling

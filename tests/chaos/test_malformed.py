@@ -25,7 +25,7 @@ from xb import protocol as p
 pytestmark = pytest.mark.chaos
 
 FRAMES = 10_000
-COMMANDS = [bytes([i]) for i in range(1, 25)]  # every command this protocol knows
+COMMANDS = [bytes([i + 1]) for i in range(len(p._TYPES))]  # every command this protocol knows
 # What only the broker sends: from a facade each is a frame the broker cannot act upon.
 BROKER_ONLY = [
     p.Request("r", "x-0", "chat", p.GenerateParams()),
@@ -36,6 +36,7 @@ BROKER_ONLY = [
     p.ModelList("r", []),
     p.Cluster("r", []),
     p.Ack("r"),
+    p.Share(2),  # a worker's to its model processes
 ]
 
 

@@ -340,3 +340,17 @@ def test_running_sequences_stay_in_the_lowest_slots_and_prefixes_follow(
     again_done = again[-1]
     assert isinstance(again_done, Done)
     assert again_done.usage.cached_tokens == again_done.usage.prompt_tokens - 1
+
+
+@pytest.mark.integration
+def test_a_share_of_threads_takes_effect_between_steps(engine: BatchEngine) -> None:
+    applied: list[int] = []
+    engine._tuner._apply = applied.append
+    engine.add("r", "completion", greedy("abc", 20))
+    engine.step()
+    engine.share(2)  # the worker's other replicas went idle: both of its threads
+    assert applied == [2] and engine._tuner.ceiling == 2
+    while engine.busy:
+        engine.step()
+    engine.share(1)
+    assert applied == [2, 1]

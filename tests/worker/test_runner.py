@@ -26,6 +26,10 @@ class Engine:
 
     def __init__(self) -> None:
         self.cancelled: list[str] = []
+        self.shares: list[int] = []
+
+    def share(self, threads: int) -> None:
+        self.shares.append(threads)
 
     def cancel(self, request_id: str) -> bool:
         self.cancelled.append(request_id)
@@ -45,3 +49,10 @@ def test_a_result_too_big_for_one_frame_ends_its_request_with_the_reason() -> No
     assert big.code == p.ErrorCode.INVALID_REQUEST and "fewer inputs" in big.message
     assert isinstance(small, p.Final) and small.embeddings == [[0.5] * 64]
     assert engine.cancelled == ["big"]
+
+
+def test_a_share_from_the_worker_reaches_the_engine() -> None:
+    engine = Engine()
+    runner = Runner(Socket(), engine, lambda: None)  # type: ignore[arg-type]
+    runner._handle(p.encode(p.Share(3)))
+    assert engine.shares == [3]

@@ -113,3 +113,21 @@ def test_prompt_chunks_follow_the_generating_steps_and_never_probe() -> None:
     machine.busy = True
     machine.run(tuner, 500)
     assert set(machine.run(tuner, 5, tokens=500)) == {1}
+
+
+def test_a_new_share_applies_at_once_and_each_share_keeps_what_it_learnt() -> None:
+    machine = Machine()
+    tuner = make(machine)
+    machine.run(tuner, 200)
+    learnt_with_two = tuner._sizes
+    tuner.share(1)  # another replica started working: one thread each
+    assert machine.applied[-1] == 1
+    assert set(machine.run(tuner, 100)) == {1}
+    tuner.share(2)  # it stopped: both cores again, and what was learnt under two is kept
+    assert tuner._sizes is learnt_with_two
+    assert machine.run(tuner, 1) == [2]
+    assert machine.run(tuner, 100).count(2) > 90
+    tuner.share(2)  # no change: nothing applied
+    applied = len(machine.applied)
+    tuner.share(2)
+    assert len(machine.applied) == applied
