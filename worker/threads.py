@@ -19,8 +19,14 @@ Prompt chunks (``PROMPT_TOKENS`` tokens or more) are not tuned on their own: the
 seldom, each at another context length, so steps of one size are no yardstick for each
 other, and a probe with one thread cost a follow-up's first token 30-40 ms (measured on
 the 512x8 model: a 1,000-token history's follow-up took 42-56 ms, or 76-81 ms when its
-chunk happened to be a probe). They take the setting the latest generating step used:
-whether a core is free is what the frequent small steps keep finding out.
+chunk happened to be a probe). Whether a core is free is what the frequent small steps
+keep finding out, but not every win of one thread there says so: a step of a token or
+two is so short that the threads' meeting costs a share of it, and one thread can win it
+by a little while the server's other processes are busy sending tokens, where a prompt
+chunk, all arithmetic, is still twice as fast on two (the 61-token chunk of that
+follow-up: 37 ms on one thread, 20 on two). So prompt chunks use one thread only when the
+latest comparison of small steps found the whole share ``_BAD`` times slower than one
+thread: a core taken, not a meeting's cost.
 
 The ceiling is the replica's share of the worker's cores, and the worker changes it as
 its replicas start and stop working (``share``): a replica alone at work has them all.
@@ -70,7 +76,7 @@ class ThreadTuner:
         self.threads = self.ceiling
         self._learnt: dict[int, dict[int, _Size]] = {}  # per ceiling
         self._sizes = self._learnt.setdefault(self.ceiling, {})
-        self._verdict = self.ceiling  # what the latest small step (not a probe) used
+        self._verdict = self.ceiling  # what prompt chunks use: the latest comparison's word
 
     def share(self, ceiling: int) -> None:
         """Tune under another ceiling from the next step on: the replica's share of the
@@ -106,8 +112,6 @@ class ThreadTuner:
         ready = len(size.recent) == PROBE_STEPS and self._clock() >= size.next_probe
         if size.probe is None and ready:
             size.probe = []
-        if size.probe is None:
-            self._verdict = size.threads
         self._use(size.threads if size.probe is None else self._other(size.threads))
 
     def after(self, tokens: int, seconds: float) -> None:
@@ -127,6 +131,8 @@ class ThreadTuner:
         if len(size.probe) < PROBE_STEPS and seconds <= _BAD * base:
             return
         tried = statistics.median(size.probe)
+        whole, one = (base, tried) if size.threads == self.ceiling else (tried, base)
+        self._verdict = 1 if whole >= _BAD * one else self.ceiling
         if tried < _MARGIN * base:
             size.threads = self._other(size.threads)
             size.recent = deque(size.probe, maxlen=PROBE_STEPS)

@@ -131,3 +131,15 @@ def test_a_new_share_applies_at_once_and_each_share_keeps_what_it_learnt() -> No
     applied = len(machine.applied)
     tuner.share(2)
     assert len(machine.applied) == applied
+
+
+def test_prompt_chunks_keep_every_thread_when_one_wins_small_steps_by_a_little() -> None:
+    machine = Machine()
+    # One thread a little faster on steps of a token (the threads' meeting costs a share
+    # of so short a step): generation moves to one thread, prompt chunks stay on two.
+    machine.step_time = lambda threads: 0.0020 if threads == 1 else 0.0024  # type: ignore[method-assign]
+    tuner = make(machine)
+    used = machine.run(tuner, 2000)
+    assert used[-500:].count(1) > 450
+    machine.now += 5.0
+    assert set(machine.run(tuner, 3, tokens=PROMPT_TOKENS * 2)) == {2}
