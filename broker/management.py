@@ -76,6 +76,7 @@ class ModelManagement(Healing):
             need=need,
             worker=launch.worker,
             request_limits=launch.request_limits,
+            next_index=self.state.next_index(spec.model_uid),
         )
         try:
             added = self._add_replicas(model, launch.replica)
@@ -316,7 +317,7 @@ class ModelManagement(Healing):
     def _drop_model(self, model: Model, reason: str) -> None:
         """Terminate every replica of ``model`` and end its requests and waiters."""
         self.models.pop(model.uid, None)
-        self.state.forget(model.uid)
+        self.state.forget(model.uid, model.next_index)
         for waiter in model.waiters:
             self._error(
                 waiter.client,

@@ -19,6 +19,10 @@ from xb import protocol as p
 log = logging.getLogger("xb.broker")
 
 STATE_FILE = "broker.db"
+# Terminated models whose next replica index is kept, so a model launched again under
+# the same uid never reuses a replica id (a worker returning with an old replica could
+# otherwise pass for a new one); the oldest are forgotten beyond this many.
+MAX_RETIRED = 65_536
 
 
 class SavedModel(msgspec.Struct, frozen=True):
@@ -55,6 +59,9 @@ class DesiredState:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS bindings (worker_id TEXT PRIMARY KEY, key TEXT)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS retired (uid TEXT PRIMARY KEY, next_index INTEGER)"
+            )
 
     def models(self) -> list[SavedModel]:
         saved = []
@@ -72,9 +79,24 @@ class DesiredState:
                 (model.spec.model_uid, _encoder.encode(model)),
             )
 
-    def forget(self, uid: str) -> None:
+    def forget(self, uid: str, next_index: int) -> None:
+        """The model is terminated; its next replica index is kept for a relaunch."""
         with self._db:
             self._db.execute("DELETE FROM models WHERE uid = ?", (uid,))
+            self._db.execute("DELETE FROM retired WHERE uid = ?", (uid,))
+            self._db.execute(
+                "INSERT INTO retired (uid, next_index) VALUES (?, ?)", (uid, next_index)
+            )
+            self._db.execute(
+                "DELETE FROM retired WHERE rowid <= (SELECT MAX(rowid) FROM retired) - ?",
+                (MAX_RETIRED,),
+            )
+
+    def next_index(self, uid: str) -> int:
+        """Where a launch of ``uid`` numbers its replicas from: after those of any
+        earlier model of that uid."""
+        row = self._db.execute("SELECT next_index FROM retired WHERE uid = ?", (uid,)).fetchone()
+        return int(row[0]) if row else 0
 
     def bindings(self) -> list[tuple[str, str]]:
         return list(self._db.execute("SELECT worker_id, key FROM bindings ORDER BY rowid"))

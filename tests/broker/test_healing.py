@@ -378,3 +378,27 @@ def test_a_scale_down_supersedes_a_scale_up_still_loading(rec: Recorder) -> None
         assert again.broker.models["m"].replica == 2
     finally:
         again.broker.close()
+
+
+def test_a_model_launched_again_after_termination_never_reuses_a_replica_id(
+    tmp_path: Path,
+) -> None:
+    rec = Recorder(tmp_path / "broker.db")
+    rec.join("a")
+    rec.launch(replica=2)
+    first = sorted(rid for _, rid in rec.launches())
+    rec.take()
+    rec.peer(FACADE, p.TerminateModel("t", "m"))
+    rec.take()
+    rec.launch(replica=1)
+    (second,) = [rid for _, rid in rec.launches()]
+    assert first == ["m-0", "m-1"] and second == "m-2"
+    rec.broker.close()
+    # A broker restarted on the same state goes on counting from there.
+    rec = Recorder(tmp_path / "broker.db")
+    rec.join("a")
+    rec.peer(FACADE, p.TerminateModel("t", "m"))
+    rec.take()
+    rec.launch(replica=1)
+    assert [rid for _, rid in rec.launches()] == ["m-3"]
+    rec.broker.close()
