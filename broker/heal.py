@@ -68,6 +68,7 @@ class Healing:
                 request_limits=model.request_limits,
                 abilities=model.abilities,
                 next_index=model.next_index,
+                first_index=model.first_index,
                 ran=model.ran,
             )
         )
@@ -85,6 +86,7 @@ class Healing:
                 worker=saved.worker,
                 request_limits=saved.request_limits,
                 next_index=saved.next_index,
+                first_index=saved.first_index,
                 ran=saved.ran,
             )
             self.models[model.uid] = model

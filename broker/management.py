@@ -76,8 +76,8 @@ class ModelManagement(Healing):
             need=need,
             worker=launch.worker,
             request_limits=launch.request_limits,
-            next_index=self.state.next_index(spec.model_uid),
         )
+        model.next_index = model.first_index = self.state.next_index(spec.model_uid)
         try:
             added = self._add_replicas(model, launch.replica)
         except PlacementError as exc:

@@ -387,7 +387,7 @@ class Broker(ModelManagement):
         replica = model.replicas.get(status.replica_id)
         adopted = replica is None
         if replica is None:
-            if not adopt or status.state == p.ModelState.FAILED:
+            if not adopt or status.state == p.ModelState.FAILED or model.earlier(status.replica_id):
                 self._send(worker.identity, p.Terminate(status.replica_id))
                 return
             # A replica that kept running while its worker, or this broker, was away.

@@ -36,6 +36,7 @@ class SavedModel(msgspec.Struct, frozen=True):
     request_limits: int | None = None
     abilities: list[str] = []
     next_index: int = 0  # replica ids are never used twice, even across restarts
+    first_index: int = 0  # ids below it were an earlier model's of the same uid
     ran: bool = True  # a replica was ready once (a failed first launch is not retried)
 
 

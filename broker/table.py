@@ -88,6 +88,7 @@ class Model:
     worker: str | None = None  # the worker the user named for its replicas
     request_limits: int | None = None
     next_index: int = 0
+    first_index: int = 0  # ids below it belong to an earlier model of this uid
     served: int = 0
     tokens: int = 0
     replicas: dict[str, Replica] = field(default_factory=dict)
@@ -111,6 +112,12 @@ class Model:
 
     def loading(self) -> bool:
         return any(r.state == p.ModelState.LOADING for r in self.replicas.values())
+
+    def earlier(self, replica_id: str) -> bool:
+        """Whether ``replica_id`` was a replica of an earlier model of this uid (one that
+        was terminated and launched again, maybe with other settings)."""
+        prefix, _, index = replica_id.rpartition("-")
+        return prefix == self.uid and index.isdigit() and int(index) < self.first_index
 
     def coming(self, now: float) -> bool:
         """A replica is loading, or one that failed or was lost is about to be placed

@@ -40,6 +40,7 @@ MAX_MODELS = 1024
 PAGE_SIZE = 100
 MAX_FAMILY_BYTES = 64 * 1024  # one registered family, as JSON: a page stays under 8 MiB
 MAX_FAMILIES = 1024
+MAX_THREADS = 4096  # CPU threads one worker shares among its models
 
 
 # What a worker reports is checked as it is decoded: a frame outside these bounds is
@@ -272,7 +273,7 @@ class Terminate(Struct, frozen=True):
 class Share(Struct, frozen=True):
     """The CPU threads a model process may use from now on: its share of the worker's."""
 
-    threads: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_THREADS)]
 
 
 class Partial(Struct, frozen=True):

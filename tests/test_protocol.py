@@ -60,7 +60,7 @@ def test_round_trip(message: p.Message) -> None:
         ],
         [p.VERSION, p.encode(p.Partial("r", "t", 1))[1], b"\x93\xa1r\x01\xa1t"],
         [p.VERSION, p.encode(p.Ping())[1], b"\x81" + b"\xa1a" * 2, b"extra"],
-        [p.VERSION, p.encode(p.Share(1))[1], b"\x81\xa7threads\x00"],  # no threads at all
+        [p.VERSION, p.encode(p.Share(1))[1], b"\x81\xa7threads\x00"],  # zero threads
     ],
 )
 def test_bad_frames_raise_protocol_error(frames: list[bytes]) -> None:

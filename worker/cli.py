@@ -10,6 +10,7 @@ from types import FrameType
 import typer
 
 from xb import peer_options
+from xb import protocol as p
 from xb.lifetime import die_with_parent
 from xb.paths import allow_folders
 from xb.settings import HEARTBEAT_INTERVAL
@@ -36,8 +37,9 @@ def run(
         None,
         "--threads",
         min=1,
-        help="CPU threads all llama.cpp models here share (default: every core but one). "
-        "A launch's n_threads overrides it for one model.",
+        max=p.MAX_THREADS,
+        help="CPU threads the llama.cpp models here share, split among those working "
+        "(default: one per core it may use). A launch's n_threads overrides it for one model.",
     ),
     model_dir: list[Path] = typer.Option(
         [],

@@ -20,9 +20,10 @@ class LlamaEmbedder(Backend):
         extra = engine_kwargs(spec)
         if "pooling_type" not in extra and read_gguf_info(path).pooling_type is None:
             extra["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN  # the file names none
-        self._tuned = "n_threads" not in extra  # threads the launch named stay as they are
-        extra.setdefault("n_threads", threads)
-        extra.setdefault("n_threads_batch", threads)
+        self._tuned = not extra.get("n_threads")  # threads the launch named stay as they are
+        if self._tuned:
+            extra["n_threads"] = threads
+        extra["n_threads_batch"] = extra.get("n_threads_batch") or extra["n_threads"]
         self._llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=spec.n_ctx,

@@ -83,7 +83,7 @@ class Worker:
         self.broker = broker
         self.memory_limit = memory_limit
         # CPU threads this worker's llama.cpp models share (cores.py says why the default).
-        self.threads = threads or default_budget(usable_cores())
+        self.threads = min(threads or default_budget(usable_cores()), p.MAX_THREADS)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.interval = heartbeat_interval
         self.replicas: dict[str, Replica] = {}

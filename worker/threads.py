@@ -75,6 +75,7 @@ class ThreadTuner:
         self._clock = clock
         self.threads = self.ceiling
         self._learnt: dict[int, dict[int, _Size]] = {}  # per ceiling
+        self._left: dict[int, float] = {}  # when each ceiling was last given up
         self._sizes = self._learnt.setdefault(self.ceiling, {})
         self._verdict = self.ceiling  # what prompt chunks use: the latest comparison's word
 
@@ -84,12 +85,17 @@ class ThreadTuner:
         ceiling = max(ceiling, 1)
         if ceiling == self.ceiling:
             return
+        now = self._clock()
+        self._left[self.ceiling] = now
         self.ceiling = ceiling
         self._sizes = self._learnt.setdefault(ceiling, {})
         self._verdict = ceiling
-        for size in self._sizes.values():  # what it learnt here is old: confirm it soon
-            size.recent.clear()
-            size.probe, size.next_probe = None, 0.0
+        # Shares that come and go every few steps (another replica's short requests) keep
+        # what they learnt; one given up a while ago is confirmed soon.
+        if now - self._left.get(ceiling, -PROBE_SECONDS) >= PROBE_SECONDS:
+            for size in self._sizes.values():
+                size.recent.clear()
+                size.probe, size.next_probe = None, 0.0
         self._use(ceiling)
 
     def _other(self, threads: int) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from xb import protocol as p
+from xb.broker import state
 from xb.broker.heal import MAX_RESTARTS
 from xb.broker.server import Broker
 from xb.demo_model import DEMO_MODEL_NAME
@@ -393,12 +394,38 @@ def test_a_model_launched_again_after_termination_never_reuses_a_replica_id(
     rec.launch(replica=1)
     (second,) = [rid for _, rid in rec.launches()]
     assert first == ["m-0", "m-1"] and second == "m-2"
+    rec.peer(FACADE, p.TerminateModel("t", "m"))
     rec.broker.close()
     # A broker restarted on the same state goes on counting from there.
     rec = Recorder(tmp_path / "broker.db")
     rec.join("a")
-    rec.peer(FACADE, p.TerminateModel("t", "m"))
-    rec.take()
     rec.launch(replica=1)
     assert [rid for _, rid in rec.launches()] == ["m-3"]
     rec.broker.close()
+
+
+def test_a_replica_of_an_earlier_launch_is_not_taken_back(rec: Recorder) -> None:
+    a = rec.join("a")
+    rec.launch(replica=1)
+    rec.ready(a, "m-0")
+    rec.peer(FACADE, p.TerminateModel("t", "m"))
+    rec.take()
+    rec.launch(replica=1)  # m-1, maybe with other settings
+    rec.take()
+    # A worker that was cut off comes back still running the old m-0.
+    old = p.ReplicaStatus("m-0", "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
+    rec.join("b", [old])
+    assert [(type(m), m.replica_id) for m in rec.take(b"b")] == [(p.Terminate, "m-0")]  # type: ignore[attr-defined]
+    assert "m-0" not in rec.broker.models["m"].replicas
+
+
+def test_the_kept_replica_indexes_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state, "MAX_RETIRED", 2)
+    saved = state.DesiredState(tmp_path / "broker.db")
+    for n, uid in enumerate(("x", "y", "z")):
+        saved.forget(uid, 10 + n)
+    saved.forget("y", 20)  # retired again: the newest
+    assert [saved.next_index(uid) for uid in ("x", "y", "z")] == [0, 20, 12]
+    saved.close()

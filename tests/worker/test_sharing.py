@@ -18,9 +18,10 @@ class Process:
     """A model process that is never really started."""
 
     pid = 0
+    code: int | None = None  # None: running
 
     def poll(self) -> int | None:
-        return 0
+        return self.code
 
     def send_signal(self, signal: int) -> None:
         pass
@@ -39,13 +40,17 @@ def worker() -> Iterator[Worker]:
     worker.shutdown()
 
 
-def loaded(worker: Worker, *ids: str, model_format: str = "gguf") -> list[tuple[str, Any]]:
+def loaded(
+    worker: Worker, *ids: str, model_format: str = "gguf", threads: int = 4
+) -> list[tuple[str, Any]]:
+    """Replicas ``ids`` loaded with ``threads`` and reported ready; what the worker then
+    sends its model processes is recorded."""
     sent: list[tuple[str, Any]] = []
     worker._send_model = lambda rid, message: sent.append((rid, message))  # type: ignore[method-assign]
     worker._send_broker = lambda message: None  # type: ignore[method-assign]
     for rid in ids:
         spec = p.ModelSpec(rid, rid, model_format=model_format)
-        worker.replicas[rid] = Replica(spec, rid, Process(), threads=4)  # type: ignore[arg-type]
+        worker.replicas[rid] = Replica(spec, rid, Process(), threads=threads)  # type: ignore[arg-type]
         worker.process_model(rid, p.ModelEvent(p.ReplicaStatus(rid, rid, rid, p.ModelState.READY)))
     return sent
 
@@ -89,12 +94,26 @@ def test_shares_follow_the_replicas_at_work_and_come_before_the_request(worker: 
 
 
 def test_a_replica_that_dies_or_is_terminated_gives_its_share_back(worker: Worker) -> None:
+    sent = loaded(worker, "a", "b", "c")
+    for rid in ("a", "b", "c"):
+        worker.process_broker(request(rid, 1))
+    sent.clear()
+    worker.terminate("c")
+    assert set(shares(sent)) == {("a", 2), ("b", 2)}
+    sent.clear()
+    worker.replicas["b"].process.code = -9  # type: ignore[attr-defined]
+    worker._reap()
+    assert shares(sent) == [("a", 4)]
+
+
+def test_a_replica_loaded_while_others_work_hears_its_share_when_ready(worker: Worker) -> None:
     sent = loaded(worker, "a", "b")
     worker.process_broker(request("a", 1))
     worker.process_broker(request("b", 1))
     sent.clear()
-    worker.terminate("b")
-    assert shares(sent) == [("a", 4)]
+    # Loaded with the whole budget while nobody worked; ready now, with two at work.
+    sent += loaded(worker, "c", threads=4)
+    assert shares(sent) == [("c", 2)]
 
 
 def test_chatglm_replicas_keep_their_own_threads(worker: Worker) -> None:
