@@ -57,38 +57,17 @@ class Healing:
 
     # ---- the desired state ------------------------------------------------------------
 
+    # What is saved of a model: the fields of SavedModel, each a Model field of that name.
+    _SAVED = SavedModel.__struct_fields__
+
     def _save(self, model: Model) -> None:
-        self.state.save(
-            SavedModel(
-                spec=model.spec,
-                replica=model.replica,
-                created=model.created,
-                need=model.need,
-                worker=model.worker,
-                request_limits=model.request_limits,
-                abilities=model.abilities,
-                next_index=model.next_index,
-                first_index=model.first_index,
-                ran=model.ran,
-            )
-        )
+        self.state.save(SavedModel(**{name: getattr(model, name) for name in self._SAVED}))
 
     def _restore(self) -> None:
         """Read the models users launched before this broker started; their replicas come
         back as workers announce them, or are placed after ``settle_until``."""
         for saved in self.state.models():
-            model = Model(
-                spec=saved.spec,
-                replica=saved.replica,
-                created=saved.created,
-                abilities=list(saved.abilities),
-                need=saved.need,
-                worker=saved.worker,
-                request_limits=saved.request_limits,
-                next_index=saved.next_index,
-                first_index=saved.first_index,
-                ran=saved.ran,
-            )
+            model = Model(**{name: getattr(saved, name) for name in self._SAVED})
             self.models[model.uid] = model
         if self.models:
             log.info("restored %d models from %s", len(self.models), self.state.path)

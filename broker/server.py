@@ -464,14 +464,9 @@ class Broker(ModelManagement):
         self.dispatch(model)
 
     def stats(self) -> p.BrokerStats:
-        return p.BrokerStats(
-            malformed=self.malformed,
-            dropped=self.dropped,
-            refused=self.refused,
-            retries=self.retries,
-            replacements=self.replacements,
-            restarts=self.restarts,
-        )
+        """The counters, each a broker attribute of its field's name."""
+        fields = p.BrokerStats.__struct_fields__
+        return p.BrokerStats(**{name: getattr(self, name) for name in fields})
 
     def send_heartbeats(self) -> None:
         heartbeat = p.encode(p.Heartbeat())
