@@ -11,8 +11,6 @@ import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from xb import __version__
-from xb import protocol as p
 from xb.api import convert, errors, management, middleware, registrations, xinference
 from xb.api.auth import APIKeys
 from xb.api.body import CheckedRoute
@@ -29,9 +27,11 @@ from xb.api.schemas import (
     LaunchRequest,
 )
 from xb.api.streaming import Generation, fail
-from xb.keys import PeerKeys
-from xb.registry import Registry
-from xb.settings import HEARTBEAT_INTERVAL, xb_home
+from xb.core import __version__
+from xb.core import protocol as p
+from xb.core.keys import PeerKeys
+from xb.core.registry import Registry
+from xb.core.settings import HEARTBEAT_INTERVAL, xb_home
 
 log = logging.getLogger("xb.api")
 

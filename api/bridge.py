@@ -17,10 +17,10 @@ from collections.abc import Callable
 import zmq
 import zmq.asyncio
 
-from xb import protocol as p
-from xb.keys import PeerKeys
-from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
-from xb.transport import configure_peer
+from xb.core import protocol as p
+from xb.core.keys import PeerKeys
+from xb.core.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.core.transport import configure_peer
 
 log = logging.getLogger("xb.api")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import typer
 
-from xb import peer_options
 from xb.api import options
 from xb.api.limits import Limits
-from xb.paths import allow_folders
-from xb.settings import API_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
+from xb.core import peer_options
+from xb.core.paths import allow_folders
+from xb.core.settings import API_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
 
 app = typer.Typer(add_completion=False, help="Serve xb's OpenAI-compatible API for a broker.")
 log = logging.getLogger("xb.api")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from xb import protocol as p
+from xb.core import protocol as p
 
 PREFIX_KEYS = 8  # the broker looks no further back than this many prefixes
 

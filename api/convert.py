@@ -10,7 +10,6 @@ import struct
 import time
 from typing import Any
 
-from xb import protocol as p
 from xb.api import compat
 from xb.api.errors import APIError
 from xb.api.schemas import (
@@ -19,6 +18,7 @@ from xb.api.schemas import (
     EmbeddingRequest,
     SamplingParams,
 )
+from xb.core import protocol as p
 
 log = logging.getLogger("xb.api")
 

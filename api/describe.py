@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from xb import protocol as p
-from xb.registry import ModelFamily
+from xb.core import protocol as p
+from xb.core.registry import ModelFamily
 
 
 def model_entry(info: p.ModelInfo, family: ModelFamily | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from xb.protocol import ErrorCode
+from xb.core.protocol import ErrorCode
 
 log = logging.getLogger("xb.api")
 

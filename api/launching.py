@@ -8,13 +8,13 @@ from typing import Any
 
 import msgspec
 
-from xb import protocol as p
 from xb.api import compat
 from xb.api.errors import APIError
 from xb.api.schemas import LaunchRequest
-from xb.demo_model import DEMO_MODEL_NAME
-from xb.modelfile import kv_cells
-from xb.registry import (
+from xb.core import protocol as p
+from xb.core.demo_model import DEMO_MODEL_NAME
+from xb.core.modelfile import kv_cells
+from xb.core.registry import (
     Registry,
     RegistryError,
     Spec,
@@ -23,7 +23,7 @@ from xb.registry import (
     local_path,
     pick_spec,
 )
-from xb.settings import DEFAULT_PARALLEL
+from xb.core.settings import DEFAULT_PARALLEL
 
 log = logging.getLogger("xb.api")
 

@@ -6,7 +6,7 @@
 - A stream whose client leaves a write unread for ``--write-timeout`` seconds (30 by
   default) is cancelled; so is one that falls ``MAX_PENDING_FRAMES`` frames behind
   (``api.bridge``). What one stream holds in the facade is thus bounded.
-- A request whose protocol frame would exceed ``xb.protocol.MAX_BODY_BYTES`` is a 413
+- A request whose protocol frame would exceed ``xb.core.protocol.MAX_BODY_BYTES`` is a 413
   before anything is sent: the broker would drop it.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xb import protocol as p
 from xb.api.errors import APIError
+from xb.core import protocol as p
 
 DEFAULT_ANSWER_TIMEOUT = 600.0
 DEFAULT_WRITE_TIMEOUT = 30.0

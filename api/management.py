@@ -15,8 +15,6 @@ import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from xb import __version__
-from xb import protocol as p
 from xb.api.body import CheckedRoute
 from xb.api.bridge import BrokerBridge
 from xb.api.describe import model_entry
@@ -25,7 +23,9 @@ from xb.api.launching import ENGINES, launch_message, progress
 from xb.api.metrics import Metrics
 from xb.api.schemas import AddReplicasRequest, LaunchRequest, ScaleRequest
 from xb.api.streaming import fail
-from xb.registry import ModelFamily, Registry, RegistryError, parse_family
+from xb.core import __version__
+from xb.core import protocol as p
+from xb.core.registry import ModelFamily, Registry, RegistryError, parse_family
 
 T = TypeVar("T")
 log = logging.getLogger("xb.api")

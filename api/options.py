@@ -12,7 +12,7 @@ import uvicorn
 from xb.api.app import create_app
 from xb.api.auth import APIKeyError, APIKeys, exposure_refusal, load_keys
 from xb.api.limits import DEFAULT_ANSWER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits
-from xb.keys import PeerKeys
+from xb.core.keys import PeerKeys
 
 CORS_ORIGIN = typer.Option(
     [],

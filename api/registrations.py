@@ -13,15 +13,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from xb import protocol as p
 from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
 from xb.api.management import bridge_of, families, registry_of
 from xb.api.schemas import RegisterRequest
 from xb.api.streaming import fail
-from xb.paths import PathRefused, check_folder
-from xb.registry import ModelFamily, RegistryError, parse_family
-from xb.xinference_family import from_xinference
+from xb.core import protocol as p
+from xb.core.paths import PathRefused, check_folder
+from xb.core.registry import ModelFamily, RegistryError, parse_family
+from xb.core.xinference_family import from_xinference
 
 router = APIRouter(route_class=CheckedRoute)
 log = logging.getLogger("xb.api")

@@ -14,12 +14,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from xb import protocol as p
 from xb.api import convert
 from xb.api.bridge import BrokerBridge, RequestStream
 from xb.api.errors import APIError
 from xb.api.limits import Limits, answer_timeout_error, check_frame
 from xb.api.metrics import Metrics
+from xb.core import protocol as p
 
 # Seconds without a frame before the SSE stream gets a keep-alive comment; also how long
 # the facade waits for the first frame before it commits to a 200 and starts streaming.

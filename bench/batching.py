@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from tests.stack import Stack
-from xb.demo_model import DemoModelConfig, write_demo_model
+from xb.core.demo_model import DemoModelConfig, write_demo_model
 
 STREAMS = (1, 4, 8, 16)
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -33,9 +33,9 @@ import zmq
 
 from bench import synthetic
 from tests.stack import free_port
-from xb import protocol as p
-from xb.keys import KeyPair, PeerKeys, broker_keys, peer_keys
-from xb.transport import configure_peer
+from xb.core import protocol as p
+from xb.core.keys import KeyPair, PeerKeys, broker_keys, peer_keys
+from xb.core.transport import configure_peer
 
 _mp = multiprocessing.get_context("spawn")
 IDLE_PER_PROCESS = 250  # synthetic workers one idle host process holds

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.stack import Stack
-from xb.demo_model import DemoModelConfig, write_demo_model
+from xb.core.demo_model import DemoModelConfig, write_demo_model
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about the sea."}]
 SAMPLING = {"temperature": 0.8, "top_p": 0.95, "seed": 1}
@@ -46,7 +46,7 @@ def in_process(path: Path, tokens: int) -> tuple[float, float]:
 
 def same_loop(path: Path, tokens: int) -> tuple[float, float]:
     """The same, with xb's own llama.cpp engine in this process: what transport costs."""
-    from xb.protocol import ChatMessage, GenerateParams, ModelSpec
+    from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
     from xb.worker.backend import Piece
     from xb.worker.cores import default_budget, usable_cores
     from xb.worker.llama_engine import BatchEngine

@@ -1,7 +1,7 @@
 """Synthetic peers for bench/broker.py, each the body of a process of its own.
 
-They speak the real protocol (``xb.protocol``) over real sockets set up as xb's own peers
-are (``xb.transport``), and do as little else as they can, so the broker is what gets
+They speak the real protocol (``xb.core.protocol``) over real sockets set up as xb's own peers
+are (``xb.core.transport``), and do as little else as they can, so the broker is what gets
 measured: a worker answers every REQUEST at once with ``max_tokens`` PARTIAL frames and a
 FINAL; a facade keeps a number of requests in flight; an idle host holds many workers that
 only heartbeat. The echo peer is the far end of the ``zmq.proxy`` baseline, and does what a
@@ -26,10 +26,10 @@ import msgspec
 import zmq
 from zmq.backend import Socket as _RawSocket
 
-from xb import protocol as p
 from xb.broker.table import Model
-from xb.keys import KeyPair, PeerKeys
-from xb.transport import configure_peer, configure_router
+from xb.core import protocol as p
+from xb.core.keys import KeyPair, PeerKeys
+from xb.core.transport import configure_peer, configure_router
 
 MODEL = "bench"
 _MEMORY = p.Memory(total=1 << 40, free=1 << 40)

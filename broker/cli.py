@@ -18,10 +18,10 @@ from xb.api.options import SHUTDOWN_GRACE
 from xb.broker import process
 from xb.broker.server import DEFAULT_MAX_QUEUE
 from xb.broker.state import STATE_FILE
-from xb.keys import peer_keys
-from xb.lifetime import child_env
-from xb.paths import allow_folders
-from xb.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
+from xb.core.keys import peer_keys
+from xb.core.lifetime import child_env
+from xb.core.paths import allow_folders
+from xb.core.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 
 app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
 log = logging.getLogger("xb.broker")

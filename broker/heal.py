@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 
-from xb import protocol as p
 from xb.broker.placement import PlacementError
 from xb.broker.state import DesiredState, SavedModel
 from xb.broker.table import Model, Replica, WorkerEntry
-from xb.throttle import Throttle
+from xb.core import protocol as p
+from xb.core.throttle import Throttle
 
 log = logging.getLogger("xb.broker")
 

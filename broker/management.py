@@ -11,14 +11,14 @@ from typing import TypeVar
 
 import msgspec
 
-from xb import protocol as p
 from xb.broker.affinity import Affinity
 from xb.broker.heal import Healing, least_useful
 from xb.broker.placement import PlacementError, place
 from xb.broker.table import InFlight, Model, Queued, Replica, Waiter, WorkerEntry
-from xb.demo_model import DEMO_MODEL_NAME
-from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
-from xb.paths import inside
+from xb.core import protocol as p
+from xb.core.demo_model import DEMO_MODEL_NAME
+from xb.core.modelfile import ModelFileError, estimate_memory, read_gguf_info
+from xb.core.paths import inside
 
 log = logging.getLogger("xb.broker")
 
@@ -218,7 +218,7 @@ class ModelManagement(Healing):
     @staticmethod
     def _estimate(spec: p.ModelSpec) -> int:
         """Bytes a GGUF file needs when it is readable here; 0 leaves it to the worker.
-        Only files inside this machine's model folders are opened (``xb.paths``)."""
+        Only files inside this machine's model folders are opened (``xb.core.paths``)."""
         if not spec.model_path or spec.model_format != "gguf":
             return 0
         path = inside(spec.model_path)

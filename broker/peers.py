@@ -14,8 +14,8 @@ from pathlib import Path
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from xb.keys import allowed, keys_dir
-from xb.throttle import Throttle
+from xb.core.keys import allowed, keys_dir
+from xb.core.throttle import Throttle
 
 log = logging.getLogger("xb.broker")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xb.broker.table import WorkerEntry
-from xb.units import size_text
+from xb.core.units import size_text
 
 
 class PlacementError(Exception):

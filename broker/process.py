@@ -22,7 +22,7 @@ from types import FrameType
 
 import zmq
 
-from xb.lifetime import child_env, die_with_parent
+from xb.core.lifetime import child_env, die_with_parent
 
 log = logging.getLogger("xb.broker")
 

@@ -18,18 +18,18 @@ import msgspec
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from xb import protocol as p
 from xb.broker.affinity import Affinity
 from xb.broker.management import ModelManagement, page_of
 from xb.broker.peers import authenticate
 from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.state import DesiredState
 from xb.broker.table import InFlight, Model, Queued, Replica, WorkerEntry
-from xb.keys import broker_keys
-from xb.registry import ModelFamily, Registry, RegistryError, parse_family
-from xb.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
-from xb.throttle import Throttle
-from xb.transport import configure_router
+from xb.core import protocol as p
+from xb.core.keys import broker_keys
+from xb.core.registry import ModelFamily, Registry, RegistryError, parse_family
+from xb.core.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from xb.core.throttle import Throttle
+from xb.core.transport import configure_router
 
 log = logging.getLogger("xb.broker")
 

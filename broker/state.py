@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from xb import protocol as p
+from xb.core import protocol as p
 
 log = logging.getLogger("xb.broker")
 

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from xb import protocol as p
+from xb.core import protocol as p
 
 PLACING_GRACE = 2.0  # seconds after retry_at for the reconcile that places a replica
 

@@ -13,7 +13,7 @@ import httpx
 
 from xb.client import calls
 from xb.client.calls import Call, ClientError
-from xb.settings import DEFAULT_ENDPOINT
+from xb.core.settings import DEFAULT_ENDPOINT
 
 
 class AsyncClient:

@@ -16,8 +16,8 @@ from xb.client import calls
 from xb.client.calls import ClientError
 from xb.client.client import Client
 from xb.client.tables import table
-from xb.settings import DEFAULT_ENDPOINT, DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
-from xb.units import size_text
+from xb.core.settings import DEFAULT_ENDPOINT, DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
+from xb.core.units import size_text
 
 app = typer.Typer(
     add_completion=False,

@@ -6,8 +6,8 @@ import typer
 
 from xb.client.cli import _as_json, _print_json, console, err
 from xb.client.tables import table
-from xb.settings import xb_home
-from xb.units import size_text
+from xb.core.settings import xb_home
+from xb.core.units import size_text
 from xb.worker.download import DownloadError, cache_dir, cached_files, remove_cached
 
 cache = typer.Typer(

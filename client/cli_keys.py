@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from xb.client.cli import _as_json, _print_json, console, err
-from xb.keys import KeysError, allow, allowed, keys_dir, load_or_create, parse_key
-from xb.settings import xb_home
+from xb.core.keys import KeysError, allow, allowed, keys_dir, load_or_create, parse_key
+from xb.core.settings import xb_home
 
 keys = typer.Typer(
     help="ZeroMQ CURVE keys: a worker on another machine needs the broker's public key, "

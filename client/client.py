@@ -17,7 +17,7 @@ import httpx
 
 from xb.client import calls
 from xb.client.calls import Call, ClientError
-from xb.settings import DEFAULT_ENDPOINT
+from xb.core.settings import DEFAULT_ENDPOINT
 
 
 class Client:
@@ -112,7 +112,7 @@ class Client:
         return dict(self._run(calls.registration(model_type, model_name)))
 
     def register_model(self, model_type: str, model: str, persist: bool = True) -> None:
-        """Register a family given as JSON text (the format of ``xb.registry``)."""
+        """Register a family given as JSON text (the format of ``xb.core.registry``)."""
         self._run(calls.register(model_type, model, persist))
 
     def unregister_model(self, model_type: str, model_name: str) -> None:

@@ -17,11 +17,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from xb.core.errors import XbError
+
 _KEY = re.compile(rb'^\s*(public|secret)-key\s*=\s*"([0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40})"')
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class KeysError(Exception):
+class KeysError(XbError):
     """A key that cannot be read or written; the message says which and why."""
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xb.core.errors import XbError
+
 _OVERHEAD = 64 * 1024 * 1024  # runtime, compute buffers and the Python process around it
 
 
@@ -22,7 +24,7 @@ class GGUFInfo:
     pooling_type: int | None
 
 
-class ModelFileError(Exception):
+class ModelFileError(XbError):
     """The file is missing or is not a GGUF model that xb can read."""
 
 

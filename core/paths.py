@@ -22,13 +22,14 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from xb.settings import xb_home
+from xb.core.errors import XbError
+from xb.core.settings import xb_home
 
 MODEL_DIRS_ENV = "XB_MODEL_DIRS"  # os.pathsep-separated, as PATH is
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]{0,199}$")
 
 
-class PathRefused(Exception):
+class PathRefused(XbError):
     """A path outside the model folders, or no file at all; the message says the same
     for both."""
 

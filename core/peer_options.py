@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import typer
 
-from xb.keys import KeysError, PeerKeys, peer_keys
-from xb.settings import BROKER_PORT, DEFAULT_HOST, xb_home
+from xb.core.keys import KeysError, PeerKeys, peer_keys
+from xb.core.settings import BROKER_PORT, DEFAULT_HOST, xb_home
 
 BROKER = typer.Option(
     f"tcp://{DEFAULT_HOST}:{BROKER_PORT}", "--broker", help="Broker address, tcp://HOST:PORT."

@@ -15,10 +15,11 @@ from typing import Literal
 
 import msgspec
 
-from xb.paths import safe_name
-from xb.protocol import MAX_FAMILIES
+from xb.core.errors import XbError
+from xb.core.paths import safe_name
+from xb.core.protocol import MAX_FAMILIES
 
-log = logging.getLogger("xb.registry")
+log = logging.getLogger("xb.core.registry")
 
 Ability = Literal["generate", "chat", "embed"]
 Format = Literal["gguf", "ggml"]
@@ -53,7 +54,7 @@ BITS_PER_WEIGHT = {
 }
 
 
-class RegistryError(Exception):
+class RegistryError(XbError):
     """A family spec that does not validate, or a lookup that finds nothing; says which."""
 
 
@@ -166,7 +167,7 @@ def parse_family(data: bytes | str) -> ModelFamily:
 
 def builtin_families() -> dict[str, ModelFamily]:
     families: dict[str, ModelFamily] = {}
-    folder = resources.files("xb").joinpath("families")
+    folder = resources.files("xb.core").joinpath("families")
     if not folder.is_dir():
         return families
     for entry in folder.iterdir():

@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from xb.keys import KeyPair, PeerKeys
+from xb.core.keys import KeyPair, PeerKeys
 
 _HEARTBEAT_MS = 1000
 _TIMEOUT_MS = 3000

@@ -3,7 +3,7 @@
 Xinference writes a family two ways: version 1 lists ``quantizations`` per spec; version 2
 (its custom-model template) has one ``quantization`` per spec, sizes as integers,
 ``ggufv2`` for GGUF, ``model_uri`` for a file already on disk, hub entries under
-``model_src``, and many fields left null. xb keeps its own shape (``xb.registry``) and
+``model_src``, and many fields left null. xb keeps its own shape (``xb.core.registry``) and
 reads Xinference's into it: null and default fields pass; specs in formats xb does not run
 (pytorch, mlx, ...) are set aside and reported; a value xb cannot honour (a vision
 ability, a LoRA projector, a virtualenv's packages) is an error that names it.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from xb.registry import ModelFamily, RegistryError
+from xb.core.registry import ModelFamily, RegistryError
 
 FORMATS = {"gguf": "gguf", "ggufv2": "gguf", "ggml": "ggml", "ggmlv3": "ggml"}
 # Abilities a family may claim: "tools" is granted (every llama.cpp chat model calls

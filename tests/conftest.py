@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.stack import Stack
-from xb.demo_model import DemoModelConfig, write_demo_model
+from xb.core.demo_model import DemoModelConfig, write_demo_model
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def tiny_model(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def chatglm_model(models_dir: Path) -> Path:
     """A tiny random ChatGLM2 file in chatglm.cpp's own format."""
-    from xb.chatglm_model import write_chatglm_model
+    from xb.core.chatglm_model import write_chatglm_model
 
     return write_chatglm_model(models_dir / "chatglm2-tiny.bin")
 

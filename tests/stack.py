@@ -18,8 +18,8 @@ import httpx
 import psutil
 import zmq
 
-from xb.keys import PeerKeys, peer_keys
-from xb.transport import configure_peer
+from xb.core.keys import PeerKeys, peer_keys
+from xb.core.transport import configure_peer
 
 
 def free_port() -> int:

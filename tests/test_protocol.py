@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xb import protocol as p
+from xb.core import protocol as p
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from xb.registry import (
+from xb.core.registry import (
     Registry,
     RegistryError,
     builtin_families,

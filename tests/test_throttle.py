@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from xb.throttle import Throttle
+from xb.core.throttle import Throttle
 
 pytestmark = pytest.mark.unit
 

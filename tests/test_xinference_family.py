@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from xb.registry import RegistryError, builtin_families, parse_family
-from xb.xinference_family import from_xinference
+from xb.core.registry import RegistryError, builtin_families, parse_family
+from xb.core.xinference_family import from_xinference
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from xb.client import AsyncClient
-from xb.settings import DEFAULT_ENDPOINT
+from xb.core.settings import DEFAULT_ENDPOINT
 from xb.tui.arena import ArenaScreen
 from xb.tui.cluster import ChatRequested, ClusterScreen
 from xb.tui.launch import LaunchScreen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from xb.settings import DEFAULT_ENDPOINT
+from xb.core.settings import DEFAULT_ENDPOINT
 
 app = typer.Typer(add_completion=False, help="The xb dashboard.")
 

@@ -7,7 +7,7 @@ A required or named tool choice is a call from the start.
 
 from __future__ import annotations
 
-from xb.protocol import Tool, Usage
+from xb.core.protocol import Tool, Usage
 from xb.worker.backend import Done, StopText
 from xb.worker.structured import parse_call
 

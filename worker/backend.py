@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from xb.protocol import GenerateParams, TokenLogprob, ToolCall, Usage
+from xb.core.protocol import GenerateParams, TokenLogprob, ToolCall, Usage
 
 
 class BackendError(Exception):

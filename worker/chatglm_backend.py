@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xb.protocol import GenerateParams, ModelSpec, Usage
+from xb.core.protocol import GenerateParams, ModelSpec, Usage
 from xb.worker.backend import Backend, BackendError, Done, Piece, StopText, token_budget
 
 # GenerateParams defaults that chatglm.cpp has no way to honour otherwise.

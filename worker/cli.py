@@ -9,11 +9,11 @@ from types import FrameType
 
 import typer
 
-from xb import peer_options
-from xb import protocol as p
-from xb.lifetime import die_with_parent
-from xb.paths import allow_folders
-from xb.settings import HEARTBEAT_INTERVAL
+from xb.core import peer_options
+from xb.core import protocol as p
+from xb.core.lifetime import die_with_parent
+from xb.core.paths import allow_folders
+from xb.core.settings import HEARTBEAT_INTERVAL
 from xb.worker.memory import parse_size
 from xb.worker.server import Worker
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xb import protocol as p
-from xb.paths import safe_name
+from xb.core import protocol as p
+from xb.core.paths import safe_name
 
 Report = Callable[[p.Progress], None]
 REPORT_EVERY = 0.25  # seconds between progress reports

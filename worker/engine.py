@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from xb.protocol import GenerateParams
+from xb.core.protocol import GenerateParams
 from xb.worker.backend import Backend, BackendError, Done, Piece
 
 log = logging.getLogger("xb.model")

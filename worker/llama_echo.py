@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from xb.protocol import TokenLogprob, TopLogprob
+from xb.core.protocol import TokenLogprob, TopLogprob
 from xb.worker.backend import Piece
 from xb.worker.llama_model import LlamaModel
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from xb.modelfile import read_gguf_info
-from xb.protocol import GenerateParams, ModelSpec, Usage
+from xb.core.modelfile import read_gguf_info
+from xb.core.protocol import GenerateParams, ModelSpec, Usage
 from xb.worker.backend import Backend, BackendError, Done, Piece
 from xb.worker.llama_model import engine_kwargs
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xb.protocol import GenerateParams, Usage
+from xb.core.protocol import GenerateParams, Usage
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.engine import Engine, Event, Failed

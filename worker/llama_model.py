@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from xb.protocol import GenerateParams, ModelSpec
+from xb.core.protocol import GenerateParams, ModelSpec
 from xb.worker.backend import BackendError
 from xb.worker.structured import (
     call_schema,

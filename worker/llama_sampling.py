@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from xb.protocol import GenerateParams, TokenLogprob, TopLogprob
+from xb.core.protocol import GenerateParams, TokenLogprob, TopLogprob
 from xb.worker.backend import BackendError
 from xb.worker.llama_model import LlamaModel
 

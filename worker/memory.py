@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from xb.protocol import Memory
+from xb.core.protocol import Memory
 
 
 @functools.cache

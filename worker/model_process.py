@@ -21,13 +21,13 @@ import msgspec
 import psutil
 import zmq
 
-from xb import protocol as p
-from xb.demo_model import DEMO_MODEL_NAME, ensure_demo_model
-from xb.lifetime import die_with_parent
-from xb.modelfile import ModelFileError, estimate_memory, read_gguf_info
-from xb.paths import PathRefused, allowed_file
-from xb.settings import xb_home
-from xb.units import size_text
+from xb.core import protocol as p
+from xb.core.demo_model import DEMO_MODEL_NAME, ensure_demo_model
+from xb.core.lifetime import die_with_parent
+from xb.core.modelfile import ModelFileError, estimate_memory, read_gguf_info
+from xb.core.paths import PathRefused, allowed_file
+from xb.core.settings import xb_home
+from xb.core.units import size_text
 from xb.worker.backend import BackendError, Done, Piece
 from xb.worker.download import DownloadError, Report, fetch
 from xb.worker.engine import Engine, Failed, SequentialEngine
@@ -49,7 +49,7 @@ class LoadError(Exception):
 
 def resolve_path(spec: p.ModelSpec, report: Report) -> Path:
     """The model file on this machine: given, fetched from the hub, or the demo model.
-    A given path must lie inside the model folders (``xb.paths``), however it is spelled."""
+    A given path must lie inside the model folders (``xb.core.paths``), however it is spelled."""
     if spec.model_path:
         try:
             return allowed_file(spec.model_path)

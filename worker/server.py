@@ -22,11 +22,11 @@ import msgspec
 import psutil
 import zmq
 
-from xb import protocol as p
-from xb.keys import PeerKeys
-from xb.lifetime import child_env
-from xb.settings import HEARTBEAT_INTERVAL
-from xb.units import size_text
+from xb.core import protocol as p
+from xb.core.keys import PeerKeys
+from xb.core.lifetime import child_env
+from xb.core.settings import HEARTBEAT_INTERVAL
+from xb.core.units import size_text
 from xb.worker.cores import default_budget, threads_per_replica, usable_cores
 from xb.worker.memory import memory_snapshot
 from xb.worker.uplink import Uplink

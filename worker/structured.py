@@ -13,7 +13,7 @@ import math
 import uuid
 from typing import Any
 
-from xb.protocol import Tool, ToolCall
+from xb.core.protocol import Tool, ToolCall
 from xb.worker.backend import BackendError
 
 TOOL_INSTRUCTIONS = (

@@ -25,11 +25,11 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from xb import protocol as p
-from xb.keys import PeerKeys
-from xb.settings import HEARTBEAT_LIVENESS
-from xb.throttle import Throttle
-from xb.transport import configure_peer
+from xb.core import protocol as p
+from xb.core.keys import PeerKeys
+from xb.core.settings import HEARTBEAT_LIVENESS
+from xb.core.throttle import Throttle
+from xb.core.transport import configure_peer
 
 log = logging.getLogger("xb.worker")
 

@@ -10,7 +10,7 @@ import pytest
 from xb.api.errors import APIError
 from xb.api.launching import launch_message
 from xb.api.schemas import LaunchRequest
-from xb.registry import Registry
+from xb.core.registry import Registry
 
 pytestmark = pytest.mark.unit
 

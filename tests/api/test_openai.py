@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.stack import Stack
-from xb.demo_model import DemoModelConfig, vocabulary
+from xb.core.demo_model import DemoModelConfig, vocabulary
 
 pytestmark = pytest.mark.e2e
 

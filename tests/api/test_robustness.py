@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from tests.stack import Stack, long_chat, wait_until
-from xb import protocol as p
 from xb.api.bridge import MAX_PENDING_FRAMES, BrokerBridge
-from xb.demo_model import DemoModelConfig, write_demo_model
+from xb.core import protocol as p
+from xb.core.demo_model import DemoModelConfig, write_demo_model
 
 pytestmark = pytest.mark.e2e
 CHAT = "/v1/chat/completions"

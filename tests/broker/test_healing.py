@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from xb import protocol as p
 from xb.broker import state
 from xb.broker.heal import MAX_RESTARTS
 from xb.broker.server import Broker
-from xb.demo_model import DEMO_MODEL_NAME
+from xb.core import protocol as p
+from xb.core.demo_model import DEMO_MODEL_NAME
 
 pytestmark = pytest.mark.unit
 GIB = 1024**3

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from xb import protocol as p
 from xb.broker.affinity import Affinity
 from xb.broker.placement import PlacementError, place
 from xb.broker.routing import LeastLoaded
 from xb.broker.table import Replica, WorkerEntry
+from xb.core import protocol as p
 
 pytestmark = pytest.mark.unit
 GIB = 1024**3

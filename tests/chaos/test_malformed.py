@@ -20,7 +20,7 @@ import zmq
 
 from tests.chaos.traffic import broker_counters, metrics, mib, rss
 from tests.stack import Stack, wait_until
-from xb import protocol as p
+from xb.core import protocol as p
 
 pytestmark = pytest.mark.chaos
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.stack import Stack, free_port, kill_tree, wait_until
-from xb.settings import MAX_TOKENS_HELP
+from xb.core.settings import MAX_TOKENS_HELP
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from tests.stack import Stack, kill_tree, long_chat, wait_until
-from xb import protocol as p
+from xb.core import protocol as p
 
 pytestmark = pytest.mark.e2e
 

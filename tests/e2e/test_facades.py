@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.stack import Stack, free_port
-from xb.keys import allow, keys_dir, peer_keys
+from xb.core.keys import allow, keys_dir, peer_keys
 
 pytestmark = pytest.mark.e2e
 

@@ -19,11 +19,11 @@ import pytest
 
 from tests.hub import Hub
 from tests.stack import Stack, wait_until
-from xb.demo_model import DemoModelConfig, write_demo_model
-from xb.modelfile import kv_cells
-from xb.registry import estimate_from_spec, parse_family
-from xb.settings import DEFAULT_PARALLEL
-from xb.units import size_text
+from xb.core.demo_model import DemoModelConfig, write_demo_model
+from xb.core.modelfile import kv_cells
+from xb.core.registry import estimate_from_spec, parse_family
+from xb.core.settings import DEFAULT_PARALLEL
+from xb.core.units import size_text
 
 pytestmark = pytest.mark.e2e
 REPO = "xb-test/tiny-chat-GGUF"

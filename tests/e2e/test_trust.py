@@ -19,8 +19,8 @@ import pytest
 import zmq
 
 from tests.stack import Stack, wait_until
-from xb import protocol as p
-from xb.keys import KeyPair, PeerKeys, allow, peer_keys
+from xb.core import protocol as p
+from xb.core.keys import KeyPair, PeerKeys, allow, peer_keys
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xb.protocol import ChatMessage, GenerateParams, ModelSpec, Tool
+from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec, Tool
 from xb.worker.backend import BackendError, Done, Piece, StopText
 from xb.worker.engine import Engine, Failed
 from xb.worker.llama_engine import PREFILL_CHUNK, BatchEngine

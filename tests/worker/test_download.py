@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.hub import Hub
-from xb import protocol as p
+from xb.core import protocol as p
 from xb.worker.download import DownloadError, cached_files, fetch, installed_file, remove_cached
 
 pytestmark = pytest.mark.integration

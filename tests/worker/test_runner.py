@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from xb import protocol as p
+from xb.core import protocol as p
 from xb.worker.model_process import Runner
 
 pytestmark = pytest.mark.unit

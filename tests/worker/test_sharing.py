@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from xb import protocol as p
+from xb.core import protocol as p
 from xb.worker.server import Replica, Worker
 
 pytestmark = pytest.mark.unit

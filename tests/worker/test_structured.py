@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xb.protocol import GenerateParams, ModelSpec, Tool
+from xb.core.protocol import GenerateParams, ModelSpec, Tool
 from xb.worker.backend import Done, Piece
 from xb.worker.llama_engine import BatchEngine
 from xb.worker.llama_model import LlamaModel

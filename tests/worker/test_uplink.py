@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from tests.stack import free_port
-from xb import protocol as p
+from xb.core import protocol as p
 from xb.worker.uplink import Uplink
 
 pytestmark = pytest.mark.integration
