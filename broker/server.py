@@ -67,6 +67,7 @@ class Broker(ModelManagement):
         self.in_flight: dict[str, InFlight] = {}
         self.affinity = Affinity()
         self.malformed = 0
+        self.handler_errors = 0  # exceptions out of the broker's own handlers: its bugs
         self.dropped = 0  # frames a peer could not be sent
         self.refused = 0  # READYs for a worker id that belongs to another key
         self.retries = 0
@@ -202,7 +203,9 @@ class Broker(ModelManagement):
             else:
                 self.process_client(identity, message)
         except Exception as exc:
-            self.malformed += 1
+            # A frame that decoded is the peer's right; what fails on it is the broker's
+            # bug, counted apart from malformed frames and logged with its traceback.
+            self.handler_errors += 1
             self._warn.exception(
                 identity.hex(),
                 "error",

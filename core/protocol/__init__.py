@@ -211,6 +211,7 @@ class BrokerStats(Struct, frozen=True):
     """The broker's counters since it started, for the facade's ``/metrics``."""
 
     malformed: int = 0  # frames it could not read, or could not act upon
+    handler_errors: int = 0  # exceptions its own handlers raised on frames it could read
     dropped: int = 0  # frames it could not send: the peer was gone or too far behind
     refused: int = 0  # READYs for a worker id that belongs to another key
     retries: int = 0  # requests sent again after their replica failed before a token
