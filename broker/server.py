@@ -12,7 +12,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import zmq
@@ -43,6 +45,15 @@ _recv, _send = zmq.backend.Socket.recv, zmq.backend.Socket.send
 _MORE = int(zmq.SNDMORE)
 _NOBLOCK_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _READY = p.encode(p.Ready("", "", 0, p.Memory(0, 0), 0))[1]  # READY's command frame
+
+# What a worker sends once it is known; from an unknown peer, these ask it to announce itself.
+WORKER_SENDS = (p.Heartbeat, p.ModelEvent, p.Partial, p.Final, p.Error)
+# Messages no peer sends to the broker: its own replies and orders, and what passes only
+# between a worker and its model processes. Every other message has a handler.
+NOT_FOR_THE_BROKER = frozenset(
+    {p.Request, p.Launch, p.Terminate, p.Pong, p.ModelInfo, p.ModelList, p.Cluster, p.Ack}
+    | {p.Families, p.Share}
+)
 
 
 class Broker(ModelManagement):
@@ -112,6 +123,35 @@ class Broker(ModelManagement):
             self.close()  # the authenticator's thread, the context and the state file
             raise
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        # What each kind of peer may send, and who handles it (READY is read before either
+        # table, since it is what makes a peer a worker).
+        self._from_workers: dict[type, Callable[[WorkerEntry, Any, list[bytes]], None]] = {
+            p.Partial: self._partial,
+            p.Final: self._finish,
+            p.Error: self._finish,
+            p.Heartbeat: self._heartbeat,
+            p.ModelEvent: self._model_event,
+            p.Disconnect: self._disconnect,
+        }
+        self._from_facades: dict[type, Callable[[bytes, Any], None]] = {
+            p.Submit: self._submit,
+            p.Cancel: self._cancel,
+            p.LaunchModel: self._launch,
+            p.TerminateModel: self._terminate,
+            p.ScaleModel: self._scale,
+            p.ListModels: self._list_models,
+            p.DescribeModel: self._describe_model,
+            p.ClusterInfo: self._cluster_info,
+            p.RegisterFamily: self._families_call,
+            p.UnregisterFamily: self._families_call,
+            p.ListFamilies: self._families_call,
+            p.Ping: self._ping,
+            **dict.fromkeys(WORKER_SENDS, self._unknown_worker),
+        }
+
+    def handled(self) -> set[type]:
+        """The message types some handler table takes (READY apart)."""
+        return {p.Ready, *self._from_workers, *self._from_facades}
 
     # ---- loop -------------------------------------------------------------------------
 
@@ -268,36 +308,41 @@ class Broker(ModelManagement):
     def process_worker(self, identity: bytes, message: p.Message, frames: list[bytes]) -> None:
         worker = self.workers[identity]
         worker.last_seen = time.monotonic()
-        if isinstance(message, p.Partial):
-            flight = self.in_flight.get(message.request_id)
-            if flight is not None and flight.worker == identity:
-                flight.started = True
-                self._deliver(flight.client, frames)
-        elif isinstance(message, p.Final | p.Error):
-            self._finish(worker, message, frames)
-        elif isinstance(message, p.Heartbeat):
-            if message.memory is not None:
-                worker.memory = message.memory
-            worker.queue_depth, worker.in_flight = message.queue_depth, message.in_flight
-            worker.reported = {s.replica_id for s in message.replicas}
-            worker.reported_at = worker.last_seen
-            ready = [s for s in message.replicas if s.state == p.ModelState.READY]
-            worker.slots = sum(s.slots for s in ready) or 1
-            for status in message.replicas:
-                self._apply_status(worker, status, adopt=False)
-        elif isinstance(message, p.ModelEvent):
-            self._apply_status(worker, message.status, adopt=False)
-        elif isinstance(message, p.Disconnect):
-            self._remove_worker(identity, f"worker disconnected: {message.reason}")
-        else:
-            self.malformed += 1
-            self._warn.warning(
-                worker.worker_id,
-                "unexpected",
-                "unexpected %s from worker %s dropped",
-                type(message).__name__,
-                worker.worker_id,
-            )
+        handler = self._from_workers.get(type(message))
+        if handler is not None:
+            handler(worker, message, frames)
+            return
+        self.malformed += 1
+        self._warn.warning(
+            worker.worker_id,
+            "unexpected",
+            "unexpected %s from worker %s dropped",
+            type(message).__name__,
+            worker.worker_id,
+        )
+
+    def _partial(self, worker: WorkerEntry, message: p.Partial, frames: list[bytes]) -> None:
+        flight = self.in_flight.get(message.request_id)
+        if flight is not None and flight.worker == worker.identity:
+            flight.started = True
+            self._deliver(flight.client, frames)
+
+    def _heartbeat(self, worker: WorkerEntry, message: p.Heartbeat, frames: list[bytes]) -> None:
+        if message.memory is not None:
+            worker.memory = message.memory
+        worker.queue_depth, worker.in_flight = message.queue_depth, message.in_flight
+        worker.reported = {s.replica_id for s in message.replicas}
+        worker.reported_at = worker.last_seen
+        ready = [s for s in message.replicas if s.state == p.ModelState.READY]
+        worker.slots = sum(s.slots for s in ready) or 1
+        for status in message.replicas:
+            self._apply_status(worker, status, adopt=False)
+
+    def _model_event(self, worker: WorkerEntry, message: p.ModelEvent, frames: list[bytes]) -> None:
+        self._apply_status(worker, message.status, adopt=False)
+
+    def _disconnect(self, worker: WorkerEntry, message: p.Disconnect, frames: list[bytes]) -> None:
+        self._remove_worker(worker.identity, f"worker disconnected: {message.reason}")
 
     def _register(self, identity: bytes, ready: p.Ready, key: str) -> None:
         # Without CURVE every key is "": there is nothing to bind a worker id to.
@@ -559,45 +604,41 @@ class Broker(ModelManagement):
     # ---- facades ----------------------------------------------------------------------
 
     def process_client(self, client: bytes, message: p.Message) -> None:
-        if isinstance(message, p.Submit):
-            self._submit(client, message)
-        elif isinstance(message, p.Cancel):
-            self._cancel(message.request_id)
-        elif isinstance(message, p.LaunchModel):
-            self._launch(client, message)
-        elif isinstance(message, p.TerminateModel):
-            self._terminate(client, message)
-        elif isinstance(message, p.ScaleModel):
-            self._scale(client, message)
-        elif isinstance(message, p.ListModels):
-            page = page_of(list(self.models.values()), message.offset, message.limit)
-            infos = [self._model_info(m, message.request_id) for m in page]
-            self._send(client, p.ModelList(message.request_id, infos, len(self.models)))
-        elif isinstance(message, p.DescribeModel):
-            model = self.models.get(message.model_uid)
-            if model is None:
-                self._unknown_model(client, message.request_id, message.model_uid)
-            else:
-                self._send(client, self._model_info(model, message.request_id))
-        elif isinstance(message, p.ClusterInfo):
-            self._send(client, self._cluster(message.request_id, message.offset, message.limit))
-        elif isinstance(message, p.RegisterFamily | p.UnregisterFamily | p.ListFamilies):
-            self._families_call(client, message)
-        elif isinstance(message, p.Ping):
-            self._send(client, p.Pong(message.request_id, self.instance, self.stats()))
-        elif isinstance(message, p.Heartbeat | p.ModelEvent | p.Partial | p.Final | p.Error):
-            # A worker the broker does not know (either restarted, or it reconnected and
-            # this is its new connection): ask it to announce itself.
-            self._send(client, p.Disconnect("unknown worker; send READY"))
+        handler = self._from_facades.get(type(message))
+        if handler is not None:
+            handler(client, message)
+            return
+        self.malformed += 1
+        self._warn.warning(
+            client.hex(),
+            "unexpected",
+            "unexpected %s from %r dropped",
+            type(message).__name__,
+            client[:32],
+        )
+
+    def _list_models(self, client: bytes, message: p.ListModels) -> None:
+        page = page_of(list(self.models.values()), message.offset, message.limit)
+        infos = [self._model_info(m, message.request_id) for m in page]
+        self._send(client, p.ModelList(message.request_id, infos, len(self.models)))
+
+    def _describe_model(self, client: bytes, message: p.DescribeModel) -> None:
+        model = self.models.get(message.model_uid)
+        if model is None:
+            self._unknown_model(client, message.request_id, message.model_uid)
         else:
-            self.malformed += 1
-            self._warn.warning(
-                client.hex(),
-                "unexpected",
-                "unexpected %s from %r dropped",
-                type(message).__name__,
-                client[:32],
-            )
+            self._send(client, self._model_info(model, message.request_id))
+
+    def _cluster_info(self, client: bytes, message: p.ClusterInfo) -> None:
+        self._send(client, self._cluster(message.request_id, message.offset, message.limit))
+
+    def _ping(self, client: bytes, message: p.Ping) -> None:
+        self._send(client, p.Pong(message.request_id, self.instance, self.stats()))
+
+    def _unknown_worker(self, client: bytes, message: p.Message) -> None:
+        # A worker the broker does not know (either restarted, or it reconnected and this
+        # is its new connection): ask it to announce itself.
+        self._send(client, p.Disconnect("unknown worker; send READY"))
 
     def _families_call(
         self, client: bytes, message: p.RegisterFamily | p.UnregisterFamily | p.ListFamilies
@@ -658,10 +699,11 @@ class Broker(ModelManagement):
         model.queue.append(Queued(client, submit))
         self.dispatch(model)  # which also refuses it when no replica is ready or loading
 
-    def _cancel(self, request_id: str) -> None:
+    def _cancel(self, client: bytes, message: p.Cancel) -> None:
+        request_id = message.request_id
         flight = self.in_flight.get(request_id)
         if flight is not None:
-            self._send(flight.worker, p.Cancel(request_id))
+            self._send(flight.worker, message)
             return
         for model in self.models.values():
             for entry in list(model.queue):

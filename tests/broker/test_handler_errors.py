@@ -28,7 +28,7 @@ def test_a_handler_bug_is_counted_apart_and_answered(
     def broken(client: bytes, message: p.Submit) -> None:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(rec.broker, "_submit", broken)
+    monkeypatch.setitem(rec.broker._from_facades, p.Submit, broken)
     rec.peer(FACADE, p.Submit("r1", "m", "chat", p.GenerateParams(messages=[])))
 
     (reply,) = rec.take(FACADE)
