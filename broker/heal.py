@@ -84,7 +84,7 @@ class Healing:
                 continue  # dropped while an earlier model was being placed
             if model.failures and now - model.last_failure > STABLE_AFTER and model.ready():
                 model.failures = 0
-            missing = model.replica - len(model.replicas)
+            missing = model.wanted - len(model.replicas)
             if missing <= 0 or now < model.retry_at or model.waiters:
                 continue
             placed = 0
@@ -160,7 +160,7 @@ class Healing:
     def _trim(self, model: Model) -> None:
         """More replicas than wanted (a lost worker came back after its replicas were placed
         again): stop the least useful."""
-        extra = len(model.replicas) - model.replica
+        extra = len(model.replicas) - model.wanted
         if extra <= 0 or model.waiters:
             return
         doomed = least_useful(model, extra)

@@ -70,11 +70,11 @@ class ModelManagement(Healing):
             return
         model = Model(
             spec=spec,
-            replica=launch.replica,
+            wanted=launch.replica,
             created=int(time.time()),
             abilities=list(launch.abilities),
             need=need,
-            worker=launch.worker,
+            pinned_worker=launch.worker,
             request_limits=launch.request_limits,
         )
         model.next_index = model.first_index = self.state.next_index(spec.model_uid)
@@ -140,7 +140,7 @@ class ModelManagement(Healing):
         for replica in model.replicas.values():
             hosting[replica.worker] = hosting.get(replica.worker, 0) + 1
         gpu = model.spec.n_gpu_layers != 0
-        chosen = place(self._candidates(model.worker), model.need, count, hosting, gpu=gpu)
+        chosen = place(self._candidates(model.pinned_worker), model.need, count, hosting, gpu=gpu)
         added: set[str] = set()
         for worker in chosen:
             while f"{model.uid}-{model.next_index}" in model.replicas:  # adopted ones, say
@@ -185,12 +185,12 @@ class ModelManagement(Healing):
                 f"superseded: model {model.uid!r} was scaled to {message.replica} replicas",
             )
         current = len(model.replicas)
-        model.replica = message.replica
+        model.wanted = message.replica
         if message.replica > current:
             try:
                 added = self._add_replicas(model, message.replica - current)
             except PlacementError as exc:
-                model.replica = current
+                model.wanted = current
                 self._save(model)
                 self._error(
                     client,
@@ -250,7 +250,7 @@ class ModelManagement(Healing):
                     self._drop_model(model, "its launch failed")
                     return
                 self._remove_replicas(waiter.replica_ids, "load failed", terminate=True)
-                model.replica = len(model.replicas)
+                model.wanted = len(model.replicas)
                 self._save(model)
             elif all(r is not None and r.state == p.ModelState.READY for r in replicas):
                 model.waiters.remove(waiter)
@@ -372,7 +372,7 @@ class ModelManagement(Healing):
             model_type=model.spec.model_type,
             n_ctx=model.spec.n_ctx,
             abilities=model.abilities,
-            replica=model.replica,
+            replica=model.wanted,
             replicas=places,
             created=model.created,
             queued=len(model.queue),

@@ -41,7 +41,7 @@ DEFAULT_MAX_QUEUE = 256
 MAX_BINDINGS = 4096  # worker ids remembered with their keys
 
 # The socket calls of the hot path, without pyzmq's Python layer (see ``_drain``).
-_recv, _send = zmq.backend.Socket.recv, zmq.backend.Socket.send
+_socket_recv, _socket_send = zmq.backend.Socket.recv, zmq.backend.Socket.send
 _MORE = int(zmq.SNDMORE)
 _NOBLOCK_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _READY = p.encode(p.Ready("", "", 0, p.Memory(0, 0), 0))[1]  # READY's command frame
@@ -196,12 +196,12 @@ class Broker(ModelManagement):
         sock = self._sock
         for _ in range(1000):  # bounded, so heartbeats still go out under load
             try:
-                frame = _recv(sock, zmq.NOBLOCK, False)
+                frame = _socket_recv(sock, zmq.NOBLOCK, False)
             except zmq.Again:
                 return
             frames = [frame.bytes]
             while frame.more:
-                frame = _recv(sock, 0, False)
+                frame = _socket_recv(sock, 0, False)
                 frames.append(frame.bytes)
             # With CURVE the peer's public key travels with every frame; only a READY
             # needs it (a worker id is bound to the key that announced it).
@@ -266,10 +266,10 @@ class Broker(ModelManagement):
         sock = self._sock
         try:
             # The first part decides: a peer that is gone or full refuses it.
-            _send(sock, identity, _NOBLOCK_MORE)
+            _socket_send(sock, identity, _NOBLOCK_MORE)
             for frame in frames[:-1]:
-                _send(sock, frame, _MORE)
-            _send(sock, frames[-1], 0)
+                _socket_send(sock, frame, _MORE)
+            _socket_send(sock, frames[-1], 0)
         except zmq.Again:  # its queue is full: it reads too slowly, or not at all
             self._warn.warning(identity.hex(), "full", "dropped a frame for a peer that lags")
             self.dropped += 1

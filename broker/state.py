@@ -29,10 +29,10 @@ class SavedModel(msgspec.Struct, frozen=True):
     """What a launch asked for, as it stands after later scaling."""
 
     spec: p.ModelSpec
-    replica: int
+    wanted: int = msgspec.field(name="replica")  # names as saved by earlier versions
     created: int
     need: int = 0
-    worker: str | None = None
+    pinned_worker: str | None = msgspec.field(default=None, name="worker")
     request_limits: int | None = None
     abilities: list[str] = []
     next_index: int = 0  # replica ids are never used twice, even across restarts

@@ -81,11 +81,11 @@ class Queued(NamedTuple):
 @dataclass
 class Model:
     spec: p.ModelSpec  # what each replica loads
-    replica: int
+    wanted: int  # replicas the user asked for (launch, then scale)
     created: int
     abilities: list[str] = field(default_factory=list)  # known once a replica is ready
     need: int = 0  # estimated bytes per replica
-    worker: str | None = None  # the worker the user named for its replicas
+    pinned_worker: str | None = None  # the worker id the user named for its replicas
     request_limits: int | None = None
     next_index: int = 0
     first_index: int = 0  # ids below it belong to an earlier model of this uid

@@ -139,7 +139,7 @@ def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None
     # meanwhile) and one replica of a model nobody launched.
     rec = Recorder(state)
     model = rec.broker.models["m"]
-    assert (model.replica, model.request_limits, model.need) == (2, 3, GIB)
+    assert (model.wanted, model.request_limits, model.need) == (2, 3, GIB)
     # A request that comes before the workers are back waits for them.
     rec.peer(FACADE, submit("early"))
     assert not rec.take(FACADE)
@@ -304,12 +304,12 @@ def test_a_scale_down_supersedes_a_scale_up_still_loading(rec: Recorder) -> None
     (info,) = rec.take(FACADE)
     assert isinstance(info, p.ModelInfo) and info.replica == 2
     model = rec.broker.models["m"]
-    assert model.replica == 2 and len(model.replicas) == 2 and first in model.replicas
+    assert model.wanted == 2 and len(model.replicas) == 2 and first in model.replicas
     rec.broker.close()
     assert rec.broker.state.path is not None
     again = Recorder(rec.broker.state.path)  # the count kept on disk is the one asked last
     try:
-        assert again.broker.models["m"].replica == 2
+        assert again.broker.models["m"].wanted == 2
     finally:
         again.broker.close()
 
