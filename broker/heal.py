@@ -13,6 +13,7 @@ import logging
 import time
 
 from xb.broker.placement import PlacementError
+from xb.broker.scheduler import Scheduler
 from xb.broker.state import DesiredState, SavedModel
 from xb.broker.table import Model, Replica, WorkerEntry
 from xb.core import protocol as p
@@ -35,6 +36,7 @@ class Healing:
     workers: dict[bytes, WorkerEntry]
     models: dict[str, Model]
     state: DesiredState
+    scheduler: Scheduler
     settle_until: float  # a restarted broker waits this long for its workers to come back
     replacements: int  # replicas placed again after they were lost with their worker
     restarts: int  # failed replicas started again
@@ -108,7 +110,7 @@ class Healing:
                 self.restarts += restarted
                 self.replacements += placed - restarted
                 self._save(model)  # its next replica id
-            elif model.queue:
+            elif self.scheduler.waiting(model.uid):
                 self.dispatch(model)  # nothing comes: what waits ends with a clear error
 
     def _forget_unreported(self) -> None:

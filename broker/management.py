@@ -14,6 +14,7 @@ import msgspec
 from xb.broker.affinity import Affinity
 from xb.broker.heal import Healing, least_useful
 from xb.broker.placement import PlacementError, place
+from xb.broker.scheduler import Scheduler
 from xb.broker.table import InFlight, Model, Queued, Replica, Waiter, WorkerEntry
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
@@ -36,6 +37,7 @@ class ModelManagement(Healing):
     models: dict[str, Model]
     in_flight: dict[str, InFlight]
     affinity: Affinity
+    scheduler: Scheduler
     retries: int  # requests sent again after their replica failed before a token
 
     def _error(self, identity: bytes, request_id: str, code: p.ErrorCode, text: str) -> None:
@@ -267,8 +269,8 @@ class ModelManagement(Healing):
         if not others:
             return False
         self.retries += 1
-        model.queue.appendleft(
-            Queued(flight.client, flight.submit, retried=True, avoid=flight.replica_id)
+        self.scheduler.requeue(
+            model, Queued(flight.client, flight.submit, retried=True, avoid=flight.replica_id)
         )
         return True
 
@@ -331,13 +333,12 @@ class ModelManagement(Healing):
             if worker is not None:
                 worker.reserved = max(worker.reserved - replica.reserved, 0)
                 self._send(worker.identity, p.Terminate(replica.replica_id))
-        ended = [(entry.client, entry.submit) for entry in model.queue]
+        ended = [(entry.client, entry.submit) for entry in self.scheduler.drain(model.uid)]
         ended += [
             (flight.client, flight.submit)
             for flight in self.in_flight.values()
             if flight.submit.model_uid == model.uid
         ]
-        model.queue.clear()
         for client, submit in ended:
             self.in_flight.pop(submit.request_id, None)
             self._error(
@@ -375,7 +376,7 @@ class ModelManagement(Healing):
             replica=model.wanted,
             replicas=places,
             created=model.created,
-            queued=len(model.queue),
+            queued=self.scheduler.waiting(model.uid),
             served=model.served,
             tokens=model.tokens,
             model_size_in_billions=model.spec.model_size_in_billions,

@@ -24,6 +24,7 @@ from xb.broker.affinity import Affinity
 from xb.broker.management import ModelManagement, page_of
 from xb.broker.peers import authenticate
 from xb.broker.routing import LeastLoaded, RoutingPolicy
+from xb.broker.scheduler import FirstComeFirstServed, Scheduler
 from xb.broker.state import DesiredState
 from xb.broker.table import InFlight, Model, Queued, Replica, WorkerEntry
 from xb.core import protocol as p
@@ -35,7 +36,7 @@ from xb.core.transport import configure_router
 
 log = logging.getLogger("xb.broker")
 
-DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_QUEUE = 256  # requests waiting per model
 
 
 MAX_BINDINGS = 4096  # worker ids remembered with their keys
@@ -71,12 +72,12 @@ class Broker(ModelManagement):
         unauthenticated peers (``--insecure``). ``state``: the file that keeps the desired
         state (``state.py``) across restarts; None keeps it in memory."""
         self.interval = heartbeat_interval
-        self.max_queue = max_queue
         self.policy = policy or LeastLoaded()
         self.workers: dict[bytes, WorkerEntry] = {}
         self.models: dict[str, Model] = {}
         self.in_flight: dict[str, InFlight] = {}
         self.affinity = Affinity()
+        self.scheduler: Scheduler = FirstComeFirstServed(self.policy, self.affinity, max_queue)
         self.malformed = 0
         self.handler_errors = 0  # exceptions out of the broker's own handlers: its bugs
         self.dropped = 0  # frames a peer could not be sent
@@ -292,9 +293,8 @@ class Broker(ModelManagement):
                 del self.in_flight[request_id]
                 self._release_slot(flight)
                 self._deliver(flight.worker, p.encode(p.Cancel(request_id)))
+        self.scheduler.withdraw(identity)
         for model in self.models.values():
-            for entry in [e for e in model.queue if e.client == identity]:
-                model.queue.remove(entry)
             model.waiters = [w for w in model.waiters if w.client != identity]
 
     def _release_slot(self, flight: InFlight) -> None:
@@ -563,8 +563,7 @@ class Broker(ModelManagement):
         # Nothing ready and nothing coming: what waits ends. A broker that has just
         # restarted waits for its workers to announce their replicas first.
         if not model.ready() and not model.coming(now) and now >= self.settle_until:
-            while model.queue:
-                entry = model.queue.popleft()
+            for entry in self.scheduler.drain(model.uid):
                 self._error(
                     entry.client,
                     entry.submit.request_id,
@@ -572,16 +571,8 @@ class Broker(ModelManagement):
                     f"model {model.uid!r} has no ready replica",
                 )
             return
-        while model.queue:
-            head = model.queue[0]
-            ready = model.ready()
-            # A retried request goes to another replica than the one it failed on, while
-            # there is one.
-            elsewhere = [r for r in ready if r.replica_id != head.avoid] or ready
-            replica = self.policy.choose(elsewhere, self.affinity.lookup(head.submit.prefix_keys))
-            if replica is None:
-                return
-            client, submit, retried, _ = model.queue.popleft()
+        while (assignment := self.scheduler.next(model)) is not None:
+            (client, submit, retried, _), replica = assignment
             replica.in_flight += 1
             self.in_flight[submit.request_id] = InFlight(
                 client, submit, replica.replica_id, replica.worker, retried=retried
@@ -678,7 +669,9 @@ class Broker(ModelManagement):
             )
             return
         if model.request_limits is not None:
-            busy = len(model.queue) + sum(r.in_flight for r in model.replicas.values())
+            busy = self.scheduler.waiting(model.uid) + sum(
+                r.in_flight for r in model.replicas.values()
+            )
             if busy >= model.request_limits:
                 self._error(
                     client,
@@ -688,15 +681,10 @@ class Broker(ModelManagement):
                     "retry later",
                 )
                 return
-        if len(model.queue) >= self.max_queue:
-            self._error(
-                client,
-                submit.request_id,
-                p.ErrorCode.QUEUE_FULL,
-                f"model {model.uid!r} has {len(model.queue)} requests waiting; retry later",
-            )
+        refusal = self.scheduler.admit(model, Queued(client, submit))
+        if refusal is not None:
+            self._error(client, submit.request_id, p.ErrorCode.QUEUE_FULL, refusal)
             return
-        model.queue.append(Queued(client, submit))
         self.dispatch(model)  # which also refuses it when no replica is ready or loading
 
     def _cancel(self, client: bytes, message: p.Cancel) -> None:
@@ -705,8 +693,6 @@ class Broker(ModelManagement):
         if flight is not None:
             self._send(flight.worker, message)
             return
-        for model in self.models.values():
-            for entry in list(model.queue):
-                if entry.submit.request_id == request_id:
-                    model.queue.remove(entry)
-                    self._error(entry.client, request_id, p.ErrorCode.CANCELLED, "cancelled")
+        entry = self.scheduler.cancel(request_id)
+        if entry is not None:
+            self._error(entry.client, request_id, p.ErrorCode.CANCELLED, "cancelled")

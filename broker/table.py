@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -92,7 +91,6 @@ class Model:
     served: int = 0
     tokens: int = 0
     replicas: dict[str, Replica] = field(default_factory=dict)
-    queue: deque[Queued] = field(default_factory=deque)
     waiters: list[Waiter] = field(default_factory=list)
     # Self-healing (heal.py): whether a replica was ever ready (a first launch that fails
     # is the user's to fix, not retried), replicas that failed in a row, and when to try
