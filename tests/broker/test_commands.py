@@ -7,8 +7,7 @@ slot), and facade ``FACADE``; request ``busy`` is running on ``m-0``, ``queued``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -27,8 +26,8 @@ def submit(rid: str, uid: str = "m", kind: p.Kind = "chat") -> p.Submit:
 
 
 @pytest.fixture
-def rec(tmp_path: Path) -> Iterator[Recorder]:
-    recorder = Recorder(tmp_path / "broker.db")
+def cluster(rec: Recorder) -> Recorder:
+    recorder = rec
     recorder.join("w")
     recorder.launch()
     abilities = ["chat", "generate"]
@@ -37,8 +36,7 @@ def rec(tmp_path: Path) -> Iterator[Recorder]:
     recorder.peer(FACADE, submit("busy"))
     recorder.peer(FACADE, submit("queued"))
     recorder.take()
-    yield recorder
-    recorder.broker.close()
+    return recorder
 
 
 def sent(rec: Recorder) -> list[tuple[bytes, str, str]]:
@@ -110,12 +108,12 @@ ROWS: list[Row] = [
 @pytest.mark.parametrize(("peer", "message", "expected"), [r[1:] for r in ROWS],
                          ids=[r[0] for r in ROWS])  # fmt: skip
 def test_a_command_and_its_answer(
-    rec: Recorder, peer: bytes, message: p.Message, expected: list[tuple[bytes, str, str]]
+    cluster: Recorder, peer: bytes, message: p.Message, expected: list[tuple[bytes, str, str]]
 ) -> None:
-    before = rec.broker.stats()
-    rec.peer(peer, message)
-    assert sent(rec) == expected
-    assert rec.broker.stats().handler_errors == before.handler_errors == 0
+    before = cluster.broker.stats()
+    cluster.peer(peer, message)
+    assert sent(cluster) == expected
+    assert cluster.broker.stats().handler_errors == before.handler_errors == 0
 
 
 CHECKS: dict[str, Callable[[Recorder], bool]] = {
@@ -128,7 +126,7 @@ CHECKS: dict[str, Callable[[Recorder], bool]] = {
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
-def test_a_command_changes_the_state(rec: Recorder, name: str) -> None:
+def test_a_command_changes_the_state(cluster: Recorder, name: str) -> None:
     (_, peer, message, _) = next(r for r in ROWS if r[0] == name)
-    rec.peer(peer, message)
-    assert CHECKS[name](rec)
+    cluster.peer(peer, message)
+    assert CHECKS[name](cluster)

@@ -4,22 +4,12 @@ goes on serving."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.broker.recorder import FACADE, Recorder
 from xb.core import protocol as p
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def rec(tmp_path: Path) -> Iterator[Recorder]:
-    recorder = Recorder(tmp_path / "broker.db")
-    yield recorder
-    recorder.broker.close()
 
 
 def test_a_handler_bug_is_counted_apart_and_answered(

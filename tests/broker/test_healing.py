@@ -4,7 +4,6 @@ peers send; what the broker sends is recorded instead of going out on its socket
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def rec(tmp_path: Path) -> Iterator[Recorder]:
-    recorder = Recorder(tmp_path / "broker.db")
-    yield recorder
-    recorder.broker.close()
 
 
 def submit(rid: str, uid: str = "m") -> p.Submit:
