@@ -181,15 +181,21 @@ class ScaleModel(Struct, frozen=True):
     replica: int
 
 
+class PageCall(Struct, frozen=True):
+    """A call for one page of a list reply: at most ``PAGE_SIZE`` entries from ``offset``."""
+
+    request_id: str
+    offset: int = 0
+    limit: int = PAGE_SIZE
+
+
 class TerminateModel(Struct, frozen=True):
     request_id: str
     model_uid: str
 
 
-class ListModels(Struct, frozen=True):
-    request_id: str
-    offset: int = 0
-    limit: int = PAGE_SIZE  # at most PAGE_SIZE
+class ListModels(PageCall, frozen=True):
+    """The running models, one page."""
 
 
 class DescribeModel(Struct, frozen=True):
@@ -197,10 +203,8 @@ class DescribeModel(Struct, frozen=True):
     model_uid: str
 
 
-class ClusterInfo(Struct, frozen=True):
-    request_id: str
-    offset: int = 0
-    limit: int = PAGE_SIZE  # at most PAGE_SIZE
+class ClusterInfo(PageCall, frozen=True):
+    """The workers, one page."""
 
 
 class Ping(Struct, frozen=True):
@@ -297,10 +301,8 @@ class UnregisterFamily(Struct, frozen=True):
     model_name: str
 
 
-class ListFamilies(Struct, frozen=True):
-    request_id: str
-    offset: int = 0
-    limit: int = PAGE_SIZE
+class ListFamilies(PageCall, frozen=True):
+    """The registered model families, one page."""
 
 
 class Families(Struct, frozen=True):
