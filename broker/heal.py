@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import time
 
+from xb.broker.cluster import Cluster
 from xb.broker.placement import PlacementError
-from xb.broker.scheduler import Scheduler
 from xb.broker.state import DesiredState, SavedModel
-from xb.broker.table import Model, Replica, WorkerEntry
+from xb.broker.table import Model, Replica
 from xb.core import protocol as p
 from xb.core.throttle import Throttle
 
@@ -33,10 +33,8 @@ def backoff(failures: int) -> float:
 
 
 class Healing:
-    workers: dict[bytes, WorkerEntry]
-    models: dict[str, Model]
+    cluster: Cluster
     state: DesiredState
-    scheduler: Scheduler
     settle_until: float  # a restarted broker waits this long for its workers to come back
     replacements: int  # replicas placed again after they were lost with their worker
     restarts: int  # failed replicas started again
@@ -70,9 +68,9 @@ class Healing:
         back as workers announce them, or are placed after ``settle_until``."""
         for saved in self.state.models():
             model = Model(**{name: getattr(saved, name) for name in self._SAVED})
-            self.models[model.uid] = model
-        if self.models:
-            log.info("restored %d models from %s", len(self.models), self.state.path)
+            self.cluster.models[model.uid] = model
+        if self.cluster.models:
+            log.info("restored %d models from %s", len(self.cluster.models), self.state.path)
 
     # ---- reconciling ------------------------------------------------------------------
 
@@ -81,8 +79,8 @@ class Healing:
         if now < self.settle_until:
             return
         self._forget_unreported()
-        for model in list(self.models.values()):
-            if self.models.get(model.uid) is not model:
+        for model in list(self.cluster.models.values()):
+            if self.cluster.models.get(model.uid) is not model:
                 continue  # dropped while an earlier model was being placed
             if model.failures and now - model.last_failure > STABLE_AFTER and model.ready():
                 model.failures = 0
@@ -110,7 +108,7 @@ class Healing:
                 self.restarts += restarted
                 self.replacements += placed - restarted
                 self._save(model)  # its next replica id
-            elif self.scheduler.waiting(model.uid):
+            elif self.cluster.scheduler.waiting(model.uid):
                 self.dispatch(model)  # nothing comes: what waits ends with a clear error
 
     def _forget_unreported(self) -> None:
@@ -118,10 +116,10 @@ class Healing:
         received, a process it lost track of) are lost, and placed again."""
         hosted: dict[bytes, set[str]] = {}
         missing: dict[bytes, set[str]] = {}
-        for model in self.models.values():
+        for model in self.cluster.models.values():
             for rid, replica in model.replicas.items():
                 hosted.setdefault(replica.worker, set()).add(rid)
-                worker = self.workers.get(replica.worker)
+                worker = self.cluster.workers.get(replica.worker)
                 if worker is None or worker.reported is None or rid in worker.reported:
                     continue
                 if worker.reported_at - replica.since > UNREPORTED_GRACE:

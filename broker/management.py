@@ -11,10 +11,9 @@ from typing import TypeVar
 
 import msgspec
 
-from xb.broker.affinity import Affinity
+from xb.broker.cluster import Cluster
 from xb.broker.heal import Healing, least_useful
 from xb.broker.placement import PlacementError, place
-from xb.broker.scheduler import Scheduler
 from xb.broker.table import InFlight, Model, Queued, Replica, Waiter, WorkerEntry
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
@@ -33,18 +32,14 @@ def page_of(items: list[T], offset: int, limit: int) -> list[T]:
 
 
 class ModelManagement(Healing):
-    workers: dict[bytes, WorkerEntry]
-    models: dict[str, Model]
-    in_flight: dict[str, InFlight]
-    affinity: Affinity
-    scheduler: Scheduler
+    cluster: Cluster
     retries: int  # requests sent again after their replica failed before a token
 
     def _error(self, identity: bytes, request_id: str, code: p.ErrorCode, text: str) -> None:
         self._send(identity, p.Error(request_id, code, text))
 
     def _unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
-        known = ", ".join(sorted(self.models)) or "none"
+        known = ", ".join(sorted(self.cluster.models)) or "none"
         self._error(
             client,
             request_id,
@@ -87,7 +82,7 @@ class ModelManagement(Healing):
                 client, rid, p.ErrorCode.LAUNCH_REFUSED, f"cannot launch {spec.model_uid!r}: {exc}"
             )
             return
-        self.models[model.uid] = model
+        self.cluster.models[model.uid] = model
         self._save(model)
         if launch.wait_ready:
             model.waiters.append(Waiter(client, rid, added, initial=True))
@@ -97,7 +92,7 @@ class ModelManagement(Healing):
     def _launch_refusal(
         self, spec: p.ModelSpec, launch: p.LaunchModel
     ) -> tuple[p.ErrorCode, str] | None:
-        if spec.model_uid in self.models:
+        if spec.model_uid in self.cluster.models:
             return (
                 p.ErrorCode.DUPLICATE_MODEL,
                 f"model uid {spec.model_uid!r} is already running; pick another uid or "
@@ -105,10 +100,10 @@ class ModelManagement(Healing):
             )
         if not 1 <= launch.replica <= p.MAX_REPLICAS:
             return p.ErrorCode.INVALID_REQUEST, f"replica must be 1 to {p.MAX_REPLICAS}"
-        if len(self.models) >= p.MAX_MODELS:
+        if len(self.cluster.models) >= p.MAX_MODELS:
             return (
                 p.ErrorCode.LAUNCH_REFUSED,
-                f"{len(self.models)} models run already, the most one broker serves; "
+                f"{len(self.cluster.models)} models run already, the most one broker serves; "
                 "terminate one first",
             )
         if spec.model_type not in ("LLM", "embedding"):
@@ -123,7 +118,7 @@ class ModelManagement(Healing):
                 "worker, or launch a registered family",
             )
         if launch.worker and not self._candidates(launch.worker):
-            known = ", ".join(w.worker_id for w in self.workers.values()) or "none"
+            known = ", ".join(w.worker_id for w in self.cluster.workers.values()) or "none"
             return (
                 p.ErrorCode.UNKNOWN_WORKER,
                 f"no worker named {launch.worker!r} (connected: {known})",
@@ -131,7 +126,7 @@ class ModelManagement(Healing):
         return None
 
     def _candidates(self, named: str | None) -> list[WorkerEntry]:
-        workers = list(self.workers.values())
+        workers = list(self.cluster.workers.values())
         if named:
             workers = [w for w in workers if named in (w.worker_id, w.host)]
         return workers
@@ -164,7 +159,7 @@ class ModelManagement(Healing):
         return added
 
     def _scale(self, client: bytes, message: p.ScaleModel) -> None:
-        model = self.models.get(message.model_uid)
+        model = self.cluster.models.get(message.model_uid)
         if model is None:
             self._unknown_model(client, message.request_id, message.model_uid)
             return
@@ -210,10 +205,10 @@ class ModelManagement(Healing):
         self._send(client, self._model_info(model, message.request_id))
 
     def _fresh_uid(self, name: str) -> str:
-        if name not in self.models:
+        if name not in self.cluster.models:
             return name
         n = 1
-        while f"{name}-{n}" in self.models:
+        while f"{name}-{n}" in self.cluster.models:
             n += 1
         return f"{name}-{n}"
 
@@ -269,7 +264,7 @@ class ModelManagement(Healing):
         if not others:
             return False
         self.retries += 1
-        self.scheduler.requeue(
+        self.cluster.scheduler.requeue(
             model, Queued(flight.client, flight.submit, retried=True, avoid=flight.replica_id)
         )
         return True
@@ -280,22 +275,25 @@ class ModelManagement(Healing):
         Their requests that have sent no token yet go back to the queue; the others end.
         """
         touched: list[Model] = []
-        for model in self.models.values():
+        for model in self.cluster.models.values():
             gone = [model.replicas.pop(rid) for rid in list(model.replicas) if rid in doomed]
             for replica in gone:
-                worker = self.workers.get(replica.worker)
+                worker = self.cluster.workers.get(replica.worker)
                 if worker is not None:
                     worker.reserved = max(worker.reserved - replica.reserved, 0)
                     if terminate:
                         self._send(worker.identity, p.Terminate(replica.replica_id))
             if gone:
                 touched.append(model)
-        self.affinity.forget(doomed)
-        for request_id, flight in list(self.in_flight.items()):
-            if flight.replica_id not in doomed or self.in_flight.get(request_id) is not flight:
+        self.cluster.affinity.forget(doomed)
+        for request_id, flight in list(self.cluster.in_flight.items()):
+            if (
+                flight.replica_id not in doomed
+                or self.cluster.in_flight.get(request_id) is not flight
+            ):
                 continue  # another replica's, or ended meanwhile (its client went away)
-            del self.in_flight[request_id]
-            owner = self.models.get(flight.submit.model_uid)
+            del self.cluster.in_flight[request_id]
+            owner = self.cluster.models.get(flight.submit.model_uid)
             if not self._retry(flight, owner):
                 self._error(
                     flight.client,
@@ -305,11 +303,11 @@ class ModelManagement(Healing):
                 )
         for model in touched:
             self._check_waiters(model)
-            if model.uid in self.models:
+            if model.uid in self.cluster.models:
                 self.dispatch(model)
 
     def _terminate(self, client: bytes, message: p.TerminateModel) -> None:
-        model = self.models.get(message.model_uid)
+        model = self.cluster.models.get(message.model_uid)
         if model is None:
             self._unknown_model(client, message.request_id, message.model_uid)
             return
@@ -318,7 +316,7 @@ class ModelManagement(Healing):
 
     def _drop_model(self, model: Model, reason: str) -> None:
         """Terminate every replica of ``model`` and end its requests and waiters."""
-        self.models.pop(model.uid, None)
+        self.cluster.models.pop(model.uid, None)
         self.state.forget(model.uid, model.next_index)
         for waiter in model.waiters:
             self._error(
@@ -329,18 +327,18 @@ class ModelManagement(Healing):
             )
         model.waiters.clear()
         for replica in model.replicas.values():
-            worker = self.workers.get(replica.worker)
+            worker = self.cluster.workers.get(replica.worker)
             if worker is not None:
                 worker.reserved = max(worker.reserved - replica.reserved, 0)
                 self._send(worker.identity, p.Terminate(replica.replica_id))
-        ended = [(entry.client, entry.submit) for entry in self.scheduler.drain(model.uid)]
+        ended = [(entry.client, entry.submit) for entry in self.cluster.scheduler.drain(model.uid)]
         ended += [
             (flight.client, flight.submit)
-            for flight in self.in_flight.values()
+            for flight in self.cluster.in_flight.values()
             if flight.submit.model_uid == model.uid
         ]
         for client, submit in ended:
-            self.in_flight.pop(submit.request_id, None)
+            self.cluster.in_flight.pop(submit.request_id, None)
             self._error(
                 client,
                 submit.request_id,
@@ -353,7 +351,7 @@ class ModelManagement(Healing):
     def _model_info(self, model: Model, request_id: str) -> p.ModelInfo:
         places = []
         for replica in model.replicas.values():
-            worker = self.workers.get(replica.worker)
+            worker = self.cluster.workers.get(replica.worker)
             places.append(
                 p.ReplicaPlace(
                     replica_id=replica.replica_id,
@@ -376,7 +374,7 @@ class ModelManagement(Healing):
             replica=model.wanted,
             replicas=places,
             created=model.created,
-            queued=self.scheduler.waiting(model.uid),
+            queued=self.cluster.scheduler.waiting(model.uid),
             served=model.served,
             tokens=model.tokens,
             model_size_in_billions=model.spec.model_size_in_billions,
@@ -387,7 +385,7 @@ class ModelManagement(Healing):
     def _cluster(self, request_id: str, offset: int = 0, limit: int = p.PAGE_SIZE) -> p.Cluster:
         now = time.monotonic()
         infos = []
-        for worker in page_of(list(self.workers.values()), offset, limit):
+        for worker in page_of(list(self.cluster.workers.values()), offset, limit):
             statuses = [
                 p.ReplicaStatus(
                     r.replica_id,
@@ -400,9 +398,9 @@ class ModelManagement(Healing):
                     slots=r.slots,
                     cached_tokens=r.cached_tokens,
                 )
-                for m in self.models.values()
+                for m in self.cluster.models.values()
                 for r in m.replicas.values()
                 if r.worker == worker.identity
             ]
             infos.append(worker.info(now, statuses))
-        return p.Cluster(request_id, infos, len(self.workers))
+        return p.Cluster(request_id, infos, len(self.cluster.workers))

@@ -21,10 +21,11 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from xb.broker.affinity import Affinity
+from xb.broker.cluster import Cluster
 from xb.broker.management import ModelManagement, page_of
 from xb.broker.peers import authenticate
 from xb.broker.routing import LeastLoaded, RoutingPolicy
-from xb.broker.scheduler import FirstComeFirstServed, Scheduler
+from xb.broker.scheduler import FirstComeFirstServed
 from xb.broker.state import DesiredState
 from xb.broker.table import InFlight, Model, Queued, Replica, WorkerEntry
 from xb.core import protocol as p
@@ -73,11 +74,8 @@ class Broker(ModelManagement):
         state (``state.py``) across restarts; None keeps it in memory."""
         self.interval = heartbeat_interval
         self.policy = policy or LeastLoaded()
-        self.workers: dict[bytes, WorkerEntry] = {}
-        self.models: dict[str, Model] = {}
-        self.in_flight: dict[str, InFlight] = {}
-        self.affinity = Affinity()
-        self.scheduler: Scheduler = FirstComeFirstServed(self.policy, self.affinity, max_queue)
+        affinity = Affinity()
+        self.cluster = Cluster(FirstComeFirstServed(self.policy, affinity, max_queue), affinity)
         self.malformed = 0
         self.handler_errors = 0  # exceptions out of the broker's own handlers: its bugs
         self.dropped = 0  # frames a peer could not be sent
@@ -105,7 +103,9 @@ class Broker(ModelManagement):
         # Restored models wait for their workers to announce what still runs before the
         # missing replicas are placed again.
         self.settle_until = (
-            time.monotonic() + heartbeat_interval * HEARTBEAT_LIVENESS if self.models else 0.0
+            time.monotonic() + heartbeat_interval * HEARTBEAT_LIVENESS
+            if self.cluster.models
+            else 0.0
         )
         self._stop = threading.Event()
         self._ctx = zmq.Context()
@@ -239,7 +239,7 @@ class Broker(ModelManagement):
         try:
             if isinstance(message, p.Ready):
                 self._register(identity, message, key)
-            elif identity in self.workers:
+            elif identity in self.cluster.workers:
                 self.process_worker(identity, message, body)
             else:
                 self.process_client(identity, message)
@@ -255,7 +255,7 @@ class Broker(ModelManagement):
                 identity,
             )
             request_id = getattr(message, "request_id", None)
-            if identity not in self.workers and request_id:
+            if identity not in self.cluster.workers and request_id:
                 # Nobody may wait for an answer that will never come.
                 self._error(identity, request_id, p.ErrorCode.INTERNAL, f"broker error: {exc}")
 
@@ -285,20 +285,20 @@ class Broker(ModelManagement):
 
     def _peer_gone(self, identity: bytes) -> None:
         """A peer's connection is closed: a worker's requests fail over, a facade's stop."""
-        if identity in self.workers:
+        if identity in self.cluster.workers:
             self._remove_worker(identity, "its connection closed")
             return
-        for request_id, flight in list(self.in_flight.items()):
-            if flight.client == identity and self.in_flight.get(request_id) is flight:
-                del self.in_flight[request_id]
+        for request_id, flight in list(self.cluster.in_flight.items()):
+            if flight.client == identity and self.cluster.in_flight.get(request_id) is flight:
+                del self.cluster.in_flight[request_id]
                 self._release_slot(flight)
                 self._deliver(flight.worker, p.encode(p.Cancel(request_id)))
-        self.scheduler.withdraw(identity)
-        for model in self.models.values():
+        self.cluster.scheduler.withdraw(identity)
+        for model in self.cluster.models.values():
             model.waiters = [w for w in model.waiters if w.client != identity]
 
     def _release_slot(self, flight: InFlight) -> None:
-        model = self.models.get(flight.submit.model_uid)
+        model = self.cluster.models.get(flight.submit.model_uid)
         replica = model.replicas.get(flight.replica_id) if model else None
         if replica is not None:
             replica.in_flight = max(replica.in_flight - 1, 0)
@@ -306,7 +306,7 @@ class Broker(ModelManagement):
     # ---- workers ----------------------------------------------------------------------
 
     def process_worker(self, identity: bytes, message: p.Message, frames: list[bytes]) -> None:
-        worker = self.workers[identity]
+        worker = self.cluster.workers[identity]
         worker.last_seen = time.monotonic()
         handler = self._from_workers.get(type(message))
         if handler is not None:
@@ -322,7 +322,7 @@ class Broker(ModelManagement):
         )
 
     def _partial(self, worker: WorkerEntry, message: p.Partial, frames: list[bytes]) -> None:
-        flight = self.in_flight.get(message.request_id)
+        flight = self.cluster.in_flight.get(message.request_id)
         if flight is not None and flight.worker == worker.identity:
             flight.started = True
             self._deliver(flight.client, frames)
@@ -361,7 +361,7 @@ class Broker(ModelManagement):
         old = self._by_id.get(ready.worker_id)
         if old is not None and old != identity:
             self._move_worker(old, identity)  # the same worker on a new connection
-        known = self.workers.get(identity)
+        known = self.cluster.workers.get(identity)
         if known is not None and known.pid != ready.pid:
             self._remove_worker(identity, "worker restarted")
         elif known is not None:
@@ -373,7 +373,7 @@ class Broker(ModelManagement):
                 self._apply_status(known, status, adopt=True)
             return
         self._by_id[ready.worker_id] = identity
-        self.workers[identity] = WorkerEntry(
+        self.cluster.workers[identity] = WorkerEntry(
             identity=identity,
             worker_id=ready.worker_id,
             host=ready.host,
@@ -386,7 +386,7 @@ class Broker(ModelManagement):
             "worker %s joined (%s, %d replicas)", ready.worker_id, ready.host, len(ready.replicas)
         )
         for status in ready.replicas:
-            self._apply_status(self.workers[identity], status, adopt=True)
+            self._apply_status(self.cluster.workers[identity], status, adopt=True)
 
     def _bind(self, worker_id: str, key: str) -> None:
         if worker_id not in self.bindings:
@@ -403,23 +403,23 @@ class Broker(ModelManagement):
 
     def _move_worker(self, old: bytes, new: bytes) -> None:
         """A known worker came back on a new connection: what it ran is still its own."""
-        worker = self.workers.pop(old, None)
+        worker = self.cluster.workers.pop(old, None)
         if worker is None:
             return
         worker.identity = new
-        self.workers[new] = worker
+        self.cluster.workers[new] = worker
         self._by_id[worker.worker_id] = new
-        for model in self.models.values():
+        for model in self.cluster.models.values():
             for replica in model.replicas.values():
                 if replica.worker == old:
                     replica.worker = new
-        for flight in self.in_flight.values():
+        for flight in self.cluster.in_flight.values():
             if flight.worker == old:
                 flight.worker = new
         log.info("worker %s reconnected", worker.worker_id)
 
     def _apply_status(self, worker: WorkerEntry, status: p.ReplicaStatus, *, adopt: bool) -> None:
-        model = self.models.get(status.model_uid)
+        model = self.cluster.models.get(status.model_uid)
         if model is None:
             # Nobody launched it (or it was terminated while the worker was away): the
             # desired state decides what runs, so it stops.
@@ -477,18 +477,22 @@ class Broker(ModelManagement):
         # failed replica is healed.
         waited_on = any(replica.replica_id in w.replica_ids for w in model.waiters)
         self._check_waiters(model)
-        if status.state == p.ModelState.FAILED and not waited_on and model.uid in self.models:
+        if (
+            status.state == p.ModelState.FAILED
+            and not waited_on
+            and model.uid in self.cluster.models
+        ):
             self._replica_failed(model, replica)
-        if model.uid in self.models:
+        if model.uid in self.cluster.models:
             self._trim(model)
             self.dispatch(model)
 
     def _finish(self, worker: WorkerEntry, message: p.Final | p.Error, frames: list[bytes]) -> None:
-        flight = self.in_flight.get(message.request_id)
+        flight = self.cluster.in_flight.get(message.request_id)
         if flight is None or flight.worker != worker.identity:
             return  # a cancelled, terminated or retried-elsewhere request's last frame
-        del self.in_flight[message.request_id]
-        model = self.models.get(flight.submit.model_uid)
+        del self.cluster.in_flight[message.request_id]
+        model = self.cluster.models.get(flight.submit.model_uid)
         replica = model.replicas.get(flight.replica_id) if model else None
         if replica is not None:
             replica.in_flight = max(replica.in_flight - 1, 0)
@@ -508,7 +512,7 @@ class Broker(ModelManagement):
             worker.served += 1
             model.served += 1
             model.tokens += message.usage.completion_tokens
-            self.affinity.remember(flight.submit.conversation, flight.replica_id)
+            self.cluster.affinity.remember(flight.submit.conversation, flight.replica_id)
         self.dispatch(model)
 
     def stats(self) -> p.BrokerStats:
@@ -518,21 +522,21 @@ class Broker(ModelManagement):
 
     def send_heartbeats(self) -> None:
         heartbeat = p.encode(p.Heartbeat())
-        for identity in list(self.workers):
+        for identity in list(self.cluster.workers):
             self._deliver(identity, heartbeat)
         self._bury()
 
     def purge_workers(self, now: float) -> None:
         """Remove workers that missed ``HEARTBEAT_LIVENESS`` intervals."""
         deadline = self.interval * HEARTBEAT_LIVENESS
-        for identity, worker in list(self.workers.items()):
+        for identity, worker in list(self.cluster.workers.items()):
             if now - worker.last_seen > deadline:
                 self._remove_worker(
                     identity, f"worker {worker.worker_id} missed heartbeats for {deadline:.1f} s"
                 )
 
     def _remove_worker(self, identity: bytes, reason: str) -> None:
-        worker = self.workers.pop(identity, None)
+        worker = self.cluster.workers.pop(identity, None)
         if worker is None:
             return  # already gone: a send to it failed while it was being removed
         if self._by_id.get(worker.worker_id) == identity:
@@ -544,13 +548,13 @@ class Broker(ModelManagement):
         """Drop the replicas on worker ``identity`` not in ``keep``, and end their requests."""
         lost = {
             rid
-            for model in self.models.values()
+            for model in self.cluster.models.values()
             for rid, replica in model.replicas.items()
             if replica.worker == identity and rid not in keep
         }
         reason = reason or "it no longer hosts the replica"
         now = time.monotonic()
-        for model in self.models.values():
+        for model in self.cluster.models.values():
             if any(rid in model.replicas for rid in lost):
                 model.retry_at = max(model.retry_at, now)  # placed again at the next reconcile
         self._remove_replicas(lost, f"the worker was lost: {reason}", terminate=False)
@@ -563,7 +567,7 @@ class Broker(ModelManagement):
         # Nothing ready and nothing coming: what waits ends. A broker that has just
         # restarted waits for its workers to announce their replicas first.
         if not model.ready() and not model.coming(now) and now >= self.settle_until:
-            for entry in self.scheduler.drain(model.uid):
+            for entry in self.cluster.scheduler.drain(model.uid):
                 self._error(
                     entry.client,
                     entry.submit.request_id,
@@ -571,10 +575,10 @@ class Broker(ModelManagement):
                     f"model {model.uid!r} has no ready replica",
                 )
             return
-        while (assignment := self.scheduler.next(model)) is not None:
+        while (assignment := self.cluster.scheduler.next(model)) is not None:
             (client, submit, retried, _), replica = assignment
             replica.in_flight += 1
-            self.in_flight[submit.request_id] = InFlight(
+            self.cluster.in_flight[submit.request_id] = InFlight(
                 client, submit, replica.replica_id, replica.worker, retried=retried
             )
             request = p.Request(submit.request_id, replica.replica_id, submit.kind, submit.params)
@@ -582,7 +586,7 @@ class Broker(ModelManagement):
                 # The worker is gone or too far behind to take more: this request must
                 # not hold the slot. It goes elsewhere once, as any that failed before
                 # its first token.
-                flight = self.in_flight.pop(submit.request_id)
+                flight = self.cluster.in_flight.pop(submit.request_id)
                 self._release_slot(flight)
                 if not self._retry(flight, model):
                     self._error(
@@ -609,12 +613,12 @@ class Broker(ModelManagement):
         )
 
     def _list_models(self, client: bytes, message: p.ListModels) -> None:
-        page = page_of(list(self.models.values()), message.offset, message.limit)
+        page = page_of(list(self.cluster.models.values()), message.offset, message.limit)
         infos = [self._model_info(m, message.request_id) for m in page]
-        self._send(client, p.ModelList(message.request_id, infos, len(self.models)))
+        self._send(client, p.ModelList(message.request_id, infos, len(self.cluster.models)))
 
     def _describe_model(self, client: bytes, message: p.DescribeModel) -> None:
-        model = self.models.get(message.model_uid)
+        model = self.cluster.models.get(message.model_uid)
         if model is None:
             self._unknown_model(client, message.request_id, message.model_uid)
         else:
@@ -655,7 +659,7 @@ class Broker(ModelManagement):
         self._send(client, p.Ack(message.request_id))
 
     def _submit(self, client: bytes, submit: p.Submit) -> None:
-        model = self.models.get(submit.model_uid)
+        model = self.cluster.models.get(submit.model_uid)
         if model is None:
             self._unknown_model(client, submit.request_id, submit.model_uid)
             return
@@ -669,7 +673,7 @@ class Broker(ModelManagement):
             )
             return
         if model.request_limits is not None:
-            busy = self.scheduler.waiting(model.uid) + sum(
+            busy = self.cluster.scheduler.waiting(model.uid) + sum(
                 r.in_flight for r in model.replicas.values()
             )
             if busy >= model.request_limits:
@@ -681,7 +685,7 @@ class Broker(ModelManagement):
                     "retry later",
                 )
                 return
-        refusal = self.scheduler.admit(model, Queued(client, submit))
+        refusal = self.cluster.scheduler.admit(model, Queued(client, submit))
         if refusal is not None:
             self._error(client, submit.request_id, p.ErrorCode.QUEUE_FULL, refusal)
             return
@@ -689,10 +693,10 @@ class Broker(ModelManagement):
 
     def _cancel(self, client: bytes, message: p.Cancel) -> None:
         request_id = message.request_id
-        flight = self.in_flight.get(request_id)
+        flight = self.cluster.in_flight.get(request_id)
         if flight is not None:
             self._send(flight.worker, message)
             return
-        entry = self.scheduler.cancel(request_id)
+        entry = self.cluster.scheduler.cancel(request_id)
         if entry is not None:
             self._error(entry.client, request_id, p.ErrorCode.CANCELLED, "cancelled")

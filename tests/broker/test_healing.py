@@ -54,7 +54,7 @@ def test_a_replica_lost_with_its_worker_is_placed_again(rec: Recorder) -> None:
     rec.join(first.decode(), [status])
     stopped = [(w, m.replica_id) for w, m in rec.sent if isinstance(m, p.Terminate)]
     assert len(stopped) == 1
-    model = rec.broker.models["m"]
+    model = rec.broker.cluster.models["m"]
     assert len(model.replicas) == 2 and stopped[0][1] not in model.replicas
 
 
@@ -64,7 +64,7 @@ def test_a_failed_replica_starts_again_with_backoff_then_is_given_up(rec: Record
     ((_, rid),) = rec.launches()
     rec.ready(w, rid)
     rec.take()
-    model = rec.broker.models["m"]
+    model = rec.broker.cluster.models["m"]
     waits = []
     for attempt in range(1, MAX_RESTARTS + 1):
         rec.fail(w, rid)
@@ -130,7 +130,7 @@ def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None
     # The broker restarts. Its worker still runs one of the replicas (the other was lost
     # meanwhile) and one replica of a model nobody launched.
     rec = Recorder(state)
-    model = rec.broker.models["m"]
+    model = rec.broker.cluster.models["m"]
     assert (model.wanted, model.request_limits, model.need) == (2, 3, GIB)
     # A request that comes before the workers are back waits for them.
     rec.peer(FACADE, submit("early"))
@@ -142,7 +142,7 @@ def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None
     assert [(type(m), getattr(m, "replica_id", "")) for m in rec.take(w)] == [(p.Terminate, "x-0")]
     rec.peer(w, p.Final("early", "stop", p.Usage(1, 1, 2)))
     assert [type(m) for m in rec.take(FACADE)] == [p.Final]
-    assert list(model.replicas) == ["m-0"] and "x" not in rec.broker.models
+    assert list(model.replicas) == ["m-0"] and "x" not in rec.broker.cluster.models
     # Missing replicas wait for workers to come back first ...
     rec.broker.reconcile(time.monotonic())
     assert not rec.launches()
@@ -159,7 +159,7 @@ def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None
     rec.peer(FACADE, p.TerminateModel("t", "m"))
     rec.broker.close()
     rec = Recorder(state)
-    assert not rec.broker.models
+    assert not rec.broker.cluster.models
     rec.broker.close()
 
 
@@ -193,8 +193,8 @@ def test_a_request_a_worker_cannot_take_ends_and_frees_its_slot(rec: Recorder) -
     rec.peer(FACADE, submit("r"))
     (error,) = rec.take(FACADE)
     assert isinstance(error, p.Error) and error.code == p.ErrorCode.WORKER_LOST
-    replica = rec.broker.models["m"].replicas[rid]
-    assert replica.in_flight == 0 and "r" not in rec.broker.in_flight
+    replica = rec.broker.cluster.models["m"].replicas[rid]
+    assert replica.in_flight == 0 and "r" not in rec.broker.cluster.in_flight
     rec.full.clear()
     rec.peer(FACADE, submit("r2"))
     assert [m.request_id for _, m in rec.requests()] == ["r2"]
@@ -212,13 +212,13 @@ def test_a_request_sent_to_a_worker_whose_connection_just_closed_goes_elsewhere(
     # Each request the broker tries on a goes to b instead; a is dropped afterwards.
     for i in range(2):
         rec.peer(FACADE, submit(f"r{i}"))
-        if a not in rec.broker.workers:
+        if a not in rec.broker.cluster.workers:
             break
-    assert a not in rec.broker.workers and not rec.take(FACADE)
+    assert a not in rec.broker.cluster.workers and not rec.take(FACADE)
     assert {m.request_id for _, m in rec.requests()} <= {"r0", "r1"}
-    assert all(f.worker == b for f in rec.broker.in_flight.values())
-    replica = next(iter(rec.broker.models["m"].replicas.values()))
-    assert replica.in_flight == len(rec.broker.in_flight)
+    assert all(f.worker == b for f in rec.broker.cluster.in_flight.values())
+    replica = next(iter(rec.broker.cluster.models["m"].replicas.values()))
+    assert replica.in_flight == len(rec.broker.cluster.in_flight)
 
 
 def test_a_launch_onto_a_worker_whose_connection_just_closed_is_placed_again(
@@ -228,7 +228,7 @@ def test_a_launch_onto_a_worker_whose_connection_just_closed_is_placed_again(
     rec.closed.add(a)
     rec.launch()
     # The worker is gone once the launch is handled; its replica with it.
-    assert a not in rec.broker.workers and not rec.broker.models["m"].replicas
+    assert a not in rec.broker.cluster.workers and not rec.broker.cluster.models["m"].replicas
     b = rec.join("b")
     rec.take()
     rec.broker.reconcile(later(0))
@@ -241,11 +241,11 @@ def test_a_replica_its_worker_stops_reporting_is_placed_again(rec: Recorder) -> 
     ((_, rid),) = rec.launches()
     rec.ready(w, rid)
     rec.take()
-    replica = rec.broker.models["m"].replicas[rid]
+    replica = rec.broker.cluster.models["m"].replicas[rid]
     replica.since -= 10  # placed a while ago
     rec.peer(w, p.Heartbeat(p.Memory(64 * GIB, 64 * GIB), []))  # it does not list it
     rec.broker.reconcile(later(0))
-    assert rid not in rec.broker.models["m"].replicas
+    assert rid not in rec.broker.cluster.models["m"].replicas
     rec.broker.reconcile(later(1))  # the next round places it
     ((_, again),) = rec.launches()
     assert again != rid and rec.broker.replacements == 1
@@ -278,7 +278,7 @@ def test_a_returning_worker_whose_replica_id_is_taken_stops_its_copy(rec: Record
     status = p.ReplicaStatus(placed[a], "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
     rec.peer(b, p.ModelEvent(status))
     assert [(type(m), m.replica_id) for m in rec.take(b)] == [(p.Terminate, placed[a])]  # type: ignore[attr-defined]
-    assert rec.broker.models["m"].replicas[placed[a]].worker == a
+    assert rec.broker.cluster.models["m"].replicas[placed[a]].worker == a
 
 
 def test_a_scale_down_supersedes_a_scale_up_still_loading(rec: Recorder) -> None:
@@ -295,13 +295,13 @@ def test_a_scale_down_supersedes_a_scale_up_still_loading(rec: Recorder) -> None
     assert isinstance(superseded, p.Error) and superseded.code == p.ErrorCode.CANCELLED
     (info,) = rec.take(FACADE)
     assert isinstance(info, p.ModelInfo) and info.replica == 2
-    model = rec.broker.models["m"]
+    model = rec.broker.cluster.models["m"]
     assert model.wanted == 2 and len(model.replicas) == 2 and first in model.replicas
     rec.broker.close()
     assert rec.broker.state.path is not None
     again = Recorder(rec.broker.state.path)  # the count kept on disk is the one asked last
     try:
-        assert again.broker.models["m"].wanted == 2
+        assert again.broker.cluster.models["m"].wanted == 2
     finally:
         again.broker.close()
 
@@ -341,7 +341,7 @@ def test_a_replica_of_an_earlier_launch_is_not_taken_back(rec: Recorder) -> None
     old = p.ReplicaStatus("m-0", "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=1)
     rec.join("b", [old])
     assert [(type(m), m.replica_id) for m in rec.take(b"b")] == [(p.Terminate, "m-0")]  # type: ignore[attr-defined]
-    assert "m-0" not in rec.broker.models["m"].replicas
+    assert "m-0" not in rec.broker.cluster.models["m"].replicas
 
 
 def test_the_kept_replica_indexes_are_bounded(
