@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TypeVar
 
 import msgspec
 
@@ -15,20 +14,13 @@ from xb.broker.cluster import Cluster
 from xb.broker.heal import Healing, least_useful
 from xb.broker.placement import PlacementError, place
 from xb.broker.table import InFlight, Model, Queued, Replica, Waiter, WorkerEntry
+from xb.broker.views import model_info
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
 from xb.core.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.core.paths import inside
 
 log = logging.getLogger("xb.broker")
-
-T = TypeVar("T")
-
-
-def page_of(items: list[T], offset: int, limit: int) -> list[T]:
-    """One page of a list reply: at most ``PAGE_SIZE`` entries, whatever a peer asks."""
-    start = max(offset, 0)
-    return items[start : start + max(min(limit, p.PAGE_SIZE), 0)]
 
 
 class ModelManagement(Healing):
@@ -87,7 +79,7 @@ class ModelManagement(Healing):
         if launch.wait_ready:
             model.waiters.append(Waiter(client, rid, added, initial=True))
         else:
-            self._send(client, self._model_info(model, rid))
+            self._send(client, model_info(self.cluster, model, rid))
 
     def _launch_refusal(
         self, spec: p.ModelSpec, launch: p.LaunchModel
@@ -202,7 +194,7 @@ class ModelManagement(Healing):
         self._save(model)
         doomed = least_useful(model, current - message.replica)
         self._remove_replicas(doomed, f"model {model.uid!r} was scaled down", terminate=True)
-        self._send(client, self._model_info(model, message.request_id))
+        self._send(client, model_info(self.cluster, model, message.request_id))
 
     def _fresh_uid(self, name: str) -> str:
         if name not in self.cluster.models:
@@ -251,7 +243,7 @@ class ModelManagement(Healing):
                 self._save(model)
             elif all(r is not None and r.state == p.ModelState.READY for r in replicas):
                 model.waiters.remove(waiter)
-                self._send(waiter.client, self._model_info(model, waiter.request_id))
+                self._send(waiter.client, model_info(self.cluster, model, waiter.request_id))
 
     # ---- removal ----------------------------------------------------------------------
 
@@ -345,62 +337,3 @@ class ModelManagement(Healing):
                 p.ErrorCode.UNKNOWN_MODEL,
                 f"model {model.uid!r} is gone: {reason}",
             )
-
-    # ---- descriptions -----------------------------------------------------------------
-
-    def _model_info(self, model: Model, request_id: str) -> p.ModelInfo:
-        places = []
-        for replica in model.replicas.values():
-            worker = self.cluster.workers.get(replica.worker)
-            places.append(
-                p.ReplicaPlace(
-                    replica_id=replica.replica_id,
-                    worker_id=worker.worker_id if worker else "",
-                    host=worker.host if worker else "",
-                    state=replica.state,
-                    error=replica.error,
-                    progress=replica.progress,
-                )
-            )
-        return p.ModelInfo(
-            request_id=request_id,
-            model_uid=model.uid,
-            model_name=model.spec.model_name,
-            model_path=model.spec.model_path,
-            model_format=model.spec.model_format,
-            model_type=model.spec.model_type,
-            n_ctx=model.spec.n_ctx,
-            abilities=model.abilities,
-            replica=model.wanted,
-            replicas=places,
-            created=model.created,
-            queued=self.cluster.scheduler.waiting(model.uid),
-            served=model.served,
-            tokens=model.tokens,
-            model_size_in_billions=model.spec.model_size_in_billions,
-            quantization=model.spec.quantization,
-            n_parallel=model.spec.n_parallel,
-        )
-
-    def _cluster(self, request_id: str, offset: int = 0, limit: int = p.PAGE_SIZE) -> p.Cluster:
-        now = time.monotonic()
-        infos = []
-        for worker in page_of(list(self.cluster.workers.values()), offset, limit):
-            statuses = [
-                p.ReplicaStatus(
-                    r.replica_id,
-                    m.uid,
-                    m.spec.model_name,
-                    r.state,
-                    r.error,
-                    r.in_flight,
-                    progress=r.progress,
-                    slots=r.slots,
-                    cached_tokens=r.cached_tokens,
-                )
-                for m in self.cluster.models.values()
-                for r in m.replicas.values()
-                if r.worker == worker.identity
-            ]
-            infos.append(worker.info(now, statuses))
-        return p.Cluster(request_id, infos, len(self.cluster.workers))

@@ -22,12 +22,13 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from xb.broker.affinity import Affinity
 from xb.broker.cluster import Cluster
-from xb.broker.management import ModelManagement, page_of
+from xb.broker.management import ModelManagement
 from xb.broker.peers import authenticate
 from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.scheduler import FirstComeFirstServed
 from xb.broker.state import DesiredState
 from xb.broker.table import InFlight, Model, Queued, Replica, WorkerEntry
+from xb.broker.views import cluster_page, model_info, page_of
 from xb.core import protocol as p
 from xb.core.keys import broker_keys
 from xb.core.registry import ModelFamily, Registry, RegistryError, parse_family
@@ -614,7 +615,7 @@ class Broker(ModelManagement):
 
     def _list_models(self, client: bytes, message: p.ListModels) -> None:
         page = page_of(list(self.cluster.models.values()), message.offset, message.limit)
-        infos = [self._model_info(m, message.request_id) for m in page]
+        infos = [model_info(self.cluster, m, message.request_id) for m in page]
         self._send(client, p.ModelList(message.request_id, infos, len(self.cluster.models)))
 
     def _describe_model(self, client: bytes, message: p.DescribeModel) -> None:
@@ -622,10 +623,12 @@ class Broker(ModelManagement):
         if model is None:
             self._unknown_model(client, message.request_id, message.model_uid)
         else:
-            self._send(client, self._model_info(model, message.request_id))
+            self._send(client, model_info(self.cluster, model, message.request_id))
 
     def _cluster_info(self, client: bytes, message: p.ClusterInfo) -> None:
-        self._send(client, self._cluster(message.request_id, message.offset, message.limit))
+        self._send(
+            client, cluster_page(self.cluster, message.request_id, message.offset, message.limit)
+        )
 
     def _ping(self, client: bytes, message: p.Ping) -> None:
         self._send(client, p.Pong(message.request_id, self.instance, self.stats()))
