@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from xb.broker.affinity import Affinity
 from xb.broker.cluster import Cluster
+from xb.broker.families import Families
 from xb.broker.management import ModelManagement
 from xb.broker.peers import authenticate
 from xb.broker.routing import LeastLoaded, RoutingPolicy
@@ -31,7 +31,7 @@ from xb.broker.table import InFlight, Model, Queued, Replica, WorkerEntry
 from xb.broker.views import cluster_page, model_info, page_of
 from xb.core import protocol as p
 from xb.core.keys import broker_keys
-from xb.core.registry import ModelFamily, Registry, RegistryError, parse_family
+from xb.core.registry import Registry
 from xb.core.settings import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from xb.core.throttle import Throttle
 from xb.core.transport import configure_router
@@ -94,10 +94,7 @@ class Broker(ModelManagement):
         self._gone: set[bytes] = set()
         self._warn = Throttle(log)
         self.state = DesiredState(state)
-        # Registered model families are the broker's, so that every facade sees the same:
-        # files under the home of the state file (read once, then kept up to date here).
-        self.registry = Registry(state.parent if state is not None else None)
-        self._families: dict[str, ModelFamily] | None = None
+        self.families = Families(Registry(state.parent if state is not None else None))
         for worker_id, bound in self.state.bindings()[-MAX_BINDINGS:]:
             self.bindings[worker_id] = bound
         self._restore()
@@ -641,25 +638,7 @@ class Broker(ModelManagement):
     def _families_call(
         self, client: bytes, message: p.RegisterFamily | p.UnregisterFamily | p.ListFamilies
     ) -> None:
-        if self._families is None:
-            self._families = self.registry.custom()
-        if isinstance(message, p.ListFamilies):
-            names = page_of(sorted(self._families), message.offset, message.limit)
-            bodies = [msgspec.json.encode(self._families[name]) for name in names]
-            self._send(client, p.Families(message.request_id, bodies, len(self._families)))
-            return
-        try:
-            if isinstance(message, p.RegisterFamily):
-                family = parse_family(message.family)
-                self.registry.register(family, overwrite=message.overwrite, persist=message.persist)
-            else:
-                self.registry.unregister(message.model_name)
-        except RegistryError as exc:
-            self._error(client, message.request_id, p.ErrorCode.INVALID_REQUEST, str(exc))
-            return
-        finally:
-            self._families = None  # read again at the next call
-        self._send(client, p.Ack(message.request_id))
+        self._send(client, self.families.answer(message))
 
     def _submit(self, client: bytes, submit: p.Submit) -> None:
         model = self.cluster.models.get(submit.model_uid)
