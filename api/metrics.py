@@ -26,6 +26,8 @@ class _ClusterCollector(Collector):
         for name, text, value in (
             ("xb_broker_malformed_frames", "Frames the broker could not read or act upon",
              self.broker.malformed),
+            ("xb_broker_handler_errors", "Exceptions of the broker's own handlers (its bugs)",
+             self.broker.handler_errors),
             ("xb_broker_dropped_frames", "Frames the broker could not deliver",
              self.broker.dropped),
             ("xb_broker_refused_workers", "READYs for a worker id bound to another key",

@@ -266,6 +266,9 @@ def test_ten_thousand_malformed_frames_between_chats(
     expected = after.malformed
     wait_until(lambda: metrics(stack)["xb_broker_malformed_frames_total"] >= expected, timeout=5)
     figures(f"broker counters: {broker_counters(stack)}")
+    # A frame the broker could read is handled without an exception of its own.
+    assert after.handler_errors == 0
+    assert metrics(stack)["xb_broker_handler_errors_total"] == 0
     assert not [w["worker_id"] for w in stack.cluster() if w["worker_id"].startswith("fuzz")]
     assert abs(change) <= 0.10
     # Warnings are rate-limited: a line per peer and kind of trouble now and then.
