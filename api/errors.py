@@ -1,4 +1,9 @@
-"""Errors as the OpenAI error object, with the status that fits each protocol error code."""
+"""Errors as the OpenAI error object, with the status that fits each protocol error code.
+
+``_STATUS`` is the one table from protocol error code to HTTP status. A failed request is
+the server's fault (5xx); a launch whose model cannot load is the launch's (400: the file,
+its format or its settings), which is why loading has its own code.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ _STATUS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.QUEUE_FULL: (429, "rate_limit_error"),
     ErrorCode.WORKER_LOST: (503, "server_error"),
     ErrorCode.MODEL_FAILED: (500, "server_error"),
+    ErrorCode.LOAD_FAILED: (400, "invalid_request_error"),
     ErrorCode.LAUNCH_REFUSED: (503, "server_error"),
     ErrorCode.CANCELLED: (499, "server_error"),
     ErrorCode.BROKER_UNAVAILABLE: (503, "server_error"),
@@ -55,7 +61,7 @@ class APIError(Exception):
 
     @classmethod
     def from_code(cls, code: ErrorCode, message: str, param: str | None = None) -> APIError:
-        status, kind = _STATUS.get(code, (500, "server_error"))
+        status, kind = _STATUS[code]  # every code has its row (a test holds it)
         return cls(status, message, type=kind, param=param, code=code.value)
 
     def body(self) -> dict[str, object]:

@@ -68,8 +68,6 @@ async def call(
 ) -> Any:
     """Send a management message; its reply of type ``expect``, or the error as HTTP."""
     reply = await bridge_of(request).call(make, timeout)
-    if isinstance(reply, p.Error) and reply.code == p.ErrorCode.MODEL_FAILED:
-        raise APIError(400, reply.message, code=reply.code.value)  # a load failed: the file
     if not isinstance(reply, expect):
         raise fail(reply)
     return reply

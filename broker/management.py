@@ -232,7 +232,7 @@ class ModelManagement(Healing):
                 self._error(
                     waiter.client,
                     waiter.request_id,
-                    p.ErrorCode.MODEL_FAILED,
+                    p.ErrorCode.LOAD_FAILED,
                     f"model {model.uid!r} failed to load: {reason}",
                 )
                 if waiter.initial:

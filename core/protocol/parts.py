@@ -80,7 +80,8 @@ class ErrorCode(enum.StrEnum):
     NO_REPLICA = "no_ready_replica"
     QUEUE_FULL = "queue_full"
     WORKER_LOST = "worker_lost"
-    MODEL_FAILED = "model_failed"
+    MODEL_FAILED = "model_failed"  # a model process failed a request it was serving
+    LOAD_FAILED = "load_failed"  # a launched or added replica could not load its model
     LAUNCH_REFUSED = "launch_refused"
     UNKNOWN_WORKER = "worker_not_found"
     CANCELLED = "cancelled"

@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from tests.stack import Stack
+from xb.api.errors import APIError
+from xb.core import protocol as p
 
 pytestmark = pytest.mark.e2e
 
@@ -219,3 +221,11 @@ def test_an_oversized_body_is_413(url: str) -> None:
         headers={"content-type": "application/json"},
     )
     assert_error(response, 413)
+
+
+def test_every_protocol_error_code_has_one_status() -> None:
+    for code in p.ErrorCode:
+        error = APIError.from_code(code, "x")
+        assert 400 <= error.status < 600 and error.code == code.value, code
+    assert APIError.from_code(p.ErrorCode.LOAD_FAILED, "x").status == 400
+    assert APIError.from_code(p.ErrorCode.MODEL_FAILED, "x").status == 500

@@ -159,6 +159,7 @@ def test_launch_with_missing_file_is_refused(served: dict[str, Any]) -> None:
     )
     assert response.status_code == 400
     assert "does not exist" in response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "load_failed"
     assert "x" not in [
         m["id"] for m in httpx.get(served["stack"].url + "/v1/models").json()["data"]
     ]
