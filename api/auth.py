@@ -29,6 +29,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xb.api.errors import APIError
+from xb.core.errors import XbError
 
 INFERENCE, ADMIN = "inference", "admin"
 SCOPES = (INFERENCE, ADMIN)
@@ -48,7 +49,7 @@ INFERENCE_ROUTES = [
 ]
 
 
-class APIKeyError(Exception):
+class APIKeyError(XbError):
     """A key or a keys file xb cannot use; the message says why, never the key."""
 
 

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xb.core.errors import XbError
 from xb.core.protocol import ErrorCode
 
 log = logging.getLogger("xb.api")
@@ -38,7 +39,7 @@ _STATUS: dict[ErrorCode, tuple[int, str]] = {
 RETRY_AFTER_SECONDS = 1
 
 
-class APIError(Exception):
+class APIError(XbError):
     """An error to answer with; ``param`` names the offending request field, if any."""
 
     def __init__(

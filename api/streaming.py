@@ -20,6 +20,7 @@ from xb.api.errors import APIError
 from xb.api.limits import Limits, answer_timeout_error, check_frame
 from xb.api.metrics import Metrics
 from xb.core import protocol as p
+from xb.core.errors import XbError
 
 # Seconds without a frame before the SSE stream gets a keep-alive comment; also how long
 # the facade waits for the first frame before it commits to a 200 and starts streaming.
@@ -265,7 +266,7 @@ class Generation:
             choice.stream.close()
 
 
-class _Stalled(Exception):
+class _Stalled(XbError):
     """The client left a write unread for longer than the write timeout."""
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from xb.broker.table import WorkerEntry
+from xb.core.errors import XbError
 from xb.core.units import size_text
 
 
-class PlacementError(Exception):
+class PlacementError(XbError):
     """No worker can take the model; the message gives the need and the largest free space."""
 
 

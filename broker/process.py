@@ -22,6 +22,7 @@ from types import FrameType
 
 import zmq
 
+from xb.core.errors import XbError
 from xb.core.lifetime import child_env, die_with_parent
 
 log = logging.getLogger("xb.broker")
@@ -30,7 +31,7 @@ START_TIMEOUT = 30.0
 BIND_PATIENCE = 5.0  # seconds to wait for a port a broker just killed still holds
 
 
-class BrokerStartError(Exception):
+class BrokerStartError(XbError):
     """The broker process could not start; the message says why."""
 
 

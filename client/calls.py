@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 
+from xb.core.errors import XbError
 
-class ClientError(Exception):
+
+class ClientError(XbError):
     """The API answered with an error, or could not be reached; the message says which."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

@@ -10,10 +10,14 @@ one role's, or one kind::
     ├── ModelFileError      xb.core.modelfile: a model file that cannot be read
     ├── RegistryError       xb.core.registry: a family that cannot be registered
     ├── KeysError           xb.core.keys: an API keys file that cannot be read
-    └── (each role's own)   broker, worker, api and client errors; see their modules
-
-The client's errors for HTTP answers (``xb.client.errors``) follow the openai package's
-shape: connection errors apart from status errors, one class per status.
+    ├── PlacementError      xb.broker.placement: no worker has room for a replica
+    ├── BrokerStartError    xb.broker.process: the broker process did not start
+    ├── BackendError        xb.worker.backend: an engine refused or failed a request
+    ├── LoadError           xb.worker.model_process: a model that cannot be loaded
+    ├── DownloadError       xb.worker.download: a model file that cannot be fetched
+    ├── APIError            xb.api.errors: an answer as the OpenAI error object
+    ├── APIKeyError         xb.api.auth: an API key that cannot be used
+    └── ClientError         xb.client.calls: the API answered with an error, or not at all
 """
 
 from __future__ import annotations

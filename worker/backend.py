@@ -7,10 +7,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from xb.core.errors import XbError
 from xb.core.protocol import GenerateParams, TokenLogprob, ToolCall, Usage
 
 
-class BackendError(Exception):
+class BackendError(XbError):
     """A request this model cannot run (a prompt longer than its context, say)."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xb.core import protocol as p
+from xb.core.errors import XbError
 from xb.core.paths import safe_name
 
 Report = Callable[[p.Progress], None]
@@ -26,7 +27,7 @@ REPORT_EVERY = 0.25  # seconds between progress reports
 CHUNK = 1024 * 1024
 
 
-class DownloadError(Exception):
+class DownloadError(XbError):
     """The file could not be fetched or did not check out; the message says which."""
 
 

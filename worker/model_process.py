@@ -23,6 +23,7 @@ import zmq
 
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME, ensure_demo_model
+from xb.core.errors import XbError
 from xb.core.lifetime import die_with_parent
 from xb.core.modelfile import ModelFileError, estimate_memory, read_gguf_info
 from xb.core.paths import PathRefused, allowed_file
@@ -43,7 +44,7 @@ COALESCE_SECONDS = float(os.environ.get("XB_COALESCE_MS", "10")) / 1000
 MAX_COALESCE_SECONDS = 0.05
 
 
-class LoadError(Exception):
+class LoadError(XbError):
     """The model cannot be loaded here; the message says why and what to do."""
 
 
