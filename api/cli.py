@@ -12,7 +12,7 @@ from xb.api import options
 from xb.api.limits import Limits
 from xb.core import peer_options
 from xb.core.paths import allow_folders
-from xb.core.settings import API_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL
+from xb.core.settings import API_PORT, DEFAULT_HOST
 
 app = typer.Typer(add_completion=False, help="Serve xb's OpenAI-compatible API for a broker.")
 log = logging.getLogger("xb.api")
@@ -24,14 +24,17 @@ def run(
     host: str = typer.Option(DEFAULT_HOST, "--host", help="Address of the REST API."),
     port: int = typer.Option(API_PORT, "--port", help="Port of the REST API."),
     broker_key: str | None = peer_options.BROKER_KEY,
-    heartbeat_interval: float = typer.Option(
-        HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between pings to the broker."
+    heartbeat_interval: float = peer_options.heartbeat_option(
+        "Seconds between pings to the broker."
     ),
     cors_origin: list[str] = options.CORS_ORIGIN,
     api_key: list[str] = options.API_KEY,
     api_keys_file: Path | None = options.API_KEYS_FILE,
-    insecure: bool = options.insecure_option("talk to a broker that runs with --insecure"),
-    model_dir: list[Path] = options.model_dir_option(),
+    insecure: bool = peer_options.insecure_option(
+        "Serve a non-loopback API host without API keys, and talk to a broker that runs "
+        "with --insecure."
+    ),
+    model_dir: list[Path] = peer_options.model_dir_option(),
     answer_timeout: float = options.ANSWER_TIMEOUT,
     write_timeout: float = options.WRITE_TIMEOUT,
 ) -> None:

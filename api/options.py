@@ -40,30 +40,6 @@ WRITE_TIMEOUT = typer.Option(
     min=1,
     help="Seconds a stream's client may leave a write unread; then the stream is cancelled.",
 )
-_MODEL_DIR_HELP = (
-    "A folder whose model files launches and registrations may name (repeatable); "
-    "~/.xb/models and the download cache always are."
-)
-
-
-def model_dir_option(more: str = "") -> list[Path]:
-    """``--model-dir``; ``more`` adds a sentence to its help."""
-    return typer.Option(  # type: ignore[no-any-return]
-        [],
-        "--model-dir",
-        exists=True,
-        file_okay=False,
-        help=f"{_MODEL_DIR_HELP} {more}".strip(),
-    )
-
-
-def insecure_option(peers: str) -> bool:
-    """``--insecure``; ``peers`` says what it means for the ZeroMQ side."""
-    return typer.Option(  # type: ignore[no-any-return]
-        False,
-        "--insecure",
-        help=f"Serve a non-loopback API host without API keys, and {peers}.",
-    )
 
 
 def api_keys_or_exit(

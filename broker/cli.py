@@ -18,10 +18,11 @@ from xb.api.options import SHUTDOWN_GRACE
 from xb.broker import process
 from xb.broker.server import DEFAULT_MAX_QUEUE
 from xb.broker.state import STATE_FILE
+from xb.core import peer_options
 from xb.core.keys import peer_keys
 from xb.core.lifetime import child_env
 from xb.core.paths import allow_folders
-from xb.core.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
+from xb.core.settings import API_PORT, BROKER_PORT, DEFAULT_HOST, xb_home
 
 app = typer.Typer(add_completion=False, help="Run the xb broker and its OpenAI-compatible API.")
 log = logging.getLogger("xb.broker")
@@ -37,9 +38,7 @@ def run(
     launch: list[str] = typer.Option(
         [], "--launch", help="Launch this model once a worker joins: 'xb-demo' or a .gguf path."
     ),
-    heartbeat_interval: float = typer.Option(
-        HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between heartbeats."
-    ),
+    heartbeat_interval: float = peer_options.heartbeat_option("Seconds between heartbeats."),
     max_queue: int = typer.Option(
         DEFAULT_MAX_QUEUE,
         "--max-queue",
@@ -49,8 +48,11 @@ def run(
     cors_origin: list[str] = options.CORS_ORIGIN,
     api_key: list[str] = options.API_KEY,
     api_keys_file: Path | None = options.API_KEYS_FILE,
-    insecure: bool = options.insecure_option("take plain, unauthenticated ZeroMQ peers"),
-    model_dir: list[Path] = options.model_dir_option("The --local worker gets them too."),
+    insecure: bool = peer_options.insecure_option(
+        "Serve a non-loopback API host without API keys, and take plain, unauthenticated "
+        "ZeroMQ peers."
+    ),
+    model_dir: list[Path] = peer_options.model_dir_option("The --local worker gets them too."),
     answer_timeout: float = options.ANSWER_TIMEOUT,
     write_timeout: float = options.WRITE_TIMEOUT,
 ) -> None:

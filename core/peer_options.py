@@ -1,12 +1,14 @@
-"""Command-line options of the broker's peers (``xb-worker``, ``xb-api``): where the
-broker is and how to trust it."""
+"""Command-line options shared by ``xb-broker``, ``xb-api`` and ``xb-worker``, declared
+once: where the broker is and how to trust it, heartbeats, model folders, ``--insecure``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 from xb.core.keys import KeysError, PeerKeys, peer_keys
-from xb.core.settings import BROKER_PORT, DEFAULT_HOST, xb_home
+from xb.core.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 
 BROKER = typer.Option(
     f"tcp://{DEFAULT_HOST}:{BROKER_PORT}", "--broker", help="Broker address, tcp://HOST:PORT."
@@ -25,3 +27,32 @@ def keys_or_exit(broker_key: str | None, insecure: bool) -> PeerKeys | None:
         return None if insecure else peer_keys(xb_home(), broker_key)
     except KeysError as exc:
         raise typer.BadParameter(str(exc), param_hint="--broker-key") from exc
+
+
+_MODEL_DIR_HELP = (
+    "A folder whose model files launches and registrations may name (repeatable); "
+    "~/.xb/models and the download cache always are."
+)
+
+
+def model_dir_option(more: str = "") -> list[Path]:
+    """``--model-dir``; ``more`` adds a sentence to its help."""
+    return typer.Option(  # type: ignore[no-any-return]
+        [],
+        "--model-dir",
+        exists=True,
+        file_okay=False,
+        help=f"{_MODEL_DIR_HELP} {more}".strip(),
+    )
+
+
+def insecure_option(meaning: str) -> bool:
+    """``--insecure``; ``meaning`` is its help: what it means for this command."""
+    return typer.Option(False, "--insecure", help=meaning)  # type: ignore[no-any-return]
+
+
+def heartbeat_option(meaning: str) -> float:
+    """``--heartbeat-interval``; ``meaning`` is its help."""
+    return typer.Option(  # type: ignore[no-any-return]
+        HEARTBEAT_INTERVAL, "--heartbeat-interval", help=meaning
+    )

@@ -7,7 +7,7 @@ from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Markdown
 
-GIB = 1024**3
+from xb.core.units import GIB
 
 HELP = """\
 # xb dashboard

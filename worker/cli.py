@@ -13,7 +13,6 @@ from xb.core import peer_options
 from xb.core import protocol as p
 from xb.core.lifetime import die_with_parent
 from xb.core.paths import allow_folders
-from xb.core.settings import HEARTBEAT_INTERVAL
 from xb.worker.memory import parse_size
 from xb.worker.server import Worker
 
@@ -23,15 +22,13 @@ app = typer.Typer(add_completion=False, help="Host models for an xb broker.")
 @app.command()
 def run(
     broker: str = peer_options.BROKER,
-    heartbeat_interval: float = typer.Option(
-        HEARTBEAT_INTERVAL, "--heartbeat-interval", help="Seconds between heartbeats."
-    ),
+    heartbeat_interval: float = peer_options.heartbeat_option("Seconds between heartbeats."),
     memory_limit: str | None = typer.Option(
         None, "--memory-limit", help="Offer at most this much memory, e.g. 512MB or 8GiB."
     ),
     broker_key: str | None = peer_options.BROKER_KEY,
-    insecure: bool = typer.Option(
-        False, "--insecure", help="Talk to a broker that runs with --insecure (no CURVE)."
+    insecure: bool = peer_options.insecure_option(
+        "Talk to a broker that runs with --insecure (no CURVE)."
     ),
     threads: int | None = typer.Option(
         None,
@@ -41,14 +38,7 @@ def run(
         help="CPU threads the llama.cpp models here share, split among those working "
         "(default: one per core it may use). A launch's n_threads overrides it for one model.",
     ),
-    model_dir: list[Path] = typer.Option(
-        [],
-        "--model-dir",
-        exists=True,
-        file_okay=False,
-        help="A folder whose model files launches may name (repeatable); ~/.xb/models and "
-        "the download cache always are.",
-    ),
+    model_dir: list[Path] = peer_options.model_dir_option(),
 ) -> None:
     """Connect to BROKER, announce this machine and serve the models it places here."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
