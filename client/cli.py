@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xb.client import calls
 from xb.client.calls import ClientError
+from xb.client.cli_shared import API_KEY, AS_JSON, ENDPOINT, call, console, err, fail, print_json
 from xb.client.client import Client
 from xb.client.tables import table
-from xb.core.settings import DEFAULT_ENDPOINT, DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
+from xb.core.settings import DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
 from xb.core.units import size_text
 
 app = typer.Typer(
@@ -24,40 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Manage and chat with the models of an xb cluster.",
 )
-console = Console()
-err = Console(stderr=True)
-
-_endpoint = typer.Option(
-    DEFAULT_ENDPOINT, "--endpoint", "-e", envvar="XB_ENDPOINT", help="REST API of the xb broker."
-)
-_api_key = typer.Option(
-    None,
-    "--api-key",
-    envvar="XB_API_KEY",
-    help="API key, sent as a bearer token (when the broker takes keys).",
-)
-_as_json = typer.Option(False, "--json", help="Print JSON for scripts.")
-
-
-T = TypeVar("T")
-
-
-def _fail(exc: ClientError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(1)
-
-
-def _call(endpoint: str, api_key: str | None, action: Callable[[Client], T]) -> T:
-    """Run ``action`` with a client; an API error ends the command with exit code 1."""
-    with Client(endpoint, api_key) as client:
-        try:
-            return action(client)
-        except ClientError as exc:
-            raise _fail(exc) from exc
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2))
 
 
 @app.command()
@@ -98,9 +63,9 @@ def launch(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU threads per replica (default: the worker's share)."
     ),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
-    as_json: bool = _as_json,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Launch a model, show its download and load progress, and wait until it is ready."""
     fields = {
@@ -124,7 +89,7 @@ def launch(
             model_uid = client.launch_model(model_name, **fields)
             state = _follow_launch(client, model_uid, quiet=as_json)
         except ClientError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
         except KeyboardInterrupt:
             if model_uid is not None:
                 client.cancel_launch_model(model_uid)
@@ -132,9 +97,9 @@ def launch(
             raise typer.Exit(130) from None
         if state["stage"] == "failed":
             client.terminate_model(model_uid)
-            raise _fail(ClientError(f"model {model_uid!r} failed to load: {state['error']}"))
+            raise fail(ClientError(f"model {model_uid!r} failed to load: {state['error']}"))
     if as_json:
-        _print_json({"model_uid": model_uid})
+        print_json({"model_uid": model_uid})
     else:
         console.print(f"model [bold]{model_uid}[/bold] is ready")
 
@@ -162,11 +127,11 @@ def _follow_launch(client: Client, model_uid: str, quiet: bool) -> dict[str, Any
 def scale(
     model_uid: str = typer.Argument(..., help="Model uid."),
     replica: int = typer.Argument(..., help="The number of replicas it should have."),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Add or remove replicas of a running model."""
-    info = _call(endpoint, api_key, lambda client: client.scale_model(model_uid, replica))
+    info = call(endpoint, api_key, lambda client: client.scale_model(model_uid, replica))
     console.print(f"model [bold]{model_uid}[/bold] has {len(info['replicas'])} replicas")
 
 
@@ -175,9 +140,9 @@ def list_models(
     all_families: bool = typer.Option(
         False, "--all", "-a", help="List the registry's families instead of running models."
     ),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
-    as_json: bool = _as_json,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """List running models (or, with --all, every family that can be launched)."""
     if all_families:
@@ -185,9 +150,9 @@ def list_models(
 
         show_registrations(endpoint, api_key, "LLM", as_json, also_embedding=True)
         return
-    models = list(_call(endpoint, api_key, Client.list_models).values())
+    models = list(call(endpoint, api_key, Client.list_models).values())
     if as_json:
-        _print_json(models)
+        print_json(models)
         return
     # Format and abilities in full are in --json; six columns do not fit 80 characters.
     rows = [
@@ -208,25 +173,25 @@ def list_models(
 def terminate(
     model_uid: str | None = typer.Argument(None, help="Model uid."),
     model_uid_option: str | None = typer.Option(None, "--model-uid", "-u", help="Model uid."),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Terminate a model and free its memory."""
     uid = model_uid or model_uid_option
     if not uid:
         raise typer.BadParameter("give the model uid")
-    _call(endpoint, api_key, lambda client: client.terminate_model(uid))
+    call(endpoint, api_key, lambda client: client.terminate_model(uid))
     console.print(f"model [bold]{uid}[/bold] terminated")
 
 
 @app.command()
 def workers(
-    endpoint: str = _endpoint, api_key: str | None = _api_key, as_json: bool = _as_json
+    endpoint: str = ENDPOINT, api_key: str | None = API_KEY, as_json: bool = AS_JSON
 ) -> None:
     """List workers with their memory, models and load."""
-    infos = _call(endpoint, api_key, Client.get_workers_info)
+    infos = call(endpoint, api_key, Client.get_workers_info)
     if as_json:
-        _print_json(infos)
+        print_json(infos)
         return
     rows = [
         (
@@ -254,8 +219,8 @@ def chat(
         DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP
     ),
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Chat with a model, streaming its answers; an empty line or Ctrl-D ends the chat."""
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -266,7 +231,7 @@ def chat(
         try:
             handle = client.get_model(model_uid)
         except ClientError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
         while True:
             if message is not None:
                 text = message
@@ -282,7 +247,7 @@ def chat(
                 chunks = handle.chat(history, generate_config={**params, "stream": True})
                 answer = _print_stream(c["choices"][0]["delta"].get("content") for c in chunks)
             except ClientError as exc:
-                raise _fail(exc) from exc
+                raise fail(exc) from exc
             history.append({"role": "assistant", "content": answer})
             if message is not None:
                 break
@@ -307,8 +272,8 @@ def generate(
         DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP
     ),
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Continue a prompt (a text completion), streaming the text."""
     config: dict[str, Any] = {"stream": True}
@@ -321,7 +286,7 @@ def generate(
             chunks = client.get_model(model_uid).generate(prompt, generate_config=config)
             _print_stream(c["choices"][0]["text"] for c in chunks)
         except ClientError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
 
 
 @functools.cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from xb.client.cli import _as_json, _print_json, console, err
+from xb.client.cli_shared import AS_JSON, console, err, print_json
 from xb.client.tables import table
 from xb.core.settings import xb_home
 from xb.core.units import size_text
@@ -16,11 +16,11 @@ cache = typer.Typer(
 
 
 @cache.command("list")
-def list_cache(as_json: bool = _as_json) -> None:
+def list_cache(as_json: bool = AS_JSON) -> None:
     """List the cached model files."""
     files = cached_files(xb_home())
     if as_json:
-        _print_json(files)
+        print_json(files)
         return
     rows = [(f["repo_id"], f["file"], f["revision"][:12], size_text(f["size"])) for f in files]
     headers = ("Repository", "File", "Revision", "Size")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from xb.client.cli import _as_json, _print_json, console, err
+from xb.client.cli_shared import AS_JSON, console, err, print_json
 from xb.core.keys import KeysError, allow, allowed, keys_dir, load_or_create, parse_key
 from xb.core.settings import xb_home
 
@@ -16,7 +16,7 @@ keys = typer.Typer(
 
 
 @keys.callback()
-def show(ctx: typer.Context, as_json: bool = _as_json) -> None:
+def show(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
     """Print this machine's public keys (made the first time), and the allowed ones."""
     if ctx.invoked_subcommand is not None:
         return
@@ -28,7 +28,7 @@ def show(ctx: typer.Context, as_json: bool = _as_json) -> None:
         broker = None  # no broker has run with this home
     listed = sorted(key.decode() for key in allowed(home))
     if as_json:
-        _print_json({"peer": peer, "broker": broker, "allowed": listed})
+        print_json({"peer": peer, "broker": broker, "allowed": listed})
         return
     # z85 keys hold "[" and "]": printed as they are, never read as markup.
     lines = ["this machine's peer key (its workers' and facades'):", f"  {peer}"]

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from xb.client.calls import ClientError
-from xb.client.cli import _api_key, _as_json, _call, _endpoint, _fail, _print_json, console
+from xb.client.cli_shared import API_KEY, AS_JSON, ENDPOINT, call, console, fail, print_json
 from xb.client.client import Client
 from xb.client.tables import table
 
@@ -28,9 +28,9 @@ def show_registrations(
     def every(client: Client) -> list[dict[str, Any]]:
         return [f for kind in types for f in client.list_model_registrations(kind)]
 
-    families = _call(endpoint, api_key, every)
+    families = call(endpoint, api_key, every)
     if as_json:
-        _print_json(families)
+        print_json(families)
         return
     # Languages and abilities are in --json: eight columns do not fit 80 characters.
     rows = [
@@ -50,9 +50,9 @@ def show_registrations(
 
 def registrations(
     model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
-    as_json: bool = _as_json,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """List the families of the registry, built-in and registered."""
     show_registrations(endpoint, api_key, model_type, as_json)
@@ -63,8 +63,8 @@ def register(
         ..., "--file", "-f", exists=True, dir_okay=False, help="The family spec, a JSON file."
     ),
     model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Register a model family (kept under the broker's xb home)."""
     text = file.read_text()
@@ -72,18 +72,18 @@ def register(
         try:
             client.register_model(model_type, text)
         except ClientError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
     console.print(f"registered the family in {file.name}")
 
 
 def unregister(
     model_name: str = typer.Argument(..., help="The family's model_name."),
     model_type: str = typer.Option("LLM", "--model-type", "--type", "-t", help="LLM or embedding."),
-    endpoint: str = _endpoint,
-    api_key: str | None = _api_key,
+    endpoint: str = ENDPOINT,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Remove a registered family; built-in families stay."""
-    _call(endpoint, api_key, lambda client: client.unregister_model(model_type, model_name))
+    call(endpoint, api_key, lambda client: client.unregister_model(model_type, model_name))
     console.print(f"unregistered {model_name}")
 
 

@@ -1,0 +1,50 @@
+"""What the client's commands share: the endpoint and key options, JSON output, and
+ending a command with a message when the API refuses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from xb.client.calls import ClientError
+from xb.client.client import Client
+from xb.core.settings import DEFAULT_ENDPOINT
+
+console = Console()
+err = Console(stderr=True)
+
+ENDPOINT = typer.Option(
+    DEFAULT_ENDPOINT, "--endpoint", "-e", envvar="XB_ENDPOINT", help="REST API of the xb broker."
+)
+API_KEY = typer.Option(
+    None,
+    "--api-key",
+    envvar="XB_API_KEY",
+    help="API key, sent as a bearer token (when the broker takes keys).",
+)
+AS_JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+T = TypeVar("T")
+
+
+def fail(exc: ClientError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+def call(endpoint: str, api_key: str | None, action: Callable[[Client], T]) -> T:
+    """Run ``action`` with a client; an API error ends the command with exit code 1."""
+    with Client(endpoint, api_key) as client:
+        try:
+            return action(client)
+        except ClientError as exc:
+            raise fail(exc) from exc
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))

@@ -1,0 +1,38 @@
+"""No module imports another module's private names: what is shared is named as shared."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ("core", "broker", "worker", "api", "client", "tui", "bench", "tests")
+
+
+def private_imports(source: str) -> list[str]:
+    """``module:name`` for each private name a ``from xb... import`` takes."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("xb."):
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{node.module}:{alias.name}")
+    return found
+
+
+def test_the_check_sees_a_private_import() -> None:
+    source = "from xb.client.cli import _call, console\ndef f():\n    from xb.a import _b\n"
+    assert private_imports(source) == ["xb.client.cli:_call", "xb.a:_b"]
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): names
+        for folder in FOLDERS
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (names := private_imports(path.read_text()))
+    }
+    assert not offenders, offenders
