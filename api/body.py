@@ -19,8 +19,9 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from xb.api.asgi import HTTPMiddleware
 from xb.api.errors import APIError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -37,20 +38,10 @@ def _too_large(size: str) -> APIError:
     )
 
 
-class BodyLimit:
-    """Refuse a request body over ``MAX_BODY_BYTES``.
+class BodyLimit(HTTPMiddleware):
+    """Refuse a request body over ``MAX_BODY_BYTES``."""
 
-    Plain ASGI rather than ``@app.middleware``: Starlette's BaseHTTPMiddleware hides the
-    client's disconnect from the endpoint, which then could not cancel the generation.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         if length is not None:

@@ -14,8 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from xb.api.asgi import HTTPMiddleware
 from xb.core.errors import XbError
 from xb.core.protocol import ErrorCode
 
@@ -94,7 +95,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{where}{first.get('msg', 'invalid value')}{more}", param
 
 
-class CrashGuard:
+class CrashGuard(HTTPMiddleware):
     """Answer an unexpected exception with a 500 and keep the connection.
 
     Starlette's own handler of ``Exception`` answers, then raises the exception again to
@@ -102,13 +103,7 @@ class CrashGuard:
     too. This one, inside it, answers and returns.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watched(message: Message) -> None:

@@ -12,10 +12,20 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from xb.client import calls
 from xb.client.calls import ClientError
-from xb.client.cli_shared import API_KEY, AS_JSON, ENDPOINT, call, console, err, fail, print_json
+from xb.client.cli_shared import (
+    API_KEY,
+    AS_JSON,
+    ENDPOINT,
+    MAX_TOKENS,
+    TEMPERATURE,
+    call,
+    console,
+    err,
+    fail,
+    print_json,
+)
 from xb.client.client import Client
 from xb.client.tables import table
-from xb.core.settings import DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
 from xb.core.units import size_text
 
 app = typer.Typer(
@@ -215,10 +225,8 @@ def chat(
     model_uid: str = typer.Argument(..., help="Model uid to chat with."),
     message: str | None = typer.Option(None, "--message", "-m", help="Send one message and exit."),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
-    max_tokens: int | None = typer.Option(
-        DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP
-    ),
-    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
+    max_tokens: int | None = MAX_TOKENS,
+    temperature: float | None = TEMPERATURE,
     endpoint: str = ENDPOINT,
     api_key: str | None = API_KEY,
 ) -> None:
@@ -268,10 +276,8 @@ def _print_stream(pieces: Iterable[str | None]) -> str:
 def generate(
     model_uid: str = typer.Argument(..., help="Model uid."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
-    max_tokens: int | None = typer.Option(
-        DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP
-    ),
-    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
+    max_tokens: int | None = MAX_TOKENS,
+    temperature: float | None = TEMPERATURE,
     endpoint: str = ENDPOINT,
     api_key: str | None = API_KEY,
 ) -> None:

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from xb.client.calls import ClientError
 from xb.client.client import Client
-from xb.core.settings import DEFAULT_ENDPOINT
+from xb.core.settings import DEFAULT_ENDPOINT, DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
 
 console = Console()
 err = Console(stderr=True)
@@ -27,6 +27,8 @@ API_KEY = typer.Option(
     help="API key, sent as a bearer token (when the broker takes keys).",
 )
 AS_JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+MAX_TOKENS = typer.Option(DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP)
+TEMPERATURE = typer.Option(None, "--temperature", help="Sampling temperature.")
 
 
 T = TypeVar("T")
