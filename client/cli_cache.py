@@ -6,9 +6,9 @@ import typer
 
 from xb.client.cli_shared import AS_JSON, console, err, print_json
 from xb.client.tables import table
+from xb.core.model_cache import CacheError, cache_dir, cached_files, remove_cached
 from xb.core.settings import xb_home
 from xb.core.units import size_text
-from xb.worker.download import DownloadError, cache_dir, cached_files, remove_cached
 
 cache = typer.Typer(
     help="Model files downloaded on this machine (a worker's cache).", no_args_is_help=True
@@ -33,7 +33,7 @@ def remove(repo_id: str = typer.Argument(..., help="The repository, owner/name."
     """Delete a repository's files from the cache."""
     try:
         freed = remove_cached(xb_home(), repo_id)
-    except DownloadError as exc:
+    except CacheError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"removed {repo_id}, {size_text(freed)} freed")

@@ -10,6 +10,7 @@ one role's, or one kind::
     ├── ModelFileError      xb.core.modelfile: a model file that cannot be read
     ├── RegistryError       xb.core.registry: a family that cannot be registered
     ├── KeysError           xb.core.keys: an API keys file that cannot be read
+    ├── CacheError          xb.core.model_cache: a cache entry that is not there
     ├── PlacementError      xb.broker.placement: no worker has room for a replica
     ├── BrokerStartError    xb.broker.process: the broker process did not start
     ├── BackendError        xb.worker.backend: an engine refused or failed a request

@@ -16,10 +16,10 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from xb.core import protocol as p
 from xb.core.errors import XbError
+from xb.core.model_cache import repo_dir
 from xb.core.paths import safe_name
 
 Report = Callable[[p.Progress], None]
@@ -29,10 +29,6 @@ CHUNK = 1024 * 1024
 
 class DownloadError(XbError):
     """The file could not be fetched or did not check out; the message says which."""
-
-
-def cache_dir(home: Path) -> Path:
-    return home / "cache"
 
 
 def fetch(download: p.Download, home: Path, report: Report) -> Path:
@@ -68,7 +64,7 @@ def fetch(download: p.Download, home: Path, report: Report) -> Path:
     revision = metas[0].commit_hash or download.revision
     if not safe_name(revision):  # a branch name such as refs/pr/1, with no commit given
         raise DownloadError(f"the hub gave no usable commit for {download.repo_id}@{revision}")
-    folder = _repo_dir(home, download.repo_id) / revision
+    folder = repo_dir(home, download.repo_id) / revision
     paths = [
         _fetch_file(meta.location, folder / name, meta.size, meter)
         for name, meta in zip(download.files, metas, strict=True)
@@ -108,12 +104,8 @@ def installed_file(package: str, name: str) -> Path | None:
     return None
 
 
-def _repo_dir(home: Path, repo_id: str) -> Path:
-    return cache_dir(home) / ("models--" + repo_id.replace("/", "--"))
-
-
 def _cached(home: Path, repo_id: str, name: str) -> Path | None:
-    found = sorted(_repo_dir(home, repo_id).glob(f"*/{name}"))
+    found = sorted(repo_dir(home, repo_id).glob(f"*/{name}"))
     return found[0] if found else None
 
 
@@ -198,34 +190,3 @@ def _verify(path: Path, sha256: str) -> None:
             f"{path.name} failed its checksum (sha256 {digest.hexdigest()}, expected {sha256}); "
             "it was removed, launch again to fetch it anew"
         )
-
-
-def cached_files(home: Path) -> list[dict[str, Any]]:
-    """Every model file in the cache: repository, file, revision, size and path."""
-    out: list[dict[str, Any]] = []
-    for repo in sorted(cache_dir(home).glob("models--*")):
-        repo_id = repo.name.removeprefix("models--").replace("--", "/")
-        for file in sorted(repo.glob("*/*")):
-            if file.is_file() and not file.name.endswith((".lock", ".part")):
-                out.append(
-                    {
-                        "repo_id": repo_id,
-                        "file": file.name,
-                        "revision": file.parent.name,
-                        "size": file.stat().st_size,
-                        "path": str(file),
-                    }
-                )
-    return out
-
-
-def remove_cached(home: Path, repo_id: str) -> int:
-    """Delete a repository's files from the cache; the bytes freed."""
-    import shutil
-
-    folder = _repo_dir(home, repo_id)
-    if not folder.is_dir():
-        raise DownloadError(f"{repo_id} is not in the cache at {cache_dir(home)}")
-    freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    shutil.rmtree(folder)
-    return freed

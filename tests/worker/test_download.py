@@ -10,7 +10,8 @@ import pytest
 
 from tests.hub import Hub
 from xb.core import protocol as p
-from xb.worker.download import DownloadError, cached_files, fetch, installed_file, remove_cached
+from xb.core.model_cache import CacheError, cached_files, remove_cached
+from xb.worker.download import DownloadError, fetch, installed_file
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,8 @@ def test_parts_download_with_progress_then_come_from_the_cache(hub: Hub, tmp_pat
     assert [(f["repo_id"], f["size"]) for f in listed] == [("org/m", 300_000), ("org/m", 200_000)]
     assert remove_cached(home, "org/m") == 500_000
     assert cached_files(home) == []
+    with pytest.raises(CacheError, match="org/m is not in the cache"):
+        remove_cached(home, "org/m")
 
 
 def test_checksum_mismatch_removes_the_file(hub: Hub, tmp_path: Path) -> None:
