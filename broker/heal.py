@@ -1,6 +1,6 @@
 """Self-healing: the broker keeps each model at the replica count its user asked for.
 
-A mixin of ``Broker``. Every heartbeat interval ``reconcile`` compares what runs with the
+Every heartbeat interval ``reconcile`` compares what runs with the
 desired state (``state.py``) and places replicas that are missing: those lost with their
 worker (at once where there is room, else when a worker with room joins), and those whose
 process failed, after a backoff. A model whose replicas keep failing is given up after
@@ -13,10 +13,11 @@ import logging
 import time
 
 from xb.broker.cluster import Cluster
+from xb.broker.management import Management, least_useful
 from xb.broker.placement import PlacementError
-from xb.broker.state import DesiredState, SavedModel
+from xb.broker.requests import Requests
+from xb.broker.state import DesiredState
 from xb.broker.table import Model, Replica
-from xb.core import protocol as p
 from xb.core.throttle import Throttle
 
 log = logging.getLogger("xb.broker")
@@ -33,41 +34,19 @@ def backoff(failures: int) -> float:
 
 
 class Healing:
-    cluster: Cluster
-    state: DesiredState
-    settle_until: float  # a restarted broker waits this long for its workers to come back
-    replacements: int  # replicas placed again after they were lost with their worker
-    restarts: int  # failed replicas started again
-    _warn: Throttle
+    def __init__(
+        self, cluster: Cluster, state: DesiredState, management: Management, requests: Requests
+    ) -> None:
+        self.cluster = cluster
+        self.state = state
+        self.management = management
+        self.requests = requests
+        self._warn = Throttle(log)
 
-    def _send(self, identity: bytes, message: p.Message) -> None:
-        raise NotImplementedError
-
-    def _add_replicas(self, model: Model, count: int) -> set[str]:
-        raise NotImplementedError
-
-    def _remove_replicas(self, doomed: set[str], reason: str, *, terminate: bool) -> None:
-        raise NotImplementedError
-
-    def dispatch(self, model: Model) -> None:
-        raise NotImplementedError
-
-    def _forget_replicas(self, identity: bytes, keep: set[str], reason: str = "") -> None:
-        raise NotImplementedError
-
-    # ---- the desired state ------------------------------------------------------------
-
-    # What is saved of a model: the fields of SavedModel, each a Model field of that name.
-    _SAVED = SavedModel.__struct_fields__
-
-    def _save(self, model: Model) -> None:
-        self.state.save(SavedModel(**{name: getattr(model, name) for name in self._SAVED}))
-
-    def _restore(self) -> None:
+    def restore(self) -> None:
         """Read the models users launched before this broker started; their replicas come
-        back as workers announce them, or are placed after ``settle_until``."""
-        for saved in self.state.models():
-            model = Model(**{name: getattr(saved, name) for name in self._SAVED})
+        back as workers announce them, or are placed once ``Cluster.settle_until`` passed."""
+        for model in self.state.models():
             self.cluster.models[model.uid] = model
         if self.cluster.models:
             log.info("restored %d models from %s", len(self.cluster.models), self.state.path)
@@ -76,9 +55,9 @@ class Healing:
 
     def reconcile(self, now: float) -> None:
         """Place the replicas each model misses, as far as there is room."""
-        if now < self.settle_until:
+        if now < self.cluster.settle_until:
             return
-        self._forget_unreported()
+        self.forget_unreported()
         for model in list(self.cluster.models.values()):
             if self.cluster.models.get(model.uid) is not model:
                 continue  # dropped while an earlier model was being placed
@@ -90,7 +69,7 @@ class Healing:
             placed = 0
             for _ in range(missing):
                 try:
-                    self._add_replicas(model, 1)
+                    self.management.add_replicas(model, 1)
                 except PlacementError as exc:
                     self._warn.warning(
                         model.uid,
@@ -105,13 +84,13 @@ class Healing:
             if placed:
                 restarted = min(placed, model.restarting)
                 model.restarting -= restarted
-                self.restarts += restarted
-                self.replacements += placed - restarted
-                self._save(model)  # its next replica id
+                self.cluster.stats.restarts += restarted
+                self.cluster.stats.replacements += placed - restarted
+                self.state.save(model)  # its next replica id
             elif self.cluster.scheduler.waiting(model.uid):
-                self.dispatch(model)  # nothing comes: what waits ends with a clear error
+                self.requests.dispatch(model)  # nothing comes: what waits ends with a clear error
 
-    def _forget_unreported(self) -> None:
+    def forget_unreported(self) -> None:
         """Replicas a worker stopped reporting in its heartbeats (a launch it never
         received, a process it lost track of) are lost, and placed again."""
         hosted: dict[bytes, set[str]] = {}
@@ -125,9 +104,11 @@ class Healing:
                 if worker.reported_at - replica.since > UNREPORTED_GRACE:
                     missing.setdefault(replica.worker, set()).add(rid)
         for identity, rids in missing.items():
-            self._forget_replicas(identity, hosted[identity] - rids, "it no longer reports it")
+            self.management.forget_replicas(
+                identity, hosted[identity] - rids, "it no longer reports it"
+            )
 
-    def _replica_failed(self, model: Model, replica: Replica) -> None:
+    def replica_failed(self, model: Model, replica: Replica) -> None:
         """A replica nobody waits on failed: loading elsewhere after a loss, or its process
         died while serving. Start another after a backoff, or give up. A model that never
         had a ready replica (a launch that did not wait, and failed) keeps its failure for
@@ -155,9 +136,11 @@ class Healing:
             model.failures,
             MAX_RESTARTS,
         )
-        self._remove_replicas({replica.replica_id}, replica.error or "it failed", terminate=True)
+        self.management.remove_replicas(
+            {replica.replica_id}, replica.error or "it failed", terminate=True
+        )
 
-    def _trim(self, model: Model) -> None:
+    def trim(self, model: Model) -> None:
         """More replicas than wanted (a lost worker came back after its replicas were placed
         again): stop the least useful."""
         extra = len(model.replicas) - model.wanted
@@ -170,12 +153,6 @@ class Healing:
             extra,
             ", ".join(sorted(doomed)),
         )
-        self._remove_replicas(doomed, f"model {model.uid!r} has enough replicas", terminate=True)
-
-
-def least_useful(model: Model, count: int) -> set[str]:
-    """The ``count`` replicas of ``model`` to stop first: not ready, then the least busy."""
-    ranked = sorted(
-        model.replicas.values(), key=lambda r: (r.state == p.ModelState.READY, r.in_flight)
-    )
-    return {r.replica_id for r in ranked[:count]}
+        self.management.remove_replicas(
+            doomed, f"model {model.uid!r} has enough replicas", terminate=True
+        )

@@ -1,7 +1,5 @@
-"""Model lifecycle on the broker: launch, scale, terminate and describe.
-
-A mixin of ``Broker``: it works on the broker's tables and sends through its socket.
-"""
+"""Model lifecycle on the broker: launch, scale, terminate and describe, and the removal
+of replicas (scaled down, failed, or lost with their worker) with what they served."""
 
 from __future__ import annotations
 
@@ -11,10 +9,12 @@ import time
 import msgspec
 
 from xb.broker.cluster import Cluster
-from xb.broker.heal import Healing, least_useful
+from xb.broker.outbox import Outbox
 from xb.broker.placement import PlacementError, place
-from xb.broker.table import InFlight, Model, Queued, Replica, Waiter, WorkerEntry
-from xb.broker.views import model_info
+from xb.broker.requests import Requests
+from xb.broker.state import DesiredState
+from xb.broker.table import Model, Replica, Waiter, WorkerEntry
+from xb.broker.views import cluster_page, model_info, page_of
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
 from xb.core.modelfile import ModelFileError, estimate_memory, read_gguf_info
@@ -23,37 +23,48 @@ from xb.core.paths import inside
 log = logging.getLogger("xb.broker")
 
 
-class ModelManagement(Healing):
-    cluster: Cluster
-    retries: int  # requests sent again after their replica failed before a token
+class Management:
+    def __init__(
+        self, cluster: Cluster, outbox: Outbox, state: DesiredState, requests: Requests
+    ) -> None:
+        self.cluster = cluster
+        self.outbox = outbox
+        self.state = state
+        self.requests = requests
 
-    def _error(self, identity: bytes, request_id: str, code: p.ErrorCode, text: str) -> None:
-        self._send(identity, p.Error(request_id, code, text))
+    # ---- describe ---------------------------------------------------------------------
 
-    def _unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
-        known = ", ".join(sorted(self.cluster.models)) or "none"
-        self._error(
-            client,
-            request_id,
-            p.ErrorCode.UNKNOWN_MODEL,
-            f"model {uid!r} is not running (running: {known}); launch it first",
-        )
+    def list_models(self, client: bytes, message: p.ListModels) -> None:
+        page = page_of(list(self.cluster.models.values()), message.offset, message.limit)
+        infos = [model_info(self.cluster, m, message.request_id) for m in page]
+        self.outbox.send(client, p.ModelList(message.request_id, infos, len(self.cluster.models)))
+
+    def describe_model(self, client: bytes, message: p.DescribeModel) -> None:
+        model = self.cluster.models.get(message.model_uid)
+        if model is None:
+            self.requests.unknown_model(client, message.request_id, message.model_uid)
+        else:
+            self.outbox.send(client, model_info(self.cluster, model, message.request_id))
+
+    def cluster_info(self, client: bytes, message: p.ClusterInfo) -> None:
+        page = cluster_page(self.cluster, message.request_id, message.offset, message.limit)
+        self.outbox.send(client, page)
 
     # ---- launch and scale -------------------------------------------------------------
 
-    def _launch(self, client: bytes, launch: p.LaunchModel) -> None:
+    def launch(self, client: bytes, launch: p.LaunchModel) -> None:
         rid = launch.request_id
         spec = launch.spec
         if not spec.model_uid:
             spec = msgspec.structs.replace(spec, model_uid=self._fresh_uid(spec.model_name))
         refusal = self._launch_refusal(spec, launch)
         if refusal is not None:
-            self._error(client, rid, *refusal)
+            self.outbox.error(client, rid, *refusal)
             return
         try:
             need = launch.need or self._estimate(spec)
         except ModelFileError as exc:
-            self._error(
+            self.outbox.error(
                 client, rid, p.ErrorCode.INVALID_REQUEST, f"cannot launch {spec.model_uid!r}: {exc}"
             )
             return
@@ -68,18 +79,18 @@ class ModelManagement(Healing):
         )
         model.next_index = model.first_index = self.state.next_index(spec.model_uid)
         try:
-            added = self._add_replicas(model, launch.replica)
+            added = self.add_replicas(model, launch.replica)
         except PlacementError as exc:
-            self._error(
+            self.outbox.error(
                 client, rid, p.ErrorCode.LAUNCH_REFUSED, f"cannot launch {spec.model_uid!r}: {exc}"
             )
             return
         self.cluster.models[model.uid] = model
-        self._save(model)
+        self.state.save(model)
         if launch.wait_ready:
             model.waiters.append(Waiter(client, rid, added, initial=True))
         else:
-            self._send(client, model_info(self.cluster, model, rid))
+            self.outbox.send(client, model_info(self.cluster, model, rid))
 
     def _launch_refusal(
         self, spec: p.ModelSpec, launch: p.LaunchModel
@@ -123,7 +134,7 @@ class ModelManagement(Healing):
             workers = [w for w in workers if named in (w.worker_id, w.host)]
         return workers
 
-    def _add_replicas(self, model: Model, count: int) -> set[str]:
+    def add_replicas(self, model: Model, count: int) -> set[str]:
         """Place and launch ``count`` more replicas of ``model``; their ids."""
         hosting: dict[bytes, int] = {}
         for replica in model.replicas.values():
@@ -140,7 +151,7 @@ class ModelManagement(Healing):
                 replica_id, model.uid, worker.identity, p.ModelState.LOADING, reserved=model.need
             )
             worker.reserved += model.need
-            self._send(worker.identity, p.Launch(replica_id, model.spec, model.need))
+            self.outbox.send(worker.identity, p.Launch(replica_id, model.spec, model.need))
             added.add(replica_id)
         log.info(
             "launching %s (%s) on %s",
@@ -150,13 +161,13 @@ class ModelManagement(Healing):
         )
         return added
 
-    def _scale(self, client: bytes, message: p.ScaleModel) -> None:
+    def scale(self, client: bytes, message: p.ScaleModel) -> None:
         model = self.cluster.models.get(message.model_uid)
         if model is None:
-            self._unknown_model(client, message.request_id, message.model_uid)
+            self.requests.unknown_model(client, message.request_id, message.model_uid)
             return
         if not 1 <= message.replica <= p.MAX_REPLICAS:
-            self._error(
+            self.outbox.error(
                 client,
                 message.request_id,
                 p.ErrorCode.INVALID_REQUEST,
@@ -167,7 +178,7 @@ class ModelManagement(Healing):
         # can no longer change the count asked for now.
         for waiter in [w for w in model.waiters if not w.initial]:
             model.waiters.remove(waiter)
-            self._error(
+            self.outbox.error(
                 waiter.client,
                 waiter.request_id,
                 p.ErrorCode.CANCELLED,
@@ -177,24 +188,24 @@ class ModelManagement(Healing):
         model.wanted = message.replica
         if message.replica > current:
             try:
-                added = self._add_replicas(model, message.replica - current)
+                added = self.add_replicas(model, message.replica - current)
             except PlacementError as exc:
                 model.wanted = current
-                self._save(model)
-                self._error(
+                self.state.save(model)
+                self.outbox.error(
                     client,
                     message.request_id,
                     p.ErrorCode.LAUNCH_REFUSED,
                     f"cannot add replicas to {model.uid!r}: {exc}",
                 )
                 return
-            self._save(model)
+            self.state.save(model)
             model.waiters.append(Waiter(client, message.request_id, added))
             return
-        self._save(model)
+        self.state.save(model)
         doomed = least_useful(model, current - message.replica)
-        self._remove_replicas(doomed, f"model {model.uid!r} was scaled down", terminate=True)
-        self._send(client, model_info(self.cluster, model, message.request_id))
+        self.remove_replicas(doomed, f"model {model.uid!r} was scaled down", terminate=True)
+        self.outbox.send(client, model_info(self.cluster, model, message.request_id))
 
     def _fresh_uid(self, name: str) -> str:
         if name not in self.cluster.models:
@@ -218,7 +229,7 @@ class ModelManagement(Healing):
             return 0  # no permission here: the worker checks
         return estimate_memory(read_gguf_info(path), spec.n_ctx, spec.n_parallel)
 
-    def _check_waiters(self, model: Model) -> None:
+    def check_waiters(self, model: Model) -> None:
         """Answer launches and scale-ups whose replicas are all ready, or one failed."""
         for waiter in list(model.waiters):
             if waiter not in model.waiters:
@@ -229,39 +240,25 @@ class ModelManagement(Healing):
                 first = failed[0]
                 reason = first.error if first is not None else "its worker was lost while loading"
                 model.waiters.remove(waiter)
-                self._error(
+                self.outbox.error(
                     waiter.client,
                     waiter.request_id,
                     p.ErrorCode.LOAD_FAILED,
                     f"model {model.uid!r} failed to load: {reason}",
                 )
                 if waiter.initial:
-                    self._drop_model(model, "its launch failed")
+                    self.drop_model(model, "its launch failed")
                     return
-                self._remove_replicas(waiter.replica_ids, "load failed", terminate=True)
+                self.remove_replicas(waiter.replica_ids, "load failed", terminate=True)
                 model.wanted = len(model.replicas)
-                self._save(model)
+                self.state.save(model)
             elif all(r is not None and r.state == p.ModelState.READY for r in replicas):
                 model.waiters.remove(waiter)
-                self._send(waiter.client, model_info(self.cluster, model, waiter.request_id))
+                self.outbox.send(waiter.client, model_info(self.cluster, model, waiter.request_id))
 
     # ---- removal ----------------------------------------------------------------------
 
-    def _retry(self, flight: InFlight, model: Model | None) -> bool:
-        """Queue a request whose replica failed before it sent a token again, once, for
-        another ready replica; False when it cannot be (the caller ends it)."""
-        if flight.started or flight.retried or model is None:
-            return False
-        others = [r for r in model.ready() if r.replica_id != flight.replica_id]
-        if not others:
-            return False
-        self.retries += 1
-        self.cluster.scheduler.requeue(
-            model, Queued(flight.client, flight.submit, retried=True, avoid=flight.replica_id)
-        )
-        return True
-
-    def _remove_replicas(self, doomed: set[str], reason: str, *, terminate: bool) -> None:
+    def remove_replicas(self, doomed: set[str], reason: str, *, terminate: bool) -> None:
         """Forget the replicas in ``doomed`` (telling their workers when ``terminate``).
 
         Their requests that have sent no token yet go back to the queue; the others end.
@@ -274,7 +271,7 @@ class ModelManagement(Healing):
                 if worker is not None:
                     worker.reserved = max(worker.reserved - replica.reserved, 0)
                     if terminate:
-                        self._send(worker.identity, p.Terminate(replica.replica_id))
+                        self.outbox.send(worker.identity, p.Terminate(replica.replica_id))
             if gone:
                 touched.append(model)
         self.cluster.affinity.forget(doomed)
@@ -286,32 +283,48 @@ class ModelManagement(Healing):
                 continue  # another replica's, or ended meanwhile (its client went away)
             del self.cluster.in_flight[request_id]
             owner = self.cluster.models.get(flight.submit.model_uid)
-            if not self._retry(flight, owner):
-                self._error(
+            if not self.requests.retry(flight, owner):
+                self.outbox.error(
                     flight.client,
                     request_id,
                     p.ErrorCode.WORKER_LOST,
                     f"the replica serving this request went away ({reason})",
                 )
         for model in touched:
-            self._check_waiters(model)
+            self.check_waiters(model)
             if model.uid in self.cluster.models:
-                self.dispatch(model)
+                self.requests.dispatch(model)
 
-    def _terminate(self, client: bytes, message: p.TerminateModel) -> None:
+    def forget_replicas(self, identity: bytes, keep: set[str], reason: str = "") -> None:
+        """Drop the replicas on worker ``identity`` not in ``keep``, and end their requests;
+        they are placed again at the next reconcile."""
+        lost = {
+            rid
+            for model in self.cluster.models.values()
+            for rid, replica in model.replicas.items()
+            if replica.worker == identity and rid not in keep
+        }
+        reason = reason or "it no longer hosts the replica"
+        now = time.monotonic()
+        for model in self.cluster.models.values():
+            if any(rid in model.replicas for rid in lost):
+                model.retry_at = max(model.retry_at, now)
+        self.remove_replicas(lost, f"the worker was lost: {reason}", terminate=False)
+
+    def terminate(self, client: bytes, message: p.TerminateModel) -> None:
         model = self.cluster.models.get(message.model_uid)
         if model is None:
-            self._unknown_model(client, message.request_id, message.model_uid)
+            self.requests.unknown_model(client, message.request_id, message.model_uid)
             return
-        self._drop_model(model, "it was terminated")
-        self._send(client, p.Ack(message.request_id))
+        self.drop_model(model, "it was terminated")
+        self.outbox.send(client, p.Ack(message.request_id))
 
-    def _drop_model(self, model: Model, reason: str) -> None:
+    def drop_model(self, model: Model, reason: str) -> None:
         """Terminate every replica of ``model`` and end its requests and waiters."""
         self.cluster.models.pop(model.uid, None)
         self.state.forget(model.uid, model.next_index)
         for waiter in model.waiters:
-            self._error(
+            self.outbox.error(
                 waiter.client,
                 waiter.request_id,
                 p.ErrorCode.CANCELLED,
@@ -322,7 +335,7 @@ class ModelManagement(Healing):
             worker = self.cluster.workers.get(replica.worker)
             if worker is not None:
                 worker.reserved = max(worker.reserved - replica.reserved, 0)
-                self._send(worker.identity, p.Terminate(replica.replica_id))
+                self.outbox.send(worker.identity, p.Terminate(replica.replica_id))
         ended = [(entry.client, entry.submit) for entry in self.cluster.scheduler.drain(model.uid)]
         ended += [
             (flight.client, flight.submit)
@@ -331,9 +344,17 @@ class ModelManagement(Healing):
         ]
         for client, submit in ended:
             self.cluster.in_flight.pop(submit.request_id, None)
-            self._error(
+            self.outbox.error(
                 client,
                 submit.request_id,
                 p.ErrorCode.UNKNOWN_MODEL,
                 f"model {model.uid!r} is gone: {reason}",
             )
+
+
+def least_useful(model: Model, count: int) -> set[str]:
+    """The ``count`` replicas of ``model`` to stop first: not ready, then the least busy."""
+    ranked = sorted(
+        model.replicas.values(), key=lambda r: (r.state == p.ModelState.READY, r.in_flight)
+    )
+    return {r.replica_id for r in ranked[:count]}

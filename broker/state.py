@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from xb.broker.table import Model
 from xb.core import protocol as p
 
 log = logging.getLogger("xb.broker")
@@ -40,6 +41,8 @@ class SavedModel(msgspec.Struct, frozen=True):
     ran: bool = True  # a replica was ready once (a failed first launch is not retried)
 
 
+# What is saved of a model: the fields of SavedModel, each a Model field of that name.
+_SAVED = SavedModel.__struct_fields__
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(SavedModel)
 
@@ -64,20 +67,24 @@ class DesiredState:
                 "CREATE TABLE IF NOT EXISTS retired (uid TEXT PRIMARY KEY, next_index INTEGER)"
             )
 
-    def models(self) -> list[SavedModel]:
-        saved = []
+    def models(self) -> list[Model]:
+        """The models saved, as launched and scaled, without replicas."""
+        models = []
         for uid, body in self._db.execute("SELECT uid, body FROM models ORDER BY rowid"):
             try:
-                saved.append(_decoder.decode(body))
+                saved = _decoder.decode(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("saved model %r is unreadable and was skipped: %s", uid, exc)
-        return saved
+                continue
+            models.append(Model(**{name: getattr(saved, name) for name in _SAVED}))
+        return models
 
-    def save(self, model: SavedModel) -> None:
+    def save(self, model: Model) -> None:
+        saved = SavedModel(**{name: getattr(model, name) for name in _SAVED})
         with self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO models (uid, body) VALUES (?, ?)",
-                (model.spec.model_uid, _encoder.encode(model)),
+                (model.uid, _encoder.encode(saved)),
             )
 
     def forget(self, uid: str, next_index: int) -> None:

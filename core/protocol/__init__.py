@@ -211,8 +211,9 @@ class Ping(Struct, frozen=True):
     request_id: str = ""
 
 
-class BrokerStats(Struct, frozen=True):
-    """The broker's counters since it started, for the facade's ``/metrics``."""
+class BrokerStats(msgspec.Struct, forbid_unknown_fields=False):
+    """The broker's counters since it started, for the facade's ``/metrics``. Not frozen,
+    unlike the messages: the broker counts in one of these (``broker/cluster.py``)."""
 
     malformed: int = 0  # frames it could not read, or could not act upon
     handler_errors: int = 0  # exceptions its own handlers raised on frames it could read

@@ -1,11 +1,12 @@
-"""A broker driven in-process: frames go in through ``process``, and what it would send is
-kept per peer instead of reaching a socket."""
+"""The broker's handlers driven in-process, with no socket: frames go in through
+``process``, and what they send is kept instead of reaching a peer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from xb.broker.server import Broker
+from xb.broker.handlers import Handlers
+from xb.broker.outbox import Delivery
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
 
@@ -14,27 +15,34 @@ FACADE = b"facade"
 
 
 class Recorder:
-    """A broker whose sends are kept, per peer."""
+    """Broker handlers whose sends are kept, per peer."""
 
     def __init__(self, state: Path) -> None:
-        self.broker = Broker("tcp://127.0.0.1:0", state=state)
+        self.broker = Handlers(state=state)
         self.sent: list[tuple[bytes, p.Message]] = []
         self.full: set[bytes] = set()  # peers whose queues are full: nothing reaches them
         self.closed: set[bytes] = set()  # peers whose connections closed
 
-        def deliver(identity: bytes, frames: list[bytes]) -> bool:
-            if identity in self.full:
-                return False
-            if identity in self.closed:  # as the real one does on EHOSTUNREACH
-                self.broker._gone.add(identity)
-                return False
-            self.sent.append((identity, p.decode(frames)))
-            return True
-
-        self.broker._deliver = deliver  # type: ignore[method-assign]
+    def deliver(self, identity: bytes, frames: list[bytes]) -> Delivery:
+        if identity in self.full:
+            return Delivery.LAGS
+        if identity in self.closed:
+            return Delivery.GONE
+        self.sent.append((identity, p.decode(frames)))
+        return Delivery.SENT
 
     def peer(self, identity: bytes, message: p.Message) -> None:
-        self.broker.process([identity, *p.encode(message)])
+        self.frames([identity, *p.encode(message)])
+
+    def frames(self, frames: list[bytes]) -> None:
+        """One multipart message in, as the socket loop passes it, and what it causes out."""
+        self.broker.process(frames)
+        self.broker.flush(self.deliver)
+
+    def reconcile(self, now: float) -> None:
+        """Self-healing's periodic work alone, at monotonic time ``now``."""
+        self.broker.healing.reconcile(now)
+        self.broker.flush(self.deliver)
 
     def take(self, identity: bytes | None = None) -> list[p.Message]:
         """What was sent (to ``identity``) since the last call."""

@@ -119,8 +119,8 @@ def test_a_command_and_its_answer(
 CHECKS: dict[str, Callable[[Recorder], bool]] = {
     "HEARTBEAT": lambda rec: rec.broker.cluster.workers[W].memory == p.Memory(GIB, GIB),
     "DISCONNECT": lambda rec: W not in rec.broker.cluster.workers,
-    "a broker's own reply sent to it": lambda rec: rec.broker.malformed == 1,
-    "a command only the broker sends": lambda rec: rec.broker.malformed == 1,
+    "a broker's own reply sent to it": lambda rec: rec.broker.stats().malformed == 1,
+    "a command only the broker sends": lambda rec: rec.broker.stats().malformed == 1,
     "CANCEL a waiting request": lambda rec: rec.broker.cluster.scheduler.waiting("m") == 0,
 }
 

@@ -18,7 +18,7 @@ def test_a_handler_bug_is_counted_apart_and_answered(
     def broken(client: bytes, message: p.Submit) -> None:
         raise KeyError("a bug")
 
-    monkeypatch.setitem(rec.broker._from_facades, p.Submit, broken)
+    monkeypatch.setitem(rec.broker.from_facades, p.Submit, broken)
     rec.peer(FACADE, p.Submit("r1", "m", "chat", p.GenerateParams(messages=[])))
 
     (reply,) = rec.take(FACADE)
@@ -33,5 +33,5 @@ def test_a_handler_bug_is_counted_apart_and_answered(
     (pong,) = rec.take(FACADE)
     assert isinstance(pong, p.Pong) and pong.stats is not None
     assert pong.stats.handler_errors == 1
-    rec.broker.process([FACADE, b"not", b"a frame"])
+    rec.frames([FACADE, b"not", b"a frame"])
     assert (rec.broker.stats().handler_errors, rec.broker.stats().malformed) == (1, 1)

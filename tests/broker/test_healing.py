@@ -39,12 +39,12 @@ def test_a_replica_lost_with_its_worker_is_placed_again(rec: Recorder) -> None:
     rec.peer(first, p.Disconnect("gone"))
     # It is retried on the other replica at once, and counted.
     ((second, again),) = rec.requests()
-    assert second != first and again.request_id == "r1" and rec.broker.retries == 1
+    assert second != first and again.request_id == "r1" and rec.broker.stats().retries == 1
     rec.take()
     # The next reconcile places the lost replica on the worker left.
-    rec.broker.reconcile(later(0))
+    rec.reconcile(later(0))
     ((where, new_id),) = rec.launches()
-    assert where == second and new_id == "m-2" and rec.broker.replacements == 1
+    assert where == second and new_id == "m-2" and rec.broker.stats().replacements == 1
     rec.ready(second, new_id)
     rec.take()
     # The lost worker comes back with its replica still running: one replica too many,
@@ -69,13 +69,13 @@ def test_a_failed_replica_starts_again_with_backoff_then_is_given_up(rec: Record
     for attempt in range(1, MAX_RESTARTS + 1):
         rec.fail(w, rid)
         assert [type(m) for m in rec.take(w)] == [p.Terminate]
-        assert not model.replicas and rec.broker.restarts == attempt - 1
+        assert not model.replicas and rec.broker.stats().restarts == attempt - 1
         waits.append(round(model.retry_at - time.monotonic()))
-        rec.broker.reconcile(time.monotonic())  # too early: nothing yet
+        rec.reconcile(time.monotonic())  # too early: nothing yet
         assert not rec.launches()
-        rec.broker.reconcile(model.retry_at + 0.01)
+        rec.reconcile(model.retry_at + 0.01)
         ((_, rid),) = rec.launches()
-        assert (rec.broker.restarts, rec.broker.replacements) == (attempt, 0)
+        assert (rec.broker.stats().restarts, rec.broker.stats().replacements) == (attempt, 0)
         rec.take()
         rec.ready(w, rid)
     assert waits == [1, 2, 4, 8, 16]
@@ -85,7 +85,7 @@ def test_a_failed_replica_starts_again_with_backoff_then_is_given_up(rec: Record
     (replica,) = model.replicas.values()
     assert replica.state == p.ModelState.FAILED
     assert replica.error is not None and replica.error.startswith("gave up after 5 restarts")
-    rec.broker.reconcile(later(3600))
+    rec.reconcile(later(3600))
     assert not rec.launches()
     # A request for it now ends at once with a clear error.
     rec.peer(FACADE, submit("late"))
@@ -116,7 +116,7 @@ def test_a_request_failing_before_its_first_token_is_retried_once(rec: Recorder)
     rec.peer(where, p.Error("s", p.ErrorCode.MODEL_FAILED, "model process exited"))
     sent = rec.take(FACADE)
     assert [type(m) for m in sent] == [p.Partial, p.Error]
-    assert {a, b} >= {first, second} and rec.broker.retries == 1
+    assert {a, b} >= {first, second} and rec.broker.stats().retries == 1
 
 
 def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None:
@@ -144,10 +144,10 @@ def test_a_restarted_broker_restores_what_users_launched(tmp_path: Path) -> None
     assert [type(m) for m in rec.take(FACADE)] == [p.Final]
     assert list(model.replicas) == ["m-0"] and "x" not in rec.broker.cluster.models
     # Missing replicas wait for workers to come back first ...
-    rec.broker.reconcile(time.monotonic())
+    rec.reconcile(time.monotonic())
     assert not rec.launches()
     # ... then are placed, under a replica id never used before.
-    rec.broker.reconcile(later(10))
+    rec.reconcile(later(10))
     assert [rid for _, rid in rec.launches()] == ["m-2"]
     # The launch settings came back too.
     for i in range(3):
@@ -231,7 +231,7 @@ def test_a_launch_onto_a_worker_whose_connection_just_closed_is_placed_again(
     assert a not in rec.broker.cluster.workers and not rec.broker.cluster.models["m"].replicas
     b = rec.join("b")
     rec.take()
-    rec.broker.reconcile(later(0))
+    rec.reconcile(later(0))
     assert [who for who, _ in rec.launches()] == [b]
 
 
@@ -244,11 +244,11 @@ def test_a_replica_its_worker_stops_reporting_is_placed_again(rec: Recorder) -> 
     replica = rec.broker.cluster.models["m"].replicas[rid]
     replica.since -= 10  # placed a while ago
     rec.peer(w, p.Heartbeat(p.Memory(64 * GIB, 64 * GIB), []))  # it does not list it
-    rec.broker.reconcile(later(0))
+    rec.reconcile(later(0))
     assert rid not in rec.broker.cluster.models["m"].replicas
-    rec.broker.reconcile(later(1))  # the next round places it
+    rec.reconcile(later(1))  # the next round places it
     ((_, again),) = rec.launches()
-    assert again != rid and rec.broker.replacements == 1
+    assert again != rid and rec.broker.stats().replacements == 1
 
 
 def test_requests_wait_while_a_lost_replica_is_placed_again(rec: Recorder) -> None:
@@ -260,7 +260,7 @@ def test_requests_wait_while_a_lost_replica_is_placed_again(rec: Recorder) -> No
     rec.peer(where, p.Disconnect("bye"))
     rec.peer(FACADE, submit("waits"))
     assert not rec.take(FACADE)  # queued, not refused
-    rec.broker.reconcile(later(0))
+    rec.reconcile(later(0))
     ((other, new),) = rec.launches()
     assert other != where and other in (a, b)
     rec.ready(other, new)
