@@ -11,7 +11,6 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xb.client import calls
-from xb.client.calls import ClientError
 from xb.client.cli_shared import (
     API_KEY,
     AS_JSON,
@@ -25,6 +24,7 @@ from xb.client.cli_shared import (
     print_json,
 )
 from xb.client.client import Client
+from xb.client.errors import ClientError
 from xb.client.tables import table
 from xb.core.units import size_text
 
