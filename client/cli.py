@@ -297,16 +297,11 @@ def generate(
 
 @functools.cache
 def build() -> typer.Typer:
-    """The whole ``xb`` command: these commands, the registry's, the cache's, the dashboard."""
+    """The client's ``xb`` commands: these, the registry's, the cache's and the keys'
+    (``xb.serve.cli`` adds the dashboard's)."""
     from xb.client import cli_cache, cli_keys, cli_registry
-    from xb.tui.cli import tui
 
     cli_registry.install(app)
     cli_cache.install(app)
     cli_keys.install(app)
-    app.command()(tui)
     return app
-
-
-def main() -> None:
-    build()()

@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("core", "broker", "worker", "api", "client", "tui", "bench", "tests")
+FOLDERS = ("core", "broker", "worker", "api", "client", "tui", "serve", "bench", "tests")
 
 
 def private_imports(source: str) -> list[str]:
