@@ -68,6 +68,7 @@ class APIStatusError(ClientError):
         self.type: str | None = error.get("type")
         self.param: str | None = error.get("param")
         super().__init__(text, self.status_code)
+        self.message = str(error.get("message") or text)  # the body's, without the status
 
 
 class BadRequestError(APIStatusError):

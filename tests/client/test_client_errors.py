@@ -69,7 +69,7 @@ def test_each_status_has_its_class(status: int, kind: type[APIStatusError]) -> N
     error = status_error(httpx.Response(status, json=body))
     assert type(error) is kind and isinstance(error, ClientError)
     assert (error.status_code, error.status, error.code, error.param) == (status, status, "c", "p")
-    assert str(error) == f"no (HTTP {status})" and error.type == "t"
+    assert str(error) == f"no (HTTP {status})" and error.message == "no" and error.type == "t"
 
 
 @pytest.mark.unit
