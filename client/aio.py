@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 
 from xb.client import calls
-from xb.client.calls import Call, ClientError
+from xb.client.calls import Call
+from xb.client.errors import connection_error, status_error
 from xb.core.settings import DEFAULT_ENDPOINT
 
 
@@ -40,9 +41,9 @@ class AsyncClient:
         try:
             response = await self._http.request(call.method, call.path, json=call.json)
         except httpx.TransportError as exc:
-            raise calls.unreachable(self.base_url, exc) from exc
+            raise connection_error(self.base_url, exc) from exc
         if response.status_code >= 400:
-            raise ClientError(calls.error_message(response), response.status_code)
+            raise status_error(response)
         return call.read(response.json())
 
     async def _stream(self, call: Call) -> AsyncIterator[dict[str, Any]]:
@@ -50,11 +51,11 @@ class AsyncClient:
         try:
             response = await self._http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise calls.unreachable(self.base_url, exc) from exc
+            raise connection_error(self.base_url, exc) from exc
         if response.status_code >= 400:
             await response.aread()
             await response.aclose()
-            raise ClientError(calls.error_message(response), response.status_code)
+            raise status_error(response)
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             try:
@@ -63,7 +64,7 @@ class AsyncClient:
                     if chunk is not None:
                         yield chunk
             except httpx.TransportError as exc:
-                raise calls.unreachable(self.base_url, exc) from exc
+                raise connection_error(self.base_url, exc) from exc
             finally:
                 await response.aclose()
 

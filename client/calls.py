@@ -12,18 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from xb.core.errors import XbError
-
-
-class ClientError(XbError):
-    """The API answered with an error, or could not be reached; the message says which."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
+from xb.client.errors import APIStreamError
 
 API_KEY_ENV = "XB_API_KEY"
 
@@ -120,21 +109,13 @@ def streaming(call: Call) -> bool:
     return bool(call.json and call.json.get("stream"))
 
 
-def error_message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error", {})
-        return f"{error.get('message', response.text)} (HTTP {response.status_code})"
-    except (ValueError, AttributeError):
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-
-
 def chunk(line: str) -> dict[str, Any] | None:
     """The chunk one SSE line carries; None for comments, blank lines and the end marker."""
     if not line.startswith("data: ") or line == "data: [DONE]":
         return None
     value: dict[str, Any] = json.loads(line[6:])
     if "error" in value:
-        raise ClientError(value["error"].get("message", "the stream failed"))
+        raise APIStreamError(value["error"])
     return value
 
 
@@ -149,7 +130,3 @@ def progress_text(state: dict[str, Any]) -> str:
         )
     replicas = state["replicas"]
     return f"{state['stage']} · replicas ready {replicas['ready']}/{replicas['total']}"
-
-
-def unreachable(base_url: str, exc: Exception) -> ClientError:
-    return ClientError(f"cannot reach xb at {base_url} ({exc}); is xb-broker running?")

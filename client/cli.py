@@ -11,7 +11,6 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xb.client import calls
-from xb.client.calls import ClientError
 from xb.client.cli_shared import (
     API_KEY,
     AS_JSON,
@@ -25,6 +24,7 @@ from xb.client.cli_shared import (
     print_json,
 )
 from xb.client.client import Client
+from xb.client.errors import ClientError
 from xb.client.tables import table
 from xb.core.units import size_text
 
@@ -297,16 +297,11 @@ def generate(
 
 @functools.cache
 def build() -> typer.Typer:
-    """The whole ``xb`` command: these commands, the registry's, the cache's, the dashboard."""
+    """The client's ``xb`` commands: these, the registry's, the cache's and the keys'
+    (``xb.serve.cli`` adds the dashboard's)."""
     from xb.client import cli_cache, cli_keys, cli_registry
-    from xb.tui.cli import tui
 
     cli_registry.install(app)
     cli_cache.install(app)
     cli_keys.install(app)
-    app.command()(tui)
     return app
-
-
-def main() -> None:
-    build()()

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from xb.client.calls import ClientError
 from xb.client.client import Client
+from xb.client.errors import ClientError
 from xb.core.settings import DEFAULT_ENDPOINT, DEFAULT_MAX_TOKENS, MAX_TOKENS_HELP
 
 console = Console()

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 
 from xb.client import calls
-from xb.client.calls import Call, ClientError
+from xb.client.calls import Call
+from xb.client.errors import connection_error, status_error
 from xb.core.settings import DEFAULT_ENDPOINT
 
 
@@ -44,9 +45,9 @@ class Client:
         try:
             response = self._http.request(call.method, call.path, json=call.json)
         except httpx.TransportError as exc:
-            raise calls.unreachable(self.base_url, exc) from exc
+            raise connection_error(self.base_url, exc) from exc
         if response.status_code >= 400:
-            raise ClientError(calls.error_message(response), response.status_code)
+            raise status_error(response)
         return call.read(response.json())
 
     def _stream(self, call: Call) -> Iterator[dict[str, Any]]:
@@ -55,11 +56,11 @@ class Client:
         try:
             response = self._http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise calls.unreachable(self.base_url, exc) from exc
+            raise connection_error(self.base_url, exc) from exc
         if response.status_code >= 400:
             response.read()
             response.close()
-            raise ClientError(calls.error_message(response), response.status_code)
+            raise status_error(response)
 
         def chunks() -> Iterator[dict[str, Any]]:
             try:
@@ -68,7 +69,7 @@ class Client:
                     if chunk is not None:
                         yield chunk
             except httpx.TransportError as exc:
-                raise calls.unreachable(self.base_url, exc) from exc
+                raise connection_error(self.base_url, exc) from exc
             finally:
                 response.close()
 

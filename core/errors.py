@@ -18,7 +18,10 @@ one role's, or one kind::
     ├── DownloadError       xb.worker.download: a model file that cannot be fetched
     ├── APIError            xb.api.errors: an answer as the OpenAI error object
     ├── APIKeyError         xb.api.auth: an API key that cannot be used
-    └── ClientError         xb.client.calls: the API answered with an error, or not at all
+    └── ClientError         xb.client.errors: the API answered with an error, or not at all
+        ├── APIConnectionError → APITimeoutError
+        ├── APIStreamError
+        └── APIStatusError → BadRequestError, AuthenticationError, NotFoundError, ...
 """
 
 from __future__ import annotations

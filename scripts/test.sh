@@ -7,4 +7,5 @@ cd "$root"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 bash scripts/typecheck.sh
+.venv/bin/lint-imports
 .venv/bin/python -m pytest "$@"

@@ -8,6 +8,6 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/xb"
 : >"$stage/xb/__init__.py"  # at run time `xb` is a namespace; mypy is told of it as a package
-for role in core broker worker api client tui; do ln -s "$root/$role" "$stage/xb/$role"; done
+for role in core broker worker api client tui serve; do ln -s "$root/$role" "$stage/xb/$role"; done
 cd "$stage"
 "$python" -m mypy --config-file "$root/pyproject.toml" --cache-dir "$root/.mypy_cache" -p xb

@@ -17,7 +17,7 @@ SKIP = {"__main__"}
 
 def test_every_exception_of_xb_derives_from_xb_error() -> None:
     found, strays = [], []
-    for package in ("core", "broker", "worker", "api", "client", "tui"):
+    for package in ("core", "broker", "worker", "api", "client", "tui", "serve"):
         root = importlib.import_module(f"xb.{package}")
         for info in pkgutil.walk_packages(root.__path__, f"xb.{package}."):
             if info.name.rsplit(".", 1)[-1] in SKIP:

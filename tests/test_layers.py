@@ -1,15 +1,18 @@
-"""No module imports another module's private names: what is shared is named as shared."""
+"""No module imports another module's private names: what is shared is named as shared;
+and no package imports a layer above its own (import-linter's contracts in pyproject)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("core", "broker", "worker", "api", "client", "tui", "bench", "tests")
+FOLDERS = ("core", "broker", "worker", "api", "client", "tui", "serve", "bench", "tests")
 
 
 def private_imports(source: str) -> list[str]:
@@ -36,3 +39,11 @@ def test_no_private_name_is_imported_across_modules() -> None:
         if (names := private_imports(path.read_text()))
     }
     assert not offenders, offenders
+
+
+def test_the_layer_contracts_hold() -> None:
+    lint = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run(
+        [str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.dom import DOMNode
 from textual.screen import Screen
 
 from xb.client import AsyncClient
@@ -14,18 +15,27 @@ from xb.core.settings import DEFAULT_ENDPOINT
 from xb.tui.arena import ArenaScreen
 from xb.tui.cluster import ChatRequested, ClusterScreen
 from xb.tui.launch import LaunchScreen
-from xb.tui.widgets import HelpScreen
+from xb.tui.widgets import HelpScreen, help_text
 
 
 class XbApp(App[None]):
     CSS_PATH = "xb.tcss"
     TITLE = "xb"
+    # The help screen lists these with their tooltips (help_text): add a key here, and
+    # it is in the help too.
     BINDINGS = [
-        Binding("c", "switch_mode('cluster')", "Cluster"),
-        Binding("a", "switch_mode('arena')", "Arena"),
-        Binding("l", "launch", "Launch"),
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
+        Binding(
+            "c", "switch_mode('cluster')", "Cluster", tooltip="the cluster: workers and models"
+        ),
+        Binding(
+            "a",
+            "switch_mode('arena')",
+            "Arena",
+            tooltip="the arena: chat with two or three models at once",
+        ),
+        Binding("l", "launch", "Launch", tooltip="launch a model"),
+        Binding("question_mark", "help", "Help", tooltip="this help"),
+        Binding("q", "quit", "Quit", tooltip="quit"),
     ]
 
     def __init__(
@@ -58,7 +68,17 @@ class XbApp(App[None]):
         self.push_screen(LaunchScreen(self.client), launched)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        sections: list[tuple[str, type[DOMNode]]] = [
+            ("anywhere", type(self)),
+            ("cluster", ClusterScreen),
+            ("launch", LaunchScreen),
+            ("arena", ArenaScreen),
+        ]
+        not_bindings = [
+            (self.COMMAND_PALETTE_BINDING, "anywhere", "the command palette"),
+            ("enter", "arena prompt", "send the message to every pane"),
+        ]
+        self.push_screen(HelpScreen(help_text(sections, not_bindings)))
 
     @on(ChatRequested)
     def chat_with(self, message: ChatRequested) -> None:

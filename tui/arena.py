@@ -155,10 +155,10 @@ def _stats(started: float, first: float, ended: float, tokens: int) -> str:
 
 class ArenaScreen(Screen[None]):
     BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+l", "clear", "Clear"),
-        Binding("ctrl+n", "add_pane", "Add pane"),
-        Binding("ctrl+w", "remove_pane", "Remove pane"),
+        Binding("escape", "stop", "Stop", tooltip="stop generating"),
+        Binding("ctrl+l", "clear", "Clear", tooltip="clear every pane's history"),
+        Binding("ctrl+n", "add_pane", "Add pane", tooltip="add a pane (up to three)"),
+        Binding("ctrl+w", "remove_pane", "Remove pane", tooltip="remove the last pane"),
     ]
 
     def __init__(self, client: AsyncClient) -> None:

@@ -41,9 +41,15 @@ MODEL_COLUMNS = (
 
 class ClusterScreen(Screen[None]):
     BINDINGS = [
-        Binding("t", "terminate", "Terminate"),
-        Binding("enter", "chat", "Chat", priority=True),
-        Binding("r", "refresh", "Refresh"),
+        Binding("t", "terminate", "Terminate", tooltip="terminate the selected model (asks first)"),
+        Binding(
+            "enter",
+            "chat",
+            "Chat",
+            priority=True,
+            tooltip="chat with the selected model in the arena",
+        ),
+        Binding("r", "refresh", "Refresh", tooltip="read the workers and models again"),
     ]
 
     def __init__(self, client: AsyncClient) -> None:

@@ -39,7 +39,7 @@ class LaunchScreen(Screen[str | None]):
     family independently.
     """
 
-    BINDINGS = [Binding("escape", "back", "Back")]
+    BINDINGS = [Binding("escape", "back", "Back", tooltip="back, launching nothing")]
 
     def __init__(self, client: AsyncClient, *, fresh_uid: bool = False) -> None:
         super().__init__()

@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Grid, Vertical
+from textual.dom import DOMNode
+from textual.keys import key_to_character
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Markdown
 
 from xb.core.units import GIB
 
-HELP = """\
-# xb dashboard
+# A key that is no binding of a screen: (key, where, what).
+HelpRow = tuple[str, str, str]
 
-| key | where | what |
-|---|---|---|
-| `c` | anywhere | the cluster: workers and models |
-| `l` | anywhere | launch a model |
-| `a` | anywhere | the arena: chat with two or three models at once |
-| `?` | anywhere | this help |
-| `ctrl+p` | anywhere | the command palette |
-| `t` | cluster | terminate the selected model (asks first) |
-| `enter` | cluster | chat with the selected model in the arena |
-| `enter` | arena prompt | send the message to every pane |
-| `escape` | arena | stop generating |
-| `ctrl+l` | arena | clear every pane's history |
-| `ctrl+n` / `ctrl+w` | arena | add a pane (up to three) / remove the last |
-| `q` | anywhere | quit |
-"""
+
+def key_text(key: str) -> str:
+    """A binding's key as typed: ``?`` for question_mark, ``ctrl+l`` as it is."""
+    character = key_to_character(key)
+    return character if character and character.isprintable() else key
+
+
+def help_text(sections: Iterable[tuple[str, type[DOMNode]]], extra: Iterable[HelpRow]) -> str:
+    """The help as a Markdown table, a row per binding of each ``(where, class)`` section.
+
+    A row says the binding's ``tooltip``, else its ``description``; bindings without either
+    (and Textual's system ones) are left out. ``extra`` adds keys that are no binding.
+    """
+    rows: list[HelpRow] = []
+    for where, node in sections:
+        for binding in Binding.make_bindings(node.BINDINGS):
+            what = binding.tooltip or binding.description
+            if what and not binding.system:
+                rows.append((binding.key_display or key_text(binding.key), where, what))
+    rows.extend(extra)
+    lines = ["# xb dashboard", "", "| key | where | what |", "|---|---|---|"]
+    lines += [f"| `{key}` | {where} | {what} |" for key, where, what in rows]
+    return "\n".join(lines) + "\n"
 
 
 def memory_bar(free: int, total: int, width: int = 10) -> str:
@@ -56,11 +69,17 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class HelpScreen(ModalScreen[None]):
+    """The keys, as ``help_text`` writes them."""
+
     BINDINGS = [("escape,q,question_mark", "dismiss", "Close")]
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help"):
-            yield Markdown(HELP)
+            yield Markdown(self.text)
             yield Button("Close", id="close")
 
     def on_button_pressed(self) -> None:

@@ -30,7 +30,13 @@ from xb.api.auth import (
     needed_scope,
     parse_keys_file,
 )
-from xb.client import AsyncClient, Client, ClientError
+from xb.client import (
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ClientError,
+    PermissionDeniedError,
+)
 from xb.tui.app import XbApp
 
 pytestmark = pytest.mark.e2e
@@ -186,12 +192,12 @@ def test_python_clients_take_a_key_or_xb_api_key(
     monkeypatch.delenv("XB_API_KEY", raising=False)
     with Client(keyed.url) as anonymous, pytest.raises(ClientError, match="needs a key") as caught:
         anonymous.list_models()
-    assert caught.value.status == 401
+    assert caught.value.status == 401 and isinstance(caught.value, AuthenticationError)
     with Client(keyed.url, api_key=INFERENCE_KEY) as client:
         assert list(client.list_models()) == ["tiny"]
         with pytest.raises(ClientError, match="admin scope") as denied:
             client.get_workers_info()
-        assert denied.value.status == 403
+        assert denied.value.status == 403 and isinstance(denied.value, PermissionDeniedError)
     monkeypatch.setenv("XB_API_KEY", ADMIN_KEY)
     with Client(keyed.url) as from_env:
         assert len(from_env.get_workers_info()) == 1
@@ -204,8 +210,8 @@ def test_python_clients_take_a_key_or_xb_api_key(
             models = list(await from_env.list_models())
             try:
                 await wrong.list_models()
-            except ClientError as exc:
-                return models, exc.status
+            except AuthenticationError as exc:
+                return models, exc.status_code
             return models, None
 
     assert asyncio.run(asynchronous()) == (["tiny"], 401)

@@ -76,8 +76,8 @@ def test_list_all_keeps_every_name_whole_in_80_columns(module_stack: Stack) -> N
 def test_each_short_flag_means_one_thing_in_every_command() -> None:
     import typer.main
 
-    from xb.broker.cli import app as broker
-    from xb.client.cli import build
+    from xb.serve.broker import app as broker
+    from xb.serve.cli import build
     from xb.tui.cli import app as dashboard
     from xb.worker.cli import app as worker
 
