@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from xb.core import engines
 from xb.core import protocol as p
 from xb.core.registry import ModelFamily
 
@@ -18,7 +19,8 @@ def model_entry(info: p.ModelInfo, family: ModelFamily | None = None) -> dict[st
     llama.cpp calls tools here (through a grammar), so they all have it.
     """
     ability = list(info.abilities)
-    if "chat" in ability and info.model_format == "gguf":
+    engine = engines.of_model(info.engine, info.model_format)
+    if "chat" in ability and engine is not None and engine.tools:
         ability.append("tools")
     return {
         "id": info.model_uid,
@@ -29,6 +31,7 @@ def model_entry(info: p.ModelInfo, family: ModelFamily | None = None) -> dict[st
         "model_name": info.model_name,
         "model_type": info.model_type,
         "model_format": info.model_format,
+        "model_engine": engine.name if engine is not None else info.engine,
         "model_path": info.model_path,
         "n_ctx": info.n_ctx,
         "n_parallel": info.n_parallel,

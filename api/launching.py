@@ -11,8 +11,10 @@ import msgspec
 from xb.api import compat
 from xb.api.errors import APIError
 from xb.api.schemas import LaunchRequest
+from xb.core import engines
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
+from xb.core.engines import EngineError, EngineKind
 from xb.core.modelfile import kv_cells
 from xb.core.registry import (
     Registry,
@@ -27,48 +29,17 @@ from xb.core.settings import DEFAULT_PARALLEL
 
 log = logging.getLogger("xb.api")
 
-ENGINES = {
-    "gguf": {"llama.cpp", "llama-cpp", "llama_cpp", "llama-cpp-python"},
-    "ggml": {"chatglm.cpp", "chatglm-cpp", "chatglm_cpp"},
-}
-FORMATS = {"gguf": "gguf", "ggufv2": "gguf", "ggml": "ggml", "ggmlv3": "ggml"}
 
-
-def _format(body: LaunchRequest) -> str | None:
-    if body.model_format is None:
-        return None
-    fmt = FORMATS.get(body.model_format.lower())
-    if fmt is None:
-        raise APIError(
-            400,
-            f"model_format {body.model_format!r} is not served; use gguf (llama.cpp) or ggml "
-            "(chatglm.cpp)",
-            param="model_format",
-        )
-    return fmt
-
-
-def _check_engine(body: LaunchRequest, fmt: str) -> None:
-    if body.model_engine is not None and body.model_engine.lower() not in ENGINES[fmt]:
-        engine = "llama.cpp" if fmt == "gguf" else "chatglm.cpp"
-        raise APIError(
-            400,
-            f"model_engine {body.model_engine!r} cannot run {fmt} models; xb runs them on {engine}",
-            param="model_engine",
-        )
+def _engine(body: LaunchRequest, fmt: str | None, path: str | None) -> tuple[EngineKind, str]:
+    try:
+        return engines.choose(body.model_engine, fmt, path)
+    except EngineError as exc:
+        raise APIError(400, str(exc), param=exc.param) from exc
 
 
 def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> p.LaunchModel:
     """The protocol launch for Xinference's launch body; refuses what xb cannot honour."""
-    known = set().union(*ENGINES.values())
-    if body.model_engine is not None and body.model_engine.lower() not in known:
-        raise APIError(
-            400,
-            f"model_engine {body.model_engine!r} is not available; xb runs llama.cpp and "
-            "chatglm.cpp",
-            param="model_engine",
-        )
-    fmt = _format(body)
+    kind, fmt = _engine(body, body.model_format, body.model_path)
     n_gpu_layers = body.n_gpu_layers
     if n_gpu_layers is None:
         # Xinference: n_gpu null (given, not left out) or 0 means the CPU; "auto" the GPU.
@@ -82,7 +53,7 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
         model_name=body.model_name,
         model_path=body.model_path,
         n_ctx=body.n_ctx,
-        model_format=fmt or ("ggml" if (body.model_path or "").endswith(".bin") else "gguf"),
+        model_format=fmt,
         model_type=body.model_type,
         n_gpu_layers=n_gpu_layers,
         engine_kwargs=json.dumps(extra),
@@ -90,9 +61,11 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
     need, abilities = 0, ["embed"] if body.model_type == "embedding" else []
     chosen: tuple[Spec, str] | None = None
     if not body.model_path and body.model_name != DEMO_MODEL_NAME:
-        spec, chosen, abilities = _from_registry(body, registry, spec, fmt)
-    _check_engine(body, spec.model_format)
-    spec = _with_slots(body, spec)
+        # The format asked for, or the engine's: the family's spec must be one it reads.
+        given = fmt if body.model_format is not None or body.model_engine is not None else None
+        spec, chosen, abilities = _from_registry(body, registry, spec, given)
+        kind, fmt = _engine(body, spec.model_format, spec.model_path)
+    spec = _with_slots(body, kind, msgspec.structs.replace(spec, engine=kind.name))
     if chosen is not None:
         need = estimate_from_spec(*chosen, kv_cells(spec.n_ctx, spec.n_parallel))
     return p.LaunchModel(
@@ -107,15 +80,12 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
     )
 
 
-def _with_slots(body: LaunchRequest, spec: p.ModelSpec) -> p.ModelSpec:
-    """Sequences per replica: several for llama.cpp chat models, one for the others."""
-    batched = spec.model_format == "gguf" and spec.model_type == "LLM"
+def _with_slots(body: LaunchRequest, kind: EngineKind, spec: p.ModelSpec) -> p.ModelSpec:
+    """Sequences per replica: several for chat models on an engine that batches, one for
+    the others."""
+    batched = kind.batches and spec.model_type == "LLM"
     if body.n_parallel is not None and body.n_parallel > 1 and not batched:
-        why = (
-            "chatglm.cpp decodes one sequence at a time"
-            if spec.model_format == "ggml"
-            else "an embedding request already embeds all its inputs together"
-        )
+        why = kind.alone or "an embedding request already embeds all its inputs together"
         raise APIError(400, f"n_parallel must be 1 for this model: {why}", param="n_parallel")
     n_parallel = body.n_parallel or (DEFAULT_PARALLEL if batched else 1)
     cache = -1 if body.prefix_cache_tokens is None else body.prefix_cache_tokens

@@ -19,11 +19,11 @@ from xb.api.body import CheckedRoute
 from xb.api.bridge import BrokerBridge
 from xb.api.describe import model_entry
 from xb.api.errors import APIError
-from xb.api.launching import ENGINES, launch_message, progress
+from xb.api.launching import launch_message, progress
 from xb.api.metrics import Metrics
 from xb.api.schemas import AddReplicasRequest, LaunchRequest, ScaleRequest
 from xb.api.streaming import fail
-from xb.core import __version__
+from xb.core import __version__, engines
 from xb.core import protocol as p
 from xb.core.registry import ModelFamily, Registry, RegistryError, parse_family
 
@@ -215,13 +215,14 @@ async def add_replicas(
                 param=name,
                 code="unsupported_parameter",
             )
-    if body.model_engine is not None and body.model_engine.lower() not in ENGINES.get(
-        info.model_format, set()
+    running = engines.of_model(info.engine, info.model_format)
+    if body.model_engine is not None and (
+        running is None or body.model_engine.lower() not in running.names()
     ):
         raise APIError(
             400,
             f"model_engine {body.model_engine!r} cannot run {model_uid!r}; its replicas run "
-            f"{info.model_format} files",
+            f"on {running.name if running else info.engine or info.model_format}",
             param="model_engine",
         )
     return await _scale(request, model_uid, len(info.replicas) + body.replica)

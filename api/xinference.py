@@ -18,10 +18,9 @@ from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
 from xb.api.management import all_workers, bridge_of
 from xb.api.registrations import of_type
+from xb.core.engines import reading
 
 router = APIRouter(route_class=CheckedRoute)
-
-ENGINE_OF_FORMAT = {"gguf": "llama.cpp", "ggml": "chatglm.cpp"}
 
 
 @router.get("/v1/workers")
@@ -61,7 +60,7 @@ async def engines(request: Request, model_type: str, model_name: str) -> JSONRes
         raise APIError(404, f"no {model_type} family named {model_name!r}", code="model_not_found")
     by_engine: dict[str, list[dict[str, Any]]] = {}
     for spec in found[0].model_specs:
-        by_engine.setdefault(ENGINE_OF_FORMAT[spec.model_format], []).append(
+        by_engine.setdefault(reading(spec.model_format).name, []).append(
             {
                 "model_name": model_name,
                 "model_format": spec.model_format,

@@ -15,9 +15,11 @@ from xb.broker.requests import Requests
 from xb.broker.state import DesiredState
 from xb.broker.table import Model, Replica, Waiter, WorkerEntry
 from xb.broker.views import cluster_page, model_info, page_of
+from xb.core import engines
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME
-from xb.core.modelfile import ModelFileError, estimate_memory, read_gguf_info
+from xb.core.engines import EngineError
+from xb.core.modelfile import ModelFileError
 from xb.core.paths import inside
 
 log = logging.getLogger("xb.broker")
@@ -63,7 +65,7 @@ class Management:
             return
         try:
             need = launch.need or self._estimate(spec)
-        except ModelFileError as exc:
+        except (ModelFileError, EngineError) as exc:
             self.outbox.error(
                 client, rid, p.ErrorCode.INVALID_REQUEST, f"cannot launch {spec.model_uid!r}: {exc}"
             )
@@ -217,17 +219,19 @@ class Management:
 
     @staticmethod
     def _estimate(spec: p.ModelSpec) -> int:
-        """Bytes a GGUF file needs when it is readable here; 0 leaves it to the worker.
-        Only files inside this machine's model folders are opened (``xb.core.paths``)."""
-        if not spec.model_path or spec.model_format != "gguf":
+        """Bytes a replica needs, by its engine's estimate, when the file is readable here;
+        0 leaves it to the worker. Only files inside this machine's model folders are
+        opened (``xb.core.paths``)."""
+        kind = engines.of_spec(spec)
+        if not spec.model_path:
             return 0
         path = inside(spec.model_path)
         try:
             if path is None or not path.is_file():
                 return 0  # on the worker's machine only, or not allowed: the worker checks
+            return kind.estimate(path, spec)
         except OSError:
             return 0  # no permission here: the worker checks
-        return estimate_memory(read_gguf_info(path), spec.n_ctx, spec.n_parallel)
 
     def check_waiters(self, model: Model) -> None:
         """Answer launches and scale-ups whose replicas are all ready, or one failed."""

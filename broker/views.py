@@ -40,6 +40,7 @@ def model_info(cluster: Cluster, model: Model, request_id: str) -> p.ModelInfo:
         model_name=model.spec.model_name,
         model_path=model.spec.model_path,
         model_format=model.spec.model_format,
+        engine=model.spec.engine,
         model_type=model.spec.model_type,
         n_ctx=model.spec.n_ctx,
         abilities=model.abilities,

@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from xb.core import engines
 from xb.core.errors import XbError
 from xb.core.paths import safe_name
 from xb.core.protocol import MAX_FAMILIES
@@ -22,7 +23,6 @@ from xb.core.protocol import MAX_FAMILIES
 log = logging.getLogger("xb.core.registry")
 
 Ability = Literal["generate", "chat", "embed"]
-Format = Literal["gguf", "ggml"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 # Bits a weight takes in each quantization, to estimate memory before a file is fetched.
@@ -63,7 +63,7 @@ class Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     on the hub (``model_id`` and the file name templates), on the worker (``model_uri``),
     or in an installed Python package (``python_package``, checked before the hub)."""
 
-    model_format: Format
+    model_format: str  # one an engine reads (xb.core.engines), by its canonical name
     model_size_in_billions: str  # "0_5", "7": Xinference writes fractions with "_"
     quantizations: list[str]
     model_id: str | None = None  # the hub repository, "owner/name"
@@ -106,6 +106,11 @@ def _check(family: ModelFamily) -> ModelFamily:
         raise RegistryError("model_ability of an embedding model is ['embed']")
     for i, spec in enumerate(family.model_specs):
         where = f"model_specs[{i}]"
+        if engines.file_format(spec.model_format) != spec.model_format:
+            known = ", ".join(k.formats[0] for k in engines.ENGINES.values())
+            raise RegistryError(
+                f"{where}.model_format {spec.model_format!r} is not one xb runs ({known})"
+            )
         _check_names(spec, where)
         if not re.match(r"^\d+(_\d+)?$", spec.model_size_in_billions):
             raise RegistryError(f"{where}.model_size_in_billions must look like '7' or '0_5'")
@@ -268,7 +273,7 @@ def pick_spec(
     specs = [
         s
         for s in family.model_specs
-        if (fmt is None or s.model_format == fmt.removesuffix("v2"))
+        if (fmt is None or s.model_format == engines.file_format(fmt))
         and (wanted_size is None or s.model_size_in_billions == wanted_size)
     ]
     if not specs:

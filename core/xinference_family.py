@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from xb.core import engines
 from xb.core.registry import ModelFamily, RegistryError
 
-FORMATS = {"gguf": "gguf", "ggufv2": "gguf", "ggml": "ggml", "ggmlv3": "ggml"}
 # Abilities a family may claim: "tools" is granted (every llama.cpp chat model calls
 # tools here, through a grammar), the rest need inputs or outputs xb does not handle.
 _REFUSED_ABILITIES = {"vision", "audio", "omni", "reasoning", "hybrid", "rerank"}
@@ -100,7 +100,7 @@ def _abilities(claimed: list[str]) -> list[str]:
 
 def _spec(raw: Mapping[str, Any], where: str) -> dict[str, Any] | str:
     """xb's spec, or why it was set aside."""
-    fmt = FORMATS.get(str(raw.get("model_format", "")).lower())
+    fmt = engines.file_format(str(raw.get("model_format", "")))
     if fmt is None:
         return f"{where} is {raw.get('model_format')!r}, which xb does not run"
     for name in _SPEC_MUST_BE_EMPTY:

@@ -13,6 +13,7 @@ from typing import Any
 
 from xb.core.protocol import GenerateParams, ModelSpec, Usage
 from xb.worker.backend import Backend, BackendError, Done, Piece, StopText, token_budget
+from xb.worker.engine import Engine, SequentialEngine
 
 # GenerateParams defaults that chatglm.cpp has no way to honour otherwise.
 _UNSUPPORTED: dict[str, Any] = {
@@ -101,3 +102,9 @@ class ChatGLMBackend(Backend):
 def _role(role: str) -> str:
     # chatglm.cpp knows system, user, assistant and observation (tool results).
     return {"developer": "system", "tool": "observation"}.get(role, role)
+
+
+def start(path: Path, spec: ModelSpec, threads: int) -> Engine:
+    """chatglm.cpp's entry in ``xb.core.engines``: one sequence at a time, on the threads
+    chatglm.cpp picks itself."""
+    return SequentialEngine(ChatGLMBackend(path, spec))

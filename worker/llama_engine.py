@@ -20,13 +20,14 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from xb.core.protocol import GenerateParams, Usage
+from xb.core.protocol import GenerateParams, ModelSpec, Usage
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
-from xb.worker.engine import Engine, Event, Failed
+from xb.worker.engine import Engine, Event, Failed, SequentialEngine
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, scored_piece
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
@@ -412,3 +413,14 @@ class BatchEngine(Engine):
         self._llama.llama_batch_free(self._batch)
         self._llama.llama_free(self._ctx)
         self._model.close()
+
+
+def start(path: Path, spec: ModelSpec, threads: int) -> Engine:
+    """llama.cpp's entry in ``xb.core.engines``: chat models batched, embedding models one
+    request at a time (a request embeds all its inputs together)."""
+    if spec.model_type == "embedding":
+        from xb.worker.llama_embed import LlamaEmbedder
+
+        return SequentialEngine(LlamaEmbedder(path, spec, threads))
+    model = LlamaModel(path, spec, threads)
+    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens)

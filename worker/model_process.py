@@ -8,6 +8,7 @@ process, not the worker that started it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -21,17 +22,19 @@ import msgspec
 import psutil
 import zmq
 
+from xb.core import engines
 from xb.core import protocol as p
 from xb.core.demo_model import DEMO_MODEL_NAME, ensure_demo_model
+from xb.core.engines import EngineError, EngineKind
 from xb.core.errors import XbError
 from xb.core.lifetime import die_with_parent
-from xb.core.modelfile import ModelFileError, estimate_memory, read_gguf_info
+from xb.core.modelfile import ModelFileError
 from xb.core.paths import PathRefused, allowed_file
 from xb.core.settings import xb_home
 from xb.core.units import size_text
 from xb.worker.backend import BackendError, Done, Piece
 from xb.worker.download import DownloadError, Report, fetch
-from xb.worker.engine import Engine, Failed, SequentialEngine
+from xb.worker.engine import Engine, Failed
 
 log = logging.getLogger("xb.model")
 
@@ -66,24 +69,24 @@ def resolve_path(spec: p.ModelSpec, report: Report) -> Path:
     raise LoadError(f"model {spec.model_name!r} names no file; give model_path")
 
 
-def _need(spec: p.ModelSpec, path: Path) -> int:
+def _need(kind: EngineKind, spec: p.ModelSpec, path: Path) -> int:
     if not path.is_file():
         raise LoadError(f"model file {str(path)!r} does not exist on this worker")
-    if spec.model_format == "gguf":
-        try:
-            return estimate_memory(read_gguf_info(path), spec.n_ctx, spec.n_parallel)
-        except ModelFileError as exc:
-            raise LoadError(str(exc)) from exc
-    return int(path.stat().st_size * 1.2) + 64 * 1024 * 1024  # ggml: weights and buffers
+    try:
+        return kind.estimate(path, spec)
+    except (ModelFileError, OSError) as exc:
+        raise LoadError(str(exc)) from exc
 
 
 def load_engine(spec: p.ModelSpec, offer: int, threads: int, report: Report) -> Engine:
-    """Fetch if need be, check the memory the worker offers, and load."""
-    if spec.model_format not in ("gguf", "ggml"):
-        raise LoadError(f"model format {spec.model_format!r} is not supported; use gguf or ggml")
+    """Fetch if need be, check the memory the worker offers, and start the spec's engine."""
+    try:
+        kind = engines.of_spec(spec)
+    except EngineError as exc:
+        raise LoadError(str(exc)) from exc
     path = resolve_path(spec, report)
     report(p.Progress("loading"))
-    need = _need(spec, path)
+    need = _need(kind, spec, path)
     # The worker's offer already weighs its memory limit, or the GPU the model offloads to.
     free = offer or int(psutil.virtual_memory().available)
     if need > free:
@@ -91,19 +94,11 @@ def load_engine(spec: p.ModelSpec, offer: int, threads: int, report: Report) -> 
             f"model {spec.model_uid!r} needs {size_text(need)} and this worker has "
             f"{size_text(free)} free; terminate a model or use another worker"
         )
-    if spec.model_format == "ggml":
-        from xb.worker.chatglm_backend import ChatGLMBackend
-
-        return SequentialEngine(ChatGLMBackend(path, spec))
-    if spec.model_type == "embedding":
-        from xb.worker.llama_embed import LlamaEmbedder
-
-        return SequentialEngine(LlamaEmbedder(path, spec, threads))
-    from xb.worker.llama_engine import BatchEngine
-    from xb.worker.llama_model import LlamaModel
-
-    model = LlamaModel(path, spec, threads)
-    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens)
+    module, _, function = kind.start.partition(":")
+    start: Callable[[Path, p.ModelSpec, int], Engine] = getattr(
+        importlib.import_module(module), function
+    )
+    return start(path, spec, threads)
 
 
 @dataclass

@@ -22,7 +22,9 @@ import msgspec
 import psutil
 import zmq
 
+from xb.core import engines
 from xb.core import protocol as p
+from xb.core.engines import EngineError
 from xb.core.keys import PeerKeys
 from xb.core.lifetime import child_env
 from xb.core.settings import HEARTBEAT_INTERVAL
@@ -303,11 +305,11 @@ class Worker:
         self._send_broker(p.ModelEvent(replica.status()))
 
     def _sharing(self) -> list[Replica]:
-        """The replicas that share this worker's CPU threads: llama.cpp ones, loaded."""
+        """The loaded replicas whose engine runs on this worker's CPU threads."""
         return [
             r
             for r in self.replicas.values()
-            if r.spec.model_format == "gguf" and r.state == p.ModelState.READY
+            if r.state == p.ModelState.READY and shares_threads(r.spec)
         ]
 
     def _working(self) -> int:
@@ -378,3 +380,11 @@ class Worker:
         self._models.close(linger=0)
         shutil.rmtree(self._private, ignore_errors=True)
         self._ctx.term()
+
+
+def shares_threads(spec: p.ModelSpec) -> bool:
+    """Whether the engine of ``spec`` runs on the worker's CPU threads (shared among them)."""
+    try:
+        return engines.of_spec(spec).shares_threads
+    except EngineError:
+        return False  # its launch fails in its own process, saying why

@@ -257,6 +257,7 @@ class ModelInfo(Struct, frozen=True):
     model_size_in_billions: str | None = None
     quantization: str | None = None
     n_parallel: int = 1
+    engine: str = ""  # "": an earlier broker's, which ran each format on one engine
 
 
 class ModelList(Struct, frozen=True):

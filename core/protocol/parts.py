@@ -205,7 +205,7 @@ class ModelSpec(Struct, frozen=True):
     model_name: str
     model_path: str | None = None
     n_ctx: int = 2048
-    model_format: str = "gguf"  # "gguf" runs on llama.cpp, "ggml" on chatglm.cpp
+    model_format: str = "gguf"  # the file's format, as xb.core.engines names it
     model_type: str = "LLM"  # or "embedding"
     n_gpu_layers: int = 0
     engine_kwargs: str = "{}"  # extra keyword arguments for the engine, as JSON text
@@ -217,6 +217,7 @@ class ModelSpec(Struct, frozen=True):
     quantization: str | None = None
     n_parallel: int = 1  # sequences one replica decodes together; n_ctx is per sequence
     prefix_cache_tokens: int = -1  # tokens of finished sequences kept for reuse; -1: default
+    engine: str = ""  # chosen at launch (xb.core.engines); "": the engine of model_format
 
 
 class ReplicaStatus(Struct, frozen=True):
