@@ -1,5 +1,10 @@
 """API keys: who may call which route.
 
+Every route declares the scope it needs where it is declared, as
+``@router.get(path, openapi_extra=scope(INFERENCE))``: ``open`` (no key), ``inference`` or
+``admin``. The scope is part of the route's OpenAPI operation (``x-xb-scope``), so
+``/openapi.json`` shows it, and ``RequireKey`` reads its table from there once.
+
 Keys come from ``xb-broker --api-key KEY`` (repeatable; full access) and
 ``--api-keys-file FILE``: one key a line, then its scopes, comma-separated::
 
@@ -25,28 +30,30 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, Literal
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xb.api.errors import APIError
 from xb.core.errors import XbError
 
-INFERENCE, ADMIN = "inference", "admin"
-SCOPES = (INFERENCE, ADMIN)
+RouteScope = Literal["open", "inference", "admin"]
+OPEN: RouteScope = "open"
+INFERENCE: RouteScope = "inference"
+ADMIN: RouteScope = "admin"
+SCOPES = (INFERENCE, ADMIN)  # what a key may hold
+ROUTE_SCOPES = (OPEN, INFERENCE, ADMIN)  # what a route may need
+SCOPE_FIELD = "x-xb-scope"
 MIN_KEY_LENGTH = 16
 _KEY = re.compile(rb"^[\x21-\x7e]+$")  # visible ASCII: what a header can carry as it is
 
-# Routes anyone may call: a load balancer's health check, and the question Xinference's
-# client asks before it decides whether to send its key.
-OPEN = {("GET", "/health"), ("GET", "/v1/cluster/auth")}
-# Everything else that is not here needs an admin key: a new route is closed until it
-# is listed.
-INFERENCE_ROUTES = [
-    ("POST", re.compile(r"^/v1/(chat/completions|completions|embeddings)$")),
-    ("GET", re.compile(r"^/v1/models$")),
-    ("GET", re.compile(r"^/v1/models/[^/]+$")),  # describe: Xinference's get_model reads it
-    ("GET", re.compile(r"^/(docs|redoc|openapi\.json)$")),
-]
+
+def scope(needed: RouteScope) -> dict[str, Any]:
+    """A route's scope, for its ``openapi_extra``: ``open`` for a load balancer's health
+    check and the question Xinference's client asks before it sends its key; ``inference``
+    for what a chat front end calls; ``admin`` for everything else."""
+    return {SCOPE_FIELD: needed}
 
 
 class APIKeyError(XbError):
@@ -111,7 +118,7 @@ def parse_keys_file(text: str, name: str) -> list[tuple[str, frozenset[str]]]:
 def load_keys(full_access: Iterable[str], keys_file: Path | None) -> tuple[APIKeys, list[str]]:
     """The keys given on the command line and in ``keys_file``; and warnings to log (a
     keys file others can read)."""
-    keys = []
+    keys: list[tuple[str, frozenset[str]]] = []
     for i, key in enumerate(full_access, 1):
         _check_key(key, f"--api-key number {i}")
         keys.append((key, frozenset(SCOPES)))
@@ -152,14 +159,48 @@ def exposure_refusal(api_host: str, keys: APIKeys, insecure: bool) -> str | None
     )
 
 
-def needed_scope(method: str, path: str) -> str | None:
-    """The scope a request needs; None for the open routes."""
-    method = "GET" if method == "HEAD" else method
-    if method == "OPTIONS" or (method, path) in OPEN:
-        return None  # OPTIONS says which methods a path has, as a 404 says it has none
-    if any(method == m and pattern.match(path) for m, pattern in INFERENCE_ROUTES):
-        return INFERENCE
-    return ADMIN
+class RouteScopes:
+    """The scope each route of an app needs, looked up by method and path before routing.
+
+    Read from the OpenAPI schema, the one public list of every route (included routers'
+    too), and FastAPI's documentation pages, which are not in it: an inference key may
+    read them, as the schema of the routes it calls. A path no route matches needs admin,
+    so a caller without a key learns nothing of which paths exist."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.exact: dict[tuple[str, str], RouteScope] = {}
+        self.templated: list[tuple[str, re.Pattern[str], RouteScope]] = []
+        for page in (app.openapi_url, app.docs_url, app.redoc_url):
+            if page is not None:
+                self.exact["GET", page] = INFERENCE
+        if app.docs_url is not None and app.swagger_ui_oauth2_redirect_url is not None:
+            self.exact["GET", app.swagger_ui_oauth2_redirect_url] = INFERENCE  # of /docs
+        for template, operations in app.openapi()["paths"].items():
+            for method, operation in operations.items():
+                needed = operation.get(SCOPE_FIELD)
+                if needed not in ROUTE_SCOPES:
+                    raise ValueError(
+                        f"{method.upper()} {template} declares no scope: give its route "
+                        f"openapi_extra=scope(...) with one of {', '.join(ROUTE_SCOPES)}"
+                    )
+                if "{" in template:
+                    pattern = re.compile("^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$")
+                    self.templated.append((method.upper(), pattern, needed))
+                else:
+                    self.exact[method.upper(), template] = needed
+
+    def needed(self, method: str, path: str) -> str | None:
+        """The scope a request needs; None for the open routes."""
+        method = "GET" if method == "HEAD" else method
+        if method == "OPTIONS":
+            return None  # OPTIONS says which methods a path has, as a 404 says it has none
+        needed = self.exact.get((method, path))
+        if needed is None:
+            needed = next(
+                (s for m, pattern, s in self.templated if m == method and pattern.match(path)),
+                ADMIN,
+            )
+        return None if needed == OPEN else needed
 
 
 class RequireKey:
@@ -167,15 +208,16 @@ class RequireKey:
     valid key, 403 with a key that lacks the scope. Plain ASGI, and before the body is
     read, so a caller without a key cannot make the facade read 16 MiB."""
 
-    def __init__(self, app: ASGIApp, keys: APIKeys) -> None:
+    def __init__(self, app: ASGIApp, keys: APIKeys, scopes: RouteScopes) -> None:
         self.app = app
         self.keys = keys
+        self.scopes = scopes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys.enabled:
             await self.app(scope, receive, send)
             return
-        needed = needed_scope(scope["method"], scope["path"])
+        needed = self.scopes.needed(scope["method"], scope["path"])
         refusal = None if needed is None else self._refusal(scope, needed)
         if refusal is None:
             await self.app(scope, receive, send)

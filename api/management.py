@@ -15,6 +15,7 @@ import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from xb.api.auth import ADMIN, INFERENCE, OPEN, scope
 from xb.api.body import CheckedRoute
 from xb.api.bridge import BrokerBridge
 from xb.api.describe import model_entry
@@ -110,20 +111,20 @@ async def entry(request: Request, info: p.ModelInfo) -> dict[str, Any]:
 # ---- health, cluster, metrics ---------------------------------------------------------
 
 
-@router.get("/health")
+@router.get("/health", openapi_extra=scope(OPEN))
 async def health(request: Request) -> JSONResponse:
     if not bridge_of(request).up:
         raise APIError(503, "the broker is not answering", type="server_error")
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-@router.get("/v1/cluster/info")
+@router.get("/v1/cluster/info", openapi_extra=scope(ADMIN))
 async def cluster_info(request: Request) -> Response:
     workers = await all_workers(request)
     return Response(msgspec.json.encode(workers), media_type="application/json")
 
 
-@router.get("/metrics")
+@router.get("/metrics", openapi_extra=scope(ADMIN))
 async def prometheus(request: Request) -> Response:
     models = await all_models(request)
     workers = await all_workers(request)
@@ -135,7 +136,7 @@ async def prometheus(request: Request) -> Response:
 # ---- models ---------------------------------------------------------------------------
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", openapi_extra=scope(INFERENCE))
 async def list_models(request: Request) -> JSONResponse:
     models = await all_models(request)
     known = await families(request)
@@ -143,7 +144,7 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": data})
 
 
-@router.post("/v1/models")
+@router.post("/v1/models", openapi_extra=scope(ADMIN))
 async def launch_model(
     request: Request, body: LaunchRequest, wait_ready: bool | None = Query(None)
 ) -> JSONResponse:
@@ -161,23 +162,23 @@ async def launch_model(
     return JSONResponse({"model_uid": reply.model_uid})
 
 
-@router.get("/v1/models/{model_uid}")
+@router.get("/v1/models/{model_uid}", openapi_extra=scope(INFERENCE))
 async def describe_model(request: Request, model_uid: str) -> JSONResponse:
     return JSONResponse(await entry(request, await describe(request, model_uid)))
 
 
-@router.get("/v1/models/{model_uid}/progress")
+@router.get("/v1/models/{model_uid}/progress", openapi_extra=scope(ADMIN))
 async def launch_progress(request: Request, model_uid: str) -> JSONResponse:
     return JSONResponse(progress(await describe(request, model_uid)))
 
 
-@router.delete("/v1/models/{model_uid}")
+@router.delete("/v1/models/{model_uid}", openapi_extra=scope(ADMIN))
 async def terminate_model(request: Request, model_uid: str) -> JSONResponse:
     await call(request, lambda rid: p.TerminateModel(rid, model_uid), p.Ack)
     return JSONResponse({"model_uid": model_uid, "terminated": True})
 
 
-@router.post("/v1/models/{model_uid}/cancel")
+@router.post("/v1/models/{model_uid}/cancel", openapi_extra=scope(ADMIN))
 async def cancel_launch(request: Request, model_uid: str) -> JSONResponse:
     if progress(await describe(request, model_uid))["stage"] == "ready":
         raise APIError(400, f"model {model_uid!r} is already ready; DELETE it to stop it")
@@ -195,12 +196,12 @@ async def _scale(request: Request, model_uid: str, replica: int) -> JSONResponse
     return JSONResponse(await entry(request, reply))
 
 
-@router.put("/v1/models/{model_uid}/replicas")
+@router.put("/v1/models/{model_uid}/replicas", openapi_extra=scope(ADMIN))
 async def scale_model(request: Request, model_uid: str, body: ScaleRequest) -> JSONResponse:
     return await _scale(request, model_uid, body.replica)
 
 
-@router.post("/v1/models/{model_uid}/replicas")
+@router.post("/v1/models/{model_uid}/replicas", openapi_extra=scope(ADMIN))
 async def add_replicas(
     request: Request, model_uid: str, body: AddReplicasRequest | None = None
 ) -> JSONResponse:
@@ -228,13 +229,13 @@ async def add_replicas(
     return await _scale(request, model_uid, len(info.replicas) + body.replica)
 
 
-@router.get("/v1/models/{model_uid}/replicas")
+@router.get("/v1/models/{model_uid}/replicas", openapi_extra=scope(ADMIN))
 async def list_replicas(request: Request, model_uid: str) -> JSONResponse:
     info = await describe(request, model_uid)
     return JSONResponse(msgspec.to_builtins(info.replicas))
 
 
-@router.delete("/v1/models/{model_uid}/replicas/{replica_id}")
+@router.delete("/v1/models/{model_uid}/replicas/{replica_id}", openapi_extra=scope(ADMIN))
 async def terminate_replica(request: Request, model_uid: str, replica_id: str) -> JSONResponse:
     await describe(request, model_uid)  # an unknown model is a 404 first
     raise APIError(

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from xb.api.auth import APIKeys, RequireKey
+from xb.api.auth import APIKeys, RequireKey, RouteScopes
 from xb.api.body import BodyLimit
 from xb.api.errors import APIError
 
@@ -92,7 +92,10 @@ def install(app: FastAPI, cors_origins: list[str], keys: APIKeys) -> None:
     (outermost, so errors carry it too) if asked."""
     app.add_middleware(BodyLimit)
     app.add_middleware(HeadAndOptions, routes=app)
-    app.add_middleware(RequireKey, keys=keys)
+    if keys.enabled:
+        # The table of scopes is read once, now that every route is in; it refuses a route
+        # that declares no scope, so a facade with keys will not start with one.
+        app.add_middleware(RequireKey, keys=keys, scopes=RouteScopes(app))
     if cors_origins:
         app.add_middleware(
             CORS,

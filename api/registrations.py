@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from xb.api.auth import ADMIN, scope
 from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
 from xb.api.management import bridge_of, families, registry_of
@@ -56,7 +57,7 @@ async def of_type(request: Request, model_type: str) -> dict[str, tuple[ModelFam
     return {n: (f, b) for n, (f, b) in found.items() if f.model_type == model_type}
 
 
-@router.get("/v1/model_registrations/{model_type}")
+@router.get("/v1/model_registrations/{model_type}", openapi_extra=scope(ADMIN))
 async def list_registrations(
     request: Request, model_type: str, detailed: bool = Query(False)
 ) -> JSONResponse:
@@ -66,7 +67,7 @@ async def list_registrations(
     return JSONResponse([summary(f, b) for _, (f, b) in found])
 
 
-@router.get("/v1/model_registrations/{model_type}/{model_name}")
+@router.get("/v1/model_registrations/{model_type}/{model_name}", openapi_extra=scope(ADMIN))
 async def get_registration(request: Request, model_type: str, model_name: str) -> JSONResponse:
     found = (await of_type(request, model_type)).get(model_name)
     if found is None:
@@ -75,7 +76,7 @@ async def get_registration(request: Request, model_type: str, model_name: str) -
     return JSONResponse({**msgspec.to_builtins(family), "is_builtin": builtin})
 
 
-@router.post("/v1/model_registrations/{model_type}")
+@router.post("/v1/model_registrations/{model_type}", openapi_extra=scope(ADMIN))
 async def register(request: Request, model_type: str, body: RegisterRequest) -> JSONResponse:
     known = await families(request)
     await of_type(request, model_type)
@@ -117,7 +118,7 @@ def _check_uris(family: ModelFamily) -> None:
             check_folder(spec.model_uri)
 
 
-@router.delete("/v1/model_registrations/{model_type}/{model_name}")
+@router.delete("/v1/model_registrations/{model_type}/{model_name}", openapi_extra=scope(ADMIN))
 async def unregister(request: Request, model_type: str, model_name: str) -> JSONResponse:
     found = (await of_type(request, model_type)).get(model_name)
     if found is None:

@@ -13,7 +13,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from xb.api.auth import APIKeys
+from xb.api.auth import ADMIN, OPEN, APIKeys, scope
 from xb.api.body import CheckedRoute
 from xb.api.errors import APIError
 from xb.api.management import all_workers, bridge_of
@@ -23,7 +23,7 @@ from xb.core.engines import reading
 router = APIRouter(route_class=CheckedRoute)
 
 
-@router.get("/v1/workers")
+@router.get("/v1/workers", openapi_extra=scope(ADMIN))
 async def workers(request: Request) -> JSONResponse:
     """Xinference's worker list ("work-ip" and its "models"), with xb's fields beside."""
     out: list[dict[str, Any]] = []
@@ -40,19 +40,19 @@ async def workers(request: Request) -> JSONResponse:
     return JSONResponse(out)
 
 
-@router.get("/v1/cluster/auth")
+@router.get("/v1/cluster/auth", openapi_extra=scope(OPEN))
 async def cluster_auth(request: Request) -> JSONResponse:
     # The client asks before anything else, and sends its api_key only where this is true.
     keys: APIKeys = request.app.state.api_keys
     return JSONResponse({"auth": keys.enabled})
 
 
-@router.get("/v1/supervisor")
+@router.get("/v1/supervisor", openapi_extra=scope(ADMIN))
 async def supervisor(request: Request) -> JSONResponse:
     return JSONResponse({"supervisor_ip": bridge_of(request).address})
 
 
-@router.get("/v1/engines/{model_type}/{model_name}")
+@router.get("/v1/engines/{model_type}/{model_name}", openapi_extra=scope(ADMIN))
 async def engines(request: Request, model_type: str, model_name: str) -> JSONResponse:
     """The engines that run a family, each with the specs it can launch."""
     found = (await of_type(request, model_type)).get(model_name)
@@ -71,6 +71,6 @@ async def engines(request: Request, model_type: str, model_name: str) -> JSONRes
     return JSONResponse(by_engine)
 
 
-@router.get("/v1/engines/{model_name}")
+@router.get("/v1/engines/{model_name}", openapi_extra=scope(ADMIN))
 async def engines_of_llm(request: Request, model_name: str) -> JSONResponse:
     return await engines(request, "LLM", model_name)

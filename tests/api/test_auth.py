@@ -8,26 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import fastapi.routing
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 from textual.widgets import DataTable, Static
 from xinference_client import RESTfulClient
 
 from tests.stack import Stack, free_port
 from xb.api import auth
+from xb.api.app import create_app
 from xb.api.auth import (
+    INFERENCE,
+    OPEN,
+    ROUTE_SCOPES,
     APIKeyError,
     APIKeys,
+    RequireKey,
+    RouteScopes,
     exposure_refusal,
     load_keys,
-    needed_scope,
     parse_keys_file,
 )
 from xb.client import (
@@ -354,15 +366,101 @@ def test_keys_file_format(tmp_path: Path) -> None:
     assert len(keys_of_file) == 2 and "chmod 600" in warnings[0]
 
 
+@pytest.fixture
+def keyed_app() -> Iterator[Callable[[], FastAPI]]:
+    """Makes the facade with an inference key and an admin key, not started: its routes
+    only (its bridge's socket is closed at the end)."""
+    apps: list[FastAPI] = []
+
+    def make() -> FastAPI:
+        keys = APIKeys(
+            [(INFERENCE_KEY, frozenset({INFERENCE})), (ADMIN_KEY, frozenset(auth.SCOPES))]
+        )
+        apps.append(create_app("tcp://127.0.0.1:1", api_keys=keys))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        asyncio.run(app.state.bridge.close())
+
+
+def declared_scopes(app: FastAPI) -> list[tuple[str, str, str | None]]:
+    """Every route of ``app`` as FastAPI routes requests to them (included routers' too):
+    each method, path and the scope declared with the route; FastAPI's own documentation
+    pages are declared by ``RouteScopes``."""
+    if hasattr(fastapi.routing, "iter_route_contexts"):  # routers included lazily
+        routes = [c.original_route for c in fastapi.routing.iter_route_contexts(app.routes)]
+    else:
+        routes = list(app.routes)
+    documentation = RouteScopes(app).exact
+    found: list[tuple[str, str, str | None]] = []
+    for route in routes:
+        assert isinstance(route, Route), f"{route!r}: walk into it too"
+        for method in sorted(route.methods or ()):
+            if isinstance(route, APIRoute):
+                declared = (route.openapi_extra or {}).get(auth.SCOPE_FIELD)
+            else:
+                declared = documentation.get(("GET" if method == "HEAD" else method, route.path))
+            found.append((method, route.path, declared))
+    return found
+
+
 @pytest.mark.unit
-def test_scopes_of_routes_and_exposure() -> None:
-    assert needed_scope("GET", "/health") is None
-    assert needed_scope("OPTIONS", "/v1/models/tiny") is None
-    assert needed_scope("POST", "/v1/chat/completions") == "inference"
-    assert needed_scope("HEAD", "/v1/models") == "inference"
-    assert needed_scope("POST", "/v1/models") == "admin"
-    assert needed_scope("GET", "/v1/models/tiny/progress") == "admin"
-    assert needed_scope("GET", "/v1/some-future-route") == "admin"  # closed until listed
+def test_every_route_declares_one_scope(keyed_app: Callable[[], FastAPI]) -> None:
+    found = declared_scopes(keyed_app())
+    undeclared = [f"{m} {path}" for m, path, declared in found if declared not in ROUTE_SCOPES]
+    assert not undeclared, f"give these routes openapi_extra=scope(...): {undeclared}"
+    assert len(found) > 30 and {d for _, _, d in found} == set(ROUTE_SCOPES)
+    assert ("POST", "/v1/embeddings", INFERENCE) in found
+    assert ("GET", "/v1/cluster/auth", OPEN) in found
+    # A route without one stops a facade with keys from starting.
+    app = keyed_app()
+    app.get("/v1/undeclared")(lambda: None)
+    app.openapi_schema = None
+    with pytest.raises(ValueError, match="GET /v1/undeclared declares no scope"):
+        RouteScopes(app)
+
+
+@pytest.mark.unit
+def test_each_route_is_guarded_by_its_declared_scope(keyed_app: Callable[[], FastAPI]) -> None:
+    """Every route, each key: no key reaches only the open routes; an inference key the
+    open and inference ones; an admin key all. Checked in the guard alone, before routing."""
+    app = keyed_app()
+
+    async def reached(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("reached")(scope, receive, send)
+
+    guard = RequireKey(reached, app.state.api_keys, RouteScopes(app))
+    allowed = {None: {OPEN}, INFERENCE_KEY: {OPEN, INFERENCE}, ADMIN_KEY: set(ROUTE_SCOPES)}
+
+    async def status(method: str, path: str, key: str | None) -> int:
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://xb") as http:
+            headers = bearer(key) if key else {}
+            return (await http.request(method, path, headers=headers)).status_code
+
+    async def check() -> None:
+        for method, template, declared in declared_scopes(app):
+            path = re.sub(r"\{[^/]+\}", "tiny", template)
+            for key, scopes in allowed.items():
+                expected = 200 if declared in scopes else 401 if key is None else 403
+                got = await status(method, path, key)
+                assert got == expected, (method, path, key and key[:9], declared)
+
+    asyncio.run(check())
+
+
+@pytest.mark.unit
+def test_scopes_of_routes_and_exposure(keyed_app: Callable[[], FastAPI]) -> None:
+    scopes = RouteScopes(keyed_app())
+    assert scopes.needed("GET", "/health") is None
+    assert scopes.needed("OPTIONS", "/v1/models/tiny") is None
+    assert scopes.needed("POST", "/v1/chat/completions") == "inference"
+    assert scopes.needed("HEAD", "/v1/models") == "inference"
+    assert scopes.needed("POST", "/v1/models") == "admin"
+    assert scopes.needed("GET", "/v1/models/tiny/progress") == "admin"
+    assert scopes.needed("GET", "/v1/some-future-route") == "admin"  # no route: says nothing
+    assert scopes.needed("GET", "/openapi.json") == "inference"
     none, some = APIKeys(), APIKeys([(ADMIN_KEY, frozenset(auth.SCOPES))])
     for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"]:
         assert exposure_refusal(host, none, insecure=False) is None

@@ -1,0 +1,155 @@
+"""The OpenAI inference routes: chat, completions and embeddings.
+
+Each converts its request into protocol ``Submit`` messages (``api.convert``), sends them
+through the app's bridge and answers whole or as a stream (``api.streaming``). The bridge,
+metrics and limits are the app's (``app.state``, set by ``create_app``).
+
+The bodies are dicts built by ``api.convert``; each route documents its body with a model
+from ``api.responses`` through ``responses=``, not ``response_model=``: a response model
+would have FastAPI validate and re-encode every body, a cost that grows with the body (an
+embedding of many inputs is a few hundred thousand floats), for a shape the tests check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from xb.api import convert
+from xb.api.auth import INFERENCE, scope
+from xb.api.body import CheckedRoute
+from xb.api.bridge import new_request_id
+from xb.api.conversation import conversation_keys
+from xb.api.errors import APIError
+from xb.api.limits import Limits, answer_timeout_error, check_frame
+from xb.api.management import bridge_of
+from xb.api.metrics import Metrics
+from xb.api.responses import ChatCompletion, Completion, EmbeddingList, documented
+from xb.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from xb.api.streaming import Generation, fail
+from xb.core import protocol as p
+
+router = APIRouter(route_class=CheckedRoute)
+
+
+def metrics_of(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def limits_of(request: Request) -> Limits:
+    limits: Limits = request.app.state.limits
+    return limits
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses=documented(ChatCompletion, streams=True),
+    openapi_extra=scope(INFERENCE),
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    params = convert.chat_params(body)
+    request_id = new_request_id()
+    prefix_keys, conversation = conversation_keys(body.model, params.messages or [])
+    submits = [
+        p.Submit(
+            f"{request_id}-{i}",
+            body.model,
+            "chat",
+            seeded(params, i),
+            prefix_keys=prefix_keys,
+            conversation=conversation,
+        )
+        for i in range(body.n)
+    ]
+    shape = convert.ChatShape(
+        body.model, request_id, body.logprobs, legacy_functions=body.functions is not None
+    )
+    generation = Generation(
+        bridge_of(request),
+        submits,
+        shape,
+        metrics_of(request),
+        "chat",
+        prompt_counted=[i == 0 for i in range(body.n)],
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        request=request,
+        limits=limits_of(request),
+    )
+    return await generation.respond(body.stream)
+
+
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses=documented(Completion, streams=True),
+    openapi_extra=scope(INFERENCE),
+)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    request_id = new_request_id()
+    submits: list[p.Submit] = []
+    counted: list[bool] = []
+    for prompt in convert.completion_prompts(body):
+        params = convert.completion_params(body, prompt)
+        for i in range(body.n):
+            submits.append(
+                p.Submit(
+                    f"{request_id}-{len(submits)}", body.model, "completion", seeded(params, i)
+                )
+            )
+            counted.append(i == 0)
+    shape = convert.TextShape(body.model, request_id, body.logprobs is not None)
+    generation = Generation(
+        bridge_of(request),
+        submits,
+        shape,
+        metrics_of(request),
+        "completions",
+        prompt_counted=counted,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        request=request,
+        limits=limits_of(request),
+    )
+    return await generation.respond(body.stream)
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=None,
+    responses=documented(EmbeddingList, streams=False),
+    openapi_extra=scope(INFERENCE),
+)
+async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+    metrics, limits = metrics_of(request), limits_of(request)
+    inputs = convert.embedding_inputs(body)
+    submit = p.Submit(new_request_id(), body.model, "embedding", p.GenerateParams(inputs=inputs))
+    check_frame(submit)
+    stream = bridge_of(request).open(submit)
+    try:
+        async with asyncio.timeout(limits.answer_timeout):
+            message = await stream.next()
+            while isinstance(message, p.Partial):
+                message = await stream.next()
+    except TimeoutError:
+        metrics.request(body.model, "embeddings", 504)
+        raise answer_timeout_error(limits.answer_timeout) from None
+    finally:
+        stream.close()
+    if not isinstance(message, p.Final):
+        error = fail(message) if message is not None else APIError(500, "no reply")
+        metrics.request(body.model, "embeddings", error.status)
+        raise error
+    metrics.request(body.model, "embeddings", 200)
+    return JSONResponse(convert.embedding_response(body.model, message, body.encoding_format))
+
+
+def seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:
+    """Choice ``index`` of several: its own seed, so the choices differ yet repeat."""
+    if index == 0 or params.seed is None:
+        return params
+    seed = (params.seed + index + 2**63) % 2**64 - 2**63  # wraps within 64 bits
+    return msgspec.structs.replace(params, seed=seed)
