@@ -2,8 +2,9 @@
 whether it batches and shares the worker's threads, how much memory a replica needs, and
 how the worker starts it. Nothing outside this module tests a format or an engine name.
 
-A launch picks its engine (``choose``): the one named by ``model_engine``, else the one
-that reads ``model_format``, else the one whose file suffix the path has, else llama.cpp.
+A launch picks its engine (``choose``): the one that reads ``model_format``, else the one
+whose file suffix the path has, else the one named by ``model_engine``, else llama.cpp; an
+engine named must be the one the format or suffix picks.
 ``ModelSpec.engine`` carries the choice to the broker and the worker; a spec from an
 earlier version, without one, runs on the engine of its format (``of_spec``). The demo
 model is a GGUF file that llama.cpp runs: it has no engine of its own.
@@ -138,21 +139,21 @@ def file_format(fmt: str) -> str | None:
 
 
 def choose(engine: str | None, fmt: str | None, path: str | None) -> tuple[EngineKind, str]:
-    """The engine and canonical format of a launch; ``EngineError`` says what clashes."""
+    """The engine and canonical format of a launch; ``EngineError`` says what clashes.
+
+    The file's format is the one given, else the one its suffix says; the engine named
+    must read it. With neither, the engine named runs, else the first registered."""
     kind = named(engine) if engine is not None else None
-    by_format = reading(fmt) if fmt is not None else None
-    if kind is not None and by_format is not None and kind is not by_format:
+    by_file = reading(fmt) if fmt is not None else None
+    if by_file is None and path:
+        by_file = next((k for k in ENGINES.values() if path.lower().endswith(k.suffixes)), None)
+    if kind is not None and by_file is not None and kind is not by_file:
         raise EngineError(
-            f"model_engine {engine!r} cannot run {fmt} models; xb runs them on {by_format.name}"
+            f"model_engine {engine!r} cannot run {by_file.formats[0]} models; xb runs them "
+            f"on {by_file.name}"
         )
-    kind = kind or by_format
-    if kind is None:
-        suffix = (path or "").lower()
-        kind = next(
-            (k for k in ENGINES.values() if suffix.endswith(k.suffixes)),
-            next(iter(ENGINES.values())),
-        )
-    return kind, (by_format or kind).formats[0]
+    kind = kind or by_file or next(iter(ENGINES.values()))
+    return kind, kind.formats[0]
 
 
 def of_spec(spec: ModelSpec) -> EngineKind:

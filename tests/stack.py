@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import psutil
 import zmq
 
@@ -91,6 +92,7 @@ class Stack:
     _log_file: Any = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     facades: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    clients: list[openai.OpenAI] = field(default_factory=list)  # closed by stop()
 
     @property
     def url(self) -> str:
@@ -216,7 +218,15 @@ class Stack:
         assert response.status_code == 200, response.text
         return str(response.json()["model_uid"])
 
+    def openai_client(self, api_key: str = "x") -> openai.OpenAI:
+        """An OpenAI client of this stack's facade, closed when the stack stops."""
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0)
+        self.clients.append(client)
+        return client
+
     def stop(self) -> None:
+        for client in self.clients:
+            client.close()
         for process in [*self.facades, *self.workers, self.broker]:
             if process is not None:
                 kill_tree(process)

@@ -36,7 +36,8 @@ NEED = 12_345_678
         (None, None, "/m/a.bin", ("chatglm.cpp", "ggml")),
         (None, None, "/m/a.GGUF", ("llama.cpp", "gguf")),
         (None, "ggmlv3", "/m/a.gguf", ("chatglm.cpp", "ggml")),
-        ("llama-cpp-python", None, "/m/a.bin", ("llama.cpp", "gguf")),
+        ("llama-cpp-python", None, "/m/a", ("llama.cpp", "gguf")),
+        ("chatglm_cpp", None, None, ("chatglm.cpp", "ggml")),
         ("chatglm_cpp", "ggml", None, ("chatglm.cpp", "ggml")),
     ],
 )
@@ -48,18 +49,19 @@ def test_a_launch_picks_engine_then_format_then_suffix(
 
 
 @pytest.mark.parametrize(
-    ("engine", "fmt", "param", "says"),
+    ("engine", "fmt", "path", "param", "says"),
     [
-        ("vllm", None, "model_engine", "'vllm' is not available; xb runs llama.cpp, chatglm.cpp"),
-        (None, "pytorch", "model_format", "use gguf (llama.cpp), ggml (chatglm.cpp)"),
-        ("llama.cpp", "ggml", "model_engine", "cannot run ggml models; xb runs them on chatglm"),
+        ("vllm", None, None, "model_engine", "'vllm' is not available; xb runs llama.cpp, chatglm"),
+        (None, "pytorch", None, "model_format", "use gguf (llama.cpp), ggml (chatglm.cpp)"),
+        ("llama.cpp", "ggml", None, "model_engine", "cannot run ggml models; xb runs them on chat"),
+        ("llama.cpp", None, "/m/a.bin", "model_engine", "cannot run ggml models"),
     ],
 )
 def test_what_no_engine_runs_is_refused_naming_the_field(
-    engine: str | None, fmt: str | None, param: str, says: str
+    engine: str | None, fmt: str | None, path: str | None, param: str, says: str
 ) -> None:
     with pytest.raises(EngineError, match=re.escape(says)) as caught:
-        engines.choose(engine, fmt, None)
+        engines.choose(engine, fmt, path)
     assert caught.value.param == param
 
 

@@ -186,12 +186,12 @@ def test_admin_and_full_keys_do_everything(keyed: Stack, key: str) -> None:
 
 
 def test_the_openai_package_sends_its_api_key(keyed: Stack) -> None:
-    client = openai.OpenAI(base_url=keyed.url + "/v1", api_key=INFERENCE_KEY, max_retries=0)
+    client = keyed.openai_client(INFERENCE_KEY)
     answer = client.chat.completions.create(model="tiny", messages=HI, max_tokens=3)  # type: ignore[arg-type]
     assert answer.usage is not None and answer.usage.completion_tokens == 3
     with pytest.raises(openai.PermissionDeniedError):
         client.models.delete("tiny")
-    wrong = openai.OpenAI(base_url=keyed.url + "/v1", api_key=WRONG_KEY, max_retries=0)
+    wrong = keyed.openai_client(WRONG_KEY)
     with pytest.raises(openai.AuthenticationError, match="not valid"):
         wrong.models.list()
     wrong.close()

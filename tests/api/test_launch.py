@@ -95,7 +95,7 @@ def test_scale_replicas_up_and_down(make_stack: Callable[..., Stack], tiny_model
     assert [r["state"] for r in down.json()["replicas"]] == ["ready"]
     hosted = [r for w in stack.cluster() for r in w["replicas"]]
     assert len(hosted) == 1
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     reply = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3
     )
@@ -173,7 +173,7 @@ def test_same_seed_same_answer_on_every_replica(
 def test_metrics(make_stack: Callable[..., Stack], tiny_model: Path) -> None:
     stack = make_stack(1)
     stack.launch(model_name="tiny", model_path=str(tiny_model))
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     for _ in range(3):
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5

@@ -159,10 +159,10 @@ def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
 
         wait_until(demo_ready, timeout=60)
         assert (tmp_path / "models" / "xb-demo.gguf").exists()
-        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        reply = client.chat.completions.create(
-            model="xb-demo", messages=[{"role": "user", "content": "hello"}], max_tokens=16
-        )
+        with openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="xb-demo", messages=[{"role": "user", "content": "hello"}], max_tokens=16
+            )
         assert reply.choices[0].finish_reason in ("stop", "length")
     finally:
         kill_tree(process)

@@ -23,7 +23,7 @@ def test_streams_of_one_replica_are_decoded_together(
 ) -> None:
     stack = make_stack(1)
     stack.launch(model_name="e", model_path=str(endless_model), n_ctx=1024, n_parallel=4)
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     started = time.monotonic()
 
     def run(i: int) -> tuple[float, float]:
@@ -66,7 +66,7 @@ def test_follow_ups_go_to_the_replica_that_holds_their_conversation(
     uid = stack.launch(model_name="tiny", model_path=str(tiny_model), n_ctx=1024, replica=2)
     places = {r["worker_id"] for r in httpx.get(f"{stack.url}/v1/models/{uid}").json()["replicas"]}
     assert len(places) == 2
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     for user in range(6):
         history = [{"role": "user", "content": f"user {user} asks about " + "the sea " * 40}]
         previous_prompt = 0

@@ -23,7 +23,7 @@ def client(module_stack: Stack, chatglm_model: Path) -> openai.OpenAI:
     }
     response = httpx.post(module_stack.url + "/v1/models", json=body, timeout=60)
     assert response.status_code == 200, response.text
-    return openai.OpenAI(base_url=module_stack.url + "/v1", api_key="x", max_retries=0)
+    return module_stack.openai_client()
 
 
 HI = [{"role": "user", "content": "Hello, who are you?"}]

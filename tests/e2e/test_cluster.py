@@ -65,7 +65,7 @@ def test_worker_killed_mid_stream_ends_the_stream_with_an_error(
     victim, survivor = stack.workers
     victim_id = stack.worker_id(victim)
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096, worker=victim_id)
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     stream = client.chat.completions.create(
         model="endless",
         messages=[{"role": "user", "content": "go"}],
@@ -128,7 +128,7 @@ def test_malformed_frames_do_not_hurt_the_broker(
         sock.close()
         ctx.term()
     assert stack.broker is not None and stack.broker.poll() is None
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     reply = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "still there?"}], max_tokens=5
     )
@@ -192,7 +192,7 @@ def test_broker_restart_rebuilds_its_table_from_workers(
         return [r["state"] for m in models if m["id"] == "tiny" for r in m["replicas"]] == ["ready"]
 
     wait_until(tiny_ready, timeout=10)
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     reply = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "back?"}], max_tokens=4
     )
@@ -207,7 +207,7 @@ def test_a_crashed_model_process_is_restarted_and_the_worker_lives_on(
     (worker,) = stack.workers
     stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
     stack.launch(model_name="tiny", model_path=str(tiny_model))
-    with openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0) as client:
+    with stack.openai_client() as client:
         crash_and_recover(stack, worker, client)
 
 

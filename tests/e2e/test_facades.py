@@ -19,10 +19,10 @@ pytestmark = pytest.mark.e2e
 
 
 def chat(url: str, model: str, text: str) -> openai.types.chat.ChatCompletion:
-    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-    return client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": text}], max_tokens=4
-    )
+    with openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=4
+        )
 
 
 def test_two_facades_serve_one_broker(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from tests.hub import Hub
@@ -109,7 +108,7 @@ def test_register_launch_by_name_download_then_cache(
     wait_until(
         lambda: httpx.get(stack.url + "/v1/models/tiny-chat/progress").json()["stage"] == "ready"
     )
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     reply = client.chat.completions.create(
         model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def served(module_stack: Stack, tiny_model: Path) -> dict[str, Any]:
     uid = module_stack.launch(model_name="tiny", model_path=str(tiny_model), n_ctx=512)
-    client = openai.OpenAI(base_url=module_stack.url + "/v1", api_key="unused", max_retries=0)
+    client = module_stack.openai_client("unused")
     return {"stack": module_stack, "uid": uid, "client": client}
 
 

@@ -41,7 +41,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
             stack.add_worker()
             assert stack.launch(model_name="smollm2-instruct") == "smollm2-instruct"
             stack.launch(model_name="smollm2-embed", model_path=str(path), model_type="embedding")
-            yield openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+            yield stack.openai_client()
         finally:
             stack.stop()
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 import zmq
 
@@ -39,7 +38,7 @@ def rogue_ready(worker_id: str, model: str) -> p.Ready:
 
 
 def chat_a_few(stack: Stack, n: int = 8) -> None:
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    client = stack.openai_client()
     for i in range(n):
         reply = client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=3

@@ -33,7 +33,7 @@ def client(
     stack.launch(
         model_name="tiny", model_path=str(tiny_model), model_uid="embed", model_type="embedding"
     )
-    with openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0) as client:
+    with stack.openai_client() as client:
         yield client
     for uid in ("tiny", "embed"):
         httpx.delete(f"{stack.url}/v1/models/{uid}", timeout=30)
