@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from xb.client.cli_shared import AS_JSON, console, err, print_json
+from xb.client.cli.shared import AS_JSON, console, err, print_json
 from xb.client.tables import table
 from xb.core.model_cache import CacheError, cache_dir, cached_files, remove_cached
 from xb.core.settings import xb_home

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from xb.client.cli_shared import API_KEY, AS_JSON, ENDPOINT, call, console, fail, print_json
+from xb.client.cli.shared import API_KEY, AS_JSON, ENDPOINT, call, console, fail, print_json
 from xb.client.client import Client
 from xb.client.errors import ClientError
 from xb.client.tables import table

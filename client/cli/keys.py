@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from xb.client.cli_shared import AS_JSON, console, err, print_json
+from xb.client.cli.shared import AS_JSON, console, err, print_json
 from xb.core.keys import KeysError, allow, allowed, keys_dir, load_or_create, parse_key
 from xb.core.settings import xb_home
 

@@ -11,7 +11,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xb.client import calls
-from xb.client.cli_shared import (
+from xb.client.cli import cache, keys, registry
+from xb.client.cli.shared import (
     API_KEY,
     AS_JSON,
     ENDPOINT,
@@ -156,9 +157,7 @@ def list_models(
 ) -> None:
     """List running models (or, with --all, every family that can be launched)."""
     if all_families:
-        from xb.client.cli_registry import show_registrations
-
-        show_registrations(endpoint, api_key, "LLM", as_json, also_embedding=True)
+        registry.show_registrations(endpoint, api_key, "LLM", as_json, also_embedding=True)
         return
     models = list(call(endpoint, api_key, Client.list_models).values())
     if as_json:
@@ -299,9 +298,7 @@ def generate(
 def build() -> typer.Typer:
     """The client's ``xb`` commands: these, the registry's, the cache's and the keys'
     (``xb.serve.cli`` adds the dashboard's)."""
-    from xb.client import cli_cache, cli_keys, cli_registry
-
-    cli_registry.install(app)
-    cli_cache.install(app)
-    cli_keys.install(app)
+    registry.install(app)
+    cache.install(app)
+    keys.install(app)
     return app
