@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from xb.api import errors, inference, management, middleware, registrations, xinference
 from xb.api.auth import APIKeys
 from xb.api.bridge import BrokerBridge
+from xb.api.context import Facade
 from xb.api.errors import APIError
 from xb.api.launching import launch_message
 from xb.api.limits import Limits
@@ -41,13 +42,12 @@ def create_app(
     """``peer_keys``: the facade's CURVE keys and the broker's public key; None for a broker
     that takes plain peers."""
     bridge = BrokerBridge(broker_address, heartbeat_interval=heartbeat_interval, keys=peer_keys)
-    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await bridge.start()
         starter = asyncio.create_task(
-            _launch_on_start(bridge, app.state.registry, launch_on_start or [])
+            _launch_on_start(bridge, shared.registry, launch_on_start or [])
         )
         try:
             yield
@@ -55,18 +55,21 @@ def create_app(
             starter.cancel()
             await bridge.close()
 
+    shared = Facade(
+        bridge=bridge,
+        registry=Registry(xb_home()),
+        metrics=Metrics(),
+        limits=limits or Limits(),
+        api_keys=api_keys or APIKeys(),
+    )
     app = FastAPI(title="xb", version=__version__, lifespan=lifespan)
-    app.state.bridge = bridge
-    app.state.metrics = metrics
-    app.state.registry = Registry(xb_home())
-    app.state.api_keys = api_keys or APIKeys()
-    app.state.limits = limits or Limits()
+    app.state.facade = shared
     app.include_router(management.router)
     app.include_router(registrations.router)
     app.include_router(xinference.router)
     app.include_router(inference.router)
     errors.install(app)
-    middleware.install(app, cors_origins or [], app.state.api_keys)
+    middleware.install(app, cors_origins or [], shared.api_keys)
 
     @app.exception_handler(405)
     async def not_allowed(request: Request, exc: Exception) -> JSONResponse:

@@ -108,10 +108,8 @@ class BrokerBridge:
         while True:
             frames = await self._sock.recv_multipart()
             self._last_seen = time.monotonic()
-            try:
-                message = p.decode(frames)
-            except p.ProtocolError as exc:
-                log.warning("dropped malformed frame from broker: %s", exc)
+            message = p.decode_or_drop(frames, log, "broker")
+            if message is None:
                 continue
             if isinstance(message, p.Pong) and message.instance:
                 if self._instance and message.instance != self._instance:

@@ -22,20 +22,31 @@ from xb.core.protocol import ErrorCode
 
 log = logging.getLogger("xb.api")
 
+# Which protocol error codes answer with which HTTP status; the OpenAI error type follows
+# from the status (``_TYPE``). A test holds every code to a row.
+_CODES_BY_STATUS: dict[int, tuple[ErrorCode, ...]] = {
+    400: (
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.DUPLICATE_MODEL,
+        ErrorCode.UNKNOWN_WORKER,
+        ErrorCode.LOAD_FAILED,
+    ),
+    404: (ErrorCode.UNKNOWN_MODEL,),
+    429: (ErrorCode.QUEUE_FULL,),
+    499: (ErrorCode.CANCELLED,),
+    500: (ErrorCode.MODEL_FAILED, ErrorCode.INTERNAL),
+    503: (
+        ErrorCode.NO_REPLICA,
+        ErrorCode.WORKER_LOST,
+        ErrorCode.LAUNCH_REFUSED,
+        ErrorCode.BROKER_UNAVAILABLE,
+    ),
+}
+_TYPE = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}
 _STATUS: dict[ErrorCode, tuple[int, str]] = {
-    ErrorCode.INVALID_REQUEST: (400, "invalid_request_error"),
-    ErrorCode.UNKNOWN_MODEL: (404, "invalid_request_error"),
-    ErrorCode.DUPLICATE_MODEL: (400, "invalid_request_error"),
-    ErrorCode.UNKNOWN_WORKER: (400, "invalid_request_error"),
-    ErrorCode.NO_REPLICA: (503, "server_error"),
-    ErrorCode.QUEUE_FULL: (429, "rate_limit_error"),
-    ErrorCode.WORKER_LOST: (503, "server_error"),
-    ErrorCode.MODEL_FAILED: (500, "server_error"),
-    ErrorCode.LOAD_FAILED: (400, "invalid_request_error"),
-    ErrorCode.LAUNCH_REFUSED: (503, "server_error"),
-    ErrorCode.CANCELLED: (499, "server_error"),
-    ErrorCode.BROKER_UNAVAILABLE: (503, "server_error"),
-    ErrorCode.INTERNAL: (500, "server_error"),
+    code: (status, _TYPE.get(status, "server_error"))
+    for status, codes in _CODES_BY_STATUS.items()
+    for code in codes
 }
 RETRY_AFTER_SECONDS = 1
 

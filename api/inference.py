@@ -2,7 +2,7 @@
 
 Each converts its request into protocol ``Submit`` messages (``api.convert``), sends them
 through the app's bridge and answers whole or as a stream (``api.streaming``). The bridge,
-metrics and limits are the app's (``app.state``, set by ``create_app``).
+metrics and limits are the app's (``api.context.facade``, set by ``create_app``).
 
 The bodies are dicts built by ``api.convert``; each route documents its body with a model
 from ``api.responses`` through ``responses=``, not ``response_model=``: a response model
@@ -13,20 +13,22 @@ embedding of many inputs is a few hundred thousand floats), for a shape the test
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.types import DecoratedCallable
+from pydantic import BaseModel
 
 from xb.api import convert
 from xb.api.auth import INFERENCE, scope
 from xb.api.body import CheckedRoute
 from xb.api.bridge import new_request_id
+from xb.api.context import facade
 from xb.api.conversation import conversation_keys
 from xb.api.errors import APIError
-from xb.api.limits import Limits, answer_timeout_error, check_frame
-from xb.api.management import bridge_of
-from xb.api.metrics import Metrics
+from xb.api.limits import answer_timeout_error, check_frame
 from xb.api.responses import ChatCompletion, Completion, EmbeddingList, documented
 from xb.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from xb.api.streaming import Generation, fail
@@ -35,22 +37,19 @@ from xb.core import protocol as p
 router = APIRouter(route_class=CheckedRoute)
 
 
-def metrics_of(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+def _route(
+    path: str, answer: type[BaseModel], *, streams: bool
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """An inference route: the scope, and the body it answers with, for /openapi.json."""
+    return router.post(
+        path,
+        response_model=None,
+        responses=documented(answer, streams=streams),
+        openapi_extra=scope(INFERENCE),
+    )
 
 
-def limits_of(request: Request) -> Limits:
-    limits: Limits = request.app.state.limits
-    return limits
-
-
-@router.post(
-    "/v1/chat/completions",
-    response_model=None,
-    responses=documented(ChatCompletion, streams=True),
-    openapi_extra=scope(INFERENCE),
-)
+@_route("/v1/chat/completions", ChatCompletion, streams=True)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     params = convert.chat_params(body)
     request_id = new_request_id()
@@ -69,26 +68,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     shape = convert.ChatShape(
         body.model, request_id, body.logprobs, legacy_functions=body.functions is not None
     )
-    generation = Generation(
-        bridge_of(request),
-        submits,
-        shape,
-        metrics_of(request),
-        "chat",
-        prompt_counted=[i == 0 for i in range(body.n)],
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        request=request,
-        limits=limits_of(request),
-    )
-    return await generation.respond(body.stream)
+    counted = [i == 0 for i in range(body.n)]
+    return await _generate(request, body, submits, shape, "chat", counted)
 
 
-@router.post(
-    "/v1/completions",
-    response_model=None,
-    responses=documented(Completion, streams=True),
-    openapi_extra=scope(INFERENCE),
-)
+@_route("/v1/completions", Completion, streams=True)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     request_id = new_request_id()
     submits: list[p.Submit] = []
@@ -103,32 +87,16 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             )
             counted.append(i == 0)
     shape = convert.TextShape(body.model, request_id, body.logprobs is not None)
-    generation = Generation(
-        bridge_of(request),
-        submits,
-        shape,
-        metrics_of(request),
-        "completions",
-        prompt_counted=counted,
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        request=request,
-        limits=limits_of(request),
-    )
-    return await generation.respond(body.stream)
+    return await _generate(request, body, submits, shape, "completions", counted)
 
 
-@router.post(
-    "/v1/embeddings",
-    response_model=None,
-    responses=documented(EmbeddingList, streams=False),
-    openapi_extra=scope(INFERENCE),
-)
+@_route("/v1/embeddings", EmbeddingList, streams=False)
 async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
-    metrics, limits = metrics_of(request), limits_of(request)
+    metrics, limits = facade(request).metrics, facade(request).limits
     inputs = convert.embedding_inputs(body)
     submit = p.Submit(new_request_id(), body.model, "embedding", p.GenerateParams(inputs=inputs))
     check_frame(submit)
-    stream = bridge_of(request).open(submit)
+    stream = facade(request).bridge.open(submit)
     try:
         async with asyncio.timeout(limits.answer_timeout):
             message = await stream.next()
@@ -145,6 +113,31 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
         raise error
     metrics.request(body.model, "embeddings", 200)
     return JSONResponse(convert.embedding_response(body.model, message, body.encoding_format))
+
+
+async def _generate(
+    request: Request,
+    body: ChatCompletionRequest | CompletionRequest,
+    submits: list[p.Submit],
+    shape: convert.Shape,
+    endpoint: str,
+    counted: list[bool],
+) -> Response:
+    """Run ``submits`` and answer whole or streamed; ``counted``: which count the prompt
+    in usage (the first choice of each prompt)."""
+    shared = facade(request)
+    generation = Generation(
+        shared.bridge,
+        submits,
+        shape,
+        shared.metrics,
+        endpoint,
+        prompt_counted=counted,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        request=request,
+        limits=shared.limits,
+    )
+    return await generation.respond(body.stream)
 
 
 def seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:

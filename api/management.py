@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from xb.api.auth import ADMIN, INFERENCE, OPEN, scope
 from xb.api.body import CheckedRoute
-from xb.api.bridge import BrokerBridge
+from xb.api.context import facade
 from xb.api.describe import model_entry
 from xb.api.errors import APIError
 from xb.api.launching import launch_message, progress
@@ -26,22 +26,12 @@ from xb.api.schemas import AddReplicasRequest, LaunchRequest, ScaleRequest
 from xb.api.streaming import fail
 from xb.core import __version__, engines
 from xb.core import protocol as p
-from xb.core.registry import ModelFamily, Registry, RegistryError, parse_family
+from xb.core.registry import ModelFamily, RegistryError, parse_family
 
 T = TypeVar("T")
 log = logging.getLogger("xb.api")
 
 router = APIRouter(route_class=CheckedRoute)
-
-
-def bridge_of(request: Request) -> BrokerBridge:
-    bridge: BrokerBridge = request.app.state.bridge
-    return bridge
-
-
-def registry_of(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
 
 
 async def families(request: Request) -> dict[str, ModelFamily]:
@@ -56,7 +46,7 @@ async def families(request: Request) -> dict[str, ModelFamily]:
             log.warning("ignoring a registered family the broker sent: %s", exc)
             continue
         registered[family.model_name] = family
-    registry = registry_of(request)
+    registry = facade(request).registry
     registry.use(registered)
     return registry.all()
 
@@ -68,7 +58,7 @@ async def call(
     timeout: float | None = 30.0,
 ) -> Any:
     """Send a management message; its reply of type ``expect``, or the error as HTTP."""
-    reply = await bridge_of(request).call(make, timeout)
+    reply = await facade(request).bridge.call(make, timeout)
     if not isinstance(reply, expect):
         raise fail(reply)
     return reply
@@ -113,7 +103,7 @@ async def entry(request: Request, info: p.ModelInfo) -> dict[str, Any]:
 
 @router.get("/health", openapi_extra=scope(OPEN))
 async def health(request: Request) -> JSONResponse:
-    if not bridge_of(request).up:
+    if not facade(request).bridge.up:
         raise APIError(503, "the broker is not answering", type="server_error")
     return JSONResponse({"status": "ok", "version": __version__})
 
@@ -128,8 +118,8 @@ async def cluster_info(request: Request) -> Response:
 async def prometheus(request: Request) -> Response:
     models = await all_models(request)
     workers = await all_workers(request)
-    metrics: Metrics = request.app.state.metrics
-    body = metrics.render(models, workers, bridge_of(request).stats)
+    metrics: Metrics = facade(request).metrics
+    body = metrics.render(models, workers, facade(request).bridge.stats)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -151,7 +141,7 @@ async def launch_model(
     if wait_ready is not None:  # Xinference's client sends it as a query parameter
         body = body.model_copy(update={"wait_ready": wait_ready})
     await families(request)  # the broker's registrations, for a launch by family name
-    launch = launch_message(body, registry_of(request), "")  # refuse bad input here
+    launch = launch_message(body, facade(request).registry, "")  # refuse bad input here
     # Downloading and loading take as long as they take; a dead broker still ends the wait.
     reply: p.ModelInfo = await call(
         request,

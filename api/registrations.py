@@ -15,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from xb.api.auth import ADMIN, scope
 from xb.api.body import CheckedRoute
+from xb.api.context import facade
 from xb.api.errors import APIError
-from xb.api.management import bridge_of, families, registry_of
+from xb.api.management import families
 from xb.api.schemas import RegisterRequest
 from xb.api.streaming import fail
 from xb.core import protocol as p
@@ -52,7 +53,7 @@ async def of_type(request: Request, model_type: str) -> dict[str, tuple[ModelFam
     """The families of ``model_type`` by name, each with whether it is built in."""
     if model_type not in ("LLM", "embedding"):
         raise APIError(404, f"model type {model_type!r} has no registrations; use LLM or embedding")
-    builtin = registry_of(request).builtin
+    builtin = facade(request).registry.builtin
     found = {n: (f, n in builtin) for n, f in (await families(request)).items()}
     return {n: (f, b) for n, (f, b) in found.items() if f.model_type == model_type}
 
@@ -86,7 +87,7 @@ async def register(request: Request, model_type: str, body: RegisterRequest) -> 
             raise RegistryError("the family is not a JSON object")
         converted, skipped = from_xinference(data, model_type, known)
         family = parse_family(json.dumps(converted))
-        if family.model_name in registry_of(request).builtin:
+        if family.model_name in facade(request).registry.builtin:
             raise RegistryError(
                 f"{family.model_name!r} is a built-in family and cannot be replaced; "
                 "register it under another model_name"
@@ -96,7 +97,7 @@ async def register(request: Request, model_type: str, body: RegisterRequest) -> 
         raise APIError(400, f"invalid model family: {exc}", param="model") from exc
     # The broker keeps registrations, for every facade and every worker.
     encoded = msgspec.json.encode(family)
-    reply = await bridge_of(request).call(
+    reply = await facade(request).bridge.call(
         lambda rid: p.RegisterFamily(rid, encoded, body.overwrite, body.persist)
     )
     if isinstance(reply, p.Error) and reply.code == p.ErrorCode.INVALID_REQUEST:
@@ -123,7 +124,7 @@ async def unregister(request: Request, model_type: str, model_name: str) -> JSON
     found = (await of_type(request, model_type)).get(model_name)
     if found is None:
         raise APIError(404, f"no registered {model_type} family named {model_name!r}")
-    reply = await bridge_of(request).call(lambda rid: p.UnregisterFamily(rid, model_name))
+    reply = await facade(request).bridge.call(lambda rid: p.UnregisterFamily(rid, model_name))
     if isinstance(reply, p.Error) and reply.code == p.ErrorCode.INVALID_REQUEST:
         raise APIError(400, reply.message)
     if not isinstance(reply, p.Ack):

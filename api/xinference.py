@@ -13,10 +13,11 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from xb.api.auth import ADMIN, OPEN, APIKeys, scope
+from xb.api.auth import ADMIN, OPEN, scope
 from xb.api.body import CheckedRoute
+from xb.api.context import facade
 from xb.api.errors import APIError
-from xb.api.management import all_workers, bridge_of
+from xb.api.management import all_workers
 from xb.api.registrations import of_type
 from xb.core.engines import reading
 
@@ -43,13 +44,13 @@ async def workers(request: Request) -> JSONResponse:
 @router.get("/v1/cluster/auth", openapi_extra=scope(OPEN))
 async def cluster_auth(request: Request) -> JSONResponse:
     # The client asks before anything else, and sends its api_key only where this is true.
-    keys: APIKeys = request.app.state.api_keys
+    keys = facade(request).api_keys
     return JSONResponse({"auth": keys.enabled})
 
 
 @router.get("/v1/supervisor", openapi_extra=scope(ADMIN))
 async def supervisor(request: Request) -> JSONResponse:
-    return JSONResponse({"supervisor_ip": bridge_of(request).address})
+    return JSONResponse({"supervisor_ip": facade(request).bridge.address})
 
 
 @router.get("/v1/engines/{model_type}/{model_name}", openapi_extra=scope(ADMIN))

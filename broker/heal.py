@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 from xb.broker.cluster import Cluster
 from xb.broker.management import Management, least_useful
@@ -33,15 +34,13 @@ def backoff(failures: int) -> float:
     return float(min(BACKOFF_FIRST * 2 ** max(failures - 1, 0), BACKOFF_MAX))
 
 
+@dataclass
 class Healing:
-    def __init__(
-        self, cluster: Cluster, state: DesiredState, management: Management, requests: Requests
-    ) -> None:
-        self.cluster = cluster
-        self.state = state
-        self.management = management
-        self.requests = requests
-        self._warn = Throttle(log)
+    cluster: Cluster
+    state: DesiredState
+    management: Management
+    requests: Requests
+    _warn: Throttle = field(default_factory=lambda: Throttle(log))
 
     def restore(self) -> None:
         """Read the models users launched before this broker started; their replicas come

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import msgspec
 
@@ -25,14 +26,12 @@ from xb.core.paths import inside
 log = logging.getLogger("xb.broker")
 
 
+@dataclass
 class Management:
-    def __init__(
-        self, cluster: Cluster, outbox: Outbox, state: DesiredState, requests: Requests
-    ) -> None:
-        self.cluster = cluster
-        self.outbox = outbox
-        self.state = state
-        self.requests = requests
+    cluster: Cluster
+    outbox: Outbox
+    state: DesiredState
+    requests: Requests
 
     # ---- describe ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import dataclass
 
 from xb.broker.cluster import Cluster
 from xb.broker.outbox import Outbox
@@ -16,10 +17,10 @@ from xb.core import protocol as p
 log = logging.getLogger("xb.broker")
 
 
+@dataclass
 class Requests:
-    def __init__(self, cluster: Cluster, outbox: Outbox) -> None:
-        self.cluster = cluster
-        self.outbox = outbox
+    cluster: Cluster
+    outbox: Outbox
 
     def unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
         known = ", ".join(sorted(self.cluster.models)) or "none"

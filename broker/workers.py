@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from xb.broker.cluster import Cluster
 from xb.broker.heal import Healing
@@ -24,36 +25,24 @@ log = logging.getLogger("xb.broker")
 MAX_BINDINGS = 4096  # worker ids remembered with their keys
 
 
+@dataclass
 class Workers:
-    def __init__(
-        self,
-        cluster: Cluster,
-        outbox: Outbox,
-        state: DesiredState,
-        management: Management,
-        healing: Healing,
-        requests: Requests,
-        *,
-        secure: bool,
-        interval: float,
-    ) -> None:
-        """``secure``: peers come with CURVE keys, and a worker id belongs to the key that
-        first announced it; ``interval``: seconds between heartbeats."""
-        self.cluster = cluster
-        self.outbox = outbox
-        self.state = state
-        self.management = management
-        self.healing = healing
-        self.requests = requests
-        self.secure = secure
-        self.interval = interval
-        # A worker id belongs to the key that first announced it: no other peer can take
-        # it over, whatever connection it comes from.
-        self.bindings: OrderedDict[str, str] = OrderedDict()
-        for worker_id, bound in state.bindings()[-MAX_BINDINGS:]:
-            self.bindings[worker_id] = bound
-        self._by_id: dict[str, bytes] = {}  # worker id -> the identity of its connection
-        self._warn = Throttle(log)
+    cluster: Cluster
+    outbox: Outbox
+    state: DesiredState
+    management: Management
+    healing: Healing
+    requests: Requests
+    secure: bool  # peers come with CURVE keys: a worker id is bound to the first key
+    interval: float  # seconds between heartbeats
+    # A worker id belongs to the key that first announced it: no other peer can take it
+    # over, whatever connection it comes from. Read back from the desired state.
+    bindings: OrderedDict[str, str] = field(init=False)
+    _by_id: dict[str, bytes] = field(default_factory=dict)  # worker id -> its connection
+    _warn: Throttle = field(default_factory=lambda: Throttle(log))
+
+    def __post_init__(self) -> None:
+        self.bindings = OrderedDict(self.state.bindings()[-MAX_BINDINGS:])
 
     # ---- joining ----------------------------------------------------------------------
 

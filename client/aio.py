@@ -22,9 +22,7 @@ class AsyncClient:
         self, base_url: str = DEFAULT_ENDPOINT, api_key: str | None = None, timeout: float = 600.0
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=calls.auth_headers(api_key), timeout=timeout
-        )
+        self._http = httpx.AsyncClient(**calls.http_options(self.base_url, api_key, timeout))
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -42,9 +40,7 @@ class AsyncClient:
             response = await self._http.request(call.method, call.path, json=call.json)
         except httpx.TransportError as exc:
             raise connection_error(self.base_url, exc) from exc
-        if response.status_code >= 400:
-            raise status_error(response)
-        return call.read(response.json())
+        return calls.answer(call, response)
 
     async def _stream(self, call: Call) -> AsyncIterator[dict[str, Any]]:
         request = self._http.build_request(call.method, call.path, json=call.json)

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from xb.client.errors import APIStreamError
+import httpx
+
+from xb.client.errors import APIStreamError, status_error
 
 API_KEY_ENV = "XB_API_KEY"
 
@@ -21,6 +23,18 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     """The bearer header for ``api_key``, else for ``$XB_API_KEY``; none without a key."""
     key = api_key or os.environ.get(API_KEY_ENV)
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def http_options(base_url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
+    """The keyword arguments of the httpx client either client runs on."""
+    return {"base_url": base_url, "headers": auth_headers(api_key), "timeout": timeout}
+
+
+def answer(call: Call, response: httpx.Response) -> Any:
+    """What ``call`` returns, read from its whole response; a status error instead."""
+    if response.status_code >= 400:
+        raise status_error(response)
+    return call.read(response.json())
 
 
 def _identity(body: Any) -> Any:

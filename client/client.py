@@ -26,9 +26,7 @@ class Client:
         self, base_url: str = DEFAULT_ENDPOINT, api_key: str | None = None, timeout: float = 600.0
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=calls.auth_headers(api_key), timeout=timeout
-        )
+        self._http = httpx.Client(**calls.http_options(self.base_url, api_key, timeout))
 
     def close(self) -> None:
         self._http.close()
@@ -46,9 +44,7 @@ class Client:
             response = self._http.request(call.method, call.path, json=call.json)
         except httpx.TransportError as exc:
             raise connection_error(self.base_url, exc) from exc
-        if response.status_code >= 400:
-            raise status_error(response)
-        return call.read(response.json())
+        return calls.answer(call, response)
 
     def _stream(self, call: Call) -> Iterator[dict[str, Any]]:
         # Sent before the first chunk is asked for, so an error surfaces here and now.

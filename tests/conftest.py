@@ -84,3 +84,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         handle = getattr(utils, name, None)
         if handle is not None:
             handle.close()
+
+
+@pytest.fixture
+def tiny_stack(make_stack: Callable[..., Stack], tiny_model: Path) -> Stack:
+    """A stack of one worker serving ``tiny_model`` as model ``tiny``."""
+    stack = make_stack(1)
+    stack.launch(model_name="tiny", model_path=str(tiny_model))
+    return stack

@@ -184,10 +184,8 @@ class Runner:
             self._report()
 
     def _handle(self, frames: list[bytes]) -> None:
-        try:
-            message = p.decode(frames)
-        except p.ProtocolError as exc:
-            log.warning("dropped malformed frame from worker: %s", exc)
+        message = p.decode_or_drop(frames, log, "worker")
+        if message is None:
             return
         if isinstance(message, p.Request):
             rid = message.request_id

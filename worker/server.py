@@ -162,10 +162,8 @@ class Worker:
         )
 
     def _handle_broker(self, frames: list[bytes]) -> None:
-        try:
-            message = p.decode(frames)
-        except p.ProtocolError as exc:
-            log.warning("dropped malformed frame from broker: %s", exc)
+        message = p.decode_or_drop(frames, log, "broker")
+        if message is None:
             return
         try:
             self.process_broker(message)
@@ -178,10 +176,8 @@ class Worker:
                 identity, *frames = self._models.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                message = p.decode(frames)
-            except p.ProtocolError as exc:
-                log.warning("dropped malformed frame from a model process: %s", exc)
+            message = p.decode_or_drop(frames, log, "a model process")
+            if message is None:
                 continue
             try:
                 self.process_model(identity.decode(errors="replace"), message)

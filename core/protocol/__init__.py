@@ -25,6 +25,7 @@ pieces messages carry live in ``parts.py`` and are re-exported here.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, get_args
 
 import msgspec
@@ -378,3 +379,13 @@ def decode(frames: list[bytes]) -> Message:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"bad {decoder.type.__name__} body: {exc}") from exc
     return message
+
+
+def decode_or_drop(frames: list[bytes], log: logging.Logger, sender: str) -> Message | None:
+    """``decode``, or None once ``log`` has said that a malformed frame from ``sender``
+    was dropped (a peer's bad frame is never the receiver's failure)."""
+    try:
+        return decode(frames)
+    except ProtocolError as exc:
+        log.warning("dropped malformed frame from %s: %s", sender, exc)
+        return None

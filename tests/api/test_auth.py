@@ -82,13 +82,9 @@ def keyed(
         api_key=ADMIN_KEY,
         broker_log=folder / "broker.log",
     )
-    try:
-        stack.start()
-        stack.add_worker()
+    with stack.running():
         stack.launch(model_name="tiny", model_path=str(tiny_model), n_ctx=256)
         yield stack
-    finally:
-        stack.stop()
 
 
 def assert_refused(response: httpx.Response, status: int, code: str) -> str:
@@ -381,7 +377,7 @@ def keyed_app() -> Iterator[Callable[[], FastAPI]]:
 
     yield make
     for app in apps:
-        asyncio.run(app.state.bridge.close())
+        asyncio.run(app.state.facade.bridge.close())
 
 
 def declared_scopes(app: FastAPI) -> list[tuple[str, str, str | None]]:
@@ -430,7 +426,7 @@ def test_each_route_is_guarded_by_its_declared_scope(keyed_app: Callable[[], Fas
     async def reached(scope: Any, receive: Any, send: Any) -> None:
         await PlainTextResponse("reached")(scope, receive, send)
 
-    guard = RequireKey(reached, app.state.api_keys, RouteScopes(app))
+    guard = RequireKey(reached, app.state.facade.api_keys, RouteScopes(app))
     allowed = {None: {OPEN}, INFERENCE_KEY: {OPEN, INFERENCE}, ADMIN_KEY: set(ROUTE_SCOPES)}
 
     async def status(method: str, path: str, key: str | None) -> int:

@@ -170,9 +170,8 @@ def test_same_seed_same_answer_on_every_replica(
     assert len(set(answers)) == 1
 
 
-def test_metrics(make_stack: Callable[..., Stack], tiny_model: Path) -> None:
-    stack = make_stack(1)
-    stack.launch(model_name="tiny", model_path=str(tiny_model))
+def test_metrics(tiny_stack: Stack) -> None:
+    stack = tiny_stack
     client = stack.openai_client()
     for _ in range(3):
         client.chat.completions.create(

@@ -177,13 +177,9 @@ def slow(
         model_dirs=[models_dir],
         broker_log=home / "broker.log",
     )
-    try:
-        stack.start()
-        stack.add_worker()
+    with stack.running():
         stack.launch(model_name="endless", model_path=str(endless_model), n_ctx=4096)
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_a_whole_answer_past_its_deadline_is_504_and_cancelled(slow: Stack) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.client.handles import HI, check_chat
 from tests.stack import Stack
 from xb.client import AsyncClient, Client, ClientError
 
 pytestmark = pytest.mark.e2e
-HI = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +41,7 @@ def test_handles_chat_generate_and_embed(client: Client, tiny_model: Path) -> No
         "tiny", model_path=str(tiny_model), model_uid="h-embed", model_type="embedding"
     )
     model = client.get_model("h")
-    reply = model.chat(HI, generate_config={"max_tokens": 6, "seed": 2})
-    assert reply["usage"]["completion_tokens"] == 6
-    chunks = list(model.chat(HI, generate_config={"max_tokens": 6, "seed": 2, "stream": True}))
-    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
-    assert streamed == reply["choices"][0]["message"]["content"]
+    check_chat(model, tokens=6, seed=2)
     text = model.generate("Once", generate_config={"max_tokens": 5})
     assert text["choices"][0]["finish_reason"] == "length"
     pieces = list(model.generate("Once", generate_config={"max_tokens": 5, "stream": True}))

@@ -19,10 +19,11 @@ from xinference_client.client.restful.restful_client import (
     RESTfulEmbeddingModelHandle,
 )
 
+from tests.client.handles import HI, check_chat
 from tests.stack import Stack, wait_until
+from tests.xinference_template import custom
 
 pytestmark = pytest.mark.e2e
-HI = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,7 @@ def test_launch_chat_generate_and_describe(client: RESTfulClient, tiny_model: Pa
     assert uid == "xi"
     model = client.get_model(uid)
     assert isinstance(model, RESTfulChatModelHandle)
-    reply = model.chat(HI, generate_config={"max_tokens": 5, "seed": 3})
-    assert reply["usage"]["completion_tokens"] == 5
-    chunks = list(model.chat(HI, generate_config={"max_tokens": 5, "seed": 3, "stream": True}))
-    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
-    assert streamed == reply["choices"][0]["message"]["content"]
+    check_chat(model, tokens=5, seed=3)
     completion = model.generate("Once", generate_config={"max_tokens": 4})
     assert completion["usage"]["completion_tokens"] == 4
     weather = {
@@ -136,37 +133,26 @@ def test_embeddings(client: RESTfulClient, tiny_model: Path) -> None:
 
 def custom_family(path: Path) -> str:
     """A custom model in Xinference's version-2 template, a GGUF file on the worker."""
-    return json.dumps(
-        {
-            "version": 2,
-            "context_length": 4096,
-            "model_name": "my-tiny",
-            "model_lang": ["en"],
-            "model_ability": ["generate", "chat"],
-            "model_description": "a custom model",
-            "model_family": "my-tiny",
-            "model_specs": [
-                {
-                    "model_format": "ggufv2",
-                    "model_size_in_billions": 1,
-                    "quantization": "f32",
-                    "model_id": None,
-                    "model_hub": "huggingface",
-                    "model_uri": f"file://{path}",
-                    "model_revision": None,
-                    "model_file_name_template": "tiny.gguf",
-                }
-            ],
-            "chat_template": None,
-            "stop_token_ids": None,
-            "stop": None,
-            "reasoning_start_tag": None,
-            "reasoning_end_tag": None,
-            "cache_config": None,
-            "virtualenv": {"packages": [], "inherit_pip_config": True},
-            "is_builtin": False,
-        }
+    spec = {
+        "model_format": "ggufv2",
+        "model_size_in_billions": 1,
+        "quantization": "f32",
+        "model_id": None,
+        "model_hub": "huggingface",
+        "model_uri": f"file://{path}",
+        "model_revision": None,
+        "model_file_name_template": "tiny.gguf",
+    }
+    family = custom(
+        context_length=4096,
+        model_name="my-tiny",
+        model_lang=["en"],
+        model_ability=["generate", "chat"],
+        model_description="a custom model",
+        model_family="my-tiny",
+        model_specs=[spec],
     )
+    return json.dumps(family)
 
 
 def test_register_a_custom_model_and_launch_it(client: RESTfulClient, tiny_model: Path) -> None:

@@ -90,11 +90,8 @@ def test_worker_killed_mid_stream_ends_the_stream_with_an_error(
     assert unavailable.value.status_code == 503
 
 
-def test_malformed_frames_do_not_hurt_the_broker(
-    make_stack: Callable[..., Stack], tiny_model: Path
-) -> None:
-    stack = make_stack(1)
-    stack.launch(model_name="tiny", model_path=str(tiny_model))
+def test_malformed_frames_do_not_hurt_the_broker(tiny_stack: Stack) -> None:
+    stack = tiny_stack
     ctx = zmq.Context()
     sock = stack.peer(ctx)  # an allowed peer: what it sends reaches the broker's loop
     try:
@@ -178,11 +175,8 @@ def test_full_queue_is_429_with_retry_after(
             assert waiting.result(timeout=30).status_code == 200
 
 
-def test_broker_restart_rebuilds_its_table_from_workers(
-    make_stack: Callable[..., Stack], tiny_model: Path
-) -> None:
-    stack = make_stack(1)
-    stack.launch(model_name="tiny", model_path=str(tiny_model))
+def test_broker_restart_rebuilds_its_table_from_workers(tiny_stack: Stack) -> None:
+    stack = tiny_stack
     assert stack.broker is not None
     kill_tree(stack.broker)  # the broker only; the worker keeps its model process
     stack.start()

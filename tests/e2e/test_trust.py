@@ -57,11 +57,8 @@ def requests_received(sock: zmq.Socket[bytes], seconds: float) -> list[p.Message
     return got
 
 
-def test_a_peer_without_an_allowed_key_is_not_heard(
-    make_stack: Callable[..., Stack], tiny_model: Path
-) -> None:
-    stack = make_stack(1)
-    stack.launch(model_name="tiny", model_path=str(tiny_model))
+def test_a_peer_without_an_allowed_key_is_not_heard(tiny_stack: Stack) -> None:
+    stack = tiny_stack
     ctx = zmq.Context()
     rogue = stack.peer(ctx, fresh_keys(stack))  # CURVE, but its key is not in the allow-list
     plain = ctx.socket(zmq.DEALER)  # no CURVE at all
@@ -81,11 +78,8 @@ def test_a_peer_without_an_allowed_key_is_not_heard(
         ctx.term()
 
 
-def test_a_worker_id_cannot_be_taken_over_by_another_key(
-    make_stack: Callable[..., Stack], tiny_model: Path
-) -> None:
-    stack = make_stack(1)
-    stack.launch(model_name="tiny", model_path=str(tiny_model))
+def test_a_worker_id_cannot_be_taken_over_by_another_key(tiny_stack: Stack) -> None:
+    stack = tiny_stack
     (real,) = stack.cluster()
     # The attacker even holds a key the broker allows (a worker of its own, say).
     keys = fresh_keys(stack)

@@ -13,31 +13,28 @@ from xb.client.calls import Call
 
 GIB = 1024**3
 
+
+def _worker(
+    worker_id: str, pid: int, served: int, gib: tuple[int, int], model: str, queued: int, age: float
+) -> dict[str, Any]:
+    total, free = gib
+    return {
+        "worker_id": worker_id,
+        "host": worker_id.rsplit("-", 1)[0],
+        "pid": pid,
+        "slots": 1,
+        "served": served,
+        "memory": {"total": total * GIB, "free": free * GIB, "gpu_total": 0, "gpu_free": 0},
+        "replicas": [{"model_uid": model, "state": "ready"}],
+        "queue_depth": queued,
+        "in_flight": 1,
+        "heartbeat_age": age,
+    }
+
+
 WORKERS = [
-    {
-        "worker_id": "gpu-box-1",
-        "host": "gpu-box",
-        "pid": 101,
-        "slots": 1,
-        "served": 12,
-        "memory": {"total": 64 * GIB, "free": 40 * GIB, "gpu_total": 0, "gpu_free": 0},
-        "replicas": [{"model_uid": "qwen2.5-instruct", "state": "ready"}],
-        "queue_depth": 0,
-        "in_flight": 1,
-        "heartbeat_age": 0.4,
-    },
-    {
-        "worker_id": "laptop-2",
-        "host": "laptop",
-        "pid": 202,
-        "slots": 1,
-        "served": 3,
-        "memory": {"total": 16 * GIB, "free": 9 * GIB, "gpu_total": 0, "gpu_free": 0},
-        "replicas": [{"model_uid": "llama-3.2-instruct", "state": "ready"}],
-        "queue_depth": 2,
-        "in_flight": 1,
-        "heartbeat_age": 0.7,
-    },
+    _worker("gpu-box-1", 101, 12, (64, 40), "qwen2.5-instruct", 0, 0.4),
+    _worker("laptop-2", 202, 3, (16, 9), "llama-3.2-instruct", 2, 0.7),
 ]
 
 
