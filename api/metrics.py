@@ -83,19 +83,11 @@ class Metrics:
             ["model", "endpoint", "status"],
             registry=self.registry,
         )
-        self._ttft = Histogram(
-            "xb_time_to_first_token_seconds",
-            "Time to first token",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+        self._ttft = self._per_model(
+            "xb_time_to_first_token_seconds", "Time to first token", _LATENCY_BUCKETS
         )
-        self._per_token = Histogram(
-            "xb_time_per_output_token_seconds",
-            "Time between output tokens",
-            ["model"],
-            buckets=_TOKEN_BUCKETS,
-            registry=self.registry,
+        self._per_token = self._per_model(
+            "xb_time_per_output_token_seconds", "Time between output tokens", _TOKEN_BUCKETS
         )
         self._generated = Counter(
             "xb_generated_tokens", "Tokens generated", ["model"], registry=self.registry
@@ -118,6 +110,9 @@ class Metrics:
         self.cluster: _ClusterCollector = _ClusterCollector()
         self.registry.register(self.cluster)
 
+
+    def _per_model(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, doc, ["model"], buckets=buckets, registry=self.registry)
     def request(self, model: str, endpoint: str, status: int) -> None:
         self._requests.labels(model, endpoint, str(status)).inc()
 

@@ -67,6 +67,14 @@ def tiny_family(hub: Hub, hub_model: Path, **changes: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture
+def registered(make_stack: Callable[..., Stack], hub: Hub, hub_model: Path) -> Stack:
+    """A stack of one worker with the hub's tiny family registered."""
+    stack = make_stack(1)
+    assert register(stack, tiny_family(hub, hub_model)).status_code == 200
+    return stack
+
+
 def register(stack: Stack, family: dict[str, Any]) -> httpx.Response:
     return httpx.post(
         stack.url + "/v1/model_registrations/LLM", json={"model": json.dumps(family)}, timeout=10
@@ -74,10 +82,9 @@ def register(stack: Stack, family: dict[str, Any]) -> httpx.Response:
 
 
 def test_register_launch_by_name_download_then_cache(
-    make_stack: Callable[..., Stack], hub: Hub, hub_model: Path
+    registered: Stack, hub: Hub, hub_model: Path
 ) -> None:
-    stack = make_stack(1)
-    assert register(stack, tiny_family(hub, hub_model)).status_code == 200
+    stack = registered
     listed = httpx.get(stack.url + "/v1/model_registrations/LLM").json()
     mine = next(f for f in listed if f["model_name"] == "tiny-chat")
     assert mine["is_builtin"] is False and mine["quantizations"] == ["f32"]
@@ -120,11 +127,8 @@ def test_register_launch_by_name_download_then_cache(
     assert sum(hub.gets.values()) == 1
 
 
-def test_concurrent_launches_download_once(
-    make_stack: Callable[..., Stack], hub: Hub, hub_model: Path
-) -> None:
-    stack = make_stack(1)
-    assert register(stack, tiny_family(hub, hub_model)).status_code == 200
+def test_concurrent_launches_download_once(registered: Stack, hub: Hub) -> None:
+    stack = registered
     hub.delay = 0.01
     with ThreadPoolExecutor(2) as pool:
         uids = list(
@@ -134,11 +138,8 @@ def test_concurrent_launches_download_once(
     assert sum(hub.gets.values()) == 1
 
 
-def test_cancel_a_download_then_resume(
-    make_stack: Callable[..., Stack], hub: Hub, hub_model: Path
-) -> None:
-    stack = make_stack(1)
-    assert register(stack, tiny_family(hub, hub_model)).status_code == 200
+def test_cancel_a_download_then_resume(registered: Stack, hub: Hub) -> None:
+    stack = registered
     hub.delay = 0.1
     body = {"model_name": "tiny-chat", "wait_ready": False}
     assert httpx.post(stack.url + "/v1/models", json=body, timeout=10).status_code == 200
@@ -174,21 +175,7 @@ def test_refused_when_no_worker_has_room(
     make_stack: Callable[..., Stack], hub: Hub, hub_model: Path
 ) -> None:
     stack = make_stack(0)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "xb.worker",
-            "--broker",
-            stack.broker_address,
-            "--memory-limit",
-            "64MiB",
-            *stack.dir_args(),
-        ],
-        env=stack.env(),
-    )
-    stack.workers.append(worker)
-    wait_until(lambda: len(stack.cluster()) == 1)
+    stack.add_worker("--memory-limit", "64MiB")
     assert register(stack, tiny_family(hub, hub_model)).status_code == 200
     response = httpx.post(stack.url + "/v1/models", json={"model_name": "tiny-chat"}, timeout=30)
     assert response.status_code == 503

@@ -55,17 +55,23 @@ def test_launch_screen(snap_compare: Any) -> None:
     assert snap_compare(app(), terminal_size=SIZE, run_before=ready)
 
 
+async def arena_of_two(pilot: Pilot[Any]) -> XbApp:
+    """The arena open, its two panes on the two fake models, its cursor still."""
+    xb = pilot.app
+    assert isinstance(xb, XbApp)
+    await pilot.press("a")
+    await settle(pilot, lambda: len(xb.arena.models) == 2)
+    xb.arena.panes[0].choose("qwen2.5-instruct")
+    xb.arena.panes[1].choose("llama-3.2-instruct")
+    # A blinking cursor would make the picture vary.
+    xb.arena.query_one("#prompt", Input).cursor_blink = False
+    return xb
+
+
 def test_arena_screen(snap_compare: Any) -> None:
     async def ready(pilot: Pilot[Any]) -> None:
-        xb = pilot.app
-        assert isinstance(xb, XbApp)
-        await pilot.press("a")
-        await settle(pilot, lambda: len(xb.arena.models) == 2)
-        first, second = xb.arena.panes
-        first.choose("qwen2.5-instruct")
-        second.choose("llama-3.2-instruct")
+        xb = await arena_of_two(pilot)
         prompt = xb.arena.query_one("#prompt", Input)
-        prompt.cursor_blink = False  # a blinking cursor would make the picture vary
         prompt.value = "Tell me about the sea"
         prompt.focus()
         await pilot.press("enter")
@@ -85,13 +91,7 @@ def test_arena_screen(snap_compare: Any) -> None:
 
 def test_arena_at_80_by_24(snap_compare: Any) -> None:
     async def ready(pilot: Pilot[Any]) -> None:
-        xb = pilot.app
-        assert isinstance(xb, XbApp)
-        await pilot.press("a")
-        await settle(pilot, lambda: len(xb.arena.models) == 2)
-        xb.arena.panes[0].choose("qwen2.5-instruct")
-        xb.arena.panes[1].choose("llama-3.2-instruct")
-        xb.arena.query_one("#prompt", Input).cursor_blink = False
+        await arena_of_two(pilot)
         await pilot.pause(0.2)
 
     assert snap_compare(app(), terminal_size=(80, 24), run_before=ready)
