@@ -110,9 +110,9 @@ class Metrics:
         self.cluster: _ClusterCollector = _ClusterCollector()
         self.registry.register(self.cluster)
 
-
     def _per_model(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, doc, ["model"], buckets=buckets, registry=self.registry)
+
     def request(self, model: str, endpoint: str, status: int) -> None:
         self._requests.labels(model, endpoint, str(status)).inc()
 
