@@ -240,10 +240,10 @@ def test_cancel_frees_the_sequence_at_once(engine: BatchEngine) -> None:
 def test_a_cancelled_answer_stays_cached_for_a_follow_up_that_quotes_it(
     engine: BatchEngine, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, quoted: int
 ) -> None:
-    """A client that goes away after 12 tokens has been sent 12 or fewer (the runner holds
-    some back to coalesce them); the 12th is sampled and sent, not yet decoded. The
-    follow-up reuses exactly the cells of the tokens it quotes, and answers as it would
-    with the cache off."""
+    """A client that goes away after 12 tokens were generated has received 12 or fewer (the
+    runner coalesces tokens before it sends them); the 12th was sampled and sent before its
+    cells were computed. The follow-up reuses exactly the cells of the tokens it quotes, and
+    answers as it would with the cache off."""
     history = [ChatMessage("user", "tell me about " + "the sea " * 30)]
     engine.add("1", "chat", GenerateParams(messages=history, max_tokens=200, temperature=0))
     first = engine._requests["1"]
@@ -267,7 +267,8 @@ def test_a_cancelled_answer_stays_cached_for_a_follow_up_that_quotes_it(
     assert isinstance(done, Done)
     assert done.usage.cached_tokens == n_prompt + min(quoted, 11)
 
-    # The same tokens with nothing cached: the same answer.
+    # The same tokens with nothing cached: the same answer. (The follow-up takes the answer's
+    # tokens as generated, which its text need not tokenize back into.)
     spec = ModelSpec("t", "t", str(tiny_model), n_ctx=N_CTX)
     model = LlamaModel(tiny_model, spec, threads=1)
     plain = BatchEngine(model, n_ctx=N_CTX, n_parallel=4, cache_tokens=0)
@@ -280,6 +281,25 @@ def test_a_cancelled_answer_stays_cached_for_a_follow_up_that_quotes_it(
     reference = alone[-1]
     assert isinstance(reference, Done) and reference.usage.cached_tokens == 0
     assert tokens(pieces) == tokens(alone)
+
+
+@pytest.mark.integration
+def test_a_prompt_cancelled_while_it_is_read_keeps_what_was_read(engine: BatchEngine) -> None:
+    engine.add("running", "completion", greedy("go", 30))
+    while not any(s.next_token is not None for s in engine._running):
+        engine.step()
+    engine.add("long", "completion", greedy("word " * 110, 3))
+    engine.step()  # admits it, and reads its first chunk
+    engine.step()
+    long = engine._requests["long"]
+    read = list(long.kv)
+    assert 0 < len(read) < len(long.prompt)
+    assert engine.cancel("long")
+    while engine.busy:
+        engine.step()
+    assert read in engine._cache.kept().values()
+    again = run(engine, {"again": ("completion", greedy("word " * 110, 3))})["again"][-1]
+    assert isinstance(again, Done) and again.usage.cached_tokens == len(read)
 
 
 @pytest.mark.integration
