@@ -118,6 +118,8 @@ class Requests:
             worker.served += 1
             model.served += 1
             model.tokens += message.usage.completion_tokens
+        if isinstance(message, p.Final) or message.code == p.ErrorCode.CANCELLED:
+            # A cancelled answer's cells stay cached too: its follow-up goes there as well.
             self.cluster.affinity.remember(flight.submit.conversation, flight.replica_id)
         self.dispatch(model)
 

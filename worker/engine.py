@@ -42,7 +42,8 @@ class Engine(ABC):
 
     @abstractmethod
     def cancel(self, request_id: str) -> bool:
-        """Drop a request and free what it holds; False when it is not here."""
+        """End a request and free its slot (its cells may stay cached); False when it is
+        not here."""
 
     @abstractmethod
     def step(self) -> list[Event]:

@@ -10,7 +10,8 @@ Each of the ``n_parallel`` slots is a llama.cpp sequence with ``n_ctx`` KV cells
 makes every token attend over every cell that any sequence, running or cached, holds (on
 the 512x8 test model eight cached 1,000-token conversations cut one stream from 576 to 70
 tokens per second without flash attention, 427 with it; per-slot cells: 484 to 576).
-A finished sequence keeps its cells in its slot: the prefix cache.
+A sequence that leaves its slot keeps its cells there, whether it finished or was
+cancelled (its client went away): the prefix cache.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from xb.worker.engine import Engine, Event, Failed, SequentialEngine
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, scored_piece
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
-from xb.worker.prefix_cache import STASH_MIN, PrefixCache
+from xb.worker.prefix_cache import STASH_MIN, PrefixCache, Transcript
 from xb.worker.threads import ThreadTuner
 
 log = logging.getLogger("xb.model")
@@ -103,7 +104,7 @@ class BatchEngine(Engine):
         self._running: list[Sequence] = []  # in the order they joined
         self._requests: dict[str, Sequence] = {}
         self._early: list[Event] = []  # answers that need no decoding
-        self._texts: dict[int, str] = {}  # what the cells of idle slots render as, for chats
+        self._transcripts: dict[int, Transcript] = {}  # the chats idle slots' cells hold
         self._tuner = ThreadTuner(model.threads if model.tuned else 1, self._set_threads)
 
     # ---- requests ---------------------------------------------------------------------
@@ -154,15 +155,17 @@ class BatchEngine(Engine):
         self._waiting.append(sequence)
 
     def cancel(self, request_id: str) -> bool:
-        sequence = self._requests.pop(request_id, None)
+        """End a request at once; what it read and generated stays cached, as a finished
+        answer's does (a stopped stream's follow-up quotes the part its client got)."""
+        sequence = self._requests.get(request_id)
         if sequence is None:
             return False
         if sequence in self._waiting:
             self._waiting.remove(sequence)
+            self._requests.pop(request_id)
+            sequence.sampler.close()
         else:
-            self._running.remove(sequence)
-            self._drop(sequence)  # its cells are freed at once, not cached
-        sequence.sampler.close()
+            self._leave(sequence)
         return True
 
     @property
@@ -180,30 +183,34 @@ class BatchEngine(Engine):
     # ---- cells ------------------------------------------------------------------------
 
     def _continued(self, tokens: list[int], text: str) -> list[int]:
-        """A chat's tokens, continuing the longest finished chat it extends, if any."""
+        """A chat's tokens, continuing the chat an idle slot holds that it quotes furthest,
+        if any: that chat's tokens as they were, then the rest's."""
         kept = self._cache.kept()
-        best = ""
-        for slot, kept_text in self._texts.items():
-            if len(kept_text) > len(best) and slot in kept and text.startswith(kept_text):
-                spliced = self._model.continued(kept[slot], kept_text, text)
-                if spliced is not None:
-                    tokens, best = spliced, kept_text
+        rest_len = len(text)
+        for slot, transcript in self._transcripts.items():
+            quote = transcript.quoted(text) if slot in kept else None
+            if quote is None or len(quote[1]) >= rest_len:
+                continue
+            spliced = self._model.continued(*quote)
+            if spliced is not None:
+                tokens, rest_len = spliced, len(quote[1])
         return tokens
 
-    def _kept_text(self, sequence: Sequence) -> str | None:
-        """What a finished chat's cells render as: its prompt, then what it generated."""
+    def _transcript(self, sequence: Sequence) -> Transcript | None:
+        """What a chat's cells hold, for a follow-up to quote: its prompt, then every token
+        it generated, the last sampled (and sent) one among them even if not yet decoded."""
         if sequence.text is None:
             return None
-        data = b"".join(self._model.piece(t) for t in sequence.kv[len(sequence.prompt) :])
-        try:
-            return sequence.text + data.decode("utf-8")
-        except UnicodeDecodeError:  # a character cut in two: match by tokens alone
-            return None
+        answer = sequence.kv[len(sequence.prompt) :]
+        if sequence.next_token is not None and not sequence.closing:
+            answer = [*answer, sequence.next_token]
+        pieces = [self._model.piece(t) for t in answer]
+        return Transcript(sequence.text, sequence.prompt, answer, pieces)
 
     def _clear(self, seq_id: int, start: int = 0) -> bool:
         """Drop a slot's cells from ``start`` on; False when the model's memory cannot
         cut there (a recurrent state, say), and then nothing was dropped."""
-        self._texts.pop(seq_id, None)
+        self._transcripts.pop(seq_id, None)
         return bool(self._llama.llama_memory_seq_rm(self._memory, seq_id, start, -1))
 
     def _place(self, sequence: Sequence) -> None:
@@ -214,9 +221,9 @@ class BatchEngine(Engine):
         if claim.stash is not None:  # what the slot kept moves aside, still cached
             self._clear(claim.stash)
             self._llama.llama_memory_seq_cp(self._memory, slot, claim.stash, -1, -1)
-            text = self._texts.pop(slot, None)
-            if text is not None:
-                self._texts[claim.stash] = text
+            transcript = self._transcripts.pop(slot, None)
+            if transcript is not None:
+                self._transcripts[claim.stash] = transcript
         if claim.source is not None:  # the longest prefix is elsewhere: copy it here
             self._clear(slot)
             self._llama.llama_memory_seq_cp(self._memory, claim.source, slot, -1, -1)
@@ -232,19 +239,20 @@ class BatchEngine(Engine):
         sequence.kv = sequence.prompt[:reuse]
         sequence.cached = reuse
 
-    def _retire(self, sequence: Sequence) -> None:
-        """A finished sequence leaves; its cells stay in its slot if the budget allows."""
+    def _leave(self, sequence: Sequence) -> None:
+        """A running sequence leaves its slot: finished, cancelled, or (one day) preempted.
+        Its cells, prompt and answer so far, stay in the slot if the budget allows."""
         self._running.remove(sequence)
         self._requests.pop(sequence.request_id, None)
         sequence.sampler.close()
-        text = self._kept_text(sequence)
-        if text is not None:
-            self._texts[sequence.seq_id] = text
+        transcript = self._transcript(sequence)
+        if transcript is not None:
+            self._transcripts[sequence.seq_id] = transcript
         for slot in self._cache.release(sequence.seq_id, sequence.kv):
             self._clear(slot)
 
     def _drop(self, sequence: Sequence) -> None:
-        """A sequence that ended early leaves nothing behind."""
+        """A sequence that failed leaves nothing behind: its cells may be wrong."""
         self._clear(sequence.seq_id)
         self._cache.release(sequence.seq_id, [])
 
@@ -290,7 +298,7 @@ class BatchEngine(Engine):
         if row.score:
             self._score(row, start, index, events)
         if sequence.closing:
-            self._retire(sequence)
+            self._leave(sequence)
         if not row.sample:
             return
         if sequence.produced >= sequence.limit:  # max_tokens 0: the prompt was scored
@@ -402,7 +410,7 @@ class BatchEngine(Engine):
         that quotes it finds all of it in the cache."""
         events.append((sequence.request_id, sequence.answer.done(reason, sequence.usage)))
         if last is None or sequence.text is None or not self._cache.budget:
-            self._retire(sequence)
+            self._leave(sequence)
             return
         self._requests.pop(sequence.request_id, None)
         sequence.closing, sequence.next_token = True, last

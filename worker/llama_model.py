@@ -176,19 +176,17 @@ class LlamaModel:
         )
         return tokens, [s for s in stop if s], formatted.prompt
 
-    def continued(self, kept: list[int], kept_text: str, text: str) -> list[int] | None:
-        """The tokens of a chat whose rendered ``text`` continues a finished one (``kept``,
-        which renders as ``kept_text``) at a special token such as an end of turn: the
-        earlier tokens as they were, then the rest's. Tokenizing the whole text again may
-        split what the model generated differently, and lose the cache from there on."""
+    def continued(self, kept: list[int], rest: str) -> list[int] | None:
+        """The tokens of a chat that repeats ``kept`` (an earlier chat's tokens, as they
+        were) and goes on with ``rest``, when ``rest`` begins at a special token such as an
+        end of turn; else None. Tokenizing the whole text again may split what the model
+        generated differently, and lose the cache from there on."""
         import llama_cpp
 
-        if len(text) <= len(kept_text) or not text.startswith(kept_text):
+        tokens = self.llm.tokenize(rest.encode(), add_bos=False, special=True)
+        if not tokens or not llama_cpp.llama_vocab_is_control(self.vocab, tokens[0]):
             return None
-        rest = self.llm.tokenize(text[len(kept_text) :].encode(), add_bos=False, special=True)
-        if not rest or not llama_cpp.llama_vocab_is_control(self.vocab, rest[0]):
-            return None
-        return kept + rest
+        return kept + tokens
 
     def grammar(self, params: GenerateParams, calls: bool) -> str | None:
         """GBNF text that constrains the answer, or None."""

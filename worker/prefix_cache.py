@@ -12,6 +12,12 @@ the taken slot kept, if it is more than a few tokens, is first moved to the leas
 idle slot, so that it stays cached too. Slots freed below running ones are not closed up:
 the next sequence to join takes them. Kept tokens are bounded by a budget, dropped least
 recently used first.
+
+A slot's sequence may leave before its answer ends (its client went away, it was cancelled,
+or, later, preempted): it keeps its cells as a finished one does. A chat's follow-up then
+quotes what its client received, which may be less than the cells hold; a ``Transcript``
+finds how much of the answer it quotes, and the prefix match, token by token, reuses no
+cell beyond that.
 """
 
 from __future__ import annotations
@@ -44,6 +50,35 @@ class Claim:
     shared: int  # tokens of the prompt whose cells it will have
     source: int | None = None  # the idle slot to copy them from
     stash: int | None = None  # where the slot's own kept cells go first
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A chat an idle slot's cells hold: its prompt as the template rendered it, then the
+    bytes of each token of the answer so far (the last may have been sent undecoded)."""
+
+    text: str
+    prompt: list[int]
+    answer: list[int]
+    pieces: list[bytes]
+
+    def quoted(self, text: str) -> tuple[list[int], str] | None:
+        """The tokens of this chat that ``text`` repeats (its prompt, then as much of its
+        answer as ``text`` quotes, whole tokens only), and the rest of ``text``; None when
+        ``text`` does not start with this prompt."""
+        if not text.startswith(self.text):
+            return None
+        data = text.encode()
+        at, quoted = len(self.text.encode()), 0
+        for piece in self.pieces:
+            if not data.startswith(piece, at):
+                break
+            at, quoted = at + len(piece), quoted + 1
+        try:
+            rest = data[at:].decode()
+        except UnicodeDecodeError:  # the quote ends inside a character
+            return None
+        return self.prompt + self.answer[:quoted], rest
 
 
 class PrefixCache:

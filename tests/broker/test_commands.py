@@ -130,3 +130,23 @@ def test_a_command_changes_the_state(cluster: Recorder, name: str) -> None:
     (_, peer, message, _) = next(r for r in ROWS if r[0] == name)
     cluster.peer(peer, message)
     assert CHECKS[name](cluster)
+
+
+@pytest.mark.parametrize(
+    "end",
+    [p.Final("c", "stop", p.Usage(1, 1, 2)), p.Error("c", E.CANCELLED, "cancelled")],
+    ids=["finished", "cancelled"],
+)
+def test_the_replica_of_an_answer_finished_or_cancelled_is_remembered(
+    cluster: Recorder, end: p.Final | p.Error
+) -> None:
+    """A cancelled answer's cells stay cached as a finished one's do: its follow-up goes
+    to the same replica."""
+    cluster.peer(W, p.Final("busy", "stop", p.Usage(1, 1, 2)))  # "queued" takes the slot
+    cluster.peer(FACADE, p.Cancel("queued"))
+    cluster.peer(W, p.Error("queued", E.CANCELLED, "cancelled"))
+    request = p.Submit("c", "m", "chat", p.GenerateParams(messages=[]), conversation="conv")
+    cluster.peer(FACADE, request)
+    assert (W, "Request", "c") in sent(cluster)
+    cluster.peer(W, end)
+    assert cluster.broker.cluster.affinity.lookup(["conv"]) == "m-0"

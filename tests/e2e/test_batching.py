@@ -89,3 +89,56 @@ def test_follow_ups_go_to_the_replica_that_holds_their_conversation(
         if line.startswith('xb_prompt_tokens_reused_total{model="tiny"}')
     )
     assert reused >= 6 * 2 * 100
+
+
+def test_a_stream_its_client_stopped_leaves_its_conversation_cached(
+    make_stack: Callable[..., Stack], endless_model: Path
+) -> None:
+    """A chat UI's Stop button: the client closes the stream after a few tokens, then sends
+    a follow-up that quotes what it received. Two replicas: the follow-up must go to the
+    one that holds the stopped conversation, and reuse it."""
+    stack = make_stack(1)
+    uid = stack.launch(model_name="e", model_path=str(endless_model), n_ctx=1024, replica=2)
+    history = [{"role": "user", "content": "tell me about " + "the sea " * 40}]
+    # No '<' in the answer: text that could begin the end-of-turn stop string is held back
+    # until the next token, so a stream stopped there would quote part of a token.
+    no_angle = {str(token_id): -100 for token_id in angle_tokens()}
+    client = stack.openai_client()
+    stream = client.chat.completions.create(
+        model=uid,
+        messages=history,
+        max_tokens=600,
+        temperature=0,
+        logit_bias=no_angle,
+        stream=True,
+    )
+    received = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received.append(chunk.choices[0].delta.content)
+        if len(received) == 5:
+            break
+    stream.close()
+    wait_until(lambda: stack.in_flight() == 0)  # the replica has seen the cancel
+    follow = [
+        *history,
+        {"role": "assistant", "content": "".join(received)},
+        {"role": "user", "content": "and then?"},
+    ]
+    reply = client.chat.completions.create(model=uid, messages=follow, max_tokens=4)
+    first = client.chat.completions.create(model=uid, messages=history, max_tokens=1)
+    assert reply.usage is not None and first.usage is not None
+    details = reply.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    # The first prompt and every token received (each chunk holds one or more), but the
+    # last one perhaps: it was sent before its cells were computed.
+    assert details.cached_tokens >= first.usage.prompt_tokens + len(received) - 1
+    assert details.cached_tokens < reply.usage.prompt_tokens
+
+
+def angle_tokens() -> list[int]:
+    """The generated models' tokens that hold a '<' (none of the rest is ever generated)."""
+    from xb.core.demo_model import DemoModelConfig, vocabulary
+
+    words, _, _ = vocabulary(DemoModelConfig().n_words)
+    return [words.index(word) for word in ("<", "\u2581<")]

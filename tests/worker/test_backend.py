@@ -14,7 +14,7 @@ from xb.worker.backend import BackendError, Done, Piece, StopText
 from xb.worker.engine import Engine, Failed
 from xb.worker.llama_engine import PREFILL_CHUNK, BatchEngine
 from xb.worker.llama_model import LlamaModel
-from xb.worker.prefix_cache import Claim, PrefixCache
+from xb.worker.prefix_cache import Claim, PrefixCache, Transcript
 
 
 @pytest.mark.unit
@@ -69,6 +69,20 @@ def test_prefix_cache_keeps_running_sequences_in_the_lowest_slots() -> None:
     assert cache.tokens == 190 and cache.idle == 4
     assert cache.claim([4] * 151) == Claim(0, 150)
     assert cache.release(0, list(range(201))) == [0]  # bigger than the budget: not kept
+
+
+@pytest.mark.unit
+def test_a_transcript_finds_the_whole_tokens_of_its_answer_that_a_text_quotes() -> None:
+    chat = Transcript("P:", [1, 2], [10, 11, 12, 13], [b"ab", b"c", b"\xc3", b"\xa9"])
+    assert chat.quoted("P:abc<end>") == ([1, 2, 10, 11], "<end>")
+    assert chat.quoted("P:a<end>") == ([1, 2], "a<end>")  # not a whole token: not quoted
+    assert chat.quoted("P:abcé!") == ([1, 2, 10, 11, 12, 13], "!")
+    assert chat.quoted("P:abc") == ([1, 2, 10, 11], "")
+    assert chat.quoted("Q:abc") is None
+    # A quote that ends inside a character has no rest to read.
+    assert (
+        Transcript("P", [1], [10], [b"\xc3"]).quoted("P\xc3\xa9".encode("latin-1").decode()) is None
+    )
 
 
 N_CTX = 512
@@ -219,6 +233,73 @@ def test_cancel_frees_the_sequence_at_once(engine: BatchEngine) -> None:
         rest += engine.step()
     assert {rid for rid, _ in rest} == {"short"}
     assert not any(isinstance(item, Failed) for _, item in rest)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("quoted", [8, 12], ids=["part-of-what-was-sent", "all-that-was-sent"])
+def test_a_cancelled_answer_stays_cached_for_a_follow_up_that_quotes_it(
+    engine: BatchEngine, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, quoted: int
+) -> None:
+    """A client that goes away after 12 tokens were generated has received 12 or fewer (the
+    runner coalesces tokens before it sends them); the 12th was sampled and sent before its
+    cells were computed. The follow-up reuses exactly the cells of the tokens it quotes, and
+    answers as it would with the cache off."""
+    history = [ChatMessage("user", "tell me about " + "the sea " * 30)]
+    engine.add("1", "chat", GenerateParams(messages=history, max_tokens=200, temperature=0))
+    first = engine._requests["1"]
+    while first.produced < 12:
+        engine.step()
+    answer = [*first.kv[len(first.prompt) :], first.next_token]
+    slot, n_prompt = first.seq_id, len(first.prompt)
+    assert len(answer) == 12
+    assert engine.cancel("1") and not engine.cancel("1")
+    assert engine._cache.kept() == {slot: first.kv}  # its prompt and 11 decoded tokens
+    text = b"".join(engine._model.piece(t) for t in answer[:quoted]).decode()
+    follow = [*history, ChatMessage("assistant", text), ChatMessage("user", "and then?")]
+    params = GenerateParams(messages=follow, max_tokens=20, temperature=0)
+    engine.add("2", "chat", params)
+    prompt = list(engine._requests["2"].prompt)
+    assert prompt[: n_prompt + quoted] == first.prompt + answer[:quoted]
+    pieces: list[object] = []
+    while engine.busy:
+        pieces += [item for _, item in engine.step()]
+    done = pieces[-1]
+    assert isinstance(done, Done)
+    assert done.usage.cached_tokens == n_prompt + min(quoted, 11)
+
+    # The same tokens with nothing cached: the same answer. (The follow-up takes the answer's
+    # tokens as generated, which its text need not tokenize back into.)
+    spec = ModelSpec("t", "t", str(tiny_model), n_ctx=N_CTX)
+    model = LlamaModel(tiny_model, spec, threads=1)
+    plain = BatchEngine(model, n_ctx=N_CTX, n_parallel=4, cache_tokens=0)
+    rendered = model.prompt_tokens
+    monkeypatch.setattr(model, "prompt_tokens", lambda *a: (prompt, *rendered(*a)[1:]))
+    try:
+        alone = run(plain, {"2": ("chat", params)})["2"]
+    finally:
+        plain.close()
+    reference = alone[-1]
+    assert isinstance(reference, Done) and reference.usage.cached_tokens == 0
+    assert tokens(pieces) == tokens(alone)
+
+
+@pytest.mark.integration
+def test_a_prompt_cancelled_while_it_is_read_keeps_what_was_read(engine: BatchEngine) -> None:
+    engine.add("running", "completion", greedy("go", 30))
+    while not any(s.next_token is not None for s in engine._running):
+        engine.step()
+    engine.add("long", "completion", greedy("word " * 110, 3))
+    engine.step()  # admits it, and reads its first chunk
+    engine.step()
+    long = engine._requests["long"]
+    read = list(long.kv)
+    assert 0 < len(read) < len(long.prompt)
+    assert engine.cancel("long")
+    while engine.busy:
+        engine.step()
+    assert read in engine._cache.kept().values()
+    again = run(engine, {"again": ("completion", greedy("word " * 110, 3))})["again"][-1]
+    assert isinstance(again, Done) and again.usage.cached_tokens == len(read)
 
 
 @pytest.mark.integration
