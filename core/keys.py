@@ -80,9 +80,13 @@ def _write(path: Path, public: bytes, secret: bytes | None, *, exclusive: bool =
     try:
         os.link(tmp, path)  # fails if the file exists, where replace would overwrite it
     except FileExistsError:
-        return False
-    finally:
         tmp.unlink()
+        return False
+    except OSError:
+        # A file system without hard links: the last writer wins, as before.
+        tmp.replace(path)
+        return True
+    tmp.unlink()
     return True
 
 

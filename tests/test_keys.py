@@ -4,6 +4,7 @@ error that says so, and processes of one home starting together make one peer pa
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -107,6 +108,19 @@ def test_a_peer_pair_made_by_another_process_meanwhile_is_the_one_kept(
     monkeypatch.undo()
     assert load_or_create(tmp_path, "peer").public == theirs[0]
     assert peer_public_file(tmp_path) == theirs[0]
+
+
+def test_a_home_on_a_file_system_without_hard_links_still_gets_its_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    pair = load_or_create(tmp_path, "peer")
+    assert load_or_create(tmp_path, "peer") == pair
+    assert peer_public_file(tmp_path) == pair.public
+    assert sorted(p.name for p in keys_dir(tmp_path).iterdir()) == ["peer.key", "peer.key_secret"]
 
 
 MAKE_PEER_PAIR = """
