@@ -41,6 +41,10 @@ def run(
     """Serve the API on HOST:PORT for the broker at BROKER."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     api_keys = options.api_keys_or_exit("xb-api", host, api_key, api_keys_file, insecure)
+    # Waited for before serving, not while: the bridge to the broker is made with these
+    # keys, and serving meanwhile would need a bridge that gets them later only to answer
+    # 503 to everything. A closed port tells a client or a health check as much, and every
+    # route works from the moment it opens.
     keys = peer_options.keys_or_exit(broker_key, insecure)
     allow_folders(model_dir)
     log.warning(

@@ -9,7 +9,7 @@ one role's, or one kind::
     ├── PathRefused         xb.core.paths: a path outside the allowed model folders
     ├── ModelFileError      xb.core.modelfile: a model file that cannot be read
     ├── RegistryError       xb.core.registry: a family that cannot be registered
-    ├── KeysError           xb.core.keys: an API keys file that cannot be read
+    ├── KeysError           xb.core.keys: a CURVE key that cannot be read or written
     ├── CacheError          xb.core.model_cache: a cache entry that is not there
     ├── PlacementError      xb.broker.placement: no worker has room for a replica
     ├── BrokerStartError    xb.broker.process: the broker process did not start

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from xb.core.keys import KeysError, PeerKeys, peer_keys
+from xb.core.keys import KeysError, PeerKeys, await_peer_keys
 from xb.core.settings import BROKER_PORT, DEFAULT_HOST, HEARTBEAT_INTERVAL, xb_home
 
 BROKER = typer.Option(
@@ -22,9 +22,10 @@ BROKER_KEY = typer.Option(
 
 
 def keys_or_exit(broker_key: str | None, insecure: bool) -> PeerKeys | None:
-    """This home's peer keys and the broker's public key; None with --insecure."""
+    """This home's peer keys and the broker's public key; None with --insecure. Without
+    --broker-key, a broker of this home not started yet is waited for, however long."""
     try:
-        return None if insecure else peer_keys(xb_home(), broker_key)
+        return None if insecure else await_peer_keys(xb_home(), broker_key)
     except KeysError as exc:
         raise typer.BadParameter(str(exc), param_hint="--broker-key") from exc
 

@@ -136,45 +136,65 @@ class Stack:
 
     def add_worker(self, *args: str) -> subprocess.Popen[bytes]:
         before = {w["worker_id"] for w in self.cluster()}
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xb.worker",
-                "--broker",
-                self.broker_address,
-                *self.dir_args(),
-                *args,
-            ],
-            env=self.env(),
-        )
-        self.workers.append(worker)
+        worker = self.start_worker(*args)
         wait_until(lambda: len({w["worker_id"] for w in self.cluster()} - before) == 1)
+        return worker
+
+    def start_worker(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+        """An xb-worker for this broker, not waited for; its output into ``log`` if given."""
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(log.open("ab")) if log is not None else None
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "xb.worker",
+                    "--broker",
+                    self.broker_address,
+                    *self.dir_args(),
+                    *args,
+                ],
+                env=self.env(),
+                stdout=out,
+                stderr=out,
+            )
+        self.workers.append(worker)
         return worker
 
     def add_facade(self, *args: str, home: Path | None = None) -> str:
         """Another REST facade (xb-api) for this broker, with XB_HOME ``home`` (default:
         the broker's); its base URL, once it has heard from the broker."""
-        port = free_port()
-        facade = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xb.api",
-                "--broker",
-                self.broker_address,
-                "--port",
-                str(port),
-                *self.dir_args(),
-                *args,
-            ],
-            env={**self.env(), "XB_HOME": str(home or self.home)},
-        )
-        self.facades.append(facade)
-        url = f"http://127.0.0.1:{port}"
+        url = self.start_facade(*args, home=home)[1]
         models = url + "/v1/models"
         wait_until(lambda: httpx.get(models, headers=self.headers(), timeout=2).status_code == 200)
         return url
+
+    def start_facade(
+        self, *args: str, home: Path | None = None, log: Path | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """An xb-api for this broker, not waited for, and its base URL; ``home`` and
+        ``log`` as for add_facade and start_worker."""
+        port = free_port()
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(log.open("ab")) if log is not None else None
+            facade = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "xb.api",
+                    "--broker",
+                    self.broker_address,
+                    "--port",
+                    str(port),
+                    *self.dir_args(),
+                    *args,
+                ],
+                env={**self.env(), "XB_HOME": str(home or self.home)},
+                stdout=out,
+                stderr=out,
+            )
+        self.facades.append(facade)
+        return facade, f"http://127.0.0.1:{port}"
 
     def worker_id(self, worker: subprocess.Popen[bytes]) -> str:
         return next(w["worker_id"] for w in self.cluster() if w["pid"] == worker.pid)

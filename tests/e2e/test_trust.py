@@ -157,8 +157,14 @@ def test_a_worker_with_a_home_of_its_own_joins_once_its_key_is_allowed(
     wait_until(lambda: len(stack.cluster()) == 1, timeout=30)  # a new socket within 6 s
     stack.launch(model_name="tiny", model_path=str(tiny_model))
     chat_a_few(stack, 2)
-    # Without the broker's key it cannot start: it says what to give.
-    lost = subprocess.run(
-        command, env={**env, "XB_HOME": str(tmp_path / "third")}, capture_output=True, text=True
-    )
-    assert lost.returncode != 0 and "--broker-key" in lost.stderr
+    # Without the broker's key it waits for a broker of its own home (start order does not
+    # matter), and says what to give for a broker elsewhere.
+    log = tmp_path / "lost.log"
+    with log.open("wb") as out:
+        lost = subprocess.Popen(
+            command, env={**env, "XB_HOME": str(tmp_path / "third")}, stdout=out, stderr=out
+        )
+    stack.workers.append(lost)
+    said = wait_until(lambda: "waiting for the broker's key" in log.read_text() and log.read_text())
+    assert "give --broker-key" in said
+    assert lost.poll() is None
