@@ -6,11 +6,20 @@ Every route declares the scope it needs where it is declared, as
 ``/openapi.json`` shows it, and ``RequireKey`` reads its table from there once.
 
 Keys come from ``xb-broker --api-key KEY`` (repeatable; full access) and
-``--api-keys-file FILE``: one key a line, then its scopes, comma-separated::
+``--api-keys-file FILE``: one key a line, then its scopes, comma-separated, then
+optionally the name of who uses it and their settings::
 
     # comments and blank lines are ignored
     k3y-for-the-chat-frontend-0123456789    inference
     k3y-for-the-operators-abcdefghijklmn    admin
+    k3y-for-alices-scripts-0123456789ab     inference  alice    weight=3
+    k3y-for-the-nightly-evaluation-xyz0     inference  eval     priority=batch
+
+The name is the key's tenant: the broker takes turns between tenants (``weight``: its
+share of the slots against the others', 1 by default; ``priority``: its requests'
+default, ``interactive`` or ``batch``), and logs and metrics name it, never the key. A key
+without a name is the tenant ``key-N`` (the Nth key: line N of the file, or the Nth
+``--api-key``).
 
 ``inference`` may chat, complete, embed, list the models and describe one (what the
 openai package and Xinference's ``get_model`` need); ``admin`` may do everything, which
@@ -29,14 +38,16 @@ import ipaddress
 import re
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xb.api.errors import APIError
 from xb.core.errors import XbError
+from xb.core.protocol import Priority
 
 RouteScope = Literal["open", "inference", "admin"]
 OPEN: RouteScope = "open"
@@ -47,6 +58,9 @@ ROUTE_SCOPES = (OPEN, INFERENCE, ADMIN)  # what a route may need
 SCOPE_FIELD = "x-xb-scope"
 MIN_KEY_LENGTH = 16
 _KEY = re.compile(rb"^[\x21-\x7e]+$")  # visible ASCII: what a header can carry as it is
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+TENANT_STATE = "xb_tenant"  # where RequireKey leaves the key's tenant for the routes
 
 
 def scope(needed: RouteScope) -> dict[str, Any]:
@@ -60,11 +74,27 @@ class APIKeyError(XbError):
     """A key or a keys file xb cannot use; the message says why, never the key."""
 
 
-class APIKeys:
-    """The configured keys, each with its scopes."""
+@dataclass(frozen=True)
+class Tenant:
+    """Who a key belongs to, for fair turns: its name, its weight against the others',
+    and the priority its requests have unless they say another."""
 
-    def __init__(self, keys: Iterable[tuple[str, frozenset[str]]] = ()) -> None:
-        self._keys = [(key.encode(), scopes) for key, scopes in keys]
+    name: str
+    weight: float = 1.0
+    priority: Priority = "interactive"
+
+
+Key = tuple[str, frozenset[str], Tenant]  # the key, its scopes, its tenant
+
+
+class APIKeys:
+    """The configured keys, each with its scopes and its tenant."""
+
+    def __init__(self, keys: Iterable[Key | tuple[str, frozenset[str]]] = ()) -> None:
+        self._keys = [
+            (entry[0].encode(), entry[1], entry[2] if len(entry) == 3 else Tenant(f"key-{n}"))
+            for n, entry in enumerate(keys, 1)
+        ]
 
     @property
     def enabled(self) -> bool:
@@ -77,12 +107,18 @@ class APIKeys:
         return f"APIKeys({len(self._keys)} keys)"
 
     def scopes(self, presented: bytes) -> frozenset[str] | None:
-        """The scopes of ``presented``, or None if it is no key. Every configured key is
-        compared, in constant time, so the time taken says nothing about which matched."""
-        found: frozenset[str] | None = None
-        for key, scopes in self._keys:
+        """The scopes of ``presented``, or None if it is no key."""
+        found = self.find(presented)
+        return None if found is None else found[0]
+
+    def find(self, presented: bytes) -> tuple[frozenset[str], Tenant] | None:
+        """The scopes and tenant of ``presented``, or None if it is no key. Every
+        configured key is compared, in constant time, so the time taken says nothing
+        about which matched."""
+        found: tuple[frozenset[str], Tenant] | None = None
+        for key, scopes, tenant in self._keys:
             if hmac.compare_digest(key, presented):
-                found = scopes
+                found = (scopes, tenant)
         return found
 
 
@@ -95,33 +131,63 @@ def _check_key(key: str, where: str) -> None:
         )
 
 
-def parse_keys_file(text: str, name: str) -> list[tuple[str, frozenset[str]]]:
+def parse_keys_file(text: str, name: str) -> list[Key]:
     """The keys of a keys file (format in the module docstring)."""
-    keys: list[tuple[str, frozenset[str]]] = []
+    keys: list[Key] = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
         where = f"{name} line {number}"
-        if len(fields) != 2:
+        if len(fields) < 2:
             raise APIKeyError(f"{where}: write the key, then its scopes ({', '.join(SCOPES)})")
-        key, scope_list = fields
+        key, scope_list, *rest = fields
         _check_key(key, where)
         scopes = frozenset(s for s in scope_list.split(",") if s)
         unknown = scopes - set(SCOPES)
         if unknown or not scopes:
             raise APIKeyError(f"{where}: unknown scope {sorted(unknown)}; use {', '.join(SCOPES)}")
-        keys.append((key, scopes | ({INFERENCE} if ADMIN in scopes else set())))
+        tenant = _tenant(rest, f"key-{number}", where)
+        keys.append((key, scopes | ({INFERENCE} if ADMIN in scopes else set()), tenant))
     return keys
+
+
+def _tenant(fields: list[str], default: str, where: str) -> Tenant:
+    """A key's tenant from the fields after its scopes: a name, then settings."""
+    name = default
+    if fields and "=" not in fields[0]:
+        name, *fields = fields
+        if not _TENANT.match(name):
+            raise APIKeyError(
+                f"{where}: a key's name is 1 to 64 letters, digits, '.', '_', '@' or '-'"
+            )
+    settings: dict[str, str] = {}
+    for field in fields:
+        setting, _, value = field.partition("=")
+        if setting not in ("weight", "priority") or not value:
+            raise APIKeyError(
+                f"{where}: {setting!r} is not a key setting; use weight=N or priority=batch"
+            )
+        settings[setting] = value
+    try:
+        weight = float(settings.get("weight", "1"))
+    except ValueError:
+        weight = 0.0
+    if not 0.01 <= weight <= 1000:
+        raise APIKeyError(f"{where}: weight is a number from 0.01 to 1000")
+    priority = settings.get("priority", "interactive")
+    if priority not in PRIORITIES:
+        raise APIKeyError(f"{where}: priority is one of {', '.join(PRIORITIES)}")
+    return Tenant(name, weight, priority)
 
 
 def load_keys(full_access: Iterable[str], keys_file: Path | None) -> tuple[APIKeys, list[str]]:
     """The keys given on the command line and in ``keys_file``; and warnings to log (a
     keys file others can read)."""
-    keys: list[tuple[str, frozenset[str]]] = []
+    keys: list[Key] = []
     for i, key in enumerate(full_access, 1):
         _check_key(key, f"--api-key number {i}")
-        keys.append((key, frozenset(SCOPES)))
+        keys.append((key, frozenset(SCOPES), Tenant(f"api-key-{i}")))
     warnings: list[str] = []
     if keys_file is not None:
         try:
@@ -237,14 +303,16 @@ class RequireKey:
                 "clients: --api-key or XB_API_KEY)",
                 code="invalid_api_key",
             )
-        scopes = self.keys.scopes(presented.strip()) if kind.lower() == b"bearer" else None
-        if scopes is None:
+        found = self.keys.find(presented.strip()) if kind.lower() == b"bearer" else None
+        if found is None:
             return APIError(
                 401,
                 "the API key is not valid: send one of the broker's keys as "
                 "'Authorization: Bearer KEY'",
                 code="invalid_api_key",
             )
+        scopes, tenant = found
+        scope.setdefault("state", {})[TENANT_STATE] = tenant  # read by ``tenant_of``
         if needed not in scopes:
             return APIError(
                 403,
@@ -253,3 +321,15 @@ class RequireKey:
                 code="insufficient_scope",
             )
         return None
+
+
+def tenant_of(
+    state: dict[str, Any], user: str | None, asked: Priority | None
+) -> tuple[str, Priority, float]:
+    """Who a request is from, for the broker's fair turns, and its priority and weight:
+    the key's tenant when the API takes keys, else the OpenAI ``user`` field when the
+    request gives one, else the one shared tenant (""). ``state``: the request scope's."""
+    tenant: Tenant | None = state.get(TENANT_STATE)
+    if tenant is not None:
+        return tenant.name, asked or tenant.priority, tenant.weight
+    return (user or "")[:128], asked or "interactive", 1.0

@@ -22,7 +22,7 @@ from fastapi.types import DecoratedCallable
 from pydantic import BaseModel
 
 from xb.api import convert
-from xb.api.auth import INFERENCE, scope
+from xb.api.auth import INFERENCE, scope, tenant_of
 from xb.api.body import CheckedRoute
 from xb.api.bridge import new_request_id
 from xb.api.context import facade
@@ -54,6 +54,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     params = convert.chat_params(body)
     request_id = new_request_id()
     prefix_keys, conversation = conversation_keys(body.model, params.messages or [])
+    tenant, priority, weight = sender(request, body)
     submits = [
         p.Submit(
             f"{request_id}-{i}",
@@ -62,6 +63,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             seeded(params, i),
             prefix_keys=prefix_keys,
             conversation=conversation,
+            tenant=tenant,
+            priority=priority,
+            weight=weight,
         )
         for i in range(body.n)
     ]
@@ -77,12 +81,19 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     request_id = new_request_id()
     submits: list[p.Submit] = []
     counted: list[bool] = []
+    tenant, priority, weight = sender(request, body)
     for prompt in convert.completion_prompts(body):
         params = convert.completion_params(body, prompt)
         for i in range(body.n):
             submits.append(
                 p.Submit(
-                    f"{request_id}-{len(submits)}", body.model, "completion", seeded(params, i)
+                    f"{request_id}-{len(submits)}",
+                    body.model,
+                    "completion",
+                    seeded(params, i),
+                    tenant=tenant,
+                    priority=priority,
+                    weight=weight,
                 )
             )
             counted.append(i == 0)
@@ -94,7 +105,17 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     metrics, limits = facade(request).metrics, facade(request).limits
     inputs = convert.embedding_inputs(body)
-    submit = p.Submit(new_request_id(), body.model, "embedding", p.GenerateParams(inputs=inputs))
+    tenant, priority, weight = sender(request, body)
+    params = p.GenerateParams(inputs=inputs)
+    submit = p.Submit(
+        new_request_id(),
+        body.model,
+        "embedding",
+        params,
+        tenant=tenant,
+        priority=priority,
+        weight=weight,
+    )
     check_frame(submit)
     stream = facade(request).bridge.open(submit)
     try:
@@ -138,6 +159,13 @@ async def _generate(
         limits=shared.limits,
     )
     return await generation.respond(body.stream)
+
+
+def sender(
+    request: Request, body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+) -> tuple[str, p.Priority, float]:
+    """The request's tenant, priority and weight (``auth.tenant_of``)."""
+    return tenant_of(request.scope.get("state", {}), body.user, body.priority)
 
 
 def seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:

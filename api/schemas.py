@@ -126,7 +126,9 @@ class SamplingParams(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=16)
-    user: str | None = None
+    user: str | None = None  # without API keys, the tenant the broker takes turns between
+    # interactive (the default) before any batch request; a key may set another default
+    priority: Literal["interactive", "batch"] | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -163,7 +165,9 @@ class EmbeddingRequest(_Body):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    user: str | None = None  # without API keys, the tenant the broker takes turns between
+    # interactive (the default) before any batch request; a key may set another default
+    priority: Literal["interactive", "batch"] | None = None
 
 
 class LaunchRequest(_Body):

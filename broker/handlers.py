@@ -22,6 +22,7 @@ import msgspec
 
 from xb.broker.affinity import Affinity
 from xb.broker.cluster import Cluster
+from xb.broker.fairshare import FairShare
 from xb.broker.families import Families
 from xb.broker.heal import Healing
 from xb.broker.management import Management
@@ -51,6 +52,12 @@ NOT_FOR_THE_BROKER = frozenset(
 )
 
 Deliver = Callable[[bytes, list[bytes]], Delivery]
+# How each model's waiting requests take free slots: fair turns between tenants (the
+# default), or one queue in arrival order (kept to measure the other against).
+SCHEDULERS: dict[str, type[FairShare] | type[FirstComeFirstServed]] = {
+    "fair": FairShare,
+    "fifo": FirstComeFirstServed,
+}
 
 
 class Handlers:
@@ -62,12 +69,16 @@ class Handlers:
         policy: RoutingPolicy | None = None,
         state: Path | None = None,
         secure: bool = False,
+        scheduler: str = "fair",
     ) -> None:
         """``state``: the file that keeps the desired state (``state.py``) across
-        restarts; None keeps it in memory. ``secure``: peers come with CURVE keys."""
+        restarts; None keeps it in memory. ``secure``: peers come with CURVE keys.
+        ``scheduler``: one of ``SCHEDULERS``, how waiting requests take free slots."""
         affinity = Affinity()
-        scheduler = FirstComeFirstServed(policy or LeastLoaded(), affinity, max_queue)
-        self.cluster = cluster = Cluster(scheduler, affinity)
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        serve = SCHEDULERS[scheduler](policy or LeastLoaded(), affinity, max_queue)
+        self.cluster = cluster = Cluster(serve, affinity)
         self.outbox = outbox = Outbox()
         self.state = DesiredState(state)
         self.instance = uuid.uuid4().hex

@@ -42,6 +42,7 @@ def start(
     max_queue: int,
     home: Path | None,
     state: Path,
+    scheduler: str = "fair",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start the broker process; it and the address it listens on."""
     command = [
@@ -53,6 +54,7 @@ def start(
         str(max_queue),
         str(home) if home is not None else "",
         str(state),
+        scheduler,
     ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, env=child_env())
     assert child.stdout is not None
@@ -101,7 +103,7 @@ def stop(child: subprocess.Popen[bytes], grace: float) -> None:
 
 def main(argv: list[str]) -> int:
     die_with_parent(signal.SIGTERM)
-    bind, interval, max_queue, home, state = argv
+    bind, interval, max_queue, home, state, scheduler = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from xb.broker.server import Broker  # after the parent watch: importing takes a while
 
@@ -114,6 +116,7 @@ def main(argv: list[str]) -> int:
                 max_queue=int(max_queue),
                 home=Path(home) if home else None,
                 state=Path(state),
+                scheduler=scheduler,
             )
             break
         except Exception as exc:  # whatever it is, the parent prints it and exits

@@ -47,6 +47,7 @@ class Broker:
         policy: RoutingPolicy | None = None,
         home: Path | None = None,
         state: Path | None = None,
+        scheduler: str = "fair",
     ) -> None:
         """``home``: where the broker's keys and allow-list are; None serves plain,
         unauthenticated peers (``--insecure``). ``state``: the file that keeps the desired
@@ -58,6 +59,7 @@ class Broker:
             policy=policy,
             state=state,
             secure=home is not None,
+            scheduler=scheduler,
         )
         self._stop = threading.Event()
         self._ctx = zmq.Context()

@@ -16,9 +16,11 @@ from xb.api import options
 from xb.api.limits import Limits
 from xb.api.options import SHUTDOWN_GRACE
 from xb.broker import process
+from xb.broker.handlers import SCHEDULERS
 from xb.broker.server import DEFAULT_MAX_QUEUE
 from xb.broker.state import STATE_FILE
 from xb.core import peer_options
+from xb.core.engines import ENGINES
 from xb.core.keys import peer_keys
 from xb.core.lifetime import child_env
 from xb.core.paths import allow_folders
@@ -43,7 +45,14 @@ def run(
         DEFAULT_MAX_QUEUE,
         "--max-queue",
         min=0,
-        help="Requests that may wait per model when every replica is busy; then 429.",
+        help="Requests that may wait per model and tenant when every replica is busy; then "
+        "429 (a model holds at most 4 times that, whoever sends them).",
+    ),
+    scheduler: str = typer.Option(
+        "fair",
+        "--scheduler",
+        help="How waiting requests take free slots: 'fair' (weighted turns between "
+        "tenants, interactive first) or 'fifo' (arrival order).",
     ),
     cors_origin: list[str] = options.CORS_ORIGIN,
     api_key: list[str] = options.API_KEY,
@@ -72,6 +81,7 @@ def run(
         insecure=insecure,
         model_dirs=model_dir,
         limits=Limits(answer_timeout, write_timeout),
+        scheduler=scheduler,
     )
 
 
@@ -91,8 +101,12 @@ def serve(
     insecure: bool = False,
     model_dirs: list[Path] | None = None,
     limits: Limits | None = None,
+    scheduler: str = "fair",
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if scheduler not in SCHEDULERS:
+        typer.echo(f"xb-broker: --scheduler must be one of {', '.join(SCHEDULERS)}", err=True)
+        raise typer.Exit(2)
     api_keys = options.api_keys_or_exit(
         "xb-broker", api_host, api_key or [], api_keys_file, insecure
     )
@@ -102,7 +116,8 @@ def serve(
     home = xb_home()
     # A file named by --launch is the operator's own choice: that file, not its folder,
     # may be loaded. The --local worker inherits the list (XB_MODEL_DIRS).
-    files = [name for name in launch if name.endswith((".gguf", ".bin"))]
+    suffixes = tuple(s for kind in ENGINES.values() for s in kind.suffixes)
+    files = [name for name in launch if name.lower().endswith(suffixes)]
     allow_folders([*(model_dirs or []), *files])
     # The broker runs in a process of its own (broker/process.py), the facade here.
     try:
@@ -112,6 +127,7 @@ def serve(
             max_queue=max_queue,
             home=None if insecure else home,
             state=home / STATE_FILE,
+            scheduler=scheduler,
         )
     except process.BrokerStartError as exc:
         typer.echo(f"xb-broker: {exc}", err=True)

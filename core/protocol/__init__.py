@@ -48,13 +48,16 @@ from xb.core.protocol.parts import (
     ModelSpec,
     ModelState,
     Name,
+    Priority,
     Progress,
     ProtocolError,
     ReplicaStatus,
     Struct,
+    Tenant,
     TokenLogprob,
     ToolCall,
     Usage,
+    Weight,
 )
 
 # ---- worker <-> broker -----------------------------------------------------------------
@@ -161,6 +164,11 @@ class Submit(Struct, frozen=True):
     params: GenerateParams
     prefix_keys: list[str] = []
     conversation: str = ""
+    # Who sent it, for fair turns (``broker/fairshare.py``): the API key's name, or the
+    # OpenAI ``user`` field without keys; and how it ranks, and its tenant's weight.
+    tenant: Tenant = ""
+    priority: Priority = "interactive"
+    weight: Weight = 1.0
 
 
 class LaunchModel(Struct, frozen=True):

@@ -34,15 +34,18 @@ __all__ = [
     "ModelSpec",
     "ModelState",
     "Name",
+    "Priority",
     "Progress",
     "ProtocolError",
     "ReplicaStatus",
     "Struct",
+    "Tenant",
     "TokenLogprob",
     "Tool",
     "ToolCall",
     "TopLogprob",
     "Usage",
+    "Weight",
 ]
 
 VERSION = b"XB1"
@@ -90,6 +93,10 @@ class ErrorCode(enum.StrEnum):
 
 
 Kind = Literal["chat", "completion", "embedding"]
+# Interactive requests are served before any batch request waiting for the same model.
+Priority = Literal["interactive", "batch"]
+Tenant = Annotated[str, msgspec.Meta(max_length=128)]  # "": the one shared tenant
+Weight = Annotated[float, msgspec.Meta(gt=0, le=1000)]
 # What each request kind needs a model to be able to do.
 ABILITY = {"chat": "chat", "completion": "generate", "embedding": "embed"}
 

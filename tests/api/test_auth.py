@@ -343,12 +343,22 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.unit
 def test_keys_file_format(tmp_path: Path) -> None:
-    keys = parse_keys_file(f"{INFERENCE_KEY} inference\n{ADMIN_KEY} admin,inference\n", "f")
+    text = f"{INFERENCE_KEY} inference alice weight=3\n\n{ADMIN_KEY} admin,inference\n"
+    keys = parse_keys_file(text + f"{FULL_KEY} inference eval priority=batch\n", "f")
     assert keys == [
-        (INFERENCE_KEY, frozenset({"inference"})),
-        (ADMIN_KEY, frozenset({"inference", "admin"})),
+        (INFERENCE_KEY, frozenset({"inference"}), auth.Tenant("alice", 3.0)),
+        (ADMIN_KEY, frozenset({"inference", "admin"}), auth.Tenant("key-3")),
+        (FULL_KEY, frozenset({"inference"}), auth.Tenant("eval", priority="batch")),
     ]
-    for bad in [f"{ADMIN_KEY}", f"{ADMIN_KEY} admin extra", "s3cret-short admin", f"{ADMIN_KEY} ,"]:
+    for bad in [
+        f"{ADMIN_KEY}",
+        f"{ADMIN_KEY} admin na/me",
+        f"{ADMIN_KEY} admin alice weight=0",
+        f"{ADMIN_KEY} admin alice priority=urgent",
+        f"{ADMIN_KEY} admin alice colour=red",
+        "s3cret-short admin",
+        f"{ADMIN_KEY} ,",
+    ]:
         with pytest.raises(APIKeyError) as caught:
             parse_keys_file(bad, "f")
         assert ADMIN_KEY not in str(caught.value) and "s3cret" not in str(caught.value)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from xb.broker.handlers import Handlers
 from xb.broker.outbox import Delivery
@@ -17,8 +18,9 @@ FACADE = b"facade"
 class Recorder:
     """Broker handlers whose sends are kept, per peer."""
 
-    def __init__(self, state: Path) -> None:
-        self.broker = Handlers(state=state)
+    def __init__(self, state: Path, **options: Any) -> None:
+        """``options``: the handlers' own (``max_queue``, ``scheduler``)."""
+        self.broker = Handlers(state=state, **options)
         self.sent: list[tuple[bytes, p.Message]] = []
         self.full: set[bytes] = set()  # peers whose queues are full: nothing reaches them
         self.closed: set[bytes] = set()  # peers whose connections closed
