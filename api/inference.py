@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TypedDict
 
 import msgspec
 from fastapi import APIRouter, Request
@@ -54,7 +55,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     params = convert.chat_params(body)
     request_id = new_request_id()
     prefix_keys, conversation = conversation_keys(body.model, params.messages or [])
-    tenant, priority, weight = sender(request, body)
+    who = sender(request, body)
     submits = [
         p.Submit(
             f"{request_id}-{i}",
@@ -63,9 +64,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             seeded(params, i),
             prefix_keys=prefix_keys,
             conversation=conversation,
-            tenant=tenant,
-            priority=priority,
-            weight=weight,
+            **who,
         )
         for i in range(body.n)
     ]
@@ -81,21 +80,12 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     request_id = new_request_id()
     submits: list[p.Submit] = []
     counted: list[bool] = []
-    tenant, priority, weight = sender(request, body)
+    who = sender(request, body)
     for prompt in convert.completion_prompts(body):
         params = convert.completion_params(body, prompt)
         for i in range(body.n):
-            submits.append(
-                p.Submit(
-                    f"{request_id}-{len(submits)}",
-                    body.model,
-                    "completion",
-                    seeded(params, i),
-                    tenant=tenant,
-                    priority=priority,
-                    weight=weight,
-                )
-            )
+            rid = f"{request_id}-{len(submits)}"
+            submits.append(p.Submit(rid, body.model, "completion", seeded(params, i), **who))
             counted.append(i == 0)
     shape = convert.TextShape(body.model, request_id, body.logprobs is not None)
     return await _generate(request, body, submits, shape, "completions", counted)
@@ -105,17 +95,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     metrics, limits = facade(request).metrics, facade(request).limits
     inputs = convert.embedding_inputs(body)
-    tenant, priority, weight = sender(request, body)
     params = p.GenerateParams(inputs=inputs)
-    submit = p.Submit(
-        new_request_id(),
-        body.model,
-        "embedding",
-        params,
-        tenant=tenant,
-        priority=priority,
-        weight=weight,
-    )
+    who = sender(request, body)
+    submit = p.Submit(new_request_id(), body.model, "embedding", params, **who)
     check_frame(submit)
     stream = facade(request).bridge.open(submit)
     try:
@@ -161,11 +143,19 @@ async def _generate(
     return await generation.respond(body.stream)
 
 
+class Sender(TypedDict):
+    tenant: str
+    priority: p.Priority
+    weight: float
+
+
 def sender(
     request: Request, body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
-) -> tuple[str, p.Priority, float]:
-    """The request's tenant, priority and weight (``auth.tenant_of``)."""
-    return tenant_of(request.scope.get("state", {}), body.user, body.priority)
+) -> Sender:
+    """The request's tenant, priority and weight (``auth.tenant_of``), as ``Submit``'s
+    keyword arguments."""
+    tenant, priority, weight = tenant_of(request.scope.get("state", {}), body.user, body.priority)
+    return Sender(tenant=tenant, priority=priority, weight=weight)
 
 
 def seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:

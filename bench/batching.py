@@ -42,6 +42,8 @@ class Stream:
     ttft: float  # seconds from the moment it was sent
     tokens: int
     end: float  # perf_counter when it ended
+    prompt: int = 0  # prompt tokens, as the usage reports them
+    cached: int = 0  # of which were read from the prefix cache
 
 
 def smollm2_path() -> Path | None:
@@ -69,8 +71,14 @@ def messages(i: int, words: int = 0) -> list[dict[str, str]]:
 
 
 async def stream(
-    client: httpx.AsyncClient, model: str, chat: list[dict[str, str]], max_tokens: int
+    client: httpx.AsyncClient,
+    model: str,
+    chat: list[dict[str, str]],
+    max_tokens: int,
+    stop_after: int = 0,
 ) -> tuple[Stream, str]:
+    """One streamed chat; with ``stop_after``, the client closes the stream after that many
+    content chunks (a chat UI's Stop button): leaving the block cancels the request."""
     body: dict[str, Any] = {
         "model": model,
         "messages": chat,
@@ -81,22 +89,25 @@ async def stream(
         "seed": 1,
     }
     sent = time.perf_counter()
-    ttft, tokens, text = 0.0, 0, []
+    result, text = Stream(0.0, 0, 0.0), []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+            if usage := chunk.get("usage"):
+                result.tokens, result.prompt = usage["completion_tokens"], usage["prompt_tokens"]
+                result.cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             for choice in chunk.get("choices", []):
                 content = choice["delta"].get("content")
                 if content:
                     text.append(content)
-                    if not ttft:
-                        ttft = time.perf_counter() - sent
-    return Stream(ttft, tokens, time.perf_counter()), "".join(text)
+                    result.ttft = result.ttft or time.perf_counter() - sent
+            if stop_after and len(text) >= stop_after:
+                break
+    result.end = time.perf_counter()
+    return result, "".join(text)
 
 
 # The generated model never ends an answer by itself, so every stream must be whole; a real

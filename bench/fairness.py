@@ -157,7 +157,7 @@ def main() -> None:
         "idle (target <= 3x)"
     )
     print(
-        f"tokens/s while A floods: fair {fair['rate']:.0f}, fifo {fifo['rate']:.0f}: "
+        f"A's tokens/s while flooding: fair {fair['rate']:.0f}, fifo {fifo['rate']:.0f}: "
         f"{fair['rate'] / fifo['rate']:.2f} (target >= 0.95)"
     )
     print(

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from bench.batching import history_words, medium_model, messages
+from bench.batching import history_words, medium_model, messages, stream
 from tests.stack import Stack
 
 SENT_BEFORE_STOP = 24  # content chunks the client reads before it closes the stream
@@ -31,35 +28,8 @@ async def chat(
 ) -> tuple[float, str, tuple[int, int]]:
     """(TTFT in seconds, the text received, (prompt, cached) tokens) of one streamed chat;
     with ``stop_after``, the client closes the stream after that many content chunks."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": history,
-        "max_tokens": 1000 if stop_after else 48,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "temperature": 0.8,
-        "seed": 1,
-    }
-    sent = time.perf_counter()
-    ttft, text, prompt = 0.0, [], (0, 0)
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-                details = usage.get("prompt_tokens_details") or {}
-                prompt = (usage["prompt_tokens"], details.get("cached_tokens", 0))
-            for choice in chunk.get("choices", []):
-                content = choice["delta"].get("content")
-                if content:
-                    text.append(content)
-                    ttft = ttft or time.perf_counter() - sent
-            if stop_after and len(text) >= stop_after:
-                break  # leaving the block closes the connection: the request is cancelled
-    return ttft, "".join(text), prompt
+    result, text = await stream(client, model, history, 1000 if stop_after else 48, stop_after)
+    return result.ttft, text, (result.prompt, result.cached)
 
 
 async def follow_up(

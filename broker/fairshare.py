@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from xb.broker.affinity import Affinity
 from xb.broker.routing import RoutingPolicy
 from xb.broker.scheduler import Scheduler
-from xb.broker.table import Model, Queued, Replica
+from xb.broker.table import Model, Queued, Replica, forget_oldest
 from xb.core import protocol as p
 
 PRIORITIES: tuple[p.Priority, ...] = ("interactive", "batch")  # served in this order
@@ -56,11 +56,7 @@ class _Lane:
         item.start = max(self.virtual, self.finish.get(tenant, 0.0))
         self.finish[tenant] = item.start + cost
         self.finish.move_to_end(tenant)
-        while len(self.finish) > MAX_REMEMBERED:
-            idle = next((t for t in self.finish if t not in self.queues), None)
-            if idle is None:
-                break
-            del self.finish[idle]
+        forget_oldest(self.finish, MAX_REMEMBERED, self.queues.__contains__)
         self.queues.setdefault(tenant, deque()).append(item)
 
     def first(self) -> tuple[str, _Waiting] | None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from xb.core import protocol as p
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 PLACING_GRACE = 2.0  # seconds after retry_at for the reconcile that places a replica
 
@@ -131,3 +136,16 @@ class InFlight:
     worker: bytes
     started: bool = False  # a token reached the client: it can no longer be retried
     retried: bool = False  # this is its second try
+
+
+def forget_oldest(entries: OrderedDict[K, V], bound: int, in_use: Callable[[K], bool]) -> list[K]:
+    """Drop the oldest entries not ``in_use`` until at most ``bound`` remain (or none
+    can go); the keys dropped."""
+    dropped: list[K] = []
+    while len(entries) > bound:
+        stale = next((key for key in entries if not in_use(key)), None)
+        if stale is None:
+            break
+        del entries[stale]
+        dropped.append(stale)
+    return dropped

@@ -15,7 +15,7 @@ from xb.broker.management import Management
 from xb.broker.outbox import Outbox
 from xb.broker.requests import Requests
 from xb.broker.state import DesiredState
-from xb.broker.table import Replica, WorkerEntry
+from xb.broker.table import Replica, WorkerEntry, forget_oldest
 from xb.core import protocol as p
 from xb.core.settings import HEARTBEAT_LIVENESS
 from xb.core.throttle import Throttle
@@ -96,12 +96,8 @@ class Workers:
             self.state.bind(worker_id, key)
         self.bindings[worker_id] = key
         self.bindings.move_to_end(worker_id)
-        while len(self.bindings) > MAX_BINDINGS:
-            # Forget the longest unheard-of worker id that is not connected now.
-            stale = next((w for w in self.bindings if w not in self._by_id), None)
-            if stale is None:
-                break
-            del self.bindings[stale]
+        # Forget the longest unheard-of worker ids that are not connected now.
+        for stale in forget_oldest(self.bindings, MAX_BINDINGS, self._by_id.__contains__):
             self.state.unbind(stale)
 
     def _move(self, old: bytes, new: bytes) -> None:

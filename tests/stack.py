@@ -142,24 +142,20 @@ class Stack:
 
     def start_worker(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
         """An xb-worker for this broker, not waited for; its output into ``log`` if given."""
-        with contextlib.ExitStack() as files:
-            out = files.enter_context(log.open("ab")) if log is not None else None
-            worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "xb.worker",
-                    "--broker",
-                    self.broker_address,
-                    *self.dir_args(),
-                    *args,
-                ],
-                env=self.env(),
-                stdout=out,
-                stderr=out,
-            )
+        worker = self._spawn("xb.worker", list(args), self.env(), log)
         self.workers.append(worker)
         return worker
+
+    def _spawn(
+        self, module: str, args: list[str], env: dict[str, str], log: Path | None
+    ) -> subprocess.Popen[bytes]:
+        """``python -m module`` for this broker, its output into ``log`` if given."""
+        command = [sys.executable, "-m", module, "--broker", self.broker_address]
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(log.open("ab")) if log is not None else None
+            return subprocess.Popen(
+                [*command, *self.dir_args(), *args], env=env, stdout=out, stderr=out
+            )
 
     def add_facade(self, *args: str, home: Path | None = None) -> str:
         """Another REST facade (xb-api) for this broker, with XB_HOME ``home`` (default:
@@ -175,24 +171,8 @@ class Stack:
         """An xb-api for this broker, not waited for, and its base URL; ``home`` and
         ``log`` as for add_facade and start_worker."""
         port = free_port()
-        with contextlib.ExitStack() as files:
-            out = files.enter_context(log.open("ab")) if log is not None else None
-            facade = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "xb.api",
-                    "--broker",
-                    self.broker_address,
-                    "--port",
-                    str(port),
-                    *self.dir_args(),
-                    *args,
-                ],
-                env={**self.env(), "XB_HOME": str(home or self.home)},
-                stdout=out,
-                stderr=out,
-            )
+        env = {**self.env(), "XB_HOME": str(home or self.home)}
+        facade = self._spawn("xb.api", ["--port", str(port), *args], env, log)
         self.facades.append(facade)
         return facade, f"http://127.0.0.1:{port}"
 

@@ -283,12 +283,18 @@ def test_a_cancelled_answer_stays_cached_for_a_follow_up_that_quotes_it(
     assert tokens(pieces) == tokens(alone)
 
 
-@pytest.mark.integration
-def test_a_prompt_cancelled_while_it_is_read_keeps_what_was_read(engine: BatchEngine) -> None:
-    engine.add("running", "completion", greedy("go", 30))
+def long_prompt_beside_a_stream(engine: BatchEngine, tokens: int) -> None:
+    """Request "running" generating its ``tokens`` tokens, and "long" (a prompt of several
+    chunks) added beside it."""
+    engine.add("running", "completion", greedy("go", tokens))
     while not any(s.next_token is not None for s in engine._running):
         engine.step()
     engine.add("long", "completion", greedy("word " * 110, 3))
+
+
+@pytest.mark.integration
+def test_a_prompt_cancelled_while_it_is_read_keeps_what_was_read(engine: BatchEngine) -> None:
+    long_prompt_beside_a_stream(engine, 30)
     engine.step()  # admits it, and reads its first chunk
     engine.step()
     long = engine._requests["long"]
@@ -304,10 +310,7 @@ def test_a_prompt_cancelled_while_it_is_read_keeps_what_was_read(engine: BatchEn
 
 @pytest.mark.integration
 def test_a_long_prompt_joins_in_chunks_while_others_generate(engine: BatchEngine) -> None:
-    engine.add("running", "completion", greedy("go", 60))
-    while not any(s.next_token is not None for s in engine._running):
-        engine.step()
-    engine.add("long", "completion", greedy("word " * 110, 3))
+    long_prompt_beside_a_stream(engine, 60)
     assert len(engine._waiting[0].prompt) > 2 * PREFILL_CHUNK
     engine.step()  # admits it
     long = next(s for s in engine._running if s.request_id == "long")
