@@ -26,6 +26,7 @@ import msgspec
 import zmq
 from zmq.backend import Socket as _RawSocket
 
+from xb.broker.server import Broker
 from xb.broker.table import Model
 from xb.core import protocol as p
 from xb.core.keys import KeyPair, PeerKeys
@@ -118,9 +119,10 @@ def broker(bind: str, home: str | None, spec: str, ready: Connection) -> None:
     # The synthetic workers announce replicas of models nobody launched, and a broker
     # stops those: its desired state names both models here, with room for every
     # replica, and it never places one itself (the workers bring them all).
+    cluster = server.handlers.cluster
     for uid in (MODEL, "idle"):
-        server.models[uid] = Model(p.ModelSpec(uid, uid), replica=1 << 30, created=0)
-    server.settle_until = float("inf")
+        cluster.models[uid] = Model(p.ModelSpec(uid, uid), wanted=1 << 30, created=0)
+    cluster.settle_until = float("inf")
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     ready.send(os.getpid())
     server.run()
@@ -305,3 +307,11 @@ def _echo_loop(sock: zmq.Socket[Any], stop: Event) -> None:
         if sock.poll(100):
             frames = sock.recv_multipart()
             _answer(sock, frames[-1], frames[:-3])
+
+
+class FirstComeFirstServedBroker(Broker):
+    """The broker with ``--scheduler fifo``, to measure the fair scheduler against
+    (``--broker xb.broker.server:Broker,bench.synthetic:FirstComeFirstServedBroker``)."""
+
+    def __init__(self, bind: str, **options: Any) -> None:
+        super().__init__(bind, scheduler="fifo", **options)

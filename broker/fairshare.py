@@ -19,10 +19,12 @@ at most ``MODEL_QUEUE_FACTOR`` times that per model, whoever sends them.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from xb.broker.affinity import Affinity
 from xb.broker.routing import RoutingPolicy
@@ -37,44 +39,60 @@ MODEL_QUEUE_FACTOR = 4
 MAX_REMEMBERED = 4096  # idle tenants whose finish tags a lane keeps
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting:
     start: float  # virtual start tag
     order: int  # arrival order, for ties and for draining oldest first
     entry: Queued
 
 
-@dataclass
 class _Lane:
     """The waiting requests of one model and priority, by tenant."""
 
-    virtual: float = 0.0
-    queues: dict[str, deque[_Waiting]] = field(default_factory=dict)
-    finish: OrderedDict[str, float] = field(default_factory=OrderedDict)  # by tenant
+    __slots__ = ("finish", "queues", "size", "virtual")
+
+    def __init__(self) -> None:
+        self.virtual = 0.0
+        self.size = 0
+        self.queues: dict[str, deque[_Waiting]] = {}
+        self.finish: OrderedDict[str, float] = OrderedDict()  # by tenant, idle ones too
 
     def add(self, item: _Waiting, tenant: str, cost: float) -> None:
-        item.start = max(self.virtual, self.finish.get(tenant, 0.0))
-        self.finish[tenant] = item.start + cost
-        self.finish.move_to_end(tenant)
-        forget_oldest(self.finish, MAX_REMEMBERED, self.queues.__contains__)
-        self.queues.setdefault(tenant, deque()).append(item)
+        finish = self.finish
+        item.start = max(self.virtual, finish.get(tenant, 0.0))
+        finish[tenant] = item.start + cost
+        if len(finish) > MAX_REMEMBERED:
+            forget_oldest(finish, MAX_REMEMBERED, self.queues.__contains__)
+        queue = self.queues.get(tenant)
+        if queue is None:
+            queue = self.queues[tenant] = deque()
+        queue.append(item)
+        self.size += 1
 
-    def first(self) -> tuple[str, _Waiting] | None:
-        """The tenant whose head request has the smallest start tag, and that request."""
-        best: tuple[str, _Waiting] | None = None
-        for tenant, queue in self.queues.items():
+    def first(self) -> tuple[str, _Waiting]:
+        """The tenant whose head request has the smallest start tag, and that request
+        (the lane is not empty)."""
+        queues = iter(self.queues.items())
+        tenant, queue = next(queues)
+        best = (tenant, queue[0])
+        for tenant, queue in queues:
             head = queue[0]
-            if best is None or (head.start, head.order) < (best[1].start, best[1].order):
+            if (head.start, head.order) < (best[1].start, best[1].order):
                 best = (tenant, head)
         return best
 
-    def take(self, tenant: str) -> _Waiting:
+    def take(self, tenant: str) -> None:
         queue = self.queues[tenant]
         item = queue.popleft()
         if not queue:
             del self.queues[tenant]
-        self.virtual = max(self.virtual, item.start)
-        return item
+        self.size -= 1
+        if item.start > self.virtual:
+            self.virtual = item.start
+
+    def waiting(self, tenant: str) -> int:
+        queue = self.queues.get(tenant)
+        return len(queue) if queue else 0
 
     def items(self) -> list[_Waiting]:
         return [item for queue in self.queues.values() for item in queue]
@@ -90,6 +108,7 @@ class _Lane:
                 self.queues[tenant] = kept
             else:
                 del self.queues[tenant]
+        self.size -= len(gone)
         return gone
 
 
@@ -104,39 +123,34 @@ class FairShare(Scheduler):
         self.policy = policy
         self.affinity = affinity
         self.max_queue = max_queue  # per tenant and model
-        self._lanes: dict[tuple[str, p.Priority], _Lane] = {}
-        self._counts: dict[str, int] = {}  # waiting per model
-        self._tenant_counts: dict[tuple[str, str], int] = {}  # waiting per model and tenant
+        self._lanes: dict[str, tuple[_Lane, _Lane]] = {}  # by model: (interactive, batch)
         self._order = itertools.count()
 
     def _lane(self, uid: str, priority: p.Priority) -> _Lane:
-        return self._lanes.setdefault((uid, priority), _Lane())
-
-    def _counted(self, uid: str, tenant: str, change: int) -> None:
-        self._counts[uid] = self._counts.get(uid, 0) + change
-        key = (uid, tenant)
-        left = self._tenant_counts.get(key, 0) + change
-        if left > 0:
-            self._tenant_counts[key] = left
-        else:
-            self._tenant_counts.pop(key, None)
+        lanes = self._lanes.get(uid)
+        if lanes is None:
+            lanes = self._lanes[uid] = (_Lane(), _Lane())
+        return lanes[priority == "batch"]
 
     def admit(self, model: Model, entry: Queued) -> str | None:
         submit = entry.submit
         tenant = submit.tenant
-        mine = self._tenant_counts.get((model.uid, tenant), 0)
+        lanes = self._lanes.get(model.uid)
+        if lanes is None:
+            lanes = self._lanes[model.uid] = (_Lane(), _Lane())
+        interactive, batch = lanes
+        mine = interactive.waiting(tenant) + batch.waiting(tenant)
         if mine >= self.max_queue:
             who = f"tenant {tenant!r}" if tenant else "this caller"
             return (
                 f"{who} has {mine} requests waiting for model {model.uid!r}, the most one "
                 "tenant may queue; retry later"
             )
-        total = self._counts.get(model.uid, 0)
+        total = interactive.size + batch.size
         if total >= self.max_queue * MODEL_QUEUE_FACTOR:
             return f"model {model.uid!r} has {total} requests waiting; retry later"
         item = _Waiting(0.0, next(self._order), entry)
-        self._lane(model.uid, submit.priority).add(item, tenant, cost(submit))
-        self._counted(model.uid, tenant, 1)
+        (batch if submit.priority == "batch" else interactive).add(item, tenant, cost(submit))
         return None
 
     def requeue(self, model: Model, entry: Queued) -> None:
@@ -145,49 +159,49 @@ class FairShare(Scheduler):
         lane = self._lane(model.uid, entry.submit.priority)
         item = _Waiting(lane.virtual, next(self._order), entry)
         lane.queues.setdefault(entry.submit.tenant, deque()).appendleft(item)
-        self._counted(model.uid, entry.submit.tenant, 1)
+        lane.size += 1
 
     def next(self, model: Model) -> tuple[Queued, Replica] | None:
-        for priority in PRIORITIES:
-            lane = self._lanes.get((model.uid, priority))
-            first = lane.first() if lane is not None else None
-            if lane is None or first is None:
+        for lane in self._lanes.get(model.uid, ()):
+            if not lane.size:
                 continue
-            tenant, head = first
+            tenant, head = lane.first()
+            entry = head.entry
             ready = model.ready()
-            elsewhere = [r for r in ready if r.replica_id != head.entry.avoid] or ready
-            preferred = self.affinity.lookup(head.entry.submit.prefix_keys)
-            replica = self.policy.choose(elsewhere, preferred)
+            if entry.avoid:
+                ready = [r for r in ready if r.replica_id != entry.avoid] or ready
+            replica = self.policy.choose(ready, self.affinity.lookup(entry.submit.prefix_keys))
             if replica is None:
                 return None  # every slot is busy: nothing lower may pass
             lane.take(tenant)
-            self._counted(model.uid, tenant, -1)
-            return head.entry, replica
+            return entry, replica
         return None
 
     def waiting(self, uid: str) -> int:
-        return self._counts.get(uid, 0)
+        return sum(lane.size for lane in self._lanes.get(uid, ()))
 
     def cancel(self, request_id: str) -> Queued | None:
-        for (uid, _), lane in self._lanes.items():
-            gone = lane.remove(lambda item: item.entry.submit.request_id != request_id)
-            if gone:
-                self._counted(uid, gone[0].entry.submit.tenant, -1)
-                return gone[0].entry
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                found = next(
+                    (
+                        i
+                        for q in lane.queues.values()
+                        for i in q
+                        if i.entry.submit.request_id == request_id
+                    ),
+                    None,
+                )
+                if found is not None:
+                    lane.remove(functools.partial(operator.is_not, found))
+                    return found.entry
         return None
 
     def withdraw(self, client: bytes) -> None:
-        for (uid, _), lane in self._lanes.items():
-            for item in lane.remove(lambda item: item.entry.client != client):
-                self._counted(uid, item.entry.submit.tenant, -1)
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.remove(lambda item: item.entry.client != client)
 
     def drain(self, uid: str) -> list[Queued]:
-        items: list[_Waiting] = []
-        for priority in PRIORITIES:
-            lane = self._lanes.pop((uid, priority), None)
-            if lane is not None:
-                items += lane.items()
-        self._counts.pop(uid, None)
-        for key in [k for k in self._tenant_counts if k[0] == uid]:
-            del self._tenant_counts[key]
+        items = [item for lane in self._lanes.pop(uid, ()) for item in lane.items()]
         return [item.entry for item in sorted(items, key=lambda item: item.order)]

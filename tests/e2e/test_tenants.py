@@ -4,7 +4,6 @@ naming the tenant. The order requests finish in is the order they reached the sl
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +22,8 @@ def queued(stack: Stack) -> int:
 
 
 def finishing_order(stack: Stack, alice: dict[str, Any], bob: dict[str, Any]) -> list[str]:
-    """Alice sends four requests, Bob one once three of hers wait (the first runs for a
-    second or more); who finished when."""
+    """Alice sends a long request (4,000 tokens: a second or more on the one slot), then
+    three short ones, and Bob one short one once hers wait; who finished when."""
     done: list[str] = []
 
     def send(name: str, body: dict[str, Any], headers: dict[str, str]) -> None:
@@ -35,17 +34,18 @@ def finishing_order(stack: Stack, alice: dict[str, Any], bob: dict[str, Any]) ->
         done.append(name)
 
     with ThreadPoolExecutor(5) as pool:
-        for i in range(4):
+        pool.submit(send, "alice-0", {**alice["body"], "max_tokens": 4000}, alice["headers"])
+        wait_until(lambda: stack.in_flight() == 1)
+        for i in range(1, 4):
             pool.submit(send, f"alice-{i}", *alice.values())
-            time.sleep(0.05)  # arrival order is hers to keep
-        wait_until(lambda: queued(stack) == 3)
-        assert not done  # alice-0 still runs: bob arrives behind three waiting requests
+            wait_until(lambda i=i: queued(stack) == i)  # arrival order is hers to keep
+        assert not done  # alice-0 still runs: Bob arrives behind three waiting requests
         pool.submit(send, "bob", *bob.values())
     return done
 
 
 def body(user: str, priority: str = "interactive") -> dict[str, Any]:
-    return {**long_chat("e", max_tokens=400, stream=False), "user": user, "priority": priority}
+    return {**long_chat("e", max_tokens=32, stream=False), "user": user, "priority": priority}
 
 
 @pytest.mark.parametrize(("scheduler", "bob_finishes"), [("fair", 1), ("fifo", 4)])
@@ -53,11 +53,11 @@ def test_a_lone_request_passes_another_users_backlog(
     make_stack: Callable[..., Stack], endless_model: Path, scheduler: str, bob_finishes: int
 ) -> None:
     stack = make_stack(1, "--scheduler", scheduler)
-    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=512, n_parallel=1)
+    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096, n_parallel=1)
     alice = {"body": body("alice"), "headers": {}}
     bob = {"body": body("bob"), "headers": {}}
     done = finishing_order(stack, alice, bob)
-    assert done.index("bob") == bob_finishes, done  # after the one running, or after all
+    assert done.index("bob") == bob_finishes, done  # next after alice-0, or last
 
 
 def test_the_keys_name_is_the_tenant(
@@ -68,7 +68,7 @@ def test_the_keys_name_is_the_tenant(
     keys.write_text(f"{alice_key} admin alice\n{bob_key} inference bob\n")
     keys.chmod(0o600)
     stack = make_stack(1, "--api-keys-file", str(keys), api_key=alice_key)
-    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=512, n_parallel=1)
+    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096, n_parallel=1)
     # Both name the same user: the keys, not the field, say who they are.
     alice = {"body": body("same"), "headers": {"Authorization": f"Bearer {alice_key}"}}
     bob = {"body": body("same"), "headers": {"Authorization": f"Bearer {bob_key}"}}
@@ -80,7 +80,7 @@ def test_an_interactive_request_passes_batch_ones_of_the_same_user(
     make_stack: Callable[..., Stack], endless_model: Path
 ) -> None:
     stack = make_stack(1)
-    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=512, n_parallel=1)
+    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096, n_parallel=1)
     batch = {"body": body("carol", "batch"), "headers": {}}
     chat = {"body": body("carol"), "headers": {}}
     done = finishing_order(stack, batch, chat)
