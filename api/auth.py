@@ -17,9 +17,9 @@ optionally the name of who uses it and their settings::
 
 The name is the key's tenant: the broker takes turns between tenants (``weight``: its
 share of the slots against the others', 1 by default; ``priority``: its requests'
-default, ``interactive`` or ``batch``), and logs and metrics name it, never the key. A key
-without a name is the tenant ``key-N`` (the Nth key: line N of the file, or the Nth
-``--api-key``).
+default, ``interactive`` or ``batch``). A key without a name is the tenant ``key-N``
+(line N of the file); the Nth ``--api-key`` is ``api-key-N``. The broker sees names,
+never keys.
 
 ``inference`` may chat, complete, embed, list the models and describe one (what the
 openai package and Xinference's ``get_model`` need); ``admin`` may do everything, which
