@@ -32,7 +32,6 @@ from xb.broker.scheduler import Scheduler
 from xb.broker.table import Model, Queued, Replica, forget_oldest
 from xb.core import protocol as p
 
-PRIORITIES: tuple[p.Priority, ...] = ("interactive", "batch")  # served in this order
 DEFAULT_COST = 256  # tokens a request without max_tokens is charged
 MAX_COST = 32_768
 MODEL_QUEUE_FACTOR = 4
