@@ -155,17 +155,17 @@ class Handlers:
                 self.workers.register(identity, message, key)
             elif (worker := self.cluster.workers.get(identity)) is not None:
                 worker.last_seen = time.monotonic()
-                handler = self.from_workers.get(type(message))
-                if handler is None:
+                from_worker = self.from_workers.get(type(message))
+                if from_worker is None:
                     self._unexpected(worker.worker_id, message)
                 else:
-                    handler(worker, message, body)
+                    from_worker(worker, message, body)
             else:
-                handler_ = self.from_facades.get(type(message))
-                if handler_ is None:
+                from_facade = self.from_facades.get(type(message))
+                if from_facade is None:
                     self._unexpected(identity.hex(), message)
                 else:
-                    handler_(identity, message)
+                    from_facade(identity, message)
         except Exception as exc:
             # A frame that decoded is the peer's right; what fails on it is the broker's
             # bug, counted apart from malformed frames and logged with its traceback.
