@@ -40,7 +40,8 @@ def show(ctx: typer.Context, as_json: bool = AS_JSON) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@keys.command("allow")
+# A Z85 key may begin with "-": it is the argument, not an option the command lacks.
+@keys.command("allow", context_settings={"ignore_unknown_options": True})
 def allow_key(
     key: str = typer.Argument(..., help="A worker's public key, or its .key file."),
     name: str = typer.Option(..., "--name", help="A name for the key file, e.g. the host."),

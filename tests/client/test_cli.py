@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import zmq
 
 from tests.stack import Stack, free_port, kill_tree, wait_until
 from xb.core.settings import MAX_TOKENS_HELP
@@ -183,3 +184,19 @@ def test_generate_scale_and_a_failed_launch(module_stack: Stack, tiny_model: Pat
     assert "failed to load" in failed.stderr and "does not exist" in failed.stderr
     assert "broken" not in json.loads(xb(module_stack, "list", "--json").stdout)
     assert xb(module_stack, "terminate", "g").returncode == 0
+
+
+def test_a_key_that_begins_with_a_dash_is_allowed(tmp_path: Path) -> None:
+    """Z85 keys may begin with "-": one pasted as it is must not read as an option."""
+    public = "-" + zmq.curve_keypair()[0].decode()[1:]
+    for args in (["allow", public, "--name", "a"], ["allow", "--name", "b", public]):
+        done = subprocess.run(
+            [sys.executable, "-m", "xb.client", "keys", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "XB_HOME": str(tmp_path)},
+        )
+        assert done.returncode == 0, done.stderr
+    allowed = sorted(p.read_text().strip() for p in (tmp_path / "keys" / "allowed").iterdir())
+    assert all(public in text for text in allowed) and len(allowed) == 2
