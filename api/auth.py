@@ -106,11 +106,6 @@ class APIKeys:
     def __repr__(self) -> str:
         return f"APIKeys({len(self._keys)} keys)"
 
-    def scopes(self, presented: bytes) -> frozenset[str] | None:
-        """The scopes of ``presented``, or None if it is no key."""
-        found = self.find(presented)
-        return None if found is None else found[0]
-
     def find(self, presented: bytes) -> tuple[frozenset[str], Tenant] | None:
         """The scopes and tenant of ``presented``, or None if it is no key. Every
         configured key is compared, in constant time, so the time taken says nothing

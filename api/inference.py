@@ -93,13 +93,14 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 @_route("/v1/embeddings", EmbeddingList, streams=False)
 async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
-    metrics, limits = facade(request).metrics, facade(request).limits
+    shared = facade(request)
+    metrics, limits = shared.metrics, shared.limits
     inputs = convert.embedding_inputs(body)
     params = p.GenerateParams(inputs=inputs)
     who = sender(request, body)
     submit = p.Submit(new_request_id(), body.model, "embedding", params, **who)
     check_frame(submit)
-    stream = facade(request).bridge.open(submit)
+    stream = shared.bridge.open(submit)
     try:
         async with asyncio.timeout(limits.answer_timeout):
             message = await stream.next()
