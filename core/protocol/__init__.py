@@ -93,10 +93,14 @@ class ModelEvent(Struct, frozen=True):
 
 
 class Request(Struct, frozen=True):
+    """A request for a replica. An ``interactive`` one that finds every slot held by
+    ``batch`` sequences preempts one of them (``worker/llama_engine.py``)."""
+
     request_id: str
     replica_id: str
     kind: Kind
     params: GenerateParams
+    priority: Priority = "interactive"
 
 
 class Cancel(Struct, frozen=True):
@@ -142,6 +146,7 @@ class Final(Struct, frozen=True):
     tool_calls: list[ToolCall] = []
     embeddings: list[list[float]] = []
     partials: int = -1
+    preemptions: int = 0  # times it left its slot for an interactive request, and resumed
 
 
 class Error(Struct, frozen=True):
