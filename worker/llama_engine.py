@@ -294,7 +294,7 @@ class BatchEngine(Engine):
         sequence.parked = parked
         sequence.preemptions += 1
         self._enqueue(sequence, ahead=True)
-        log.info("request %s preempted (%d cells parked)", sequence.request_id, len(sequence.kv))
+        log.debug("request %s preempted (%d cells parked)", sequence.request_id, len(sequence.kv))
         return True
 
     def _leave(self, sequence: Sequence) -> None:
