@@ -276,7 +276,9 @@ class BatchEngine(Engine):
     def _preempt(self) -> bool:
         """An interactive request waits and every slot is busy: the running batch
         sequence with the fewest cells leaves its slot, its cells parked; False when none
-        can."""
+        can, or when a slot frees after this step anyway (a closing sequence's)."""
+        if any(s.closing for s in self._running):
+            return False
         batch = [
             s
             for s in self._running

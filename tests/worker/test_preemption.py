@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xb.core.protocol import GenerateParams, ModelSpec
+from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
 from xb.worker.backend import Done, Piece
 from xb.worker.llama_engine import PREFILL_CHUNK, BatchEngine
 from xb.worker.llama_model import LlamaModel
@@ -160,3 +160,20 @@ def test_a_preempted_sequence_can_be_cancelled_while_it_waits(engine: BatchEngin
     log.until_idle()
     assert len(log.text("chat")) == 30
     assert not any(isinstance(i, Done) for i in log.items.get(parked[0], []))
+
+
+@pytest.mark.integration
+def test_no_preemption_when_a_slot_frees_after_this_step(engine: BatchEngine) -> None:
+    # A chat cut at max_tokens keeps its slot one more step to decode its last token.
+    engine._cache.budget = 10_000
+    chat = GenerateParams(messages=[ChatMessage("user", "hi")], max_tokens=10)
+    log = Log(engine)
+    engine.add("closing", "chat", chat, "batch")
+    engine.add("long", "completion", greedy("once upon a time", 60), "batch")
+    while "closing" not in log.items or not isinstance(log.items["closing"][-1], Done):
+        log.step()
+    assert any(s.closing for s in engine._running)
+    engine.add("chat", "completion", greedy("hello", 5))
+    log.until_idle()
+    assert log.done("long").preemptions == 0
+    assert log.steps["chat"][0] == log.steps["closing"][-1] + 2  # after the closing step
