@@ -209,6 +209,7 @@ class Stack:
 
     def cluster(self) -> list[dict[str, Any]]:
         response = httpx.get(self.url + "/v1/cluster/info", headers=self.headers(), timeout=5)
+        assert response.status_code == 200, f"{response.status_code}: {response.text}"
         return list(response.json())
 
     def launch(self, **body: Any) -> str:
