@@ -211,11 +211,14 @@ def workers(
     if as_json:
         print_json(infos)
         return
+    # GPU memory is what a launch that offloads is placed by: shown once any worker has a GPU.
+    gpu = any(w["memory"]["gpu_total"] for w in infos)
     rows = [
         (
             w["worker_id"],
             w["host"],
             f"{size_text(w['memory']['free'])} of {size_text(w['memory']['total'])}",
+            *([_gpu_text(w["memory"])] if gpu else []),
             " ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-",
             str(w["queue_depth"]),
             str(w["in_flight"]),
@@ -224,8 +227,16 @@ def workers(
         for w in infos
     ]
     # One-word headers: rich will not fold a header to make room for a name.
-    headers = ("Worker", "Host", "Free", "Models", "Queued", "Running", "Heartbeat")
+    gpu_header = ["GPU"] if gpu else []
+    headers = ("Worker", "Host", "Free", *gpu_header, "Models", "Queued", "Running", "Heartbeat")
     console.print(table(headers, rows, whole=(0,), room=console.width), crop=False)
+
+
+def _gpu_text(memory: dict[str, int]) -> str:
+    """A worker's free GPU memory of its total, or "-" where it has no GPU."""
+    if not memory["gpu_total"]:
+        return "-"
+    return f"{size_text(memory['gpu_free'])} of {size_text(memory['gpu_total'])}"
 
 
 @app.command()
