@@ -109,14 +109,24 @@ class _Lane:
         maximum: a retried request at the head may carry a later tag than those behind
         it), and each other tenant's requests go before it while their running maximum is
         below that."""
+        found = self._find(request_id)
+        if found is None:
+            return None
+        tenant, index = found
+        turn = max(map(_tag, itertools.islice(self.queues[tenant], index + 1)))
+        others = (q for t, q in self.queues.items() if t != tenant)
+        return index + 1 + sum(_before(q, turn) for q in others)
+
+    def _find(self, request_id: str) -> tuple[str, int] | None:
+        """The tenant whose queue holds ``request_id``, and its index there."""
         for tenant, queue in self.queues.items():
-            turn: tuple[float, int] | None = None
-            for ahead, item in enumerate(queue):
-                tag = _tag(item)
-                turn = tag if turn is None or tag > turn else turn
+            # The request just admitted, the one asked about most, is its queue's last.
+            if queue[-1].entry.submit.request_id == request_id:
+                return tenant, len(queue) - 1
+        for tenant, queue in self.queues.items():
+            for index, item in enumerate(queue):
                 if item.entry.submit.request_id == request_id:
-                    others = (q for t, q in self.queues.items() if t != tenant)
-                    return ahead + 1 + sum(_before(q, turn) for q in others)
+                    return tenant, index
         return None
 
     def remove(self, keep: Callable[[_Waiting], bool]) -> list[_Waiting]:
@@ -140,9 +150,10 @@ def _tag(item: _Waiting) -> tuple[float, int]:
 
 def _before(queue: deque[_Waiting], turn: tuple[float, int]) -> int:
     """How many requests at the front of ``queue`` have tags below ``turn``."""
+    start, order = turn
     count = 0
-    for item in queue:
-        if _tag(item) >= turn:
+    for item in queue:  # the tags unpacked: this loop is most of a position's cost
+        if item.start > start or (item.start == start and item.order >= order):
             break
         count += 1
     return count

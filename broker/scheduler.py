@@ -122,7 +122,10 @@ class FirstComeFirstServed(Scheduler):
         return list(self._queues.get(uid, ()))
 
     def position(self, uid: str, request_id: str) -> int | None:
-        for place, entry in enumerate(self._queues.get(uid, ()), 1):
+        queue = self._queues.get(uid, ())
+        if queue and queue[-1].submit.request_id == request_id:
+            return len(queue)  # the request just admitted, the one asked about most
+        for place, entry in enumerate(queue, 1):
             if entry.submit.request_id == request_id:
                 return place
         return None
