@@ -151,12 +151,13 @@ class BrokerBridge:
             del self._waiters[rid]
 
     def open(self, submit: p.Submit) -> RequestStream:
-        """Submit a request; its PARTIAL, FINAL or ERROR frames arrive on the stream."""
+        """Submit a request; its PARTIAL, FINAL or ERROR frames arrive on the stream (and
+        QUEUED ones while it waits, if ``submit.positions`` asks for them)."""
         queue: asyncio.Queue[Reply] = asyncio.Queue(MAX_PENDING_FRAMES + 1)
         self._waiters[submit.request_id] = queue
         if not self._send(submit):
             queue.put_nowait(self._unavailable(submit.request_id))
-        return RequestStream(self, submit.request_id, queue)
+        return RequestStream(self, submit.request_id, queue, submit.positions)
 
     def _release(self, request_id: str, cancel: bool) -> None:
         self._waiters.pop(request_id, None)
@@ -167,15 +168,24 @@ class BrokerBridge:
 class RequestStream:
     """The frames of one submitted request. Closing it before its end cancels the request."""
 
-    def __init__(self, bridge: BrokerBridge, request_id: str, queue: asyncio.Queue[Reply]) -> None:
+    def __init__(
+        self,
+        bridge: BrokerBridge,
+        request_id: str,
+        queue: asyncio.Queue[Reply],
+        positions: bool = False,
+    ) -> None:
         self.request_id = request_id
+        self.positions = positions  # QUEUED frames are handed on, not skipped
         self._bridge = bridge
         self._queue = queue
         self.finished = False
         self._closed = False
         self._partials = 0  # PARTIAL frames received
 
-    async def next(self, timeout: float | None = None) -> p.Partial | p.Final | p.Error | None:
+    async def next(
+        self, timeout: float | None = None
+    ) -> p.Partial | p.Final | p.Error | p.Queued | None:
         """The next frame, or None when ``timeout`` passes first."""
         while True:
             try:
@@ -199,6 +209,8 @@ class RequestStream:
                 return message
             if isinstance(message, p.Partial):
                 self._partials += 1
+                return message
+            if isinstance(message, p.Queued) and self.positions:
                 return message
 
     def close(self) -> None:

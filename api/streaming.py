@@ -43,6 +43,16 @@ def sse(payload: object) -> bytes:
     return b"data: " + _json.encode(payload) + b"\n\n"
 
 
+def queued_comment(position: int) -> bytes:
+    """The SSE comment that tells a waiting stream its place in line (clients that do not
+    look for it skip comments)."""
+    return b": queued, position %d\n\n" % position
+
+
+# What a choice's stream hands on: QUEUED only to a stream, before its first token.
+Frame = p.Partial | p.Final | p.Error | p.Queued
+
+
 @dataclass
 class Choice:
     """What one choice has produced so far."""
@@ -90,6 +100,8 @@ class Generation:
                 self.metrics.per_token(self.model, per_token)
 
     async def respond(self, stream: bool) -> Response:
+        if stream:  # a stream shows its place in line while it waits: ask the broker
+            self.submits = [msgspec.structs.replace(s, positions=True) for s in self.submits]
         for submit in self.submits:
             check_frame(submit)
         choices = [Choice(self.bridge.open(s)) for s in self.submits]
@@ -127,11 +139,12 @@ class Generation:
 
     async def _first_frames(
         self, choices: list[Choice], timeout: float | None
-    ) -> list[tuple[int, p.Partial | p.Final | p.Error]]:
+    ) -> list[tuple[int, Frame]]:
         """Wait (up to ``timeout``) for each choice's first frame; an early error is raised
-        as an HTTP error, since no byte of the response has been sent."""
+        as an HTTP error, since no byte of the response has been sent. A choice that waits
+        in line ends the wait: the stream starts, to show the place."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        early: list[tuple[int, p.Partial | p.Final | p.Error]] = []
+        early: list[tuple[int, Frame]] = []
         for index, choice in enumerate(choices):
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             message = await choice.stream.next(left)
@@ -141,6 +154,8 @@ class Generation:
                 self.metrics.request(self.model, self.endpoint, fail(message).status)
                 raise fail(message)
             early.append((index, message))
+            if isinstance(message, p.Queued):
+                break
         return early
 
     def _take(
@@ -159,7 +174,7 @@ class Generation:
         return message.text, list(message.logprobs)
 
     async def _whole_unless_gone(
-        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
+        self, choices: list[Choice], early: list[tuple[int, Frame]]
     ) -> Response:
         """The whole answer; or, if the client goes away first, stop generating it."""
         if self.request is None:
@@ -182,9 +197,7 @@ class Generation:
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
-    async def _whole(
-        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
-    ) -> Response:
+    async def _whole(self, choices: list[Choice], early: list[tuple[int, Frame]]) -> Response:
         pending = list(early)
         for index, choice in enumerate(choices):
             while choice.final is None:
@@ -204,18 +217,18 @@ class Generation:
         return JSONResponse(body)
 
     async def _events(
-        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
+        self, choices: list[Choice], early: list[tuple[int, Frame]]
     ) -> AsyncGenerator[bytes, None]:
         # Bounded: while the client reads slowly the readers wait here, and the frames
         # wait in the bridge, which cancels a request that falls too far behind.
-        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]] = asyncio.Queue(
-            len(choices) + MERGED_FRAMES
-        )
+        merged: asyncio.Queue[tuple[int, Frame]] = asyncio.Queue(len(choices) + MERGED_FRAMES)
         for item in early:
             merged.put_nowait(item)
         # Each reader carries on after the frame its choice already gave (a finished one stops).
         readers = [asyncio.create_task(self._read(i, c, merged)) for i, c in enumerate(choices)]
         status = 200
+        places: dict[int, int] = {}  # each waiting choice's place in line, before any token
+        shown = 0
         try:
             open_choices = len(choices)
             while open_choices:
@@ -225,6 +238,13 @@ class Generation:
                     yield b": keep-alive\n\n"
                     continue
                 choice = choices[index]
+                if isinstance(message, p.Queued):
+                    if not any(c.first_at for c in choices):
+                        places[index] = message.position
+                        if min(places.values()) != shown:
+                            shown = min(places.values())
+                            yield queued_comment(shown)
+                    continue
                 if isinstance(message, p.Error):
                     error = fail(message)
                     status = error.status
@@ -253,7 +273,7 @@ class Generation:
     async def _read(
         index: int,
         choice: Choice,
-        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]],
+        merged: asyncio.Queue[tuple[int, Frame]],
     ) -> None:
         while not choice.stream.finished:
             message = await choice.stream.next()

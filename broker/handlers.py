@@ -27,6 +27,7 @@ from xb.broker.families import Families
 from xb.broker.heal import Healing
 from xb.broker.management import Management
 from xb.broker.outbox import Delivery, Outbox
+from xb.broker.positions import Positions
 from xb.broker.requests import Requests
 from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.scheduler import FirstComeFirstServed
@@ -48,7 +49,7 @@ WORKER_SENDS = (p.Heartbeat, p.ModelEvent, p.Partial, p.Final, p.Error)
 # between a worker and its model processes. Every other message has a handler.
 NOT_FOR_THE_BROKER = frozenset(
     {p.Request, p.Launch, p.Terminate, p.Pong, p.ModelInfo, p.ModelList, p.Cluster, p.Ack}
-    | {p.Families, p.Share}
+    | {p.Families, p.Share, p.Queued}
 )
 
 Deliver = Callable[[bytes, list[bytes]], Delivery]
@@ -84,6 +85,8 @@ class Handlers:
         self.instance = uuid.uuid4().hex
         self.families = Families(Registry(state.parent if state is not None else None))
         self.requests = Requests(cluster, outbox)
+        self.positions = Positions(cluster, outbox)
+        self.interval = heartbeat_interval
         self.management = Management(cluster, outbox, self.state, self.requests)
         self.healing = Healing(cluster, self.state, self.management, self.requests)
         self.workers = Workers(
@@ -113,7 +116,7 @@ class Handlers:
             p.Disconnect: self.workers.disconnect,
         }
         self.from_facades: dict[type, Callable[[bytes, Any], None]] = {
-            p.Submit: self.requests.submit,
+            p.Submit: self._submit,
             p.Cancel: self.requests.cancel,
             p.LaunchModel: self.management.launch,
             p.TerminateModel: self.management.terminate,
@@ -187,6 +190,10 @@ class Handlers:
         self.cluster.stats.handler_errors += 1
         self._warn.exception(peer, "error", "error %s from %s; dropped", doing, peer)
 
+    def _submit(self, client: bytes, message: p.Submit) -> None:
+        self.requests.submit(client, message)
+        self.positions.admitted(client, message, time.monotonic())
+
     def _families_call(
         self, client: bytes, message: p.RegisterFamily | p.UnregisterFamily | p.ListFamilies
     ) -> None:
@@ -237,12 +244,14 @@ class Handlers:
     # ---- every heartbeat interval ---------------------------------------------------
 
     def tick(self, now: float, deliver: Deliver) -> None:
-        """Heartbeats out, silent workers out, missing replicas placed again."""
+        """Heartbeats out, silent workers out, missing replicas placed again, waiting
+        requests told where they stand."""
         self.workers.send_heartbeats()
         self.flush(deliver)  # a worker found gone now is not given new replicas below
         try:
             self.workers.purge(now)
             self.healing.reconcile(now)
+            self.positions.tick(now, self.interval)
         except Exception:  # the loop must outlive any one bad state
             log.exception("error in the broker's periodic work")
         self.flush(deliver)

@@ -56,7 +56,7 @@ class AsyncClient:
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             try:
                 async for line in response.aiter_lines():
-                    chunk = calls.chunk(line)
+                    chunk = calls.read_line(call, line)
                     if chunk is not None:
                         yield chunk
             except httpx.TransportError as exc:
@@ -117,11 +117,21 @@ class AsyncModelHandle:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         generate_config: dict[str, Any] | None = None,
+        *,
+        on_queued: calls.OnQueued | None = None,
     ) -> Any:
-        return await self._client._run(calls.chat(self.model_uid, messages, tools, generate_config))
+        call = calls.chat(self.model_uid, messages, tools, generate_config, on_queued)
+        return await self._client._run(call)
 
-    async def generate(self, prompt: str, generate_config: dict[str, Any] | None = None) -> Any:
-        return await self._client._run(calls.generate(self.model_uid, prompt, generate_config))
+    async def generate(
+        self,
+        prompt: str,
+        generate_config: dict[str, Any] | None = None,
+        *,
+        on_queued: calls.OnQueued | None = None,
+    ) -> Any:
+        call = calls.generate(self.model_uid, prompt, generate_config, on_queued)
+        return await self._client._run(call)
 
     async def create_embedding(self, input: str | list[str], **fields: Any) -> dict[str, Any]:
         return dict(await self._client._run(calls.embed(self.model_uid, input, fields)))

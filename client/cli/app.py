@@ -26,6 +26,7 @@ from xb.client.cli.shared import (
     fail,
     print_json,
 )
+from xb.client.cli.waiting import WaitingLine
 from xb.client.client import Client
 from xb.client.errors import ClientError
 from xb.client.tables import table
@@ -269,9 +270,12 @@ def chat(
                 if not text.strip():
                     break
             history.append({"role": "user", "content": text})
+            waiting = WaitingLine(err)
             try:
-                chunks = handle.chat(history, generate_config={**params, "stream": True})
-                answer = _print_stream(c["choices"][0]["delta"].get("content") for c in chunks)
+                config = {**params, "stream": True}
+                chunks = handle.chat(history, generate_config=config, on_queued=waiting.show)
+                pieces = (c["choices"][0]["delta"].get("content") for c in chunks)
+                answer = _print_stream(pieces, waiting)
             except ClientError as exc:
                 raise fail(exc) from exc
             history.append({"role": "assistant", "content": answer})
@@ -289,13 +293,18 @@ def _sampling(
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _print_stream(pieces: Iterable[str | None]) -> str:
-    """Print streamed text as it comes; the whole text."""
+def _print_stream(pieces: Iterable[str | None], waiting: WaitingLine) -> str:
+    """Print streamed text as it comes, once ``waiting`` has cleared the line that said
+    where the stream waited; the whole text."""
     text: list[str] = []
-    for piece in pieces:
-        if piece:
-            text.append(piece)
-            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    try:
+        for piece in pieces:
+            waiting.clear()
+            if piece:
+                text.append(piece)
+                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    finally:
+        waiting.clear()
     console.print()
     return "".join(text)
 
@@ -312,10 +321,12 @@ def generate(
 ) -> None:
     """Continue a prompt (a text completion), streaming the text."""
     config = {**_sampling(max_tokens, temperature, priority), "stream": True}
+    waiting = WaitingLine(err)
     with Client(endpoint, api_key) as client:
         try:
-            chunks = client.get_model(model_uid).generate(prompt, generate_config=config)
-            _print_stream(c["choices"][0]["text"] for c in chunks)
+            handle = client.get_model(model_uid)
+            chunks = handle.generate(prompt, generate_config=config, on_queued=waiting.show)
+            _print_stream((c["choices"][0]["text"] for c in chunks), waiting)
         except ClientError as exc:
             raise fail(exc) from exc
 

@@ -15,7 +15,8 @@ Who sends what:
 * broker -> worker: REQUEST, CANCEL, LAUNCH, TERMINATE, HEARTBEAT, DISCONNECT
 * facade -> broker: SUBMIT, CANCEL, LAUNCH_MODEL, TERMINATE_MODEL, LIST_MODELS,
   DESCRIBE_MODEL, CLUSTER_INFO, PING
-* broker -> facade: PARTIAL, FINAL, ERROR, MODEL_INFO, MODEL_LIST, CLUSTER, ACK, PONG
+* broker -> facade: PARTIAL, FINAL, ERROR, MODEL_INFO, MODEL_LIST, CLUSTER, ACK, PONG,
+  QUEUED (a waiting request's place in line, to a facade that asked for it)
 * worker <-> its model processes: REQUEST, CANCEL, SHARE in; MODEL_EVENT, PARTIAL, FINAL,
   ERROR out
 
@@ -174,6 +175,17 @@ class Submit(Struct, frozen=True):
     tenant: Tenant = ""
     priority: Priority = "interactive"
     weight: Weight = 1.0
+    # Whether the facade wants QUEUED messages while it waits (a stream shows them):
+    # older facades leave it False and are sent none.
+    positions: bool = False
+
+
+class Queued(Struct, frozen=True):
+    """A waiting request's place in line for a slot of its model: 1 is served next
+    (``broker/positions.py`` says when it is sent)."""
+
+    request_id: str
+    position: Annotated[int, msgspec.Meta(ge=1)]
 
 
 class LaunchModel(Struct, frozen=True):
@@ -361,6 +373,7 @@ Message = (
     | ListFamilies
     | Families
     | Share
+    | Queued
 )
 
 # One byte per command, in the order of the union above: the order is the wire format,
