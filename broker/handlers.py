@@ -25,6 +25,7 @@ from xb.broker.cluster import Cluster
 from xb.broker.fairshare import FairShare
 from xb.broker.families import Families
 from xb.broker.heal import Healing
+from xb.broker.ledger import Ledger
 from xb.broker.management import Management
 from xb.broker.outbox import Delivery, Outbox
 from xb.broker.requests import Requests
@@ -48,7 +49,7 @@ WORKER_SENDS = (p.Heartbeat, p.ModelEvent, p.Partial, p.Final, p.Error)
 # between a worker and its model processes. Every other message has a handler.
 NOT_FOR_THE_BROKER = frozenset(
     {p.Request, p.Launch, p.Terminate, p.Pong, p.ModelInfo, p.ModelList, p.Cluster, p.Ack}
-    | {p.Families, p.Share}
+    | {p.Families, p.Share, p.UsageReport}
 )
 
 Deliver = Callable[[bytes, list[bytes]], Delivery]
@@ -83,7 +84,8 @@ class Handlers:
         self.state = DesiredState(state)
         self.instance = uuid.uuid4().hex
         self.families = Families(Registry(state.parent if state is not None else None))
-        self.requests = Requests(cluster, outbox)
+        self.ledger = Ledger(self.state.db)
+        self.requests = Requests(cluster, outbox, self.ledger)
         self.management = Management(cluster, outbox, self.state, self.requests)
         self.healing = Healing(cluster, self.state, self.management, self.requests)
         self.workers = Workers(
@@ -125,6 +127,7 @@ class Handlers:
             p.UnregisterFamily: self._families_call,
             p.ListFamilies: self._families_call,
             p.Ping: self._ping,
+            p.UsageCall: self._usage,
             **dict.fromkeys(WORKER_SENDS, self.workers.unknown),
         }
 
@@ -137,7 +140,10 @@ class Handlers:
         return msgspec.structs.replace(self.cluster.stats)
 
     def close(self) -> None:
-        self.state.close()
+        try:
+            self.ledger.flush()
+        finally:
+            self.state.close()
 
     # ---- in -------------------------------------------------------------------------
 
@@ -192,6 +198,9 @@ class Handlers:
     ) -> None:
         self.outbox.send(client, self.families.answer(message))
 
+    def _usage(self, client: bytes, message: p.UsageCall) -> None:
+        self.outbox.send(client, self.ledger.report(message, self.cluster))
+
     def _ping(self, client: bytes, message: p.Ping) -> None:
         self.outbox.send(client, p.Pong(message.request_id, self.instance, self.cluster.stats))
 
@@ -237,12 +246,14 @@ class Handlers:
     # ---- every heartbeat interval ---------------------------------------------------
 
     def tick(self, now: float, deliver: Deliver) -> None:
-        """Heartbeats out, silent workers out, missing replicas placed again."""
+        """Heartbeats out, silent workers out, missing replicas placed again, quotas and
+        usage written to the state file."""
         self.workers.send_heartbeats()
         self.flush(deliver)  # a worker found gone now is not given new replicas below
         try:
             self.workers.purge(now)
             self.healing.reconcile(now)
+            self.ledger.flush()
         except Exception:  # the loop must outlive any one bad state
             log.exception("error in the broker's periodic work")
         self.flush(deliver)

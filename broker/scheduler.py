@@ -11,7 +11,7 @@ slot as busy, so the next answer sees it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import Counter, deque
 
 from xb.broker.affinity import Affinity
 from xb.broker.routing import RoutingPolicy
@@ -35,6 +35,10 @@ class Scheduler(ABC):
     @abstractmethod
     def waiting(self, uid: str) -> int:
         """How many requests of model ``uid`` wait."""
+
+    @abstractmethod
+    def tenants(self, uid: str) -> dict[str, int]:
+        """How many requests of model ``uid`` wait, by tenant."""
 
     @abstractmethod
     def cancel(self, request_id: str) -> Queued | None:
@@ -90,6 +94,9 @@ class FirstComeFirstServed(Scheduler):
     def waiting(self, uid: str) -> int:
         queue = self._queues.get(uid)
         return len(queue) if queue else 0
+
+    def tenants(self, uid: str) -> dict[str, int]:
+        return dict(Counter(entry.submit.tenant for entry in self._queues.get(uid, ())))
 
     def cancel(self, request_id: str) -> Queued | None:
         for queue in self._queues.values():
