@@ -118,8 +118,9 @@ async def cluster_info(request: Request) -> Response:
 async def prometheus(request: Request) -> Response:
     models = await all_models(request)
     workers = await all_workers(request)
+    usage = await call(request, lambda rid: p.UsageCall(rid, lifetime=True), p.UsageReport)
     metrics: Metrics = facade(request).metrics
-    body = metrics.render(models, workers, facade(request).bridge.stats)
+    body = metrics.render(models, workers, facade(request).bridge.stats, usage)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -33,7 +33,7 @@ _json = msgspec.json.Encoder()
 
 def fail(message: p.Message) -> APIError:
     if isinstance(message, p.Error):
-        return APIError.from_code(message.code, message.message)
+        return APIError.from_code(message.code, message.message, retry_after=message.retry_after)
     return APIError(
         500, f"unexpected {type(message).__name__} from the broker", type="server_error"
     )
