@@ -5,8 +5,9 @@ preemptions, and how long each waited from SUBMIT to its dispatch to a replica.
 Counts go into per-minute buckets in the broker's state file, kept ``RETENTION`` seconds
 and at most ``MAX_BUCKET_ROWS`` rows (the oldest minutes go first), so a window of time
 can be answered after a restart. As for quotas (``quotas.py``), they are written on the
-broker's periodic tick and when it stops, never per request; answering a usage call
-writes them first, so the answer holds every request that ended before it. Beside the
+broker's periodic tick and when it stops, never per request: a request's end only
+appends its figures to a list, which the tick adds up. Answering a usage call writes them
+first, so the answer holds every request that ended before it. Beside the
 buckets, totals since the broker started (for ``/metrics``) are kept in memory for at
 most ``MAX_TOTALS`` tenant and model pairs, the least recently used forgotten first: the
 OpenAI ``user`` field names tenants without bound.
@@ -20,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from xb.broker.cluster import Cluster
 from xb.core import protocol as p
@@ -27,12 +29,23 @@ from xb.core import protocol as p
 RETENTION = 31 * 86_400
 MAX_BUCKET_ROWS = 500_000
 MAX_TOTALS = 1024
-MAX_PENDING = 10_000  # bucket rows waiting for the next flush; more flush at once
+MAX_PENDING = 100_000  # ended requests waiting for the next flush; more flush at once
 MAX_TIMED = 65_536  # requests whose arrival time is kept until their dispatch
 _BOUNDS = p.QUEUE_WAIT_BUCKETS
 _WAITS = [f"w{i}" for i in range(len(_BOUNDS))]
 _COUNTS = ["requests", "prompt", "cached", "completion", "preemptions", "wait"]
 _COLUMNS = _COUNTS + _WAITS
+
+
+class _Ended(NamedTuple):
+    """A request that ended with FINAL, as the tick will count it."""
+
+    at: float  # wall-clock seconds
+    tenant: str
+    model: str
+    usage: p.Usage
+    preemptions: int
+    wait: float
 
 
 @dataclass
@@ -45,14 +58,14 @@ class _Counts:
     wait: float = 0.0
     waits: list[int] = field(default_factory=lambda: [0] * len(_BOUNDS))
 
-    def add(self, usage: p.Usage, preemptions: int, wait: float) -> None:
+    def add(self, ended: _Ended) -> None:
         self.requests += 1
-        self.prompt += usage.prompt_tokens
-        self.cached += usage.cached_tokens
-        self.completion += usage.completion_tokens
-        self.preemptions += preemptions
-        self.wait += wait
-        self.waits[bisect.bisect_left(_BOUNDS, wait)] += 1
+        self.prompt += ended.usage.prompt_tokens
+        self.cached += ended.usage.cached_tokens
+        self.completion += ended.usage.completion_tokens
+        self.preemptions += ended.preemptions
+        self.wait += ended.wait
+        self.waits[bisect.bisect_left(_BOUNDS, ended.wait)] += 1
 
     def values(self) -> tuple[float, ...]:
         return (
@@ -88,7 +101,7 @@ class UsageBook:
     def __init__(self, db: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
-        self._pending: dict[tuple[int, str, str], _Counts] = {}
+        self._pending: list[_Ended] = []
         self._totals: OrderedDict[tuple[str, str], _Counts] = OrderedDict()
         self._timed: OrderedDict[str, float] = OrderedDict()  # request id: arrival
         self._waited: OrderedDict[str, float] = OrderedDict()  # request id: its wait
@@ -120,32 +133,44 @@ class UsageBook:
 
     def finished(self, submit: p.Submit, final: p.Final) -> None:
         wait = self._waited.pop(submit.request_id, 0.0)
-        self._timed.pop(submit.request_id, None)
-        key = (submit.tenant, submit.model_uid)
-        minute = int(self._clock() // 60)
-        pending = self._pending.get((minute, *key))
-        if pending is None:
-            pending = self._pending[minute, *key] = _Counts()
-        pending.add(final.usage, final.preemptions, wait)
-        total = self._totals.get(key)
-        if total is None:
-            total = self._totals[key] = _Counts()
-            if len(self._totals) > MAX_TOTALS:
-                self._totals.popitem(last=False)
-        else:
-            self._totals.move_to_end(key)
-        total.add(final.usage, final.preemptions, wait)
+        if wait == 0.0:
+            self._timed.pop(submit.request_id, None)
+        ended = _Ended(
+            self._clock(), submit.tenant, submit.model_uid, final.usage, final.preemptions, wait
+        )
+        self._pending.append(ended)
         if len(self._pending) >= MAX_PENDING:
             self.flush()
 
     # ---- out ------------------------------------------------------------------------
 
+    def _tally(self) -> dict[tuple[int, str, str], _Counts]:
+        """Add up the requests that ended since the last tally: into the totals, and by
+        minute, tenant and model for the buckets."""
+        buckets: dict[tuple[int, str, str], _Counts] = {}
+        totals = self._totals
+        for ended in self._pending:
+            key = (ended.tenant, ended.model)
+            bucket = buckets.get((int(ended.at // 60), *key))
+            if bucket is None:
+                bucket = buckets[int(ended.at // 60), *key] = _Counts()
+            bucket.add(ended)
+            total = totals.get(key)
+            if total is None:
+                total = totals[key] = _Counts()
+                if len(totals) > MAX_TOTALS:
+                    totals.popitem(last=False)
+            else:
+                totals.move_to_end(key)
+            total.add(ended)
+        self._pending.clear()
+        return buckets
+
     def flush(self) -> None:
         """Add the pending counts to their buckets; forget buckets past the retention."""
         if not self._pending:
             return
-        rows = [(*key, *counts.values()) for key, counts in self._pending.items()]
-        self._pending.clear()
+        rows = [(*key, *counts.values()) for key, counts in self._tally().items()]
         names = ", ".join(_COLUMNS)
         places = ", ".join("?" * (len(_COLUMNS) + 3))
         added = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COLUMNS)
@@ -169,6 +194,7 @@ class UsageBook:
         """The answer to ``call``: its window's rows, busiest first, and who is active."""
         active = activity(cluster)
         if call.lifetime:
+            self.flush()
             rows = [_row(*key, counts.values()) for key, counts in self._totals.items()]
             rows.sort(key=lambda r: -(r.prompt_tokens + r.completion_tokens))
             kept = rows[: p.MAX_USAGE_ROWS]
