@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.stack import Stack, wait_until
@@ -144,6 +145,12 @@ def test_quotas_and_usage_per_key_across_facades_and_a_restart(
                 <= refused(chat(url, ALICE), "tenant 'alice' has used its 2 requests per minute")
                 <= 60
             )
+        with pytest.raises(openai.RateLimitError) as streamed:
+            stack.openai_client(ALICE).chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        assert streamed.value.code == "rate_limit_exceeded"
+        assert 1 <= int(streamed.value.response.headers["Retry-After"]) <= 60
         sent.ok(chat(other, BOB), BOB)
         sent.ok(chat(stack.url, BOB), BOB)
 
