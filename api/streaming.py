@@ -111,7 +111,8 @@ class Generation:
             self._close(choices)
             self._record(499, choices)
 
-        return _SSEResponse(events, ended, self.limits.write_timeout)
+        who = f"model {self.model!r}, tenant {self.submits[0].tenant!r}"
+        return _SSEResponse(events, ended, self.limits.write_timeout, who)
 
     async def _whole_within_deadline(self, choices: list[Choice]) -> Response:
         """The whole answer, or a 504 once ``answer_timeout`` has passed (the caller's
@@ -276,8 +277,13 @@ class _SSEResponse(StreamingResponse):
     (the server's buffer for the connection is full) cancels the stream."""
 
     def __init__(
-        self, events: AsyncGenerator[bytes, None], ended: Callable[[], None], write_timeout: float
+        self,
+        events: AsyncGenerator[bytes, None],
+        ended: Callable[[], None],
+        write_timeout: float,
+        who: str = "",
     ) -> None:
+        """``who``: the model and tenant, for the log (a tenant's name, never its key)."""
         super().__init__(
             events,
             media_type="text/event-stream",
@@ -286,6 +292,7 @@ class _SSEResponse(StreamingResponse):
         self._events = events
         self._ended = ended
         self._write_timeout = write_timeout
+        self._who = who
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def bounded(message: Message) -> None:
@@ -301,8 +308,9 @@ class _SSEResponse(StreamingResponse):
             # The answer cannot be completed; returning without it makes the server close
             # the connection.
             log.warning(
-                "a stream's client read nothing for %g s; the stream was cancelled",
+                "a stream's client read nothing for %g s; the stream was cancelled (%s)",
                 self._write_timeout,
+                self._who,
             )
         finally:
             self._ended()

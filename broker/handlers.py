@@ -253,7 +253,10 @@ class Handlers:
         try:
             self.workers.purge(now)
             self.healing.reconcile(now)
-            self.ledger.flush()
         except Exception:  # the loop must outlive any one bad state
             log.exception("error in the broker's periodic work")
+        try:
+            self.ledger.flush()
+        except Exception:  # a full disk, say: this tick's counts are lost, the loop goes on
+            log.exception("could not write quotas and usage to the state file")
         self.flush(deliver)
