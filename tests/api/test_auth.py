@@ -155,6 +155,7 @@ ADMIN_CALLS = [
     ("DELETE", "/v1/model_registrations/LLM/tiny-chat", None),
     ("GET", "/v1/engines/tiny", None),
     ("GET", "/metrics", None),
+    ("GET", "/v1/usage", None),
 ]
 
 
