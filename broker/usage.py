@@ -135,9 +135,10 @@ class UsageBook:
         self._waited.pop(request_id, None)
 
     def finished(self, submit: p.Submit, final: p.Final) -> None:
-        wait = self._waited.pop(submit.request_id, 0.0)
-        if wait == 0.0:
+        wait = self._waited.pop(submit.request_id, None)
+        if wait is None:  # its wait was forgotten (``MAX_TIMED`` later requests came)
             self._timed.pop(submit.request_id, None)
+            wait = 0.0
         ended = _Ended(
             self._clock(), submit.tenant, submit.model_uid, final.usage, final.preemptions, wait
         )
