@@ -32,6 +32,7 @@ T = TypeVar("T")
 log = logging.getLogger("xb.api")
 
 router = APIRouter(route_class=CheckedRoute)
+USAGE_TIMEOUT = 5.0  # seconds /metrics waits for the broker's usage by tenant
 
 
 async def families(request: Request) -> dict[str, ModelFamily]:
@@ -118,8 +119,16 @@ async def cluster_info(request: Request) -> Response:
 async def prometheus(request: Request) -> Response:
     models = await all_models(request)
     workers = await all_workers(request)
+    # A broker older than usage counting never answers this call: the scrape goes on
+    # without the tenant metrics rather than wait for it.
+    reply = await facade(request).bridge.call(
+        lambda rid: p.UsageCall(rid, lifetime=True), USAGE_TIMEOUT
+    )
+    usage = reply if isinstance(reply, p.UsageReport) else None
+    if usage is None:
+        log.warning("no usage by tenant for /metrics: %s", getattr(reply, "message", reply))
     metrics: Metrics = facade(request).metrics
-    body = metrics.render(models, workers, facade(request).bridge.stats)
+    body = metrics.render(models, workers, facade(request).bridge.stats, usage)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -33,7 +33,7 @@ _json = msgspec.json.Encoder()
 
 def fail(message: p.Message) -> APIError:
     if isinstance(message, p.Error):
-        return APIError.from_code(message.code, message.message)
+        return APIError.from_code(message.code, message.message, retry_after=message.retry_after)
     return APIError(
         500, f"unexpected {type(message).__name__} from the broker", type="server_error"
     )
@@ -123,7 +123,8 @@ class Generation:
             self._close(choices)
             self._record(499, choices)
 
-        return _SSEResponse(events, ended, self.limits.write_timeout)
+        who = f"model {self.model!r}, tenant {self.submits[0].tenant!r}"
+        return _SSEResponse(events, ended, self.limits.write_timeout, who)
 
     async def _whole_within_deadline(self, choices: list[Choice]) -> Response:
         """The whole answer, or a 504 once ``answer_timeout`` has passed (the caller's
@@ -296,8 +297,13 @@ class _SSEResponse(StreamingResponse):
     (the server's buffer for the connection is full) cancels the stream."""
 
     def __init__(
-        self, events: AsyncGenerator[bytes, None], ended: Callable[[], None], write_timeout: float
+        self,
+        events: AsyncGenerator[bytes, None],
+        ended: Callable[[], None],
+        write_timeout: float,
+        who: str = "",
     ) -> None:
+        """``who``: the model and tenant, for the log (a tenant's name, never its key)."""
         super().__init__(
             events,
             media_type="text/event-stream",
@@ -306,6 +312,7 @@ class _SSEResponse(StreamingResponse):
         self._events = events
         self._ended = ended
         self._write_timeout = write_timeout
+        self._who = who
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def bounded(message: Message) -> None:
@@ -321,8 +328,9 @@ class _SSEResponse(StreamingResponse):
             # The answer cannot be completed; returning without it makes the server close
             # the connection.
             log.warning(
-                "a stream's client read nothing for %g s; the stream was cancelled",
+                "a stream's client read nothing for %g s; the stream was cancelled (%s)",
                 self._write_timeout,
+                self._who,
             )
         finally:
             self._ended()

@@ -243,6 +243,13 @@ class FairShare(Scheduler):
     def waiting(self, uid: str) -> int:
         return sum(lane.size for lane in self._lanes.get(uid, ()))
 
+    def tenants(self, uid: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for lane in self._lanes.get(uid, ()):
+            for tenant, queue in lane.queues.items():
+                counts[tenant] = counts.get(tenant, 0) + len(queue)
+        return counts
+
     def cancel(self, request_id: str) -> Queued | None:
         for lanes in self._lanes.values():
             for lane in lanes:

@@ -12,7 +12,7 @@ requests stand in line, for the facade's streams (``broker/positions.py``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import Counter, deque
 
 from xb.broker.affinity import Affinity
 from xb.broker.routing import RoutingPolicy
@@ -36,6 +36,10 @@ class Scheduler(ABC):
     @abstractmethod
     def waiting(self, uid: str) -> int:
         """How many requests of model ``uid`` wait."""
+
+    @abstractmethod
+    def tenants(self, uid: str) -> dict[str, int]:
+        """How many requests of model ``uid`` wait, by tenant."""
 
     @abstractmethod
     def cancel(self, request_id: str) -> Queued | None:
@@ -101,6 +105,9 @@ class FirstComeFirstServed(Scheduler):
     def waiting(self, uid: str) -> int:
         queue = self._queues.get(uid)
         return len(queue) if queue else 0
+
+    def tenants(self, uid: str) -> dict[str, int]:
+        return dict(Counter(entry.submit.tenant for entry in self._queues.get(uid, ())))
 
     def cancel(self, request_id: str) -> Queued | None:
         for queue in self._queues.values():

@@ -90,6 +90,11 @@ class AsyncClient:
     async def get_workers_info(self) -> list[dict[str, Any]]:
         return list(await self._run(calls.cluster()))
 
+    async def usage(
+        self, since: float | None = None, start: float | None = None, end: float | None = None
+    ) -> dict[str, Any]:
+        return dict(await self._run(calls.usage(since, start, end)))
+
     async def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
         return list(await self._run(calls.registrations(model_type)))
 

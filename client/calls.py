@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,12 @@ def scale(uid: str, replica: int) -> Call:
 
 def cluster() -> Call:
     return Call("GET", "/v1/cluster/info")
+
+
+def usage(since: float | None, start: float | None, end: float | None) -> Call:
+    window = {"since": since, "start": start, "end": end}
+    query = urllib.parse.urlencode({k: v for k, v in window.items() if v is not None})
+    return Call("GET", "/v1/usage" + (f"?{query}" if query else ""))
 
 
 def chat(

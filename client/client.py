@@ -101,6 +101,13 @@ class Client:
     def get_workers_info(self) -> list[dict[str, Any]]:
         return list(self._run(calls.cluster()))
 
+    def usage(
+        self, since: float | None = None, start: float | None = None, end: float | None = None
+    ) -> dict[str, Any]:
+        """Usage by tenant and model over the last ``since`` seconds (24 hours by
+        default), or from ``start`` to ``end`` (Unix seconds), and who is active now."""
+        return dict(self._run(calls.usage(since, start, end)))
+
     def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
         """The registry: built-in and registered families of ``model_type``."""
         return list(self._run(calls.registrations(model_type)))

@@ -112,7 +112,7 @@ class Stack:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def start(self) -> None:
-        if self.broker_log is not None:
+        if self.broker_log is not None and self._log_file is None:  # a restart keeps it
             self._log_file = self.broker_log.open("ab")
         self.broker = subprocess.Popen(
             [

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xb.client import calls
-from xb.client.cli import cache, keys, registry
+from xb.client.cli import cache, keys, registry, usage
 from xb.client.cli.shared import (
     API_KEY,
     AS_JSON,
@@ -338,4 +338,5 @@ def build() -> typer.Typer:
     registry.install(app)
     cache.install(app)
     keys.install(app)
+    usage.install(app)
     return app

@@ -57,6 +57,23 @@ async def test_cluster_shows_workers_and_models(stack: Stack) -> None:
         assert table.get_cell("tiny", "Replicas") == "1/1"
 
 
+async def test_cluster_shows_who_uses_what(stack: Stack) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        "user": "erin",
+    }
+    reply = httpx.post(f"{stack.url}/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    tokens = reply.json()["usage"]["total_tokens"]
+    app = XbApp(stack.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "erin\ntiny" in rows(app, "#tenants"))
+        table = app.cluster.query_one("#tenants", DataTable)
+        assert table.get_row("erin\ntiny") == ["erin", "tiny", "0", "0", "1", str(tokens)]
+
+
 async def test_launch_from_the_dashboard(stack: Stack, tiny_model: Path) -> None:
     app = XbApp(stack.url)
     async with app.run_test(size=SIZE) as pilot:
