@@ -51,6 +51,7 @@ class BrokerBridge:
         self._waiters: dict[str, asyncio.Queue[Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_seen = time.monotonic()
+        self.answered = False  # the broker has sent something since the facade started
         self._instance = ""  # the broker's, from its pongs
         self.stats = p.BrokerStats()  # the broker's counters, from its latest pong
 
@@ -108,6 +109,7 @@ class BrokerBridge:
         while True:
             frames = await self._sock.recv_multipart()
             self._last_seen = time.monotonic()
+            self.answered = True
             message = p.decode_or_drop(frames, log, "broker")
             if message is None:
                 continue

@@ -104,7 +104,10 @@ async def entry(request: Request, info: p.ModelInfo) -> dict[str, Any]:
 
 @router.get("/health", openapi_extra=scope(OPEN))
 async def health(request: Request) -> JSONResponse:
-    if not facade(request).bridge.up:
+    bridge = facade(request).bridge
+    if not bridge.answered:  # healthy once the broker has answered, not before
+        raise APIError(503, "the broker has not answered yet", type="server_error")
+    if not bridge.up:
         raise APIError(503, "the broker is not answering", type="server_error")
     return JSONResponse({"status": "ok", "version": __version__})
 

@@ -162,7 +162,10 @@ def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{api}"
 
         def demo_ready() -> bool:
-            models = httpx.get(url + "/v1/models", timeout=2).json()["data"]
+            response = httpx.get(url + "/v1/models", timeout=2)
+            if response.status_code == 503:  # its broker thread has not answered yet
+                return False
+            models = response.json()["data"]
             return any(
                 m["id"] == "xb-demo" and m["replicas"][0]["state"] == "ready" for m in models
             )
