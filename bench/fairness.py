@@ -114,7 +114,7 @@ async def preempted(stack: Stack, model: Path) -> tuple[bool, int]:
         n_ctx=1024,
         n_parallel=1,
         prefix_cache_tokens=0,
-        n_threads=2,
+        n_threads=1,
     )
     body = {"model": "x", "messages": FLOOD, "max_tokens": 512, "temperature": 0}
     async with client(stack, "a") as a, client(stack, "b") as b:
