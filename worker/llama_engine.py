@@ -33,6 +33,7 @@ from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, s
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
 from xb.worker.prefix_cache import STASH_MIN, PrefixCache, Transcript
+from xb.worker.speculative import Candidate, Drafter, Speculation, verify
 from xb.worker.threads import ThreadTuner
 
 log = logging.getLogger("xb.model")
@@ -52,6 +53,7 @@ class Row:
     tokens: list[int]
     sample: bool  # the last token's logits give the next token
     score: bool = False  # every token's logits score the prompt
+    drafts: list[int] = field(default_factory=list)  # guessed tokens after the first, checked
 
 
 @dataclass(eq=False)
@@ -70,16 +72,24 @@ class Sequence:
     echo: Echo | None = None  # its prompt is scored, token by token
     text: str | None = None  # a chat's prompt as the template rendered it
     closing: bool = False  # answered; its last token is decoded so that its cells hold all
+    speculation: Speculation | None = None  # None: it does not draft
 
     @property
     def usage(self) -> Usage:
-        n = len(self.prompt)
-        return Usage(n, self.produced, n + self.produced, cached_tokens=self.cached)
+        n, drafts = len(self.prompt), self.speculation
+        accepted = drafts.accepted if drafts else 0
+        rejected = drafts.drafted - accepted if drafts else 0
+        return Usage(n, self.produced, n + self.produced, self.cached, accepted, rejected)
 
 
 class BatchEngine(Engine):
     def __init__(
-        self, model: LlamaModel, n_ctx: int, n_parallel: int, cache_tokens: int = -1
+        self,
+        model: LlamaModel,
+        n_ctx: int,
+        n_parallel: int,
+        cache_tokens: int = -1,
+        drafter: Drafter | None = None,
     ) -> None:
         import llama_cpp
 
@@ -106,6 +116,12 @@ class BatchEngine(Engine):
         self._early: list[Event] = []  # answers that need no decoding
         self._transcripts: dict[int, Transcript] = {}  # the chats idle slots' cells hold
         self._tuner = ThreadTuner(model.threads if model.tuned else 1, self._set_threads)
+        # Drafts are rolled back by cutting cells: a recurrent state cannot be cut.
+        native = model.llm._model.model
+        whole = llama_cpp.llama_model_is_recurrent(native) or llama_cpp.llama_model_is_hybrid(
+            native
+        )
+        self._drafter = None if whole else drafter
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -143,6 +159,9 @@ class BatchEngine(Engine):
             params.top_logprobs if params.logprobs else None,
             echo=echo,
             text=text,
+            speculation=Speculation()
+            if self._drafter and params.speculative and not echo
+            else None,
         )
         self._requests[request_id] = sequence
         if params.echo and echo is None:
@@ -303,8 +322,34 @@ class BatchEngine(Engine):
             return
         if sequence.produced >= sequence.limit:  # max_tokens 0: the prompt was scored
             self._finish(sequence, "length", events)
+        elif row.drafts:
+            self._verify(row, start, index, events)
         else:
             self._sample(sequence, index + len(row.tokens) - 1, events)
+
+    def _verify(self, row: Row, start: int, index: int, events: list[Event]) -> None:
+        """A drafted row: the model's own token at each position, the draft's cells kept
+        as far as it agreed with them, and the rest rolled back."""
+        sequence, draft = row.sequence, row.drafts
+        assert sequence.speculation is not None
+        sampler, room = sequence.sampler, sequence.limit - sequence.produced
+        chosen = verify(
+            lambda i: sampler.sample(self._ctx, index + i), draft, self._model.ends_turn, room
+        )
+        agreed = sum(1 for a, b in zip(chosen, draft, strict=False) if a == b)
+        sequence.speculation.record(len(draft), agreed)
+        self._cut(sequence, start + 1 + agreed)
+        for i, token in enumerate(chosen):
+            if not self._take(
+                sequence, token, index + i, events, start + 1 + i if i < agreed else None
+            ):
+                return
+
+    def _cut(self, sequence: Sequence, cell: int | None) -> None:
+        """Roll a sequence's cells back to the first ``cell`` (None: nothing to roll back)."""
+        if cell is not None and cell < len(sequence.kv):
+            del sequence.kv[cell:]
+            self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, cell, -1)
 
     def _abandon(self, sequence: Sequence, events: list[Event], reason: str) -> None:
         """End a running sequence with an error, leaving nothing of it behind."""
@@ -338,7 +383,9 @@ class BatchEngine(Engine):
         rows = [
             Row(s, [s.next_token], not s.closing) for s in self._running if s.next_token is not None
         ]
-        budget = self._model.n_batch - len(rows)
+        if self._drafter is not None:
+            self._draft(rows, self._drafter)
+        budget = self._model.n_batch - sum(len(row.tokens) for row in rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)
         for sequence in self._running:
@@ -352,6 +399,20 @@ class BatchEngine(Engine):
             rows.append(Row(sequence, chunk, last, score=sequence.echo is not None))
         # llama.cpp splits a batch by sequence; rows in sequence order split cheapest.
         return sorted(rows, key=lambda row: row.sequence.seq_id)
+
+    def _draft(self, rows: list[Row], drafter: Drafter) -> None:
+        """Lengthen generating rows by the drafts that pay (``Drafter.plan``)."""
+        drafting = [r for r in rows if r.sample and r.sequence.speculation is not None]
+        candidates = []
+        for row in drafting:
+            sequence, k = row.sequence, drafter.draft_tokens
+            assert sequence.speculation is not None and sequence.next_token is not None
+            proposal = sequence.speculation.ngrams.propose([*sequence.kv, sequence.next_token], k)
+            room = sequence.limit - sequence.produced
+            candidates.append(Candidate(sequence.speculation, proposal, room))
+        budget = self._model.n_batch - len(rows)
+        for row, draft in zip(drafting, drafter.plan(candidates, len(rows), budget), strict=True):
+            row.drafts, row.tokens = draft, row.tokens + draft
 
     def _set_threads(self, threads: int) -> None:
         self._llama.llama_set_n_threads(self._ctx, threads, threads)
@@ -368,12 +429,15 @@ class BatchEngine(Engine):
                 seq_ids[i][0] = seq_id
             n += count
             if row.sample:
-                self._logits[n - 1] = 1
+                self._logits[n - 1 - len(row.drafts) : n] = 1
         self._batch.n_tokens = n
         self._tuner.before(n)
         started = time.perf_counter()
         code = int(self._llama.llama_decode(self._ctx, self._batch))
-        self._tuner.after(n, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._tuner.after(n, seconds)
+        if self._drafter is not None and all(r.sequence.next_token is not None for r in rows):
+            self._drafter.clock.record(n, seconds)  # a step of generating rows alone
         return code
 
     def _fail_all(self, events: list[Event], reason: str) -> None:
@@ -382,25 +446,32 @@ class BatchEngine(Engine):
             self._abandon(sequence, events, reason)
 
     def _sample(self, sequence: Sequence, row: int, events: list[Event]) -> None:
-        sampler = sequence.sampler
-        wants_logprobs = sequence.top_logprobs is not None
-        logprobs = sampler.log_softmax(self._ctx, row) if wants_logprobs else None
-        token = sampler.sample(self._ctx, row)
+        self._take(sequence, sequence.sampler.sample(self._ctx, row), row, events)
+
+    def _take(
+        self, sequence: Sequence, token: int, row: int, events: list[Event], cell: int | None = None
+    ) -> bool:
+        """A token sampled from batch row ``row``: sent, and decoded at the next step, or
+        already in ``cell`` (a draft that came true). False when it ends the answer."""
         if self._model.ends_turn(token):
+            self._cut(sequence, cell)
             self._finish(sequence, "stop", events)
-            return
+            return False
         sequence.produced += 1
         text = sequence.answer.feed(self._model.piece(token))
         logprob = None
-        if logprobs is not None:
-            logprob = sampler.logprob(logprobs, token, sequence.top_logprobs or 0)
+        if sequence.top_logprobs is not None:
+            logprobs = sequence.sampler.log_softmax(self._ctx, row)
+            logprob = sequence.sampler.logprob(logprobs, token, sequence.top_logprobs)
         events.append((sequence.request_id, Piece(text, logprob)))
         if sequence.answer.stopped:
+            self._cut(sequence, cell)
             self._finish(sequence, "stop", events)
         elif sequence.produced >= sequence.limit:
-            self._finish(sequence, "length", events, last=token)
-        else:
+            self._finish(sequence, "length", events, last=token if cell is None else None)
+        elif cell is None:
             sequence.next_token = token
+        return not sequence.answer.stopped and sequence.produced < sequence.limit
 
     def _finish(
         self, sequence: Sequence, reason: str, events: list[Event], last: int | None = None
@@ -431,4 +502,5 @@ def start(path: Path, spec: ModelSpec, threads: int) -> Engine:
 
         return SequentialEngine(LlamaEmbedder(path, spec, threads))
     model = LlamaModel(path, spec, threads)
-    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens)
+    drafter = Drafter(spec.draft_tokens) if spec.speculative == "ngram" else None
+    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens, drafter)
