@@ -49,6 +49,7 @@ RECOVER = 0.02  # how far the rate moves back towards the prior each step withou
 SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
 MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
 _RECENT = 5  # step times kept per size
+STALE = 256  # steps after which a size's times are forgotten
 _MAX_SIZE = 512  # step sizes timed; bigger steps read prompts
 
 
@@ -113,23 +114,34 @@ def expected(rate: float, k: int) -> float:
 
 class StepClock:
     """Seconds per decoding step, by the number of tokens in it: the median of the last
-    few, so that a step the machine slowed once (or llama.cpp's first step of a size,
-    which allocates) does not count for long."""
+    few, so that a step the machine slowed once does not count for long. The first step
+    of each size is not counted (llama.cpp allocates for it), and a size not seen for
+    ``STALE`` steps is forgotten: the machine's load changes, and drafts that did not pay
+    then are tried again."""
 
     def __init__(self) -> None:
         self._steps: dict[int, deque[float]] = {}
-        self._seconds: dict[int, float] = {}
+        self._seen: dict[int, int] = {}  # step count when each size was last recorded
+        self._count = 0
 
     def record(self, tokens: int, seconds: float) -> None:
-        if tokens <= _MAX_SIZE:
-            recent = self._steps.setdefault(tokens, deque(maxlen=_RECENT))
-            recent.append(seconds)
-            self._seconds[tokens] = statistics.median(recent)
+        self._count += 1
+        if tokens > _MAX_SIZE:
+            return
+        if tokens not in self._seen or self._count - self._seen[tokens] > STALE:
+            self._steps[tokens] = deque(maxlen=_RECENT)  # a first step, or a stale size
+        else:
+            self._steps[tokens].append(seconds)
+        self._seen[tokens] = self._count
 
     def estimate(self, tokens: int) -> float | None:
         """The step time of ``tokens`` tokens: measured, interpolated between sizes that
         were, or extrapolated from the two largest below; None before any step."""
-        known = self._seconds
+        known = {
+            n: statistics.median(steps)
+            for n, steps in self._steps.items()
+            if steps and self._count - self._seen[n] <= STALE
+        }
         if tokens in known:
             return known[tokens]
         below = sorted(n for n in known if n < tokens)

@@ -22,6 +22,7 @@ from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
 from xb.worker.speculative import (
     SHARE_SLOWER,
+    STALE,
     Candidate,
     Drafter,
     NgramIndex,
@@ -64,8 +65,27 @@ def test_a_check_keeps_the_agreeing_prefix_and_the_models_own_next_token() -> No
 
 def timed(drafter: Drafter, seconds: dict[int, float]) -> Drafter:
     for size, value in seconds.items():
+        drafter.clock.record(size, 100.0)  # the first step of a size allocates: not counted
         drafter.clock.record(size, value)
     return drafter
+
+
+@pytest.mark.unit
+def test_step_times_skip_the_first_of_a_size_and_forget_old_ones() -> None:
+    clock = StepClock()
+    assert clock.estimate(1) is None
+    clock.record(1, 50.0)
+    assert clock.estimate(1) is None
+    for seconds in (1.0, 1.2, 9.0):
+        clock.record(1, seconds)
+    assert clock.estimate(1) == 1.2  # the median of the last few
+    assert clock.estimate(3) == pytest.approx(1.2 * 1.04)  # a guess, to go and measure
+    clock.record(5, 0.0)
+    clock.record(5, 2.0)
+    assert clock.estimate(3) == pytest.approx(1.6)
+    for _ in range(STALE + 1):
+        clock.record(1, 1.2)
+    assert clock.estimate(3) == pytest.approx(1.2 * 1.04)  # size 5 is long gone
 
 
 @pytest.mark.unit
