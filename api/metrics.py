@@ -37,6 +37,8 @@ class _ClusterCollector(Collector):
             ("xb_broker_replacements", "Replicas placed again after they were lost",
              self.broker.replacements),
             ("xb_broker_restarts", "Failed replicas started again", self.broker.restarts),
+            ("xb_broker_preemptions", "Batch sequences preempted by interactive requests",
+             self.broker.preemptions),
         ):  # fmt: skip
             counter = CounterMetricFamily(name, text)
             counter.add_metric([], value)

@@ -10,7 +10,12 @@ counted from the usage the server reports.
   token, and everybody's tokens per second;
 - batch (fair only): the same, A's requests ``batch`` and B's interactive;
 - weights (fair only): C (weight 3) and D (weight 1) both keep 16 requests in flight;
-  the completion tokens each was served in the window.
+  the completion tokens each was served in the window;
+- preempted (fair only): a greedy batch answer on a one-slot replica of the same model,
+  preempted by B's chats, against the same request run alone on it. That replica has
+  fixed threads and no prefix cache: the thread count the engine tunes and cells reused
+  from the cache change the logits' last digits (and so, after a while, a random model's
+  greedy text), with or without preemption.
 
 Run: .venv/bin/python -m bench.fairness [--seconds 20] [--weight-seconds 60]
 """
@@ -100,12 +105,50 @@ async def weighted(stack: Stack, seconds: float) -> float:
     return sum(c_served) / max(sum(d_served), 1)
 
 
+async def preempted(stack: Stack, model: Path) -> tuple[bool, int]:
+    """Whether a greedy batch answer preempted by chats is the one it gives alone, and how
+    many times it was preempted."""
+    stack.launch(
+        model_name="x",
+        model_path=str(model),
+        n_ctx=1024,
+        n_parallel=1,
+        prefix_cache_tokens=0,
+        n_threads=2,
+    )
+    body = {"model": "x", "messages": FLOOD, "max_tokens": 512, "temperature": 0}
+    async with client(stack, "a") as a, client(stack, "b") as b:
+        alone = (await a.post("/v1/chat/completions", json=body)).json()
+        before = await preemptions(stack)
+        body["priority"] = "batch"
+        running = asyncio.create_task(a.post("/v1/chat/completions", json=body))
+        await asyncio.sleep(0.5)
+        for _ in range(5):
+            await stream(b, "x", CHAT, 16)
+            await asyncio.sleep(0.3)
+        answer = (await running).json()
+        text = answer["choices"][0]["message"]["content"]
+        same = text == alone["choices"][0]["message"]["content"]
+        return same, await preemptions(stack) - before
+
+
+async def preemptions(stack: Stack) -> int:
+    """The broker's preemption count, as the facade's /metrics shows it."""
+    await asyncio.sleep(1.2)  # the facade reads the broker's counters once a second
+    async with client(stack, "admin") as admin:
+        text = (await admin.get("/metrics")).text
+    line = next(li for li in text.splitlines() if li.startswith("xb_broker_preemptions_total"))
+    return int(float(line.split()[1]))
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-async def measure(stack: Stack, fair: bool, args: argparse.Namespace) -> dict[str, float]:
+async def measure(
+    stack: Stack, model: Path, fair: bool, args: argparse.Namespace
+) -> dict[str, float]:
     figures: dict[str, float] = {}
     await chats(stack, 4)  # warm up
     figures["idle"] = p95(await chats(stack, args.chats))
@@ -113,6 +156,8 @@ async def measure(stack: Stack, fair: bool, args: argparse.Namespace) -> dict[st
     if fair:
         figures["batch"], _ = await flooded(stack, args.seconds, args.chats, True)
         figures["weights"] = await weighted(stack, args.weight_seconds)
+        same, count = await preempted(stack, model)
+        figures["identical"], figures["preemptions"] = float(same), float(count)
     return figures
 
 
@@ -129,7 +174,7 @@ def run(model: Path, scheduler: str, args: argparse.Namespace) -> dict[str, floa
         )
         with stack.running():
             stack.launch(model_name="m", model_path=str(model), n_ctx=1024, n_parallel=4)
-            return asyncio.run(measure(stack, scheduler == "fair", args))
+            return asyncio.run(measure(stack, model, scheduler == "fair", args))
 
 
 def main() -> None:
@@ -163,6 +208,11 @@ def main() -> None:
     print(
         f"served tokens, weight 3 over weight 1, {args.weight_seconds:.0f} s: "
         f"{fair['weights']:.2f} (target 3.0 +- 0.3)"
+    )
+    same = "identical to" if fair["identical"] else "DIFFERENT from"
+    print(
+        f"a greedy batch answer preempted {fair['preemptions']:.0f} times by chats: "
+        f"{same} the answer alone"
     )
 
 

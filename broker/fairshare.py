@@ -12,6 +12,12 @@ no earlier than the lane's virtual time). Within a tenant, requests go in arriva
 each to the replica the routing policy picks (where its conversation's prefix is cached,
 if that replica has a free slot).
 
+An interactive request that finds no free slot goes to a replica where a batch request
+runs, beyond the replica's slots: its worker preempts a batch sequence for it
+(``worker/llama_engine.py``), which resumes when a slot frees. The broker counts a
+replica's batch requests; those beyond its slots wait there preempted, so one still runs
+while ``batch > in_flight - slots``.
+
 Bounds: at most ``max_queue`` requests wait per tenant and model (one tenant alone sees
 the bound it always had; a flooding tenant is refused for itself, not for everybody), and
 at most ``MODEL_QUEUE_FACTOR`` times that per model, whoever sends them.
@@ -111,6 +117,14 @@ class _Lane:
         return gone
 
 
+def preemptible(replicas: list[Replica]) -> Replica | None:
+    """The replica running the most batch requests, if any runs one (those beyond its
+    slots are already preempted and wait there)."""
+    running = [(r.batch - max(r.in_flight - r.slots, 0), r) for r in replicas]
+    best = max(running, key=operator.itemgetter(0), default=(0, None))
+    return best[1] if best[0] > 0 else None
+
+
 def cost(submit: p.Submit) -> float:
     """A request's virtual cost: the tokens it may generate over its tenant's weight."""
     tokens = submit.params.max_tokens or DEFAULT_COST
@@ -170,6 +184,8 @@ class FairShare(Scheduler):
             if entry.avoid:
                 ready = [r for r in ready if r.replica_id != entry.avoid] or ready
             replica = self.policy.choose(ready, self.affinity.lookup(entry.submit.prefix_keys))
+            if replica is None and entry.submit.priority == "interactive":
+                replica = preemptible(ready)
             if replica is None:
                 return None  # every slot is busy: nothing lower may pass
             lane.take(tenant)

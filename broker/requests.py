@@ -118,6 +118,7 @@ class Requests:
             worker.served += 1
             model.served += 1
             model.tokens += message.usage.completion_tokens
+            self.cluster.stats.preemptions += message.preemptions
         if isinstance(message, p.Final) or message.code == p.ErrorCode.CANCELLED:
             # A cancelled answer's cells stay cached too: its follow-up goes there as well.
             self.cluster.affinity.remember(flight.submit.conversation, flight.replica_id)
@@ -142,9 +143,12 @@ class Requests:
         while (assignment := self.cluster.scheduler.next(model)) is not None:
             (client, submit, retried, _), replica = assignment
             replica.in_flight += 1
+            replica.batch += submit.priority == "batch"
             flight = InFlight(client, submit, replica.replica_id, replica.worker, retried=retried)
             self.cluster.in_flight[submit.request_id] = flight
-            request = p.Request(submit.request_id, replica.replica_id, submit.kind, submit.params)
+            request = p.Request(
+                submit.request_id, replica.replica_id, submit.kind, submit.params, submit.priority
+            )
             self.outbox.send(replica.worker, request, functools.partial(self._not_taken, flight))
 
     def _not_taken(self, flight: InFlight) -> None:
@@ -172,6 +176,8 @@ class Requests:
         replica = model.replicas.get(flight.replica_id) if model else None
         if replica is not None:
             replica.in_flight = max(replica.in_flight - 1, 0)
+            if flight.submit.priority == "batch":
+                replica.batch = max(replica.batch - 1, 0)
 
     def retry(self, flight: InFlight, model: Model | None) -> bool:
         """Queue a request whose replica failed before it sent a token again, once, for

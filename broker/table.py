@@ -55,6 +55,7 @@ class Replica:
     state: p.ModelState
     error: str | None = None
     in_flight: int = 0  # requests the broker sent here that have not ended
+    batch: int = 0  # of which ``batch`` requests (interactive ones may preempt them)
     reserved: int = 0
     progress: p.Progress | None = None
     slots: int = 1  # sequences it decodes at once, as its worker reports

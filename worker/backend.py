@@ -30,6 +30,7 @@ class Done:
     text: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     embeddings: tuple[list[float], ...] = ()
+    preemptions: int = 0  # times it left its slot for an interactive request
 
 
 class Backend(ABC):

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from xb.core.protocol import GenerateParams
+from xb.core.protocol import GenerateParams, Priority
 from xb.worker.backend import Backend, BackendError, Done, Piece
 
 log = logging.getLogger("xb.model")
@@ -37,8 +37,11 @@ class Engine(ABC):
     slots: int = 1  # requests that make progress together; more wait inside the engine
 
     @abstractmethod
-    def add(self, request_id: str, kind: str, params: GenerateParams) -> None:
-        """Take a request; raises ``BackendError`` when it cannot run at all."""
+    def add(
+        self, request_id: str, kind: str, params: GenerateParams, priority: Priority = "interactive"
+    ) -> None:
+        """Take a request; raises ``BackendError`` when it cannot run at all. An engine
+        that runs one request at a time serves them in order, whatever their priority."""
 
     @abstractmethod
     def cancel(self, request_id: str) -> bool:
@@ -73,7 +76,9 @@ class SequentialEngine(Engine):
         self._waiting: deque[tuple[str, str, GenerateParams]] = deque()
         self._current: tuple[str, Iterator[Piece | Done]] | None = None
 
-    def add(self, request_id: str, kind: str, params: GenerateParams) -> None:
+    def add(
+        self, request_id: str, kind: str, params: GenerateParams, priority: Priority = "interactive"
+    ) -> None:
         self._waiting.append((request_id, kind, params))
 
     def cancel(self, request_id: str) -> bool:

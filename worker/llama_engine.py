@@ -12,10 +12,16 @@ the 512x8 test model eight cached 1,000-token conversations cut one stream from 
 tokens per second without flash attention, 427 with it; per-slot cells: 484 to 576).
 A sequence that leaves its slot keeps its cells there, whether it finished or was
 cancelled (its client went away): the prefix cache.
+
+Requests are ``interactive`` or ``batch``. Waiting interactive requests join before any
+batch one; one that finds every slot busy while a batch sequence runs preempts it: the
+batch sequence's cells are parked (``parking.py``), it waits ahead of the other batch
+requests, and resumes from those cells where it stopped when a slot frees.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -25,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from xb.core.protocol import GenerateParams, ModelSpec, Usage
+from xb.core.protocol import GenerateParams, ModelSpec, Priority, Usage
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.engine import Engine, Event, Failed, SequentialEngine
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, scored_piece
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
+from xb.worker.parking import CellBytes, park, restore
 from xb.worker.prefix_cache import STASH_MIN, PrefixCache, Transcript
 from xb.worker.speculative import Candidate, Drafter, Speculation, verify
 from xb.worker.threads import ThreadTuner
@@ -72,6 +79,9 @@ class Sequence:
     echo: Echo | None = None  # its prompt is scored, token by token
     text: str | None = None  # a chat's prompt as the template rendered it
     closing: bool = False  # answered; its last token is decoded so that its cells hold all
+    priority: Priority = "interactive"
+    parked: CellBytes | None = None  # its cells while it is preempted
+    preemptions: int = 0
     speculation: Speculation | None = None  # None: it does not draft
 
     @property
@@ -125,7 +135,9 @@ class BatchEngine(Engine):
 
     # ---- requests ---------------------------------------------------------------------
 
-    def add(self, request_id: str, kind: str, params: GenerateParams) -> None:
+    def add(
+        self, request_id: str, kind: str, params: GenerateParams, priority: Priority = "interactive"
+    ) -> None:
         if kind == "embedding":
             raise BackendError(
                 "this model was not launched for embeddings; launch it with model_type 'embedding'"
@@ -159,6 +171,7 @@ class BatchEngine(Engine):
             params.top_logprobs if params.logprobs else None,
             echo=echo,
             text=text,
+            priority=priority,
             speculation=Speculation()
             if self._drafter and params.speculative and not echo
             else None,
@@ -171,7 +184,17 @@ class BatchEngine(Engine):
             self._requests.pop(request_id)
             sequence.sampler.close()
             return
-        self._waiting.append(sequence)
+        self._enqueue(sequence)
+
+    def _enqueue(self, sequence: Sequence, ahead: bool = False) -> None:
+        """Interactive requests wait before batch ones; a preempted sequence (``ahead``)
+        waits before the other batch ones."""
+        if sequence.priority == "batch" and not ahead:
+            self._waiting.append(sequence)
+            return
+        waiting = self._waiting
+        at = next((i for i, s in enumerate(waiting) if s.priority == "batch"), len(waiting))
+        waiting.insert(at, sequence)
 
     def cancel(self, request_id: str) -> bool:
         """End a request at once; what it read and generated stays cached, as a finished
@@ -232,10 +255,12 @@ class BatchEngine(Engine):
         self._transcripts.pop(seq_id, None)
         return bool(self._llama.llama_memory_seq_rm(self._memory, seq_id, start, -1))
 
-    def _place(self, sequence: Sequence) -> None:
-        """Give a joining sequence a slot, with the longest cached prefix of its prompt."""
+    def _place(self, sequence: Sequence) -> bool:
+        """Give a joining sequence a slot, with the longest cached prefix of its prompt,
+        or a preempted one its parked cells; False when those cannot be put back."""
         # An echo wants every position's logits: nothing of it may come from the cache.
-        claim = self._cache.claim([] if sequence.echo is not None else sequence.prompt)
+        fresh = sequence.parked is None and sequence.echo is None
+        claim = self._cache.claim(sequence.prompt if fresh else [])
         slot = claim.slot
         if claim.stash is not None:  # what the slot kept moves aside, still cached
             self._clear(claim.stash)
@@ -243,6 +268,14 @@ class BatchEngine(Engine):
             transcript = self._transcripts.pop(slot, None)
             if transcript is not None:
                 self._transcripts[claim.stash] = transcript
+        if sequence.parked is not None:
+            self._clear(slot)
+            resumed = restore(self._llama, self._ctx, sequence.parked, slot)
+            sequence.seq_id, sequence.parked = slot, None
+            if not resumed:
+                log.error("request %s: its parked cells did not go back", sequence.request_id)
+                self._drop(sequence)
+            return resumed
         if claim.source is not None:  # the longest prefix is elsewhere: copy it here
             self._clear(slot)
             self._llama.llama_memory_seq_cp(self._memory, claim.source, slot, -1, -1)
@@ -257,6 +290,33 @@ class BatchEngine(Engine):
         sequence.seq_id = slot
         sequence.kv = sequence.prompt[:reuse]
         sequence.cached = reuse
+        return True
+
+    def _preempt(self) -> bool:
+        """An interactive request waits and every slot is busy: the running batch
+        sequence with the fewest cells leaves its slot, its cells parked; False when none
+        can, or when a slot frees after this step anyway (a closing sequence's)."""
+        if any(s.closing for s in self._running):
+            return False
+        batch = [
+            s
+            for s in self._running
+            if s.priority == "batch" and not s.closing and s.echo is None and s.kv
+        ]
+        if not batch:
+            return False
+        sequence = min(batch, key=lambda s: len(s.kv))
+        parked = park(self._llama, self._ctx, sequence.seq_id)
+        if parked is None:
+            return False
+        self._running.remove(sequence)
+        self._clear(sequence.seq_id)
+        self._cache.release(sequence.seq_id, [])
+        sequence.parked = parked
+        sequence.preemptions += 1
+        self._enqueue(sequence, ahead=True)
+        log.debug("request %s preempted (%d cells parked)", sequence.request_id, len(sequence.kv))
+        return True
 
     def _leave(self, sequence: Sequence) -> None:
         """A running sequence leaves its slot: finished, cancelled, or (one day) preempted.
@@ -279,11 +339,19 @@ class BatchEngine(Engine):
 
     def step(self) -> list[Event]:
         events, self._early = self._early, []
-        while self._waiting and len(self._running) < self.slots:
-            if self._continues_closing(self._waiting[0]):
+        while self._waiting:
+            head = self._waiting[0]
+            full = len(self._running) >= self.slots
+            if full and not (head.priority == "interactive" and self._preempt()):
+                break
+            if self._continues_closing(head):
                 break
             sequence = self._waiting.popleft()
-            self._place(sequence)
+            if not self._place(sequence):
+                events.append((sequence.request_id, Failed("could not resume", invalid=False)))
+                self._requests.pop(sequence.request_id, None)
+                sequence.sampler.close()
+                continue
             self._running.append(sequence)
         if not self._running:
             return events
@@ -479,7 +547,10 @@ class BatchEngine(Engine):
         """The answer is done. A chat cut off at its length keeps its slot one more step,
         to decode its last token: then its cells hold the whole answer, and a follow-up
         that quotes it finds all of it in the cache."""
-        events.append((sequence.request_id, sequence.answer.done(reason, sequence.usage)))
+        done = sequence.answer.done(reason, sequence.usage)
+        if sequence.preemptions:
+            done = dataclasses.replace(done, preemptions=sequence.preemptions)
+        events.append((sequence.request_id, done))
         if last is None or sequence.text is None or not self._cache.budget:
             self._leave(sequence)
             return

@@ -190,7 +190,7 @@ class Runner:
         if isinstance(message, p.Request):
             rid = message.request_id
             try:
-                self._engine.add(rid, message.kind, message.params)
+                self._engine.add(rid, message.kind, message.params, message.priority)
             except BackendError as exc:
                 self._send(p.Error(rid, p.ErrorCode.INVALID_REQUEST, str(exc)))
                 return
@@ -234,6 +234,7 @@ class Runner:
                 list(item.tool_calls),
                 list(item.embeddings),
                 out.partials,
+                item.preemptions,
             )
             self._send(final)
         else:

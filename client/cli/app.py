@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import time
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from xb.client.cli.shared import (
     AS_JSON,
     ENDPOINT,
     MAX_TOKENS,
+    PRIORITY,
     TEMPERATURE,
     call,
     console,
@@ -34,6 +36,13 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Manage and chat with the models of an xb cluster.",
 )
+
+
+class Priority(enum.StrEnum):
+    """How a request ranks: interactive goes first and may preempt batch work."""
+
+    interactive = "interactive"
+    batch = "batch"
 
 
 @app.command()
@@ -226,14 +235,13 @@ def chat(
     system: str | None = typer.Option(None, "--system", help="System prompt."),
     max_tokens: int | None = MAX_TOKENS,
     temperature: float | None = TEMPERATURE,
+    priority: Priority | None = PRIORITY,
     endpoint: str = ENDPOINT,
     api_key: str | None = API_KEY,
 ) -> None:
     """Chat with a model, streaming its answers; an empty line or Ctrl-D ends the chat."""
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    params: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
-    if temperature is not None:
-        params["temperature"] = temperature
+    params = _sampling(max_tokens, temperature, priority)
     with Client(endpoint, api_key) as client:
         try:
             handle = client.get_model(model_uid)
@@ -260,6 +268,16 @@ def chat(
                 break
 
 
+def _sampling(
+    max_tokens: int | None, temperature: float | None, priority: Priority | None
+) -> dict[str, Any]:
+    """The request fields the chat and generate options set."""
+    fields: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if priority is not None:
+        fields["priority"] = priority.value
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def _print_stream(pieces: Iterable[str | None]) -> str:
     """Print streamed text as it comes; the whole text."""
     text: list[str] = []
@@ -277,15 +295,12 @@ def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
     max_tokens: int | None = MAX_TOKENS,
     temperature: float | None = TEMPERATURE,
+    priority: Priority | None = PRIORITY,
     endpoint: str = ENDPOINT,
     api_key: str | None = API_KEY,
 ) -> None:
     """Continue a prompt (a text completion), streaming the text."""
-    config: dict[str, Any] = {"stream": True}
-    if max_tokens is not None:
-        config["max_tokens"] = max_tokens
-    if temperature is not None:
-        config["temperature"] = temperature
+    config = {**_sampling(max_tokens, temperature, priority), "stream": True}
     with Client(endpoint, api_key) as client:
         try:
             chunks = client.get_model(model_uid).generate(prompt, generate_config=config)

@@ -29,6 +29,11 @@ API_KEY = typer.Option(
 AS_JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 MAX_TOKENS = typer.Option(DEFAULT_MAX_TOKENS, "--max-tokens", "-n", min=1, help=MAX_TOKENS_HELP)
 TEMPERATURE = typer.Option(None, "--temperature", help="Sampling temperature.")
+PRIORITY = typer.Option(
+    None,
+    "--priority",
+    help="interactive (goes first, may preempt batch work) or batch; default: the key's.",
+)
 
 
 T = TypeVar("T")

@@ -236,6 +236,7 @@ class BrokerStats(msgspec.Struct, forbid_unknown_fields=False):
     retries: int = 0  # requests sent again after their replica failed before a token
     replacements: int = 0  # replicas placed again after they were lost
     restarts: int = 0  # failed replicas started again
+    preemptions: int = 0  # batch sequences that gave their slot to an interactive request
 
 
 class Pong(Struct, frozen=True):

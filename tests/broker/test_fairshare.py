@@ -63,12 +63,44 @@ def test_busy_tenants_get_turns_in_proportion_to_their_weights(one_slot: Recorde
     assert (turns["a"], turns["b"]) == (30, 10)
 
 
+def sent(rec: Recorder) -> list[tuple[str, p.Priority]]:
+    return [(request.request_id, request.priority) for _, request in rec.requests()]
+
+
+def end(rec: Recorder, request_id: str) -> None:
+    rec.peer(W, p.Final(request_id, "stop", p.Usage(1, 16, 17), preemptions=0))
+
+
 def test_interactive_requests_go_before_any_batch_request(one_slot: Recorder) -> None:
     for i in range(5):
         ask(one_slot, f"e{i}", "eval", priority="batch")
+    assert sent(one_slot) == [("e0", "batch")]
     ask(one_slot, "c0", "chat")
     ask(one_slot, "c1", "chat")
-    assert served(one_slot, 4) == ["e0", "c0", "c1", "e1"]
+    # c0 goes beside e0, which its worker preempts for it; c1 waits: no batch runs there.
+    assert sent(one_slot) == [("c0", "interactive")]
+    end(one_slot, "c0")  # e0 resumes, and c1 preempts it in turn
+    assert sent(one_slot) == [("c1", "interactive")]
+    end(one_slot, "c1")
+    assert sent(one_slot) == []  # e0 holds the slot again: the other batch requests wait
+    end(one_slot, "e0")
+    assert sent(one_slot) == [("e1", "batch")]
+
+
+def test_preempted_requests_are_counted(one_slot: Recorder) -> None:
+    ask(one_slot, "e0", "eval", priority="batch")
+    ask(one_slot, "c0", "chat")
+    end(one_slot, "c0")
+    one_slot.peer(W, p.Final("e0", "stop", p.Usage(1, 16, 17), preemptions=1))
+    assert one_slot.broker.cluster.stats.preemptions == 1
+
+
+def test_without_a_batch_request_running_an_interactive_one_waits(one_slot: Recorder) -> None:
+    ask(one_slot, "c0", "chat")
+    ask(one_slot, "c1", "chat")
+    assert sent(one_slot) == [("c0", "interactive")]
+    end(one_slot, "c0")
+    assert sent(one_slot) == [("c1", "interactive")]
 
 
 def test_one_shared_tenant_is_served_in_arrival_order(one_slot: Recorder) -> None:

@@ -119,9 +119,12 @@ class Load:
         model: str,
         clients: int = 16,
         max_tokens: tuple[int, int] = (4, 24),
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        """``extra``: fields every request's body adds (``user``, ``priority``...)."""
         self.stack, self.model, self.clients = stack, model, clients
         self.max_tokens = max_tokens
+        self.extra = extra or {}
         self.tally = Tally()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -164,6 +167,7 @@ class Load:
                     "messages": [{"role": "user", "content": f"client {index} question {n}"}],
                     "max_tokens": rng.randint(*self.max_tokens),
                     "stream": n % 2 == 0,
+                    **self.extra,
                 }
                 self._one(client, body)
 

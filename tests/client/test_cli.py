@@ -52,6 +52,10 @@ def test_launch_list_chat_workers_terminate(module_stack: Stack, tiny_model: Pat
     one_shot = xb(module_stack, "chat", "cli", "-m", "hello", "--max-tokens", "8")
     assert one_shot.returncode == 0, one_shot.stderr
     assert one_shot.stdout.strip()
+    batch = xb(module_stack, "chat", "cli", "-m", "hello", "-n", "8", "--priority", "batch")
+    assert batch.returncode == 0, batch.stderr
+    urgent = xb(module_stack, "chat", "cli", "-m", "hello", "--priority", "urgent")
+    assert urgent.returncode == 2 and "'interactive', 'batch'" in urgent.stderr, urgent.stderr
 
     session = xb(module_stack, "chat", "cli", "--max-tokens", "4", stdin="first\nsecond\n\n")
     assert session.returncode == 0, session.stderr
