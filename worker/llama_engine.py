@@ -26,21 +26,21 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from xb.core.protocol import GenerateParams, ModelSpec, Priority, Usage
+from xb.core.protocol import GenerateParams, ModelSpec, Priority
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.engine import Engine, Event, Failed, SequentialEngine
-from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, scored_piece
+from xb.worker.llama_echo import SCORE_CHUNK, Echo, prompt_texts, scored_pieces
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
-from xb.worker.parking import CellBytes, park, restore
+from xb.worker.parking import park, restore
 from xb.worker.prefix_cache import STASH_MIN, PrefixCache, Transcript
-from xb.worker.speculative import Candidate, Drafter, Speculation, verify
+from xb.worker.sequence import Row, Sequence, draft
+from xb.worker.speculative import Drafter, Speculation, verify
 from xb.worker.threads import ThreadTuner
 
 log = logging.getLogger("xb.model")
@@ -50,46 +50,6 @@ log = logging.getLogger("xb.model")
 # second; smaller chunks cost throughput (mixed requests on 4 slots: 1.57x one slot's
 # throughput with 128, 1.47x with 64).
 PREFILL_CHUNK = int(os.environ.get("XB_PREFILL_CHUNK", "128"))
-
-
-@dataclass(eq=False)
-class Row:
-    """What one sequence feeds a step: tokens, and which of their logits are wanted."""
-
-    sequence: Sequence
-    tokens: list[int]
-    sample: bool  # the last token's logits give the next token
-    score: bool = False  # every token's logits score the prompt
-    drafts: list[int] = field(default_factory=list)  # guessed tokens after the first, checked
-
-
-@dataclass(eq=False)
-class Sequence:
-    request_id: str
-    prompt: list[int]
-    limit: int  # tokens it may generate
-    sampler: Sampler
-    answer: Answer
-    top_logprobs: int | None  # None: no logprobs
-    seq_id: int = -1
-    kv: list[int] = field(default_factory=list)  # tokens whose cells are in the cache
-    cached: int = 0  # prompt tokens found in the prefix cache
-    produced: int = 0
-    next_token: int | None = None  # sampled, decoded in the next step
-    echo: Echo | None = None  # its prompt is scored, token by token
-    text: str | None = None  # a chat's prompt as the template rendered it
-    closing: bool = False  # answered; its last token is decoded so that its cells hold all
-    priority: Priority = "interactive"
-    parked: CellBytes | None = None  # its cells while it is preempted
-    preemptions: int = 0
-    speculation: Speculation | None = None  # None: it does not draft
-
-    @property
-    def usage(self) -> Usage:
-        n, drafts = len(self.prompt), self.speculation
-        accepted = drafts.accepted if drafts else 0
-        rejected = drafts.drafted - accepted if drafts else 0
-        return Usage(n, self.produced, n + self.produced, self.cached, accepted, rejected)
 
 
 class BatchEngine(Engine):
@@ -383,7 +343,12 @@ class BatchEngine(Engine):
         sequence.kv += row.tokens
         sequence.next_token = None
         if row.score:
-            self._score(row, start, index, events)
+            assert sequence.echo is not None
+            read, echo = range(start, start + len(row.tokens)), sequence.echo
+            pieces = scored_pieces(
+                self._model, sequence.sampler, self._ctx, echo, sequence.prompt, read, index
+            )
+            events += [(sequence.request_id, piece) for piece in pieces]
         if sequence.closing:
             self._leave(sequence)
         if not row.sample:
@@ -430,29 +395,13 @@ class BatchEngine(Engine):
         self._drop(sequence)
         sequence.sampler.close()
 
-    def _score(self, row: Row, start: int, index: int, events: list[Event]) -> None:
-        """Pieces of the prompt tokens this row's logits score (the position after each)."""
-        sequence = row.sequence
-        assert sequence.echo is not None
-        if start == 0 and (piece := first_piece(sequence.echo)) is not None:
-            events.append((sequence.request_id, piece))
-        for offset in range(len(row.tokens)):
-            position = start + offset + 1
-            if position >= len(sequence.prompt):
-                break  # the last prompt token's logits give the first generated token
-            logprobs = sequence.sampler.log_softmax(self._ctx, index + offset)
-            token = sequence.prompt[position]
-            piece = scored_piece(self._model, sequence.echo, logprobs, token, position)
-            if piece is not None:
-                events.append((sequence.request_id, piece))
-
     def _plan(self) -> list[Row]:
         """This step's rows: the next token of each generating sequence, then prompt chunks."""
         rows = [
             Row(s, [s.next_token], not s.closing) for s in self._running if s.next_token is not None
         ]
         if self._drafter is not None:
-            self._draft(rows, self._drafter)
+            draft(rows, self._drafter, self._model.n_batch)
         budget = self._model.n_batch - sum(len(row.tokens) for row in rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)
@@ -467,20 +416,6 @@ class BatchEngine(Engine):
             rows.append(Row(sequence, chunk, last, score=sequence.echo is not None))
         # llama.cpp splits a batch by sequence; rows in sequence order split cheapest.
         return sorted(rows, key=lambda row: row.sequence.seq_id)
-
-    def _draft(self, rows: list[Row], drafter: Drafter) -> None:
-        """Lengthen generating rows by the drafts that pay (``Drafter.plan``)."""
-        drafting = [r for r in rows if r.sample and r.sequence.speculation is not None]
-        candidates = []
-        for row in drafting:
-            sequence, k = row.sequence, drafter.draft_tokens
-            assert sequence.speculation is not None and sequence.next_token is not None
-            proposal = sequence.speculation.ngrams.propose([*sequence.kv, sequence.next_token], k)
-            room = sequence.limit - sequence.produced
-            candidates.append(Candidate(sequence.speculation, proposal, room))
-        budget = self._model.n_batch - len(rows)
-        for row, draft in zip(drafting, drafter.plan(candidates, len(rows), budget), strict=True):
-            row.drafts, row.tokens = draft, row.tokens + draft
 
     def _set_threads(self, threads: int) -> None:
         self._llama.llama_set_n_threads(self._ctx, threads, threads)
