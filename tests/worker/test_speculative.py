@@ -243,6 +243,34 @@ def test_rolled_back_drafts_leave_no_cells_and_the_follow_up_reuses_the_rest(
 
 
 @pytest.mark.integration
+def test_a_stop_string_inside_an_accepted_draft_ends_the_answer_there(
+    engines: tuple[BatchEngine, BatchEngine],
+) -> None:
+    """The tokens of a draft after the one that completes a stop string are rolled back, and
+    the finished answer's cells hold its prompt and answer, no more."""
+    on, off = engines
+    on._cache.budget = off._cache.budget = 10_000
+    loop = "".join(tokens(run(off, {"a": ("completion", greedy("the sea", 300))})["a"]))
+    # Longer than the loop the answer fell into: it is completed well inside the loop, where
+    # drafts come true.
+    stop = loop[len(loop) // 2 : len(loop) // 2 + 80]
+    params = GenerateParams(prompt="the sea", max_tokens=300, temperature=0, stop=[stop])
+    answers = {}
+    for name, engine in (("on", on), ("off", off)):
+        engine.add("s", "completion", params)
+        items: list[object] = []
+        while engine.busy:
+            items += [item for _, item in engine.step()]
+            assert_no_stray_cells(engine)
+        assert done(items).finish_reason == "stop"
+        answers[name] = "".join(tokens(items))
+        if name == "on":
+            assert done(items).usage.accepted_prediction_tokens > 0
+    assert answers["on"] == answers["off"] == loop[: loop.index(stop)]
+    assert on._cache.kept()[0] == off._cache.kept()[0]  # not the token that completed it
+
+
+@pytest.mark.integration
 def test_drafted_tokens_are_accepted_with_the_models_own_probability(
     engines: tuple[BatchEngine, BatchEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
