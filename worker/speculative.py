@@ -134,28 +134,35 @@ class StepClock:
             self._steps[tokens].append(seconds)
         self._seen[tokens] = self._count
 
-    def estimate(self, tokens: int) -> float | None:
-        """The step time of ``tokens`` tokens: measured, interpolated between sizes that
-        were, or extrapolated from the two largest below; None before any step."""
-        known = {
+    def known(self) -> dict[int, float]:
+        """The step time of each size measured lately."""
+        return {
             n: statistics.median(steps)
             for n, steps in self._steps.items()
             if steps and self._count - self._seen[n] <= STALE
         }
-        if tokens in known:
-            return known[tokens]
-        below = sorted(n for n in known if n < tokens)
-        above = [n for n in known if n > tokens]
-        if below and above:
-            lo, hi = below[-1], min(above)
-            return known[lo] + (known[hi] - known[lo]) * (tokens - lo) / (hi - lo)
-        if len(below) >= 2:
-            lo, hi = below[-2], below[-1]
-            slope = max((known[hi] - known[lo]) / (hi - lo), 0.0)
-            return known[hi] + slope * (tokens - hi)
-        if below:  # one size measured: guess a small cost per token, to go and measure
-            return known[below[-1]] * (1 + 0.02 * (tokens - below[-1]))
-        return known[min(above)] if above else None
+
+    def estimate(self, tokens: int) -> float | None:
+        return interpolate(self.known(), tokens)
+
+
+def interpolate(known: dict[int, float], tokens: int) -> float | None:
+    """The step time of ``tokens`` tokens: measured, interpolated between sizes that were,
+    or extrapolated from the two largest below; None before any step."""
+    if tokens in known:
+        return known[tokens]
+    below = sorted(n for n in known if n < tokens)
+    above = [n for n in known if n > tokens]
+    if below and above:
+        lo, hi = below[-1], min(above)
+        return known[lo] + (known[hi] - known[lo]) * (tokens - lo) / (hi - lo)
+    if len(below) >= 2:
+        lo, hi = below[-2], below[-1]
+        slope = max((known[hi] - known[lo]) / (hi - lo), 0.0)
+        return known[hi] + slope * (tokens - hi)
+    if below:  # one size measured: guess a small cost per token, to go and measure
+        return known[below[-1]] * (1 + 0.02 * (tokens - below[-1]))
+    return known[min(above)] if above else None
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,10 @@ class Drafter:
         """Each candidate's draft for a step of ``rows`` generating sequences (the
         candidates among them), adding ``budget`` tokens at most."""
         drafts: list[list[int]] = [[] for _ in candidates]
-        base = self.clock.estimate(rows)
+        if not any(c.proposal for c in candidates):
+            return drafts
+        known = self.clock.known()
+        base = interpolate(known, rows)
         if base is None or not self.draft_tokens:
             return drafts
         gain, size, best = float(rows), rows, rows / base
@@ -189,7 +199,7 @@ class Drafter:
             most = min(len(candidate.proposal), candidate.room, self.draft_tokens, budget)
             pick, value = 0, best * MARGIN
             for k in range(1, most + 1):
-                seconds = self.clock.estimate(size + k)
+                seconds = interpolate(known, size + k)
                 assert seconds is not None
                 if capped and seconds > base * (1 + SHARE_SLOWER):
                     break
