@@ -43,13 +43,13 @@ from dataclasses import dataclass, field
 
 NGRAM_MAX = 4  # the longest context suffix looked up
 NGRAM_MIN = 2  # shorter matches propose noise: the one token before is not enough
-PRIOR_RATE = 0.5  # how often a new sequence's drafted tokens are expected to come true
+PRIOR_RATE = 0.35  # how often a new sequence's drafted tokens are expected to come true
 DECAY = 0.8  # weight of what a sequence's earlier drafts showed, at each new check
 RECOVER = 0.02  # how far the rate moves back towards the prior each step without a draft
 SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
 MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
 _RECENT = 5  # step times kept per size
-STALE = 256  # steps after which a size's times are forgotten
+STALE = 1024  # steps after which a size's times are forgotten
 _MAX_SIZE = 512  # step sizes timed; bigger steps read prompts
 
 
@@ -115,9 +115,9 @@ def expected(rate: float, k: int) -> float:
 class StepClock:
     """Seconds per decoding step, by the number of tokens in it: the median of the last
     few, so that a step the machine slowed once does not count for long. The first step
-    of each size is not counted (llama.cpp allocates for it), and a size not seen for
-    ``STALE`` steps is forgotten: the machine's load changes, and drafts that did not pay
-    then are tried again."""
+    of each size is not counted (llama.cpp allocates for it), and the times of a size not
+    seen for ``STALE`` steps are forgotten: the machine's load changes, and drafts that did
+    not pay then are tried again."""
 
     def __init__(self) -> None:
         self._steps: dict[int, deque[float]] = {}
@@ -128,9 +128,11 @@ class StepClock:
         self._count += 1
         if tokens > _MAX_SIZE:
             return
-        if tokens not in self._seen or self._count - self._seen[tokens] > STALE:
-            self._steps[tokens] = deque(maxlen=_RECENT)  # a first step, or a stale size
+        if tokens not in self._seen:
+            self._steps[tokens] = deque(maxlen=_RECENT)  # the first step of this size
         else:
+            if self._count - self._seen[tokens] > STALE:
+                self._steps[tokens].clear()
             self._steps[tokens].append(seconds)
         self._seen[tokens] = self._count
 
