@@ -11,7 +11,7 @@ import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from xb.api import errors, inference, management, middleware, registrations, xinference
+from xb.api import errors, inference, management, middleware, registrations, usage, xinference
 from xb.api.auth import APIKeys
 from xb.api.bridge import BrokerBridge
 from xb.api.context import Facade
@@ -68,6 +68,7 @@ def create_app(
     app.include_router(registrations.router)
     app.include_router(xinference.router)
     app.include_router(inference.router)
+    app.include_router(usage.router)
     errors.install(app)
     middleware.install(app, cors_origins or [], shared.api_keys)
 

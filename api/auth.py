@@ -14,12 +14,20 @@ optionally the name of who uses it and their settings::
     k3y-for-the-operators-abcdefghijklmn    admin
     k3y-for-alices-scripts-0123456789ab     inference  alice    weight=3
     k3y-for-the-nightly-evaluation-xyz0     inference  eval     priority=batch
+    k3y-for-bobs-notebook-0123456789abc     inference  bob      rpm=20 tokens_per_day=100000
 
 The name is the key's tenant: the broker takes turns between tenants (``weight``: its
 share of the slots against the others', 1 by default; ``priority``: its requests'
 default, ``interactive`` or ``batch``). A key without a name is the tenant ``key-N``
 (line N of the file); the Nth ``--api-key`` is ``api-key-N``. The broker sees names,
 never keys.
+
+Quotas (none by default): ``rpm=N``, requests per minute, in a sliding 60 s window;
+``tokens_per_day=N``, prompt and completion tokens per UTC day. The facade sends them
+with each request and the broker counts (``broker/quotas.py``), so facades in front of
+one broker share the counts; a request over either is a 429 with ``Retry-After``. Each
+choice of ``n`` and each prompt of a list counts as one request. Keys that share a name
+share its counts.
 
 ``inference`` may chat, complete, embed, list the models and describe one (what the
 openai package and Xinference's ``get_model`` need); ``admin`` may do everything, which
@@ -61,6 +69,8 @@ _KEY = re.compile(rb"^[\x21-\x7e]+$")  # visible ASCII: what a header can carry 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 TENANT_STATE = "xb_tenant"  # where RequireKey leaves the key's tenant for the routes
+SETTINGS = ("weight", "priority", "rpm", "tokens_per_day")
+MAX_QUOTA = 10**12  # far above any real quota; the protocol holds 2**50
 
 
 def scope(needed: RouteScope) -> dict[str, Any]:
@@ -82,6 +92,8 @@ class Tenant:
     name: str
     weight: float = 1.0
     priority: Priority = "interactive"
+    rpm: int = 0  # requests per minute; 0: no quota
+    tokens_per_day: int = 0  # prompt and completion tokens per UTC day; 0: no quota
 
 
 Key = tuple[str, frozenset[str], Tenant]  # the key, its scopes, its tenant
@@ -159,9 +171,10 @@ def _tenant(fields: list[str], default: str, where: str) -> Tenant:
     settings: dict[str, str] = {}
     for field in fields:
         setting, _, value = field.partition("=")
-        if setting not in ("weight", "priority") or not value:
+        if setting not in SETTINGS or not value:
             raise APIKeyError(
-                f"{where}: {setting!r} is not a key setting; use weight=N or priority=batch"
+                f"{where}: {setting!r} is not a key setting; use weight=N, priority=batch, "
+                "rpm=N or tokens_per_day=N"
             )
         settings[setting] = value
     try:
@@ -173,7 +186,15 @@ def _tenant(fields: list[str], default: str, where: str) -> Tenant:
     priority = settings.get("priority", "interactive")
     if priority not in PRIORITIES:
         raise APIKeyError(f"{where}: priority is one of {', '.join(PRIORITIES)}")
-    return Tenant(name, weight, priority)
+    rpm, tokens_per_day = (_quota(settings, q, where) for q in ("rpm", "tokens_per_day"))
+    return Tenant(name, weight, priority, rpm, tokens_per_day)
+
+
+def _quota(settings: dict[str, str], name: str, where: str) -> int:
+    value = settings.get(name, "0")
+    if not value.isdigit() or not 0 <= int(value) <= MAX_QUOTA:
+        raise APIKeyError(f"{where}: {name} is a whole number from 1 to {MAX_QUOTA} (0: none)")
+    return int(value)
 
 
 def load_keys(full_access: Iterable[str], keys_file: Path | None) -> tuple[APIKeys, list[str]]:
@@ -316,6 +337,13 @@ class RequireKey:
                 code="insufficient_scope",
             )
         return None
+
+
+def quotas_of(state: dict[str, Any]) -> tuple[int, int]:
+    """The requests per minute and tokens per day of the request's key (0: none); a
+    request without a key has none. ``state``: the request scope's."""
+    tenant: Tenant | None = state.get(TENANT_STATE)
+    return (tenant.rpm, tenant.tokens_per_day) if tenant is not None else (0, 0)
 
 
 def tenant_of(

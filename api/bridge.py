@@ -51,6 +51,7 @@ class BrokerBridge:
         self._waiters: dict[str, asyncio.Queue[Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_seen = time.monotonic()
+        self.answered = False  # the broker has sent something since the facade started
         self._instance = ""  # the broker's, from its pongs
         self.stats = p.BrokerStats()  # the broker's counters, from its latest pong
 
@@ -108,6 +109,7 @@ class BrokerBridge:
         while True:
             frames = await self._sock.recv_multipart()
             self._last_seen = time.monotonic()
+            self.answered = True
             message = p.decode_or_drop(frames, log, "broker")
             if message is None:
                 continue
@@ -151,12 +153,13 @@ class BrokerBridge:
             del self._waiters[rid]
 
     def open(self, submit: p.Submit) -> RequestStream:
-        """Submit a request; its PARTIAL, FINAL or ERROR frames arrive on the stream."""
+        """Submit a request; its PARTIAL, FINAL or ERROR frames arrive on the stream (and
+        QUEUED ones while it waits, if ``submit.positions`` asks for them)."""
         queue: asyncio.Queue[Reply] = asyncio.Queue(MAX_PENDING_FRAMES + 1)
         self._waiters[submit.request_id] = queue
         if not self._send(submit):
             queue.put_nowait(self._unavailable(submit.request_id))
-        return RequestStream(self, submit.request_id, queue)
+        return RequestStream(self, submit.request_id, queue, submit.positions)
 
     def _release(self, request_id: str, cancel: bool) -> None:
         self._waiters.pop(request_id, None)
@@ -167,15 +170,24 @@ class BrokerBridge:
 class RequestStream:
     """The frames of one submitted request. Closing it before its end cancels the request."""
 
-    def __init__(self, bridge: BrokerBridge, request_id: str, queue: asyncio.Queue[Reply]) -> None:
+    def __init__(
+        self,
+        bridge: BrokerBridge,
+        request_id: str,
+        queue: asyncio.Queue[Reply],
+        positions: bool = False,
+    ) -> None:
         self.request_id = request_id
+        self.positions = positions  # QUEUED frames are handed on, not skipped
         self._bridge = bridge
         self._queue = queue
         self.finished = False
         self._closed = False
         self._partials = 0  # PARTIAL frames received
 
-    async def next(self, timeout: float | None = None) -> p.Partial | p.Final | p.Error | None:
+    async def next(
+        self, timeout: float | None = None
+    ) -> p.Partial | p.Final | p.Error | p.Queued | None:
         """The next frame, or None when ``timeout`` passes first."""
         while True:
             try:
@@ -199,6 +211,8 @@ class RequestStream:
                 return message
             if isinstance(message, p.Partial):
                 self._partials += 1
+                return message
+            if isinstance(message, p.Queued) and self.positions:
                 return message
 
     def close(self) -> None:

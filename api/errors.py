@@ -32,7 +32,7 @@ _CODES_BY_STATUS: dict[int, tuple[ErrorCode, ...]] = {
         ErrorCode.LOAD_FAILED,
     ),
     404: (ErrorCode.UNKNOWN_MODEL,),
-    429: (ErrorCode.QUEUE_FULL,),
+    429: (ErrorCode.QUEUE_FULL, ErrorCode.QUOTA_EXCEEDED),
     499: (ErrorCode.CANCELLED,),
     500: (ErrorCode.MODEL_FAILED, ErrorCode.INTERNAL),
     503: (
@@ -62,7 +62,9 @@ class APIError(XbError):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: int = RETRY_AFTER_SECONDS,
     ) -> None:
+        """``retry_after``: the seconds a 429 or 503 tells the client to wait."""
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (
             status,
@@ -71,11 +73,16 @@ class APIError(XbError):
             param,
             code,
         )
+        self.retry_after = retry_after
 
     @classmethod
-    def from_code(cls, code: ErrorCode, message: str, param: str | None = None) -> APIError:
+    def from_code(
+        cls, code: ErrorCode, message: str, param: str | None = None, retry_after: int = 0
+    ) -> APIError:
+        """``retry_after``: the seconds the broker said to wait; 0: the default."""
         status, kind = _STATUS[code]  # every code has its row (a test holds it)
-        return cls(status, message, type=kind, param=param, code=code.value)
+        wait = retry_after or RETRY_AFTER_SECONDS
+        return cls(status, message, type=kind, param=param, code=code.value, retry_after=wait)
 
     def body(self) -> dict[str, object]:
         return {
@@ -90,7 +97,7 @@ class APIError(XbError):
         }
 
     def response(self) -> JSONResponse:
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status in (429, 503) else None
+        headers = {"Retry-After": str(self.retry_after)} if self.status in (429, 503) else None
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 

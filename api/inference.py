@@ -23,7 +23,7 @@ from fastapi.types import DecoratedCallable
 from pydantic import BaseModel
 
 from xb.api import convert
-from xb.api.auth import INFERENCE, scope, tenant_of
+from xb.api.auth import INFERENCE, quotas_of, scope, tenant_of
 from xb.api.body import CheckedRoute
 from xb.api.bridge import new_request_id
 from xb.api.context import facade
@@ -148,15 +148,21 @@ class Sender(TypedDict):
     tenant: str
     priority: p.Priority
     weight: float
+    rpm: int
+    tokens_per_day: int
 
 
 def sender(
     request: Request, body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 ) -> Sender:
-    """The request's tenant, priority and weight (``auth.tenant_of``), as ``Submit``'s
-    keyword arguments."""
-    tenant, priority, weight = tenant_of(request.scope.get("state", {}), body.user, body.priority)
-    return Sender(tenant=tenant, priority=priority, weight=weight)
+    """The request's tenant, priority and weight (``auth.tenant_of``) and its key's quotas
+    (``auth.quotas_of``), as ``Submit``'s keyword arguments."""
+    state = request.scope.get("state", {})
+    tenant, priority, weight = tenant_of(state, body.user, body.priority)
+    rpm, tokens_per_day = quotas_of(state)
+    return Sender(
+        tenant=tenant, priority=priority, weight=weight, rpm=rpm, tokens_per_day=tokens_per_day
+    )
 
 
 def seeded(params: p.GenerateParams, index: int) -> p.GenerateParams:

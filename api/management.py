@@ -32,6 +32,7 @@ T = TypeVar("T")
 log = logging.getLogger("xb.api")
 
 router = APIRouter(route_class=CheckedRoute)
+USAGE_TIMEOUT = 5.0  # seconds /metrics waits for the broker's usage by tenant
 
 
 async def families(request: Request) -> dict[str, ModelFamily]:
@@ -103,7 +104,10 @@ async def entry(request: Request, info: p.ModelInfo) -> dict[str, Any]:
 
 @router.get("/health", openapi_extra=scope(OPEN))
 async def health(request: Request) -> JSONResponse:
-    if not facade(request).bridge.up:
+    bridge = facade(request).bridge
+    if not bridge.answered:  # healthy once the broker has answered, not before
+        raise APIError(503, "the broker has not answered yet", type="server_error")
+    if not bridge.up:
         raise APIError(503, "the broker is not answering", type="server_error")
     return JSONResponse({"status": "ok", "version": __version__})
 
@@ -118,8 +122,16 @@ async def cluster_info(request: Request) -> Response:
 async def prometheus(request: Request) -> Response:
     models = await all_models(request)
     workers = await all_workers(request)
+    # A broker older than usage counting never answers this call: the scrape goes on
+    # without the tenant metrics rather than wait for it.
+    reply = await facade(request).bridge.call(
+        lambda rid: p.UsageCall(rid, lifetime=True), USAGE_TIMEOUT
+    )
+    usage = reply if isinstance(reply, p.UsageReport) else None
+    if usage is None:
+        log.warning("no usage by tenant for /metrics: %s", getattr(reply, "message", reply))
     metrics: Metrics = facade(request).metrics
-    body = metrics.render(models, workers, facade(request).bridge.stats)
+    body = metrics.render(models, workers, facade(request).bridge.stats, usage)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

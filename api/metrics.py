@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from xb.core import protocol as p
@@ -21,6 +26,7 @@ class _ClusterCollector(Collector):
         self.models: list[p.ModelInfo] = []
         self.workers: list[p.WorkerInfo] = []
         self.broker = p.BrokerStats()
+        self.usage = p.UsageReport("", [])
 
     def collect(self) -> Iterator[Metric]:
         for name, text, value in (
@@ -74,6 +80,45 @@ class _ClusterCollector(Collector):
             for worker in self.workers:
                 family.add_metric([worker.worker_id], float(read(worker)))
             yield family
+        yield from self._tenants()
+
+    def _tenants(self) -> Iterator[Metric]:
+        """Usage by tenant and model since the broker started, as the broker counts it
+        (every facade of one broker shows the same), and what runs and waits now."""
+        labels = ["tenant", "model"]
+        per_row: dict[str, tuple[str, Callable[[p.UsageRow], float]]] = {
+            "xb_tenant_requests": ("Requests that ended with an answer", lambda r: r.requests),
+            "xb_tenant_prompt_tokens": ("Prompt tokens", lambda r: r.prompt_tokens),
+            "xb_tenant_cached_tokens": (
+                "Prompt tokens reused from a prefix cache",
+                lambda r: r.cached_tokens,
+            ),
+            "xb_tenant_completion_tokens": ("Completion tokens", lambda r: r.completion_tokens),
+            "xb_tenant_preemptions": ("Times requests were preempted", lambda r: r.preemptions),
+        }
+        rows = self.usage.rows
+        for name, (text, read) in per_row.items():
+            counter = CounterMetricFamily(name, text, labels=labels)
+            for row in rows:
+                counter.add_metric([row.tenant, row.model], read(row))
+            yield counter
+        wait = HistogramMetricFamily(
+            "xb_tenant_queue_wait_seconds", "From SUBMIT to dispatch to a replica", labels=labels
+        )
+        for row in rows:
+            cumulative, buckets = 0, []
+            for bound, count in zip(p.QUEUE_WAIT_BUCKETS, row.waits, strict=False):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            wait.add_metric([row.tenant, row.model], buckets, row.queue_wait)
+        yield wait
+        running = GaugeMetricFamily("xb_tenant_running", "Requests running", labels=labels)
+        waiting = GaugeMetricFamily("xb_tenant_waiting", "Requests waiting", labels=labels)
+        for active in self.usage.active:
+            running.add_metric([active.tenant, active.model], active.running)
+            waiting.add_metric([active.tenant, active.model], active.waiting)
+        yield running
+        yield waiting
 
 
 class Metrics:
@@ -161,7 +206,13 @@ class Metrics:
         self._acceptance.labels(model).set(kept / drafted)
 
     def render(
-        self, models: list[p.ModelInfo], workers: list[p.WorkerInfo], broker: p.BrokerStats
+        self,
+        models: list[p.ModelInfo],
+        workers: list[p.WorkerInfo],
+        broker: p.BrokerStats,
+        usage: p.UsageReport | None = None,
     ) -> bytes:
+        """``usage``: the broker's lifetime counts by tenant and model."""
         self.cluster.models, self.cluster.workers, self.cluster.broker = models, workers, broker
+        self.cluster.usage = usage or p.UsageReport("", [])
         return generate_latest(self.registry)

@@ -33,7 +33,7 @@ _json = msgspec.json.Encoder()
 
 def fail(message: p.Message) -> APIError:
     if isinstance(message, p.Error):
-        return APIError.from_code(message.code, message.message)
+        return APIError.from_code(message.code, message.message, retry_after=message.retry_after)
     return APIError(
         500, f"unexpected {type(message).__name__} from the broker", type="server_error"
     )
@@ -41,6 +41,16 @@ def fail(message: p.Message) -> APIError:
 
 def sse(payload: object) -> bytes:
     return b"data: " + _json.encode(payload) + b"\n\n"
+
+
+def queued_comment(position: int) -> bytes:
+    """The SSE comment that tells a waiting stream its place in line (clients that do not
+    look for it skip comments)."""
+    return b": queued, position %d\n\n" % position
+
+
+# What a choice's stream hands on: QUEUED only to a stream, before its first token.
+Frame = p.Partial | p.Final | p.Error | p.Queued
 
 
 @dataclass
@@ -92,6 +102,8 @@ class Generation:
                 self.metrics.per_token(self.model, per_token)
 
     async def respond(self, stream: bool) -> Response:
+        if stream:  # a stream shows its place in line while it waits: ask the broker
+            self.submits = [msgspec.structs.replace(s, positions=True) for s in self.submits]
         for submit in self.submits:
             check_frame(submit)
         choices = [Choice(self.bridge.open(s)) for s in self.submits]
@@ -113,7 +125,8 @@ class Generation:
             self._close(choices)
             self._record(499, choices)
 
-        return _SSEResponse(events, ended, self.limits.write_timeout)
+        who = f"model {self.model!r}, tenant {self.submits[0].tenant!r}"
+        return _SSEResponse(events, ended, self.limits.write_timeout, who)
 
     async def _whole_within_deadline(self, choices: list[Choice]) -> Response:
         """The whole answer, or a 504 once ``answer_timeout`` has passed (the caller's
@@ -129,11 +142,12 @@ class Generation:
 
     async def _first_frames(
         self, choices: list[Choice], timeout: float | None
-    ) -> list[tuple[int, p.Partial | p.Final | p.Error]]:
+    ) -> list[tuple[int, Frame]]:
         """Wait (up to ``timeout``) for each choice's first frame; an early error is raised
-        as an HTTP error, since no byte of the response has been sent."""
+        as an HTTP error, since no byte of the response has been sent. A choice that waits
+        in line ends the wait: the stream starts, to show the place."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        early: list[tuple[int, p.Partial | p.Final | p.Error]] = []
+        early: list[tuple[int, Frame]] = []
         for index, choice in enumerate(choices):
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             message = await choice.stream.next(left)
@@ -143,6 +157,8 @@ class Generation:
                 self.metrics.request(self.model, self.endpoint, fail(message).status)
                 raise fail(message)
             early.append((index, message))
+            if isinstance(message, p.Queued):
+                break
         return early
 
     def _take(
@@ -161,7 +177,7 @@ class Generation:
         return message.text, list(message.logprobs)
 
     async def _whole_unless_gone(
-        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
+        self, choices: list[Choice], early: list[tuple[int, Frame]]
     ) -> Response:
         """The whole answer; or, if the client goes away first, stop generating it."""
         if self.request is None:
@@ -184,9 +200,7 @@ class Generation:
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
-    async def _whole(
-        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
-    ) -> Response:
+    async def _whole(self, choices: list[Choice], early: list[tuple[int, Frame]]) -> Response:
         pending = list(early)
         for index, choice in enumerate(choices):
             while choice.final is None:
@@ -206,18 +220,18 @@ class Generation:
         return JSONResponse(body)
 
     async def _events(
-        self, choices: list[Choice], early: list[tuple[int, p.Partial | p.Final | p.Error]]
+        self, choices: list[Choice], early: list[tuple[int, Frame]]
     ) -> AsyncGenerator[bytes, None]:
         # Bounded: while the client reads slowly the readers wait here, and the frames
         # wait in the bridge, which cancels a request that falls too far behind.
-        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]] = asyncio.Queue(
-            len(choices) + MERGED_FRAMES
-        )
+        merged: asyncio.Queue[tuple[int, Frame]] = asyncio.Queue(len(choices) + MERGED_FRAMES)
         for item in early:
             merged.put_nowait(item)
         # Each reader carries on after the frame its choice already gave (a finished one stops).
         readers = [asyncio.create_task(self._read(i, c, merged)) for i, c in enumerate(choices)]
         status = 200
+        places: dict[int, int] = {}  # each waiting choice's place in line, before any token
+        shown = 0
         try:
             open_choices = len(choices)
             while open_choices:
@@ -227,6 +241,13 @@ class Generation:
                     yield b": keep-alive\n\n"
                     continue
                 choice = choices[index]
+                if isinstance(message, p.Queued):
+                    if not any(c.first_at for c in choices):
+                        places[index] = message.position
+                        if min(places.values()) != shown:
+                            shown = min(places.values())
+                            yield queued_comment(shown)
+                    continue
                 if isinstance(message, p.Error):
                     error = fail(message)
                     status = error.status
@@ -255,7 +276,7 @@ class Generation:
     async def _read(
         index: int,
         choice: Choice,
-        merged: asyncio.Queue[tuple[int, p.Partial | p.Final | p.Error]],
+        merged: asyncio.Queue[tuple[int, Frame]],
     ) -> None:
         while not choice.stream.finished:
             message = await choice.stream.next()
@@ -278,8 +299,13 @@ class _SSEResponse(StreamingResponse):
     (the server's buffer for the connection is full) cancels the stream."""
 
     def __init__(
-        self, events: AsyncGenerator[bytes, None], ended: Callable[[], None], write_timeout: float
+        self,
+        events: AsyncGenerator[bytes, None],
+        ended: Callable[[], None],
+        write_timeout: float,
+        who: str = "",
     ) -> None:
+        """``who``: the model and tenant, for the log (a tenant's name, never its key)."""
         super().__init__(
             events,
             media_type="text/event-stream",
@@ -288,6 +314,7 @@ class _SSEResponse(StreamingResponse):
         self._events = events
         self._ended = ended
         self._write_timeout = write_timeout
+        self._who = who
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def bounded(message: Message) -> None:
@@ -303,8 +330,9 @@ class _SSEResponse(StreamingResponse):
             # The answer cannot be completed; returning without it makes the server close
             # the connection.
             log.warning(
-                "a stream's client read nothing for %g s; the stream was cancelled",
+                "a stream's client read nothing for %g s; the stream was cancelled (%s)",
                 self._write_timeout,
+                self._who,
             )
         finally:
             self._ended()

@@ -26,10 +26,11 @@ at most ``MODEL_QUEUE_FACTOR`` times that per model, whoever sends them.
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from xb.broker.affinity import Affinity
@@ -102,6 +103,38 @@ class _Lane:
     def items(self) -> list[_Waiting]:
         return [item for queue in self.queues.values() for item in queue]
 
+    def in_turn(self) -> Iterator[_Waiting]:
+        """The waiting requests in the order ``first`` and ``take`` hand them out: each
+        time the tenant whose head has the smallest tag."""
+        return heapq.merge(*self.queues.values(), key=_tag)
+
+    def place(self, request_id: str) -> int | None:
+        """Where ``request_id`` stands in ``in_turn``, 1 for the next; None when it is not
+        in this lane. Without sorting: a request goes after every one ahead of it in its
+        tenant's queue, so it comes out at the largest tag up to it (its queue's running
+        maximum: a retried request at the head may carry a later tag than those behind
+        it), and each other tenant's requests go before it while their running maximum is
+        below that."""
+        found = self._find(request_id)
+        if found is None:
+            return None
+        tenant, index = found
+        turn = max(map(_tag, itertools.islice(self.queues[tenant], index + 1)))
+        others = (q for t, q in self.queues.items() if t != tenant)
+        return index + 1 + sum(_before(q, turn) for q in others)
+
+    def _find(self, request_id: str) -> tuple[str, int] | None:
+        """The tenant whose queue holds ``request_id``, and its index there."""
+        for tenant, queue in self.queues.items():
+            # The request just admitted, the one asked about most, is its queue's last.
+            if queue[-1].entry.submit.request_id == request_id:
+                return tenant, len(queue) - 1
+        for tenant, queue in self.queues.items():
+            for index, item in enumerate(queue):
+                if item.entry.submit.request_id == request_id:
+                    return tenant, index
+        return None
+
     def remove(self, keep: Callable[[_Waiting], bool]) -> list[_Waiting]:
         """Take out the requests for which ``keep(item)`` is false; those taken."""
         gone: list[_Waiting] = []
@@ -115,6 +148,21 @@ class _Lane:
                 del self.queues[tenant]
         self.size -= len(gone)
         return gone
+
+
+def _tag(item: _Waiting) -> tuple[float, int]:
+    return item.start, item.order
+
+
+def _before(queue: deque[_Waiting], turn: tuple[float, int]) -> int:
+    """How many requests at the front of ``queue`` have tags below ``turn``."""
+    start, order = turn
+    count = 0
+    for item in queue:  # the tags unpacked: this loop is most of a position's cost
+        if item.start > start or (item.start == start and item.order >= order):
+            break
+        count += 1
+    return count
 
 
 def preemptible(replicas: list[Replica]) -> Replica | None:
@@ -195,6 +243,13 @@ class FairShare(Scheduler):
     def waiting(self, uid: str) -> int:
         return sum(lane.size for lane in self._lanes.get(uid, ()))
 
+    def tenants(self, uid: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for lane in self._lanes.get(uid, ()):
+            for tenant, queue in lane.queues.items():
+                counts[tenant] = counts.get(tenant, 0) + len(queue)
+        return counts
+
     def cancel(self, request_id: str) -> Queued | None:
         for lanes in self._lanes.values():
             for lane in lanes:
@@ -220,3 +275,16 @@ class FairShare(Scheduler):
     def drain(self, uid: str) -> list[Queued]:
         items = [item for lane in self._lanes.pop(uid, ()) for item in lane.items()]
         return [item.entry for item in sorted(items, key=lambda item: item.order)]
+
+    def order(self, uid: str) -> list[Queued]:
+        # Interactive first: ``next`` serves no batch request while one waits.
+        return [item.entry for lane in self._lanes.get(uid, ()) for item in lane.in_turn()]
+
+    def position(self, uid: str, request_id: str) -> int | None:
+        ahead = 0
+        for lane in self._lanes.get(uid, ()):
+            place = lane.place(request_id)
+            if place is not None:
+                return ahead + place
+            ahead += lane.size
+        return None

@@ -25,8 +25,10 @@ from xb.broker.cluster import Cluster
 from xb.broker.fairshare import FairShare
 from xb.broker.families import Families
 from xb.broker.heal import Healing
+from xb.broker.ledger import Ledger
 from xb.broker.management import Management
 from xb.broker.outbox import Delivery, Outbox
+from xb.broker.positions import Positions
 from xb.broker.requests import Requests
 from xb.broker.routing import LeastLoaded, RoutingPolicy
 from xb.broker.scheduler import FirstComeFirstServed
@@ -48,7 +50,7 @@ WORKER_SENDS = (p.Heartbeat, p.ModelEvent, p.Partial, p.Final, p.Error)
 # between a worker and its model processes. Every other message has a handler.
 NOT_FOR_THE_BROKER = frozenset(
     {p.Request, p.Launch, p.Terminate, p.Pong, p.ModelInfo, p.ModelList, p.Cluster, p.Ack}
-    | {p.Families, p.Share}
+    | {p.Families, p.Share, p.Queued, p.UsageReport}
 )
 
 Deliver = Callable[[bytes, list[bytes]], Delivery]
@@ -83,7 +85,10 @@ class Handlers:
         self.state = DesiredState(state)
         self.instance = uuid.uuid4().hex
         self.families = Families(Registry(state.parent if state is not None else None))
-        self.requests = Requests(cluster, outbox)
+        self.ledger = Ledger(self.state.db)
+        self.requests = Requests(cluster, outbox, self.ledger)
+        self.positions = Positions(cluster, outbox)
+        self.interval = heartbeat_interval
         self.management = Management(cluster, outbox, self.state, self.requests)
         self.healing = Healing(cluster, self.state, self.management, self.requests)
         self.workers = Workers(
@@ -113,7 +118,7 @@ class Handlers:
             p.Disconnect: self.workers.disconnect,
         }
         self.from_facades: dict[type, Callable[[bytes, Any], None]] = {
-            p.Submit: self.requests.submit,
+            p.Submit: self._submit,
             p.Cancel: self.requests.cancel,
             p.LaunchModel: self.management.launch,
             p.TerminateModel: self.management.terminate,
@@ -125,6 +130,7 @@ class Handlers:
             p.UnregisterFamily: self._families_call,
             p.ListFamilies: self._families_call,
             p.Ping: self._ping,
+            p.UsageCall: self._usage,
             **dict.fromkeys(WORKER_SENDS, self.workers.unknown),
         }
 
@@ -137,7 +143,10 @@ class Handlers:
         return msgspec.structs.replace(self.cluster.stats)
 
     def close(self) -> None:
-        self.state.close()
+        try:
+            self.ledger.flush()
+        finally:
+            self.state.close()
 
     # ---- in -------------------------------------------------------------------------
 
@@ -187,10 +196,17 @@ class Handlers:
         self.cluster.stats.handler_errors += 1
         self._warn.exception(peer, "error", "error %s from %s; dropped", doing, peer)
 
+    def _submit(self, client: bytes, message: p.Submit) -> None:
+        self.requests.submit(client, message)
+        self.positions.admitted(client, message, time.monotonic())
+
     def _families_call(
         self, client: bytes, message: p.RegisterFamily | p.UnregisterFamily | p.ListFamilies
     ) -> None:
         self.outbox.send(client, self.families.answer(message))
+
+    def _usage(self, client: bytes, message: p.UsageCall) -> None:
+        self.outbox.send(client, self.ledger.report(message, self.cluster))
 
     def _ping(self, client: bytes, message: p.Ping) -> None:
         self.outbox.send(client, p.Pong(message.request_id, self.instance, self.cluster.stats))
@@ -237,12 +253,18 @@ class Handlers:
     # ---- every heartbeat interval ---------------------------------------------------
 
     def tick(self, now: float, deliver: Deliver) -> None:
-        """Heartbeats out, silent workers out, missing replicas placed again."""
+        """Heartbeats out, silent workers out, missing replicas placed again, waiting
+        requests told where they stand, quotas and usage written to the state file."""
         self.workers.send_heartbeats()
         self.flush(deliver)  # a worker found gone now is not given new replicas below
         try:
             self.workers.purge(now)
             self.healing.reconcile(now)
+            self.positions.tick(now, self.interval)
         except Exception:  # the loop must outlive any one bad state
             log.exception("error in the broker's periodic work")
+        try:
+            self.ledger.flush()
+        except Exception:  # a full disk, say: this tick's counts are lost, the loop goes on
+            log.exception("could not write quotas and usage to the state file")
         self.flush(deliver)

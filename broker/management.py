@@ -11,7 +11,7 @@ import msgspec
 
 from xb.broker.cluster import Cluster
 from xb.broker.outbox import Outbox
-from xb.broker.placement import PlacementError, place
+from xb.broker.placement import PlacementError, place, replica_need
 from xb.broker.requests import Requests
 from xb.broker.state import DesiredState
 from xb.broker.table import Model, Replica, Waiter, WorkerEntry
@@ -148,10 +148,11 @@ class Management:
                 model.next_index += 1
             replica_id = f"{model.uid}-{model.next_index}"
             model.next_index += 1
+            need = replica_need(worker, model.need, gpu)
             model.replicas[replica_id] = Replica(
-                replica_id, model.uid, worker.identity, p.ModelState.LOADING, reserved=model.need
+                replica_id, model.uid, worker.identity, p.ModelState.LOADING, reserved=need
             )
-            worker.reserved += model.need
+            worker.reserved += need
             self.outbox.send(worker.identity, p.Launch(replica_id, model.spec, model.need))
             added.add(replica_id)
         log.info(

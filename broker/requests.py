@@ -7,9 +7,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xb.broker.cluster import Cluster
+from xb.broker.ledger import Ledger
 from xb.broker.outbox import Outbox
 from xb.broker.table import InFlight, Model, Queued, WorkerEntry
 from xb.core import protocol as p
@@ -21,6 +22,7 @@ log = logging.getLogger("xb.broker")
 class Requests:
     cluster: Cluster
     outbox: Outbox
+    ledger: Ledger = field(default_factory=Ledger)  # quotas and usage per tenant
 
     def unknown_model(self, client: bytes, request_id: str, uid: str) -> None:
         known = ", ".join(sorted(self.cluster.models)) or "none"
@@ -47,6 +49,14 @@ class Requests:
                 f"model {model.uid!r} cannot {ability} (it can: {', '.join(model.abilities)})",
             )
             return
+        refused = self.ledger.refusal(submit)
+        if refused is not None:
+            message, retry_after = refused
+            self.outbox.send(
+                client,
+                p.Error(submit.request_id, p.ErrorCode.QUOTA_EXCEEDED, message, retry_after),
+            )
+            return
         if model.request_limits is not None:
             busy = self.cluster.scheduler.waiting(model.uid) + sum(
                 r.in_flight for r in model.replicas.values()
@@ -64,6 +74,7 @@ class Requests:
         if refusal is not None:
             self.outbox.error(client, submit.request_id, p.ErrorCode.QUEUE_FULL, refusal)
             return
+        self.ledger.queued(submit)
         self.dispatch(model)  # which also refuses it when no replica is ready or loading
 
     def cancel(self, client: bytes, message: p.Cancel) -> None:
@@ -108,10 +119,16 @@ class Requests:
             and self.retry(flight, model)
         ):
             assert model is not None
-            log.info("retrying %s elsewhere: %s", message.request_id, message.message)
+            log.info(
+                "retrying %s of tenant %r elsewhere: %s",
+                message.request_id,
+                flight.submit.tenant,
+                message.message,
+            )
             self.dispatch(model)
             return
         self.outbox.forward(flight.client, frames)
+        self.ledger.ended(flight.submit, message)
         if model is None:
             return
         if isinstance(message, p.Final):
@@ -144,6 +161,7 @@ class Requests:
             (client, submit, retried, _), replica = assignment
             replica.in_flight += 1
             replica.batch += submit.priority == "batch"
+            self.ledger.dispatched(submit)
             flight = InFlight(client, submit, replica.replica_id, replica.worker, retried=retried)
             self.cluster.in_flight[submit.request_id] = flight
             request = p.Request(

@@ -5,13 +5,14 @@ slot. The broker tells it what arrives (``admit``), what is retried (``requeue``
 goes away (``cancel``, ``withdraw``, ``drain``), and asks it for the next assignment of
 a waiting request to a ready replica with a free slot (``next``) until it answers None.
 An assignment is taken off the queue when it is handed out; the broker then counts the
-slot as busy, so the next answer sees it.
+slot as busy, so the next answer sees it. ``order`` and ``position`` say where waiting
+requests stand in line, for the facade's streams (``broker/positions.py``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import Counter, deque
 
 from xb.broker.affinity import Affinity
 from xb.broker.routing import RoutingPolicy
@@ -37,6 +38,10 @@ class Scheduler(ABC):
         """How many requests of model ``uid`` wait."""
 
     @abstractmethod
+    def tenants(self, uid: str) -> dict[str, int]:
+        """How many requests of model ``uid`` wait, by tenant."""
+
+    @abstractmethod
     def cancel(self, request_id: str) -> Queued | None:
         """Take the waiting request ``request_id`` off its queue, if it waits."""
 
@@ -47,6 +52,16 @@ class Scheduler(ABC):
     @abstractmethod
     def drain(self, uid: str) -> list[Queued]:
         """Take every waiting request of model ``uid`` off its queue, oldest first."""
+
+    @abstractmethod
+    def order(self, uid: str) -> list[Queued]:
+        """The waiting requests of model ``uid`` in the order ``next`` would hand them
+        out if nothing else arrived."""
+
+    @abstractmethod
+    def position(self, uid: str, request_id: str) -> int | None:
+        """Where ``request_id`` stands in ``order(uid)``, 1 for the next; None when it
+        does not wait."""
 
 
 class FirstComeFirstServed(Scheduler):
@@ -91,6 +106,9 @@ class FirstComeFirstServed(Scheduler):
         queue = self._queues.get(uid)
         return len(queue) if queue else 0
 
+    def tenants(self, uid: str) -> dict[str, int]:
+        return dict(Counter(entry.submit.tenant for entry in self._queues.get(uid, ())))
+
     def cancel(self, request_id: str) -> Queued | None:
         for queue in self._queues.values():
             for entry in queue:
@@ -106,3 +124,15 @@ class FirstComeFirstServed(Scheduler):
 
     def drain(self, uid: str) -> list[Queued]:
         return list(self._queues.pop(uid, ()))
+
+    def order(self, uid: str) -> list[Queued]:
+        return list(self._queues.get(uid, ()))
+
+    def position(self, uid: str, request_id: str) -> int | None:
+        queue = self._queues.get(uid, ())
+        if queue and queue[-1].submit.request_id == request_id:
+            return len(queue)  # the request just admitted, the one asked about most
+        for place, entry in enumerate(queue, 1):
+            if entry.submit.request_id == request_id:
+                return place
+        return None

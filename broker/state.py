@@ -67,6 +67,12 @@ class DesiredState:
                 "CREATE TABLE IF NOT EXISTS retired (uid TEXT PRIMARY KEY, next_index INTEGER)"
             )
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The state file's connection, for what else the broker keeps there (quotas and
+        usage: ``ledger.py``); the broker's thread is its one user."""
+        return self._db
+
     def models(self) -> list[Model]:
         """The models saved, as launched and scaled, without replicas."""
         models = []

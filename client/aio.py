@@ -56,7 +56,7 @@ class AsyncClient:
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             try:
                 async for line in response.aiter_lines():
-                    chunk = calls.chunk(line)
+                    chunk = calls.read_line(call, line)
                     if chunk is not None:
                         yield chunk
             except httpx.TransportError as exc:
@@ -90,6 +90,11 @@ class AsyncClient:
     async def get_workers_info(self) -> list[dict[str, Any]]:
         return list(await self._run(calls.cluster()))
 
+    async def usage(
+        self, since: float | None = None, start: float | None = None, end: float | None = None
+    ) -> dict[str, Any]:
+        return dict(await self._run(calls.usage(since, start, end)))
+
     async def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
         return list(await self._run(calls.registrations(model_type)))
 
@@ -117,11 +122,21 @@ class AsyncModelHandle:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         generate_config: dict[str, Any] | None = None,
+        *,
+        on_queued: calls.OnQueued | None = None,
     ) -> Any:
-        return await self._client._run(calls.chat(self.model_uid, messages, tools, generate_config))
+        call = calls.chat(self.model_uid, messages, tools, generate_config, on_queued)
+        return await self._client._run(call)
 
-    async def generate(self, prompt: str, generate_config: dict[str, Any] | None = None) -> Any:
-        return await self._client._run(calls.generate(self.model_uid, prompt, generate_config))
+    async def generate(
+        self,
+        prompt: str,
+        generate_config: dict[str, Any] | None = None,
+        *,
+        on_queued: calls.OnQueued | None = None,
+    ) -> Any:
+        call = calls.generate(self.model_uid, prompt, generate_config, on_queued)
+        return await self._client._run(call)
 
     async def create_embedding(self, input: str | list[str], **fields: Any) -> dict[str, Any]:
         return dict(await self._client._run(calls.embed(self.model_uid, input, fields)))

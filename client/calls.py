@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ import httpx
 from xb.client.errors import APIStreamError, status_error
 
 API_KEY_ENV = "XB_API_KEY"
+QUEUED_COMMENT = ": queued, position "  # an SSE comment a waiting stream gets
+OnQueued = Callable[[int], None]  # called with a waiting stream's place in line, 1 next
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -47,6 +50,7 @@ class Call:
     path: str
     json: dict[str, Any] | None = None
     read: Callable[[Any], Any] = field(default=_identity)
+    on_queued: OnQueued | None = None  # a stream's places in line while it waits
 
 
 def launch(model_name: str, fields: dict[str, Any]) -> Call:
@@ -82,20 +86,30 @@ def cluster() -> Call:
     return Call("GET", "/v1/cluster/info")
 
 
+def usage(since: float | None, start: float | None, end: float | None) -> Call:
+    window = {"since": since, "start": start, "end": end}
+    query = urllib.parse.urlencode({k: v for k, v in window.items() if v is not None})
+    return Call("GET", "/v1/usage" + (f"?{query}" if query else ""))
+
+
 def chat(
     uid: str,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None,
     config: dict[str, Any] | None,
+    on_queued: OnQueued | None = None,
 ) -> Call:
     body: dict[str, Any] = {"model": uid, "messages": messages, **(config or {})}
     if tools:
         body["tools"] = tools
-    return Call("POST", "/v1/chat/completions", body)
+    return Call("POST", "/v1/chat/completions", body, on_queued=on_queued)
 
 
-def generate(uid: str, prompt: str, config: dict[str, Any] | None) -> Call:
-    return Call("POST", "/v1/completions", {"model": uid, "prompt": prompt, **(config or {})})
+def generate(
+    uid: str, prompt: str, config: dict[str, Any] | None, on_queued: OnQueued | None = None
+) -> Call:
+    body = {"model": uid, "prompt": prompt, **(config or {})}
+    return Call("POST", "/v1/completions", body, on_queued=on_queued)
 
 
 def embed(uid: str, input: str | list[str], fields: dict[str, Any]) -> Call:
@@ -131,6 +145,28 @@ def chunk(line: str) -> dict[str, Any] | None:
     if "error" in value:
         raise APIStreamError(value["error"])
     return value
+
+
+def read_line(call: Call, line: str) -> dict[str, Any] | None:
+    """``chunk(line)``, and a place in line handed to ``call.on_queued`` on the way."""
+    if call.on_queued is not None and line.startswith(QUEUED_COMMENT):
+        place = line[len(QUEUED_COMMENT) :]
+        if place.isdigit():
+            call.on_queued(int(place))
+        return None
+    return chunk(line)
+
+
+def ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    if 10 <= number % 100 <= 20:
+        return f"{number}th"
+    return f"{number}{({1: 'st', 2: 'nd', 3: 'rd'}).get(number % 10, 'th')}"
+
+
+def waiting_text(position: int) -> str:
+    """What a waiting stream shows: "waiting (3rd in line)"."""
+    return f"waiting ({ordinal(position)} in line)"
 
 
 def progress_text(state: dict[str, Any]) -> str:

@@ -61,7 +61,7 @@ class Client:
         def chunks() -> Iterator[dict[str, Any]]:
             try:
                 for line in response.iter_lines():
-                    chunk = calls.chunk(line)
+                    chunk = calls.read_line(call, line)
                     if chunk is not None:
                         yield chunk
             except httpx.TransportError as exc:
@@ -101,6 +101,13 @@ class Client:
     def get_workers_info(self) -> list[dict[str, Any]]:
         return list(self._run(calls.cluster()))
 
+    def usage(
+        self, since: float | None = None, start: float | None = None, end: float | None = None
+    ) -> dict[str, Any]:
+        """Usage by tenant and model over the last ``since`` seconds (24 hours by
+        default), or from ``start`` to ``end`` (Unix seconds), and who is active now."""
+        return dict(self._run(calls.usage(since, start, end)))
+
     def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
         """The registry: built-in and registered families of ``model_type``."""
         return list(self._run(calls.registrations(model_type)))
@@ -121,7 +128,8 @@ class Client:
 
 
 class ModelHandle:
-    """One running model. Pass ``generate_config={"stream": True, ...}`` to stream."""
+    """One running model. Pass ``generate_config={"stream": True, ...}`` to stream, and
+    ``on_queued`` to hear the stream's place in line (1: next) while it waits for a slot."""
 
     def __init__(self, client: Client, model_uid: str) -> None:
         self._client = client
@@ -132,13 +140,22 @@ class ModelHandle:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         generate_config: dict[str, Any] | None = None,
+        *,
+        on_queued: calls.OnQueued | None = None,
     ) -> Any:
         """A chat.completion, or an iterator of chat.completion.chunk when streaming."""
-        return self._client._run(calls.chat(self.model_uid, messages, tools, generate_config))
+        call = calls.chat(self.model_uid, messages, tools, generate_config, on_queued)
+        return self._client._run(call)
 
-    def generate(self, prompt: str, generate_config: dict[str, Any] | None = None) -> Any:
+    def generate(
+        self,
+        prompt: str,
+        generate_config: dict[str, Any] | None = None,
+        *,
+        on_queued: calls.OnQueued | None = None,
+    ) -> Any:
         """A text_completion, or an iterator of its chunks when streaming."""
-        return self._client._run(calls.generate(self.model_uid, prompt, generate_config))
+        return self._client._run(calls.generate(self.model_uid, prompt, generate_config, on_queued))
 
     def create_embedding(self, input: str | list[str], **fields: Any) -> dict[str, Any]:
         return dict(self._client._run(calls.embed(self.model_uid, input, fields)))

@@ -18,6 +18,10 @@ from pathlib import Path
 from xb.core.errors import XbError
 
 _OVERHEAD = 64 * 1024 * 1024  # runtime, compute buffers and the Python process around it
+# GPU memory a model process that offloads takes beyond the estimate: mostly its CUDA
+# context. On an H200 with CUDA 13 a process held 596 MiB more than estimate_memory gave
+# (docs/gpu-check.md); placement and the worker's check add this on a worker with a GPU.
+GPU_RUNTIME = 600 * 1024 * 1024
 _MAGIC = b"GGUF"
 _HEADER_BYTES = 24  # magic, version, tensor count, key count
 _STRING, _ARRAY = 8, 9

@@ -112,7 +112,7 @@ class Stack:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def start(self) -> None:
-        if self.broker_log is not None:
+        if self.broker_log is not None and self._log_file is None:  # a restart keeps it
             self._log_file = self.broker_log.open("ab")
         self.broker = subprocess.Popen(
             [
@@ -209,6 +209,7 @@ class Stack:
 
     def cluster(self) -> list[dict[str, Any]]:
         response = httpx.get(self.url + "/v1/cluster/info", headers=self.headers(), timeout=5)
+        assert response.status_code == 200, f"{response.status_code}: {response.text}"
         return list(response.json())
 
     def launch(self, **body: Any) -> str:

@@ -32,6 +32,8 @@ MESSAGES: list[p.Message] = [
     p.Cancel("r1"),
     p.Ping("r"),
     p.Share(2),
+    p.Queued("r1", 3),
+    p.Submit("r2", "m", "chat", p.GenerateParams(messages=[]), positions=True),
 ]
 
 
@@ -61,6 +63,8 @@ def test_round_trip(message: p.Message) -> None:
         [p.VERSION, p.encode(p.Partial("r", "t", 1))[1], b"\x93\xa1r\x01\xa1t"],
         [p.VERSION, p.encode(p.Ping())[1], b"\x81" + b"\xa1a" * 2, b"extra"],
         [p.VERSION, p.encode(p.Share(1))[1], b"\x81\xa7threads\x00"],  # zero threads
+        # Place 0 in line: the first place is 1.
+        [p.VERSION, p.encode(p.Queued("r", 1))[1], b"\x82\xaarequest_id\xa1r\xa8position\x00"],
     ],
 )
 def test_bad_frames_raise_protocol_error(frames: list[bytes]) -> None:

@@ -17,6 +17,7 @@ from textual.widgets import Button, Footer, Header, Input, Markdown, Select, Sta
 from textual.worker import Worker
 
 from xb.client import AsyncClient, AsyncModelHandle, ClientError
+from xb.client.calls import waiting_text
 
 MAX_PANES = 3
 
@@ -109,9 +110,16 @@ class ChatPane(Vertical):
         pieces: list[str] = []
         tokens = 0
         writer = Markdown.get_stream(answer)
+
+        def queued(position: int) -> None:  # the broker's word on its place in line
+            if not first:
+                stats.update(f"[dim]{waiting_text(position)}[/dim]")
+
         try:
             model = AsyncModelHandle(self.client, uid)  # no describe round trip before the chat
-            chunks = await model.chat(list(self.history), generate_config=self._config())
+            chunks = await model.chat(
+                list(self.history), generate_config=self._config(), on_queued=queued
+            )
             # Closed on the way out, stopped or not: that closes the connection, which
             # is what tells xb to stop generating. An abandoned one waits for the GC.
             async with aclosing(chunks):
@@ -121,7 +129,9 @@ class ChatPane(Vertical):
                     for choice in chunk["choices"]:
                         text = choice["delta"].get("content")
                         if text:
-                            first = first or time.perf_counter()
+                            if not first:
+                                first = time.perf_counter()
+                                stats.update("")  # no longer waiting
                             pieces.append(text)
                             await writer.write(text)
                             log.scroll_end(animate=False)

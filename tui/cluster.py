@@ -1,4 +1,6 @@
-"""The cluster screen: workers and running models, refreshed about once a second."""
+"""The cluster screen: workers, running models and who is using them (tenants with
+requests running or waiting, and their tokens of the last ``RECENT`` seconds), refreshed
+about once a second."""
 
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ MODEL_COLUMNS = (
     "Req/s",
     "Tok/s",
 )
+TENANT_COLUMNS = ("Tenant", "Model", "Running", "Waiting", "Requests", "Tokens")
+RECENT = 300.0  # seconds of usage the tenants table sums
+SHARED = "(shared)"  # the tenant of requests without a key or a user field
 
 
 class ClusterScreen(Screen[None]):
@@ -64,6 +69,8 @@ class ClusterScreen(Screen[None]):
         yield DataTable(id="workers", cursor_type="row", zebra_stripes=True)
         yield Static("Models · t terminate · enter chat", classes="section")
         yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        yield Static(f"Tenants · now, and the last {RECENT / 60:.0f} minutes", classes="section")
+        yield DataTable(id="tenants", cursor_type="row", zebra_stripes=True)
         yield Static("", id="cluster-status")
         yield Footer()
 
@@ -75,6 +82,9 @@ class ClusterScreen(Screen[None]):
         models = self.query_one("#models", DataTable)
         for column in MODEL_COLUMNS:
             models.add_column(column, key=column)
+        tenants = self.query_one("#tenants", DataTable)
+        for column in TENANT_COLUMNS:
+            tenants.add_column(column, key=column)
         self.set_interval(1.0, self.action_refresh)
         self.action_refresh()
         models.focus()
@@ -110,6 +120,22 @@ class ClusterScreen(Screen[None]):
             self._rates[uid] = (now, model["served"], model["tokens"])
             rows[uid] = _model_row(model, names, rps, tps)
         _sync(model_table, rows)
+        await self._refresh_tenants()
+
+    async def _refresh_tenants(self) -> None:
+        """Who uses what; a key without the admin scope may not ask, which the table says."""
+        try:
+            usage = await self.client.usage(since=RECENT)
+        except ClientError as exc:
+            status = getattr(exc, "status_code", None)
+            usage = {"data": [], "active": []}
+            if status not in (401, 403):
+                self.notify(f"usage: {exc}", severity="warning", timeout=3)
+        try:
+            table = self.query_one("#tenants", DataTable)
+        except NoMatches:
+            return
+        _sync(table, _tenant_rows(usage))
 
     def selected_model(self) -> str | None:
         table = self.query_one("#models", DataTable)
@@ -191,6 +217,22 @@ def _model_row(m: dict[str, Any], hosts: dict[str, str], rps: float, tps: float)
         f"{rps:.1f}",
         f"{tps:.0f}",
     )
+
+
+def _tenant_rows(usage: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """One row per tenant and model active now or in the usage's window, busiest first."""
+    rows: dict[tuple[str, str], list[int]] = {}
+    for active in usage["active"]:
+        row = rows.setdefault((active["tenant"], active["model"]), [0, 0, 0, 0])
+        row[0], row[1] = active["running"], active["waiting"]
+    for used in usage["data"]:
+        row = rows.setdefault((used["tenant"], used["model"]), [0, 0, 0, 0])
+        row[2], row[3] = used["requests"], used["total_tokens"]
+    ordered = sorted(rows.items(), key=lambda item: (-item[1][0] - item[1][1], -item[1][3]))
+    return {
+        f"{tenant}\n{model}": (tenant or SHARED, model, *(str(n) for n in counts))
+        for (tenant, model), counts in ordered
+    }
 
 
 def _sync(table: DataTable[str], rows: dict[str, tuple[str, ...]]) -> None:

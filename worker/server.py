@@ -27,6 +27,7 @@ from xb.core import protocol as p
 from xb.core.engines import EngineError
 from xb.core.keys import PeerKeys
 from xb.core.lifetime import child_env
+from xb.core.modelfile import GPU_RUNTIME
 from xb.core.settings import HEARTBEAT_INTERVAL
 from xb.core.units import size_text
 from xb.worker.cores import default_budget, threads_per_replica, usable_cores
@@ -259,10 +260,11 @@ class Worker:
         memory = self.memory()
         gpu = message.spec.n_gpu_layers != 0 and memory.gpu_total > 0
         free = memory.gpu_free if gpu else memory.free
-        if message.need > free:
+        need = message.need + GPU_RUNTIME if gpu else message.need  # CUDA's own, on a GPU
+        if need > free:
             # The broker's view was a heartbeat old; this worker checks again.
             reason = (
-                f"model {message.spec.model_uid!r} needs {size_text(message.need)} and "
+                f"model {message.spec.model_uid!r} needs {size_text(need)} and "
                 f"worker {self.worker_id} has {size_text(free)} of "
                 f"{'GPU memory' if gpu else 'memory'} free"
             )

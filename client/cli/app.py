@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xb.client import calls
-from xb.client.cli import cache, keys, registry
+from xb.client.cli import cache, keys, registry, usage
 from xb.client.cli.shared import (
     API_KEY,
     AS_JSON,
@@ -26,6 +26,7 @@ from xb.client.cli.shared import (
     fail,
     print_json,
 )
+from xb.client.cli.waiting import WaitingLine
 from xb.client.client import Client
 from xb.client.errors import ClientError
 from xb.client.tables import table
@@ -211,11 +212,14 @@ def workers(
     if as_json:
         print_json(infos)
         return
+    # GPU memory is what a launch that offloads is placed by: shown once any worker has a GPU.
+    gpu = any(w["memory"]["gpu_total"] for w in infos)
     rows = [
         (
             w["worker_id"],
             w["host"],
             f"{size_text(w['memory']['free'])} of {size_text(w['memory']['total'])}",
+            *([_gpu_text(w["memory"])] if gpu else []),
             " ".join(f"{r['model_uid']} ({r['state']})" for r in w["replicas"]) or "-",
             str(w["queue_depth"]),
             str(w["in_flight"]),
@@ -224,8 +228,16 @@ def workers(
         for w in infos
     ]
     # One-word headers: rich will not fold a header to make room for a name.
-    headers = ("Worker", "Host", "Free", "Models", "Queued", "Running", "Heartbeat")
+    gpu_header = ["GPU"] if gpu else []
+    headers = ("Worker", "Host", "Free", *gpu_header, "Models", "Queued", "Running", "Heartbeat")
     console.print(table(headers, rows, whole=(0,), room=console.width), crop=False)
+
+
+def _gpu_text(memory: dict[str, int]) -> str:
+    """A worker's free GPU memory of its total, or "-" where it has no GPU."""
+    if not memory["gpu_total"]:
+        return "-"
+    return f"{size_text(memory['gpu_free'])} of {size_text(memory['gpu_total'])}"
 
 
 @app.command()
@@ -258,9 +270,12 @@ def chat(
                 if not text.strip():
                     break
             history.append({"role": "user", "content": text})
+            waiting = WaitingLine(err)
             try:
-                chunks = handle.chat(history, generate_config={**params, "stream": True})
-                answer = _print_stream(c["choices"][0]["delta"].get("content") for c in chunks)
+                config = {**params, "stream": True}
+                chunks = handle.chat(history, generate_config=config, on_queued=waiting.show)
+                pieces = (c["choices"][0]["delta"].get("content") for c in chunks)
+                answer = _print_stream(pieces, waiting)
             except ClientError as exc:
                 raise fail(exc) from exc
             history.append({"role": "assistant", "content": answer})
@@ -278,13 +293,18 @@ def _sampling(
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _print_stream(pieces: Iterable[str | None]) -> str:
-    """Print streamed text as it comes; the whole text."""
+def _print_stream(pieces: Iterable[str | None], waiting: WaitingLine) -> str:
+    """Print streamed text as it comes, once ``waiting`` has cleared the line that said
+    where the stream waited; the whole text."""
     text: list[str] = []
-    for piece in pieces:
-        if piece:
-            text.append(piece)
-            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    try:
+        for piece in pieces:
+            waiting.clear()
+            if piece:
+                text.append(piece)
+                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    finally:
+        waiting.clear()
     console.print()
     return "".join(text)
 
@@ -301,10 +321,12 @@ def generate(
 ) -> None:
     """Continue a prompt (a text completion), streaming the text."""
     config = {**_sampling(max_tokens, temperature, priority), "stream": True}
+    waiting = WaitingLine(err)
     with Client(endpoint, api_key) as client:
         try:
-            chunks = client.get_model(model_uid).generate(prompt, generate_config=config)
-            _print_stream(c["choices"][0]["text"] for c in chunks)
+            handle = client.get_model(model_uid)
+            chunks = handle.generate(prompt, generate_config=config, on_queued=waiting.show)
+            _print_stream((c["choices"][0]["text"] for c in chunks), waiting)
         except ClientError as exc:
             raise fail(exc) from exc
 
@@ -316,4 +338,5 @@ def build() -> typer.Typer:
     registry.install(app)
     cache.install(app)
     keys.install(app)
+    usage.install(app)
     return app

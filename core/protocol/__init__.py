@@ -14,8 +14,9 @@ Who sends what:
 * worker -> broker: READY, HEARTBEAT, MODEL_EVENT, PARTIAL, FINAL, ERROR, DISCONNECT
 * broker -> worker: REQUEST, CANCEL, LAUNCH, TERMINATE, HEARTBEAT, DISCONNECT
 * facade -> broker: SUBMIT, CANCEL, LAUNCH_MODEL, TERMINATE_MODEL, LIST_MODELS,
-  DESCRIBE_MODEL, CLUSTER_INFO, PING
-* broker -> facade: PARTIAL, FINAL, ERROR, MODEL_INFO, MODEL_LIST, CLUSTER, ACK, PONG
+  DESCRIBE_MODEL, CLUSTER_INFO, PING, USAGE_CALL
+* broker -> facade: PARTIAL, FINAL, ERROR, MODEL_INFO, MODEL_LIST, CLUSTER, ACK, PONG,
+  QUEUED (a waiting request's place in line, to a facade that asked for it), USAGE_REPORT
 * worker <-> its model processes: REQUEST, CANCEL, SHARE in; MODEL_EVENT, PARTIAL, FINAL,
   ERROR out
 
@@ -51,6 +52,7 @@ from xb.core.protocol.parts import (
     Priority,
     Progress,
     ProtocolError,
+    Quota,
     ReplicaStatus,
     Struct,
     Tenant,
@@ -150,9 +152,13 @@ class Final(Struct, frozen=True):
 
 
 class Error(Struct, frozen=True):
+    """``retry_after``: seconds until a retry may succeed (a quota's window), 0 when the
+    error does not say."""
+
     request_id: str
     code: ErrorCode
     message: str
+    retry_after: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 0
 
 
 # ---- facade <-> broker -----------------------------------------------------------------
@@ -174,6 +180,21 @@ class Submit(Struct, frozen=True):
     tenant: Tenant = ""
     priority: Priority = "interactive"
     weight: Weight = 1.0
+    # Whether the facade wants QUEUED messages while it waits (a stream shows them):
+    # older facades leave it False and are sent none.
+    positions: bool = False
+    # The tenant's quotas, from its API key (0: none), which the broker checks and counts
+    # (``broker/quotas.py``), so every facade in front of it shares the counts.
+    rpm: Quota = 0  # requests per minute
+    tokens_per_day: Quota = 0  # prompt and completion tokens per UTC day
+
+
+class Queued(Struct, frozen=True):
+    """A waiting request's place in line for a slot of its model: 1 is served next
+    (``broker/positions.py`` says when it is sent)."""
+
+    request_id: str
+    position: Annotated[int, msgspec.Meta(ge=1)]
 
 
 class LaunchModel(Struct, frozen=True):
@@ -243,6 +264,50 @@ class Pong(Struct, frozen=True):
     request_id: str = ""
     instance: str = ""  # new each time the broker starts: a facade sees a restart by it
     stats: BrokerStats | None = None
+
+
+class UsageCall(Struct, frozen=True):
+    """Usage by tenant and model between ``start`` and ``end`` (Unix seconds), from the
+    broker's minute buckets; ``lifetime``: since the broker started instead (``/metrics``)."""
+
+    request_id: str
+    start: float = 0.0
+    end: float = 0.0
+    lifetime: bool = False
+
+
+class UsageRow(Struct, frozen=True):
+    """What one tenant sent one model: requests ended with FINAL, their prompt tokens
+    (``cached``: reused from a prefix cache), completion tokens, preemptions, and the
+    time they waited for a slot (``waits``: counts per ``QUEUE_WAIT_BUCKETS`` bound)."""
+
+    tenant: str
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    preemptions: int = 0
+    queue_wait: float = 0.0  # seconds, summed over the requests
+    waits: list[int] = []
+
+
+class Activity(Struct, frozen=True):
+    """A tenant's requests of one model now: running on a replica, and waiting."""
+
+    tenant: str
+    model: str
+    running: int = 0
+    waiting: int = 0
+
+
+class UsageReport(Struct, frozen=True):
+    request_id: str
+    rows: list[UsageRow]
+    active: list[Activity] = []
+    start: float = 0.0
+    end: float = 0.0
+    truncated: bool = False  # more rows than MAX_USAGE_ROWS: the busiest are kept
 
 
 class ReplicaPlace(Struct, frozen=True):
@@ -361,6 +426,9 @@ Message = (
     | ListFamilies
     | Families
     | Share
+    | Queued
+    | UsageCall
+    | UsageReport
 )
 
 # One byte per command, in the order of the union above: the order is the wire format,

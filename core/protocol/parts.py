@@ -21,7 +21,9 @@ __all__ = [
     "MAX_REPLICAS",
     "MAX_REPLICAS_PER_WORKER",
     "MAX_THREADS",
+    "MAX_USAGE_ROWS",
     "PAGE_SIZE",
+    "QUEUE_WAIT_BUCKETS",
     "VERSION",
     "Bytes",
     "ChatMessage",
@@ -37,6 +39,7 @@ __all__ = [
     "Priority",
     "Progress",
     "ProtocolError",
+    "Quota",
     "ReplicaStatus",
     "Struct",
     "Tenant",
@@ -60,6 +63,9 @@ PAGE_SIZE = 100
 MAX_FAMILY_BYTES = 64 * 1024  # one registered family, as JSON: a page stays under 8 MiB
 MAX_FAMILIES = 1024
 MAX_THREADS = 4096  # CPU threads one worker shares among its models
+MAX_USAGE_ROWS = 1000  # (tenant, model) rows in one usage report, the busiest kept
+# Upper bounds (seconds) of the queue-wait histogram's buckets, the last one open.
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 
 
 # What a worker reports is checked as it is decoded: a frame outside these bounds is
@@ -82,6 +88,7 @@ class ErrorCode(enum.StrEnum):
     DUPLICATE_MODEL = "model_exists"
     NO_REPLICA = "no_ready_replica"
     QUEUE_FULL = "queue_full"
+    QUOTA_EXCEEDED = "rate_limit_exceeded"  # a tenant's requests per minute or tokens per day
     WORKER_LOST = "worker_lost"
     MODEL_FAILED = "model_failed"  # a model process failed a request it was serving
     LOAD_FAILED = "load_failed"  # a launched or added replica could not load its model
@@ -97,6 +104,7 @@ Kind = Literal["chat", "completion", "embedding"]
 Priority = Literal["interactive", "batch"]
 Tenant = Annotated[str, msgspec.Meta(max_length=128)]  # "": the one shared tenant
 Weight = Annotated[float, msgspec.Meta(gt=0, le=1000)]
+Quota = Annotated[int, msgspec.Meta(ge=0, le=1 << 50)]  # 0: no quota
 # What each request kind needs a model to be able to do.
 ABILITY = {"chat": "chat", "completion": "generate", "embedding": "embed"}
 

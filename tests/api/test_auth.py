@@ -155,6 +155,7 @@ ADMIN_CALLS = [
     ("DELETE", "/v1/model_registrations/LLM/tiny-chat", None),
     ("GET", "/v1/engines/tiny", None),
     ("GET", "/metrics", None),
+    ("GET", "/v1/usage", None),
 ]
 
 
@@ -345,11 +346,16 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.unit
 def test_keys_file_format(tmp_path: Path) -> None:
     text = f"{INFERENCE_KEY} inference alice weight=3\n\n{ADMIN_KEY} admin,inference\n"
-    keys = parse_keys_file(text + f"{FULL_KEY} inference eval priority=batch\n", "f")
+    last = f"{FULL_KEY} inference eval priority=batch rpm=20 tokens_per_day=100000\n"
+    keys = parse_keys_file(text + last, "f")
     assert keys == [
         (INFERENCE_KEY, frozenset({"inference"}), auth.Tenant("alice", 3.0)),
         (ADMIN_KEY, frozenset({"inference", "admin"}), auth.Tenant("key-3")),
-        (FULL_KEY, frozenset({"inference"}), auth.Tenant("eval", priority="batch")),
+        (
+            FULL_KEY,
+            frozenset({"inference"}),
+            auth.Tenant("eval", priority="batch", rpm=20, tokens_per_day=100_000),
+        ),
     ]
     for bad in [
         f"{ADMIN_KEY}",
@@ -357,6 +363,10 @@ def test_keys_file_format(tmp_path: Path) -> None:
         f"{ADMIN_KEY} admin alice weight=0",
         f"{ADMIN_KEY} admin alice priority=urgent",
         f"{ADMIN_KEY} admin alice colour=red",
+        f"{ADMIN_KEY} admin alice rpm=-1",
+        f"{ADMIN_KEY} admin alice rpm=1.5",
+        f"{ADMIN_KEY} admin alice tokens_per_day=lots",
+        f"{ADMIN_KEY} admin alice tokens_per_day={10**13}",
         "s3cret-short admin",
         f"{ADMIN_KEY} ,",
     ]:

@@ -233,6 +233,7 @@ def test_a_stream_whose_client_stops_reading_is_cancelled(slow: Stack) -> None:
         # ended by themselves, their slots would have been free before this line.
         log = slow.broker_log.read_text()
         assert log.count("a stream's client read nothing for 1 s") == 1, log[-2000:]
+        assert "the stream was cancelled (model 'endless', tenant '')" in log  # who, no key
         grown = facade.memory_info().rss - before
         assert grown < 6 << 20, f"the facade grew by {grown / 2**20:.1f} MiB"
     finally:

@@ -22,7 +22,7 @@ SPEC = p.ModelSpec("n", DEMO_MODEL_NAME)
 
 
 def submit(rid: str, uid: str = "m", kind: p.Kind = "chat") -> p.Submit:
-    return p.Submit(rid, uid, kind, p.GenerateParams(messages=[]))
+    return p.Submit(rid, uid, kind, p.GenerateParams(messages=[]), tenant="t", rpm=3)
 
 
 @pytest.fixture
@@ -81,6 +81,10 @@ ROWS: list[Row] = [
      [(FACADE, "Error", E.UNKNOWN_MODEL)]),
     ("CLUSTER_INFO", FACADE, p.ClusterInfo("q"), [(FACADE, "Cluster", "q")]),
     ("PING", FACADE, p.Ping("q"), [(FACADE, "Pong", "q")]),
+    ("USAGE_CALL", FACADE, p.UsageCall("q", 0, 1e10), [(FACADE, "UsageReport", "q")]),
+    ("SUBMIT over its tenant's requests per minute", FACADE,
+     p.Submit("r", "m", "chat", p.GenerateParams(messages=[]), tenant="t", rpm=1),
+     [(FACADE, "Error", E.QUOTA_EXCEEDED)]),  # "busy" and "queued" were t's: 2, of 3 then 1
     ("LIST_FAMILIES", FACADE, p.ListFamilies("q"), [(FACADE, "Families", "q")]),
     ("REGISTER_FAMILY unreadable", FACADE, p.RegisterFamily("q", b"{"),
      [(FACADE, "Error", E.INVALID_REQUEST)]),

@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 
 from xb.broker.affinity import Affinity
-from xb.broker.placement import PlacementError, place
+from xb.broker.placement import PlacementError, place, replica_need
 from xb.broker.routing import LeastLoaded
 from xb.broker.table import Replica, WorkerEntry
 from xb.core import protocol as p
+from xb.core.modelfile import GPU_RUNTIME
 
 pytestmark = pytest.mark.unit
 GIB = 1024**3
@@ -110,3 +111,21 @@ def test_offloading_models_are_placed_by_gpu_memory() -> None:
     assert place([cpu_only], 10 * GIB, 1, {}, gpu=True) == [cpu_only]
     with pytest.raises(PlacementError, match=r"largest free worker has 40\.00 GiB"):
         place([roomy_ram, roomy_gpu], 50 * GIB, 1, {}, gpu=True)
+
+
+def test_a_gpu_must_also_hold_the_cuda_runtime_of_each_replica() -> None:
+    """A model process that offloads holds a CUDA context beside its buffers (about 0.6 GiB
+    on an H200): a GPU with room for the estimate alone is not enough."""
+    need = 10 * GIB
+    tight = gpu_worker("tight", 60, need / GIB)
+    with pytest.raises(PlacementError, match=rf"needs {(need + GPU_RUNTIME) / GIB:.2f} GiB"):
+        place([tight], need, 1, {}, gpu=True)
+    assert place([tight], need, 1, {}, gpu=False) == [tight]  # on the CPU: RAM, no CUDA
+    exact = p.Memory(64 * GIB, 60 * GIB, 80 * GIB, need + GPU_RUNTIME)
+    roomy = WorkerEntry(b"roomy", "roomy", "host", 1, exact, 1, 0.0)
+    assert place([tight, roomy], need, 1, {}, gpu=True) == [roomy]
+    # Two replicas on one GPU take two runtimes.
+    with pytest.raises(PlacementError):
+        place([gpu_worker("two", 60, 2 * need / GIB + 1)], need, 2, {}, gpu=True)
+    assert replica_need(roomy, need, gpu=True) == need + GPU_RUNTIME
+    assert replica_need(worker("cpu", 30), need, gpu=True) == need  # no GPU to hold it

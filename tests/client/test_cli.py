@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import pytest
 import zmq
 
 from tests.stack import Stack, free_port, kill_tree, wait_until
+from xb.core import protocol as p
 from xb.core.settings import MAX_TOKENS_HELP
+from xb.core.units import GIB
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +50,9 @@ def test_launch_list_chat_workers_terminate(module_stack: Stack, tiny_model: Pat
 
     workers = json.loads(xb(module_stack, "workers", "--json").stdout)
     assert len(workers) == 1 and workers[0]["replicas"][0]["model_uid"] == "cli"
-    assert "cli (ready)" in xb(module_stack, "workers").stdout
+    shown = xb(module_stack, "workers").stdout
+    assert "cli (ready)" in shown
+    assert workers[0]["memory"]["gpu_total"] or "GPU" not in shown.split()  # none: no column
 
     one_shot = xb(module_stack, "chat", "cli", "-m", "hello", "--max-tokens", "8")
     assert one_shot.returncode == 0, one_shot.stderr
@@ -157,7 +162,10 @@ def test_one_command_serves_the_demo_model(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{api}"
 
         def demo_ready() -> bool:
-            models = httpx.get(url + "/v1/models", timeout=2).json()["data"]
+            response = httpx.get(url + "/v1/models", timeout=2)
+            if response.status_code == 503:  # its broker thread has not answered yet
+                return False
+            models = response.json()["data"]
             return any(
                 m["id"] == "xb-demo" and m["replicas"][0]["state"] == "ready" for m in models
             )
@@ -204,3 +212,34 @@ def test_a_key_that_begins_with_a_dash_is_allowed(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
     allowed = sorted(p.read_text().strip() for p in (tmp_path / "keys" / "allowed").iterdir())
     assert all(public in text for text in allowed) and len(allowed) == 2
+
+
+def test_workers_shows_gpu_memory_once_a_worker_has_a_gpu(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """A launch that offloads is placed by free GPU memory, so the table shows it. The
+    workers here are peers speaking the protocol: this machine need not have a GPU."""
+    stack = make_stack(0)
+    ctx = zmq.Context()
+    gpu_box, cpu_box = stack.peer(ctx), stack.peer(ctx)
+    try:
+        gpu_memory = p.Memory(64 * GIB, 60 * GIB, gpu_total=80 * GIB, gpu_free=40 * GIB)
+        gpu_box.send_multipart(p.encode(p.Ready("gpu-box", "h1", 1, gpu_memory, 1)))
+        cpu_box.send_multipart(p.encode(p.Ready("cpu-box", "h2", 2, p.Memory(8 * GIB, GIB), 1)))
+
+        def both() -> str:
+            for sock in (gpu_box, cpu_box):  # alive: a worker silent for 3 s is dropped
+                sock.send_multipart(p.encode(p.Heartbeat()))
+            shown = xb(stack, "workers")
+            return shown.stdout if "gpu-box" in shown.stdout and "cpu-box" in shown.stdout else ""
+
+        rows = {line.split()[0]: line.split() for line in wait_until(both).splitlines() if line}
+        assert "GPU" in rows["Worker"]
+        # worker, host, RAM free of total, GPU free of total, models
+        gpu_row = "gpu-box h1 60.00 GiB of 64.00 GiB 40.00 GiB of 80.00 GiB -"
+        assert " ".join(rows["gpu-box"]).startswith(gpu_row)
+        assert " ".join(rows["cpu-box"]).startswith("cpu-box h2 1.00 GiB of 8.00 GiB - -")
+    finally:
+        for sock in (gpu_box, cpu_box):
+            sock.close(0)
+        ctx.term()

@@ -101,3 +101,27 @@ def test_a_broker_key_that_is_not_a_key_is_an_error_not_a_wait(tmp_path: Path) -
     )
     assert done.returncode == 2
     assert "broker.key is not a key file; restart the broker" in done.stderr
+
+
+def test_a_facade_is_healthy_only_once_its_broker_has_answered(tmp_path: Path) -> None:
+    stack = Stack(home=tmp_path / "home")
+    try:
+        stack.start()  # makes the keys; then the broker goes away
+        assert stack.broker is not None
+        stack.broker.kill()
+        stack.broker.wait(timeout=10)
+        _, facade_url = stack.start_facade()
+
+        def health() -> httpx.Response | None:
+            try:
+                return httpx.get(facade_url + "/health", timeout=2)
+            except httpx.ConnectError:
+                return None
+
+        first = wait_until(health, timeout=30)
+        assert first.status_code == 503, first.text
+        assert "has not answered yet" in first.json()["error"]["message"]
+        stack.start()  # the broker again, on the same port
+        wait_until(lambda: httpx.get(facade_url + "/health", timeout=2).status_code == 200)
+    finally:
+        stack.stop()

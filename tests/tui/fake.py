@@ -89,6 +89,17 @@ FAMILIES = [
     },
 ]
 
+USAGE = {
+    "data": [
+        {"tenant": "alice", "model": "qwen2.5-instruct", "requests": 14, "total_tokens": 5210},
+        {"tenant": "eval", "model": "llama-3.2-instruct", "requests": 40, "total_tokens": 12800},
+    ],
+    "active": [
+        {"tenant": "eval", "model": "llama-3.2-instruct", "running": 1, "waiting": 2},
+        {"tenant": "alice", "model": "qwen2.5-instruct", "running": 1, "waiting": 0},
+    ],
+}
+
 ANSWERS = {
     "qwen2.5-instruct": "The **sea** is wide and deep.\n\n- waves\n- tides",
     "llama-3.2-instruct": "Oceans cover *most* of the planet.",
@@ -109,6 +120,9 @@ class FakeClient:
 
     async def list_models(self) -> dict[str, dict[str, Any]]:
         return MODELS
+
+    async def usage(self, since: float | None = None) -> dict[str, Any]:
+        return USAGE
 
     async def list_model_registrations(self, model_type: str = "LLM") -> list[dict[str, Any]]:
         return FAMILIES if model_type == "LLM" else []

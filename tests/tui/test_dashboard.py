@@ -57,6 +57,23 @@ async def test_cluster_shows_workers_and_models(stack: Stack) -> None:
         assert table.get_cell("tiny", "Replicas") == "1/1"
 
 
+async def test_cluster_shows_who_uses_what(stack: Stack) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        "user": "erin",
+    }
+    reply = httpx.post(f"{stack.url}/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    tokens = reply.json()["usage"]["total_tokens"]
+    app = XbApp(stack.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "erin\ntiny" in rows(app, "#tenants"))
+        table = app.cluster.query_one("#tenants", DataTable)
+        assert table.get_row("erin\ntiny") == ["erin", "tiny", "0", "0", "1", str(tokens)]
+
+
 async def test_launch_from_the_dashboard(stack: Stack, tiny_model: Path) -> None:
     app = XbApp(stack.url)
     async with app.run_test(size=SIZE) as pilot:
@@ -136,6 +153,31 @@ async def test_escape_stops_generation(stack: Stack) -> None:
             return stack.in_flight() == 0
 
         await wait_for(pilot, idle, timeout=3)  # the worker stopped generating
+
+
+async def test_a_pane_that_waits_shows_its_place_in_line(stack: Stack, endless_model: Path) -> None:
+    # One slot: the first pane's answer holds it, the second's waits.
+    body = {"model_path": str(endless_model), "n_ctx": 4096, "n_parallel": 1}
+    stack.launch(model_name="endless", model_uid="one-slot", **body)
+    app = XbApp(stack.url)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("a")
+            await wait_for(pilot, lambda: "one-slot" in app.arena.models)
+            holder, waiting = app.arena.panes
+            for pane, tokens in ((holder, "4000"), (waiting, "12")):
+                pane.choose("one-slot")
+                pane.query_one(".max-tokens", Input).value = tokens
+            holder.send("go on forever")
+            await wait_for(pilot, lambda: any(m.source for m in holder.query(Markdown)))
+            waiting.send("and you?")
+            stats = waiting.query_one(".stats", Static)
+            await wait_for(pilot, lambda: "waiting (1st in line)" in str(stats.render()))
+            holder.stop()  # its slot frees: the waiting pane's answer comes
+            await wait_for(pilot, lambda: answered(waiting))
+            assert "12 tokens" in str(stats.render())
+    finally:
+        assert httpx.delete(f"{stack.url}/v1/models/one-slot", timeout=30).status_code == 200
 
 
 async def test_terminate_from_the_cluster_screen(stack: Stack, tiny_model: Path) -> None:

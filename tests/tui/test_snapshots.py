@@ -34,7 +34,8 @@ async def settle(pilot: Pilot[Any], check: Any) -> None:
 def test_cluster_screen(snap_compare: Any) -> None:
     async def ready(pilot: Pilot[Any]) -> None:
         table = pilot.app.screen.query_one("#models", DataTable)
-        await settle(pilot, lambda: table.row_count == 2)
+        tenants = pilot.app.screen.query_one("#tenants", DataTable)
+        await settle(pilot, lambda: table.row_count == 2 and tenants.row_count == 2)
 
     assert snap_compare(app(), terminal_size=SIZE, run_before=ready)
 
