@@ -17,6 +17,9 @@ Requests are ``interactive`` or ``batch``. Waiting interactive requests join bef
 batch one; one that finds every slot busy while a batch sequence runs preempts it: the
 batch sequence's cells are parked (``parking.py``), it waits ahead of the other batch
 requests, and resumes from those cells where it stopped when a slot frees.
+
+A generating sequence's row may carry a draft after its next token (speculative decoding,
+``speculative.py``): the tokens the model agrees with are kept, the rest of the cells cut.
 """
 
 from __future__ import annotations
