@@ -71,6 +71,7 @@ def _sampling(body: SamplingParams) -> dict[str, Any]:
         "logit_bias": _logit_bias(body.logit_bias),
         "stop": body.stop_list(),
         "seed": body.seed,
+        "speculative": body.speculative,
     }
 
 
@@ -171,7 +172,8 @@ def embedding_inputs(body: EmbeddingRequest) -> list[str]:
 
 def usage(finals: list[p.Final], prompt_counted: list[bool] | None = None) -> dict[str, Any]:
     """Usage over choices; ``prompt_counted`` says whose prompt tokens count (n > 1 shares).
-    ``cached_tokens``: prompt tokens a replica's prefix cache saved computing."""
+    ``cached_tokens``: prompt tokens a replica's prefix cache saved computing; accepted and
+    rejected prediction tokens: what speculative decoding drafted."""
     counted = [f for f, c in zip(finals, prompt_counted or [True] * len(finals), strict=True) if c]
     prompt = sum(f.usage.prompt_tokens for f in counted)
     completion = sum(f.usage.completion_tokens for f in finals)
@@ -180,6 +182,10 @@ def usage(finals: list[p.Final], prompt_counted: list[bool] | None = None) -> di
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": sum(f.usage.cached_tokens for f in counted)},
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": sum(f.usage.accepted_prediction_tokens for f in finals),
+            "rejected_prediction_tokens": sum(f.usage.rejected_prediction_tokens for f in finals),
+        },
     }
 
 

@@ -89,7 +89,25 @@ def _with_slots(body: LaunchRequest, kind: EngineKind, spec: p.ModelSpec) -> p.M
         raise APIError(400, f"n_parallel must be 1 for this model: {why}", param="n_parallel")
     n_parallel = body.n_parallel or (DEFAULT_PARALLEL if batched else 1)
     cache = -1 if body.prefix_cache_tokens is None else body.prefix_cache_tokens
-    return msgspec.structs.replace(spec, n_parallel=n_parallel, prefix_cache_tokens=cache)
+    spec = msgspec.structs.replace(spec, n_parallel=n_parallel, prefix_cache_tokens=cache)
+    return _with_drafts(body, spec)
+
+
+def _with_drafts(body: LaunchRequest, spec: p.ModelSpec) -> p.ModelSpec:
+    """Speculative decoding's settings: n-gram drafts unless the launch says otherwise."""
+    if body.speculative == "draft" or body.draft_model is not None:
+        param = "draft_model" if body.draft_model is not None else "speculative"
+        raise APIError(
+            400,
+            "drafting with a draft model is not available yet; launch with speculative "
+            "'ngram' (drafts looked up in each sequence's own text) or 'off'",
+            param=param,
+        )
+    return msgspec.structs.replace(
+        spec,
+        speculative=body.speculative or spec.speculative,
+        draft_tokens=body.draft_tokens or spec.draft_tokens,
+    )
 
 
 def _from_registry(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -154,6 +154,25 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self._drafted = Counter(
+            "xb_draft_tokens",
+            "Tokens drafted by speculative decoding and checked by the model",
+            ["model"],
+            registry=self.registry,
+        )
+        self._accepted = Counter(
+            "xb_draft_tokens_accepted",
+            "Drafted tokens the model agreed with (each one a decoding step saved)",
+            ["model"],
+            registry=self.registry,
+        )
+        self._acceptance = Gauge(
+            "xb_draft_acceptance_rate",
+            "Drafted tokens accepted, over those drafted, since the facade started",
+            ["model"],
+            registry=self.registry,
+        )
+        self._draft_counts: dict[str, tuple[int, int]] = {}  # per model: drafted, accepted
         self.cluster: _ClusterCollector = _ClusterCollector()
         self.registry.register(self.cluster)
 
@@ -174,6 +193,17 @@ class Metrics:
         self._reused.labels(model).inc(cached)
         self._computed.labels(model).inc(prompt - cached)
         self._generated.labels(model).inc(generated)
+
+    def drafts(self, model: str, accepted: int, rejected: int) -> None:
+        """What speculative decoding drafted for one answer."""
+        if not accepted + rejected:
+            return
+        self._drafted.labels(model).inc(accepted + rejected)
+        self._accepted.labels(model).inc(accepted)
+        drafted, kept = self._draft_counts.get(model, (0, 0))
+        drafted, kept = drafted + accepted + rejected, kept + accepted
+        self._draft_counts[model] = drafted, kept
+        self._acceptance.labels(model).set(kept / drafted)
 
     def render(
         self,

@@ -18,11 +18,21 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = Field(description="prompt tokens taken from a replica's prefix cache")
 
 
+class CompletionTokensDetails(BaseModel):
+    accepted_prediction_tokens: int = Field(
+        description="tokens drafted by speculative decoding that the model agreed with"
+    )
+    rejected_prediction_tokens: int = Field(
+        description="tokens drafted by speculative decoding, checked and thrown away"
+    )
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
 
 
 class TopLogprob(BaseModel):

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from xb.api.body import strict_json
 
+MAX_DRAFT_TOKENS = 32  # the longest speculative draft a launch may ask for
+
 
 class _Body(BaseModel):
     # Unknown fields are kept so the facade can log them; they are otherwise ignored.
@@ -129,6 +131,8 @@ class SamplingParams(_Body):
     user: str | None = None  # without API keys, the tenant the broker takes turns between
     # interactive (the default) before any batch request; a key may set another default
     priority: Literal["interactive", "batch"] | None = None
+    # false: no speculative drafts for this request, whatever the model was launched with
+    speculative: bool = True
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -191,6 +195,9 @@ class LaunchRequest(_Body):
     wait_ready: bool = True
     n_parallel: int | None = Field(None, ge=1, le=64)
     prefix_cache_tokens: int | None = Field(None, ge=0)
+    speculative: Literal["ngram", "draft", "off"] | None = None
+    draft_tokens: int | None = Field(None, ge=1, le=MAX_DRAFT_TOKENS)
+    draft_model: str | None = Field(None, min_length=1, max_length=4096)
 
 
 class ScaleRequest(BaseModel):

@@ -94,6 +94,8 @@ class Generation:
             usage = choice.final.usage
             tokens = usage.completion_tokens
             self.metrics.tokens(self.model, usage.prompt_tokens, tokens, usage.cached_tokens)
+            accepted, rejected = usage.accepted_prediction_tokens, usage.rejected_prediction_tokens
+            self.metrics.drafts(self.model, accepted, rejected)
             self.metrics.ttft(self.model, choice.first_at - self.started)
             if tokens > 1:
                 per_token = (time.perf_counter() - choice.first_at) / (tokens - 1)

@@ -17,6 +17,7 @@ import numpy as np
 from xb.core.protocol import TokenLogprob, TopLogprob
 from xb.worker.backend import Piece
 from xb.worker.llama_model import LlamaModel
+from xb.worker.llama_sampling import Sampler
 
 SCORE_CHUNK = 64
 
@@ -60,3 +61,27 @@ def scored_piece(
         best = best[np.argsort(-logprobs[best])]
         top = [TopLogprob(model.token_text(int(i)), float(logprobs[i])) for i in best]
     return Piece(text, TokenLogprob(text, float(logprobs[token]), top))
+
+
+def scored_pieces(
+    model: LlamaModel,
+    sampler: Sampler,
+    ctx: Any,
+    echo: Echo,
+    prompt: list[int],
+    read: range,
+    first_row: int,
+) -> list[Piece]:
+    """Pieces of the prompt tokens a decoded row scores: it held prompt positions ``read``,
+    at batch rows from ``first_row`` on; each position's logits score the next one."""
+    pieces = []
+    if read.start == 0 and (piece := first_piece(echo)) is not None:
+        pieces.append(piece)
+    for offset, position in enumerate(range(read.start + 1, read.stop + 1)):
+        if position >= len(prompt):
+            break  # the last prompt token's logits give the first generated token
+        logprobs = sampler.log_softmax(ctx, first_row + offset)
+        piece = scored_piece(model, echo, logprobs, prompt[position], position)
+        if piece is not None:
+            pieces.append(piece)
+    return pieces

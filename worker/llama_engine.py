@@ -17,6 +17,9 @@ Requests are ``interactive`` or ``batch``. Waiting interactive requests join bef
 batch one; one that finds every slot busy while a batch sequence runs preempts it: the
 batch sequence's cells are parked (``parking.py``), it waits ahead of the other batch
 requests, and resumes from those cells where it stopped when a slot frees.
+
+A generating sequence's row may carry a draft after its next token (speculative decoding,
+``speculative.py``): the tokens the model agrees with are kept, the rest of the cells cut.
 """
 
 from __future__ import annotations
@@ -26,20 +29,21 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from xb.core.protocol import GenerateParams, ModelSpec, Priority, Usage
+from xb.core.protocol import GenerateParams, ModelSpec, Priority
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.engine import Engine, Event, Failed, SequentialEngine
-from xb.worker.llama_echo import SCORE_CHUNK, Echo, first_piece, prompt_texts, scored_piece
+from xb.worker.llama_echo import SCORE_CHUNK, Echo, prompt_texts, scored_pieces
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
-from xb.worker.parking import CellBytes, park, restore
+from xb.worker.parking import park, restore
 from xb.worker.prefix_cache import STASH_MIN, PrefixCache, Transcript
+from xb.worker.sequence import Row, Sequence, draft
+from xb.worker.speculative import Drafter, Speculation, verify
 from xb.worker.threads import ThreadTuner
 
 log = logging.getLogger("xb.model")
@@ -51,45 +55,14 @@ log = logging.getLogger("xb.model")
 PREFILL_CHUNK = int(os.environ.get("XB_PREFILL_CHUNK", "128"))
 
 
-@dataclass(eq=False)
-class Row:
-    """What one sequence feeds a step: tokens, and which of their logits are wanted."""
-
-    sequence: Sequence
-    tokens: list[int]
-    sample: bool  # the last token's logits give the next token
-    score: bool = False  # every token's logits score the prompt
-
-
-@dataclass(eq=False)
-class Sequence:
-    request_id: str
-    prompt: list[int]
-    limit: int  # tokens it may generate
-    sampler: Sampler
-    answer: Answer
-    top_logprobs: int | None  # None: no logprobs
-    seq_id: int = -1
-    kv: list[int] = field(default_factory=list)  # tokens whose cells are in the cache
-    cached: int = 0  # prompt tokens found in the prefix cache
-    produced: int = 0
-    next_token: int | None = None  # sampled, decoded in the next step
-    echo: Echo | None = None  # its prompt is scored, token by token
-    text: str | None = None  # a chat's prompt as the template rendered it
-    closing: bool = False  # answered; its last token is decoded so that its cells hold all
-    priority: Priority = "interactive"
-    parked: CellBytes | None = None  # its cells while it is preempted
-    preemptions: int = 0
-
-    @property
-    def usage(self) -> Usage:
-        n = len(self.prompt)
-        return Usage(n, self.produced, n + self.produced, cached_tokens=self.cached)
-
-
 class BatchEngine(Engine):
     def __init__(
-        self, model: LlamaModel, n_ctx: int, n_parallel: int, cache_tokens: int = -1
+        self,
+        model: LlamaModel,
+        n_ctx: int,
+        n_parallel: int,
+        cache_tokens: int = -1,
+        drafter: Drafter | None = None,
     ) -> None:
         import llama_cpp
 
@@ -116,6 +89,12 @@ class BatchEngine(Engine):
         self._early: list[Event] = []  # answers that need no decoding
         self._transcripts: dict[int, Transcript] = {}  # the chats idle slots' cells hold
         self._tuner = ThreadTuner(model.threads if model.tuned else 1, self._set_threads)
+        # Drafts are rolled back by cutting cells: a recurrent state cannot be cut.
+        native = model.llm._model.model
+        whole = llama_cpp.llama_model_is_recurrent(native) or llama_cpp.llama_model_is_hybrid(
+            native
+        )
+        self._drafter = None if whole else drafter
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -156,6 +135,9 @@ class BatchEngine(Engine):
             echo=echo,
             text=text,
             priority=priority,
+            speculation=Speculation()
+            if self._drafter and params.speculative and not echo
+            else None,
         )
         self._requests[request_id] = sequence
         if params.echo and echo is None:
@@ -364,15 +346,46 @@ class BatchEngine(Engine):
         sequence.kv += row.tokens
         sequence.next_token = None
         if row.score:
-            self._score(row, start, index, events)
+            assert sequence.echo is not None
+            read, echo = range(start, start + len(row.tokens)), sequence.echo
+            pieces = scored_pieces(
+                self._model, sequence.sampler, self._ctx, echo, sequence.prompt, read, index
+            )
+            events += [(sequence.request_id, piece) for piece in pieces]
         if sequence.closing:
             self._leave(sequence)
         if not row.sample:
             return
         if sequence.produced >= sequence.limit:  # max_tokens 0: the prompt was scored
             self._finish(sequence, "length", events)
+        elif row.drafts:
+            self._verify(row, start, index, events)
         else:
             self._sample(sequence, index + len(row.tokens) - 1, events)
+
+    def _verify(self, row: Row, start: int, index: int, events: list[Event]) -> None:
+        """A drafted row: the model's own token at each position, the draft's cells kept
+        as far as it agreed with them, and the rest rolled back."""
+        sequence, draft = row.sequence, row.drafts
+        assert sequence.speculation is not None
+        sampler, room = sequence.sampler, sequence.limit - sequence.produced
+        chosen = verify(
+            lambda i: sampler.sample(self._ctx, index + i), draft, self._model.ends_turn, room
+        )
+        agreed = sum(1 for a, b in zip(chosen, draft, strict=False) if a == b)
+        sequence.speculation.record(len(draft), agreed)
+        self._cut(sequence, start + 1 + agreed)
+        for i, token in enumerate(chosen):
+            if not self._take(
+                sequence, token, index + i, events, start + 1 + i if i < agreed else None
+            ):
+                return
+
+    def _cut(self, sequence: Sequence, cell: int | None) -> None:
+        """Roll a sequence's cells back to the first ``cell`` (None: nothing to roll back)."""
+        if cell is not None and cell < len(sequence.kv):
+            del sequence.kv[cell:]
+            self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, cell, -1)
 
     def _abandon(self, sequence: Sequence, events: list[Event], reason: str) -> None:
         """End a running sequence with an error, leaving nothing of it behind."""
@@ -385,28 +398,14 @@ class BatchEngine(Engine):
         self._drop(sequence)
         sequence.sampler.close()
 
-    def _score(self, row: Row, start: int, index: int, events: list[Event]) -> None:
-        """Pieces of the prompt tokens this row's logits score (the position after each)."""
-        sequence = row.sequence
-        assert sequence.echo is not None
-        if start == 0 and (piece := first_piece(sequence.echo)) is not None:
-            events.append((sequence.request_id, piece))
-        for offset in range(len(row.tokens)):
-            position = start + offset + 1
-            if position >= len(sequence.prompt):
-                break  # the last prompt token's logits give the first generated token
-            logprobs = sequence.sampler.log_softmax(self._ctx, index + offset)
-            token = sequence.prompt[position]
-            piece = scored_piece(self._model, sequence.echo, logprobs, token, position)
-            if piece is not None:
-                events.append((sequence.request_id, piece))
-
     def _plan(self) -> list[Row]:
         """This step's rows: the next token of each generating sequence, then prompt chunks."""
         rows = [
             Row(s, [s.next_token], not s.closing) for s in self._running if s.next_token is not None
         ]
-        budget = self._model.n_batch - len(rows)
+        if self._drafter is not None:
+            draft(rows, self._drafter, self._model.n_batch)
+        budget = self._model.n_batch - sum(len(row.tokens) for row in rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)
         for sequence in self._running:
@@ -436,12 +435,15 @@ class BatchEngine(Engine):
                 seq_ids[i][0] = seq_id
             n += count
             if row.sample:
-                self._logits[n - 1] = 1
+                self._logits[n - 1 - len(row.drafts) : n] = 1
         self._batch.n_tokens = n
         self._tuner.before(n)
         started = time.perf_counter()
         code = int(self._llama.llama_decode(self._ctx, self._batch))
-        self._tuner.after(n, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._tuner.after(n, seconds)
+        if self._drafter is not None and all(r.sequence.next_token is not None for r in rows):
+            self._drafter.clock.record(n, seconds)  # a step of generating rows alone
         return code
 
     def _fail_all(self, events: list[Event], reason: str) -> None:
@@ -450,25 +452,32 @@ class BatchEngine(Engine):
             self._abandon(sequence, events, reason)
 
     def _sample(self, sequence: Sequence, row: int, events: list[Event]) -> None:
-        sampler = sequence.sampler
-        wants_logprobs = sequence.top_logprobs is not None
-        logprobs = sampler.log_softmax(self._ctx, row) if wants_logprobs else None
-        token = sampler.sample(self._ctx, row)
+        self._take(sequence, sequence.sampler.sample(self._ctx, row), row, events)
+
+    def _take(
+        self, sequence: Sequence, token: int, row: int, events: list[Event], cell: int | None = None
+    ) -> bool:
+        """A token sampled from batch row ``row``: sent, and decoded at the next step, or
+        already in ``cell`` (a draft that came true). False when it ends the answer."""
         if self._model.ends_turn(token):
+            self._cut(sequence, cell)
             self._finish(sequence, "stop", events)
-            return
+            return False
         sequence.produced += 1
         text = sequence.answer.feed(self._model.piece(token))
         logprob = None
-        if logprobs is not None:
-            logprob = sampler.logprob(logprobs, token, sequence.top_logprobs or 0)
+        if sequence.top_logprobs is not None:
+            logprobs = sequence.sampler.log_softmax(self._ctx, row)
+            logprob = sequence.sampler.logprob(logprobs, token, sequence.top_logprobs)
         events.append((sequence.request_id, Piece(text, logprob)))
         if sequence.answer.stopped:
+            self._cut(sequence, cell)
             self._finish(sequence, "stop", events)
         elif sequence.produced >= sequence.limit:
-            self._finish(sequence, "length", events, last=token)
-        else:
+            self._finish(sequence, "length", events, last=token if cell is None else None)
+        elif cell is None:
             sequence.next_token = token
+        return not sequence.answer.stopped and sequence.produced < sequence.limit
 
     def _finish(
         self, sequence: Sequence, reason: str, events: list[Event], last: int | None = None
@@ -502,4 +511,5 @@ def start(path: Path, spec: ModelSpec, threads: int) -> Engine:
 
         return SequentialEngine(LlamaEmbedder(path, spec, threads))
     model = LlamaModel(path, spec, threads)
-    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens)
+    drafter = Drafter(spec.draft_tokens) if spec.speculative == "ngram" else None
+    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens, drafter)

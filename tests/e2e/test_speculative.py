@@ -1,0 +1,76 @@
+"""Speculative decoding through the API: drafts counted in each answer's usage and in the
+metrics, the same greedy text with drafts and without, and the controls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def metric(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_drafts_are_counted_per_answer_and_per_model_and_change_no_greedy_text(
+    make_stack: Callable[..., Stack], tiny_model: Path
+) -> None:
+    stack = make_stack(1)
+    stack.launch(model_name="on", model_path=str(tiny_model), n_ctx=1024)
+    stack.launch(model_name="off", model_path=str(tiny_model), n_ctx=1024, speculative="off")
+    client = stack.openai_client()
+    accepted = rejected = 0
+    for words in ("the sea", "once upon a time", "ba ce di"):
+        texts = {}
+        for model in ("on", "off"):
+            reply = client.completions.create(
+                model=model, prompt=words, max_tokens=300, temperature=0
+            )
+            texts[model] = reply.choices[0].text
+            assert reply.usage is not None and reply.usage.completion_tokens_details is not None
+            details = reply.usage.completion_tokens_details
+            if model == "on":
+                accepted += details.accepted_prediction_tokens or 0
+                rejected += details.rejected_prediction_tokens or 0
+            else:
+                assert details.accepted_prediction_tokens == 0
+        assert texts["on"] == texts["off"]
+    # The test model's greedy answers loop, and its steps cost the same for one token or
+    # nine: drafts pay, and most come true.
+    assert accepted > rejected > 0
+
+    # A request may opt out: no drafts, the same text.
+    reply = client.completions.create(
+        model="on",
+        prompt="the sea",
+        max_tokens=300,
+        temperature=0,
+        extra_body={"speculative": False},
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens_details is not None
+    assert reply.usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert reply.usage.completion_tokens_details.rejected_prediction_tokens == 0
+
+    metrics = httpx.get(stack.url + "/metrics").text
+    assert metric(metrics, 'xb_draft_tokens_total{model="on"}') == accepted + rejected
+    assert metric(metrics, 'xb_draft_tokens_accepted_total{model="on"}') == accepted
+    rate = metric(metrics, 'xb_draft_acceptance_rate{model="on"}')
+    assert rate == pytest.approx(accepted / (accepted + rejected))
+    assert 'xb_draft_tokens_total{model="off"}' not in metrics
+
+
+def test_a_draft_model_is_refused_with_a_clear_error(
+    make_stack: Callable[..., Stack], tiny_model: Path
+) -> None:
+    stack = make_stack(1)
+    body = {"model_name": "t", "model_path": str(tiny_model), "draft_model": str(tiny_model)}
+    response = httpx.post(stack.url + "/v1/models", json=body, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "draft_model" and "draft model" in error["message"]

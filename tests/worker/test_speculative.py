@@ -1,0 +1,337 @@
+"""Speculative decoding: n-gram drafts checked in the batch, on the real llama.cpp engine
+with a generated model (greedy answers of its random weights fall into loops, which the
+n-gram drafts then guess), and the plan that decides when drafts pay."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import pytest
+
+from tests.worker.test_backend import N_CTX, greedy, run, tokens
+from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
+from xb.worker import llama_engine
+from xb.worker.backend import Done
+from xb.worker.llama_engine import BatchEngine
+from xb.worker.llama_model import LlamaModel
+from xb.worker.llama_sampling import Sampler
+from xb.worker.speculative import (
+    SHARE_SLOWER,
+    STALE,
+    Candidate,
+    Drafter,
+    NgramIndex,
+    Speculation,
+    StepClock,
+    verify,
+)
+
+# ---- the parts ----------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_the_longest_recent_ngram_proposes_what_followed_it() -> None:
+    index = NgramIndex()
+    #             0  1  2  3  4  5  6  7  8  9
+    context = [1, 2, 3, 4, 9, 2, 3, 5, 6, 7]
+    assert index.propose(context, 3) == []  # "6 7" and "7" alone: no earlier 2-gram
+    context += [1, 2, 3]  # "2 3" last followed by 5; "1 2 3" by 4: the longer wins
+    assert index.propose(context, 3) == [4, 9, 2]
+    assert index.propose([*context, 4], 2) == [9, 2]
+
+
+@pytest.mark.unit
+def test_a_draft_that_reaches_the_end_repeats_the_loop_it_found() -> None:
+    assert NgramIndex().propose([5, 1, 2, 1, 2], 5) == [1, 2, 1, 2, 1]
+
+
+@pytest.mark.unit
+def test_a_check_keeps_the_agreeing_prefix_and_the_models_own_next_token() -> None:
+    said = iter([10, 11, 7, 99])
+    assert verify(lambda i: next(said), [10, 11, 12], lambda t: False, 10) == [10, 11, 7]
+    # All agreed: the token after the draft comes free.
+    said = iter([10, 11, 12, 13])
+    assert verify(lambda i: next(said), [10, 11, 12], lambda t: False, 10) == [10, 11, 12, 13]
+    said = iter([10, 0, 12, 13])  # 0 ends the answer, even where the draft agreed
+    assert verify(lambda i: next(said), [10, 0, 12], lambda t: t == 0, 10) == [10, 0]
+    said = iter([10, 11, 12, 13])
+    assert verify(lambda i: next(said), [10, 11, 12], lambda t: False, 2) == [10, 11]
+
+
+def timed(drafter: Drafter, seconds: dict[int, float]) -> Drafter:
+    for size, value in seconds.items():
+        drafter.clock.record(size, 100.0)  # the first step of a size allocates: not counted
+        drafter.clock.record(size, value)
+    return drafter
+
+
+@pytest.mark.unit
+def test_step_times_skip_the_first_of_a_size_and_forget_old_ones() -> None:
+    clock = StepClock()
+    assert clock.estimate(1) is None
+    clock.record(1, 50.0)
+    assert clock.estimate(1) is None
+    for seconds in (1.0, 1.2, 9.0):
+        clock.record(1, seconds)
+    assert clock.estimate(1) == 1.2  # the median of the last few
+    assert clock.estimate(3) == pytest.approx(1.2 * 1.04)  # a guess, to go and measure
+    clock.record(5, 0.0)
+    clock.record(5, 2.0)
+    assert clock.estimate(3) == pytest.approx(1.6)
+    for _ in range(STALE + 1):
+        clock.record(1, 1.2)
+    assert clock.estimate(3) == pytest.approx(1.2 * 1.04)  # size 5 is long gone
+
+
+@pytest.mark.unit
+def test_drafts_are_as_long_as_they_pay_on_the_measured_step_times() -> None:
+    proposal = list(range(8))
+    sure, unsure = Speculation(hits=9.0, tries=10.0), Speculation(hits=1.0, tries=10.0)
+    # Each drafted token adds 10% to a step: a 90% guess pays for a long draft, a 10%
+    # one for none.
+    drafter = timed(Drafter(8), {n: 1.0 + 0.1 * (n - 1) for n in (1, 9)})
+    assert len(drafter.plan([Candidate(sure, proposal, 100)], 1, 100)[0]) >= 5
+    assert drafter.plan([Candidate(unsure, proposal, 100)], 1, 100) == [[]]
+    # Steps that cost nothing more: even the 10% guess drafts; never past the room left.
+    free = timed(Drafter(8), {1: 1.0, 9: 1.0})
+    assert len(free.plan([Candidate(unsure, proposal, 100)], 1, 100)[0]) == 8
+    assert len(free.plan([Candidate(sure, proposal, 3)], 1, 100)[0]) == 3
+
+
+@pytest.mark.unit
+def test_drafts_barely_slow_the_sequences_that_share_the_step_without_drafting() -> None:
+    sure = Speculation(hits=9.0, tries=10.0)
+    drafter = timed(Drafter(8), {n: 1.0 + 0.01 * (n - 2) for n in (2, 10)})
+    # Two rows, one of them with nothing to propose: the step may grow by SHARE_SLOWER.
+    plan = drafter.plan([Candidate(sure, list(range(8)), 100)], 2, 100)
+    assert 1 <= len(plan[0]) <= round(SHARE_SLOWER / 0.01)
+    both = [Candidate(sure, list(range(8)), 100), Candidate(Speculation(), [1, 2], 100)]
+    assert len(drafter.plan(both, 2, 100)[0]) == 8  # both propose: the batch gains
+
+
+@pytest.mark.unit
+def test_a_sequence_that_stopped_drafting_tries_again_later() -> None:
+    wrong = Speculation()
+    for _ in range(10):
+        wrong.record(4, 0)
+    drafter = timed(Drafter(8), {1: 1.0, 9: 1.8})
+    steps = 0
+    while not drafter.plan([Candidate(wrong, [1, 2, 3], 100)], 1, 100)[0]:
+        steps += 1
+        assert steps < 1000
+    assert steps > 10  # it rested a while
+
+
+# ---- in the engine ------------------------------------------------------------------------
+
+
+class FlatClock(StepClock):
+    """Steps of any size take as long: every proposal is drafted, whatever its odds (the
+    test model's steps are so short that their timings are mostly noise)."""
+
+    def record(self, tokens: int, seconds: float) -> None:
+        pass
+
+    def known(self) -> dict[int, float]:
+        return dict.fromkeys(range(1, 600), 1.0)
+
+
+def new_engine(path: Path, drafts: bool, parallel: int = 4) -> BatchEngine:
+    spec = ModelSpec("t", "t", str(path), n_ctx=N_CTX)
+    drafter = Drafter(8, FlatClock()) if drafts else None
+    model = LlamaModel(path, spec, threads=1)
+    return BatchEngine(model, n_ctx=N_CTX, n_parallel=parallel, drafter=drafter)
+
+
+@pytest.fixture
+def engines(tiny_model: Path) -> Iterator[tuple[BatchEngine, BatchEngine]]:
+    """The same model with drafts on and off, nothing cached."""
+    on, off = new_engine(tiny_model, True), new_engine(tiny_model, False)
+    on._cache.budget = off._cache.budget = 0
+    yield on, off
+    on.close()
+    off.close()
+
+
+def done(items: list[object]) -> Done:
+    assert isinstance(items[-1], Done), items[-1]
+    return items[-1]
+
+
+@pytest.mark.integration
+def test_a_greedy_answer_is_the_same_with_drafts_and_without(
+    engines: tuple[BatchEngine, BatchEngine],
+) -> None:
+    on, off = engines
+    for words in ("the sea", "once upon a time", "ba ce di"):
+        params = {"a": ("completion", greedy(words, 300))}
+        drafted, plain = run(on, params)["a"], run(off, params)["a"]
+        assert tokens(drafted) == tokens(plain)
+        usage = done(drafted).usage
+        assert usage.completion_tokens == 300
+        assert usage.accepted_prediction_tokens > 50  # its loops were guessed
+        assert done(plain).usage.accepted_prediction_tokens == 0
+
+
+@pytest.mark.integration
+def test_a_greedy_answer_is_the_same_with_drafts_batched_with_others(
+    engines: tuple[BatchEngine, BatchEngine],
+) -> None:
+    on, off = engines
+    alone = tokens(run(off, {"a": ("completion", greedy("the sea", 200))})["a"])
+    opted_out = GenerateParams(prompt="lo", max_tokens=150, temperature=0, speculative=False)
+    requests = {
+        "x": ("completion", greedy("once upon a time", 120)),
+        "a": ("completion", greedy("the sea", 200)),
+        "y": ("chat", GenerateParams(messages=[ChatMessage("user", "hi")], max_tokens=90)),
+        "z": ("completion", opted_out),
+    }
+    drafted, plain = run(on, requests), run(off, requests)
+    assert tokens(drafted["a"]) == alone
+    assert tokens(drafted["x"]) == tokens(plain["x"])
+    assert tokens(drafted["z"]) == tokens(plain["z"])
+    assert done(drafted["a"]).usage.accepted_prediction_tokens > 0
+    z = done(drafted["z"]).usage  # the request that opted out drafted nothing
+    assert z.accepted_prediction_tokens == z.rejected_prediction_tokens == 0
+
+
+def assert_no_stray_cells(engine: BatchEngine) -> None:
+    """Each slot's cells end where the tokens the engine thinks they hold end."""
+    memory, pos_max = engine._memory, engine._llama.llama_memory_seq_pos_max
+    running = {s.seq_id: s.kv for s in engine._running}
+    kept = engine._cache.kept()
+    for slot in range(engine.slots):
+        held = running.get(slot, kept.get(slot, []))
+        assert pos_max(memory, slot) == len(held) - 1, (slot, len(held))
+
+
+@pytest.mark.integration
+def test_rolled_back_drafts_leave_no_cells_and_the_follow_up_reuses_the_rest(
+    tiny_model: Path,
+) -> None:
+    on, off = new_engine(tiny_model, True), new_engine(tiny_model, False)
+    try:
+        answers = {}
+        for name, engine in (("on", on), ("off", off)):
+            history = [ChatMessage("user", "tell me about " + "the sea " * 20)]
+            kept = 0
+            for turn in range(3):
+                params = GenerateParams(messages=history, max_tokens=60 + turn, temperature=0)
+                engine.add("r", "chat", params)
+                items: list[object] = []
+                while engine.busy:
+                    items += [item for _, item in engine.step()]
+                    assert_no_stray_cells(engine)
+                usage = done(items).usage
+                if name == "on":
+                    assert usage.rejected_prediction_tokens > 0  # something was rolled back
+                assert usage.cached_tokens == kept  # the whole conversation so far
+                kept = len(engine._cache.kept()[0])
+                assert kept == usage.total_tokens
+                reply = "".join(tokens(items))
+                history += [ChatMessage("assistant", reply), ChatMessage("user", "and?")]
+            answers[name] = [m.content for m in history]
+        assert answers["on"] == answers["off"]
+    finally:
+        on.close()
+        off.close()
+
+
+@pytest.mark.integration
+def test_a_stop_string_inside_an_accepted_draft_ends_the_answer_there(
+    engines: tuple[BatchEngine, BatchEngine],
+) -> None:
+    """The tokens of a draft after the one that completes a stop string are rolled back, and
+    the finished answer's cells hold its prompt and answer, no more."""
+    on, off = engines
+    on._cache.budget = off._cache.budget = 10_000
+    loop = "".join(tokens(run(off, {"a": ("completion", greedy("the sea", 300))})["a"]))
+    # Longer than the loop the answer fell into: it is completed well inside the loop, where
+    # drafts come true.
+    stop = loop[len(loop) // 2 : len(loop) // 2 + 80]
+    params = GenerateParams(prompt="the sea", max_tokens=300, temperature=0, stop=[stop])
+    answers = {}
+    for name, engine in (("on", on), ("off", off)):
+        engine.add("s", "completion", params)
+        items: list[object] = []
+        while engine.busy:
+            items += [item for _, item in engine.step()]
+            assert_no_stray_cells(engine)
+        assert done(items).finish_reason == "stop"
+        answers[name] = "".join(tokens(items))
+        if name == "on":
+            assert done(items).usage.accepted_prediction_tokens > 0
+    assert answers["on"] == answers["off"] == loop[: loop.index(stop)]
+    assert on._cache.kept()[0] == off._cache.kept()[0]  # not the token that completed it
+
+
+@pytest.mark.integration
+def test_drafted_tokens_are_accepted_with_the_models_own_probability(
+    engines: tuple[BatchEngine, BatchEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The speculative sampling rule, on a vocabulary of three (top_k 3, temperature 0.5,
+    no top-p or min-p: the chain's final distribution ``p`` is the softmax of the three
+    best logits over 0.5). At each drafted position, over 600 seeded requests: the draft
+    ``x`` is accepted with probability ``p(x)``, and a rejected draw is ``p`` without ``x``
+    (here: how often it is the likelier of the two others). Each count is compared with
+    its expectation, in standard deviations."""
+    on, _ = engines
+    n_vocab, probabilities = on._model.n_vocab, []
+    checks: list[tuple[dict[int, float], int, int]] = []  # p, drafted, chosen
+
+    def sample(sampler: Sampler, ctx: object, row: int) -> int:
+        pointer = llama_cpp.llama_get_logits_ith(ctx, row)
+        logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
+        best = np.argsort(-logits)[:3]
+        weights = np.exp((logits[best] - logits[best].max()) / 0.5)
+        shares = (weights / weights.sum()).tolist()
+        probabilities.append(dict(zip(best.tolist(), shares, strict=True)))
+        return real_sample(sampler, ctx, row)
+
+    def checked(draw: Callable[[int], int], draft: list[int], *rest: Any) -> list[int]:
+        probabilities.clear()
+        chosen = verify(draw, draft, *rest)
+        checks.extend(zip(probabilities, draft, chosen, strict=False))
+        return chosen
+
+    real_sample = Sampler.sample
+    monkeypatch.setattr(Sampler, "sample", sample)
+    monkeypatch.setattr(llama_engine, "verify", checked)
+    for batch in range(150):
+        requests = {}
+        for seed in range(batch * 4, batch * 4 + 4):
+            params = GenerateParams(
+                prompt="ka lo ka lo",
+                max_tokens=24,
+                temperature=0.5,
+                top_k=3,
+                top_p=1.0,
+                min_p=0.0,
+                seed=seed,
+            )
+            requests[str(seed)] = ("completion", params)
+        for items in run(on, requests).values():
+            assert len(tokens(items)) == 24
+    accepted = [(p, x) for p, x, t in checks if t == x]
+    assert all(x in p for p, x in accepted)  # never a token the chain cannot draw
+    hits = len(accepted)
+    mean = sum(p.get(x, 0.0) for p, x, _ in checks)
+    spread = math.sqrt(sum(p.get(x, 0.0) * (1 - p.get(x, 0.0)) for p, x, _ in checks))
+    assert len(checks) > 1000 and 200 < hits < len(checks) - 200
+    assert abs(hits - mean) < 4 * spread, (hits, mean, spread)
+
+    rejected = [(p, x, t) for p, x, t in checks if t != x and len(set(p) - {x}) == 2]
+    likelier = []
+    for p, x, t in rejected:
+        first, second = sorted(set(p) - {x}, key=lambda token: -p[token])
+        likelier.append((p[first] / (p[first] + p[second]), t == first))
+    hits = sum(hit for _, hit in likelier)
+    mean = sum(q for q, _ in likelier)
+    spread = math.sqrt(sum(q * (1 - q) for q, _ in likelier))
+    assert len(likelier) > 200
+    assert abs(hits - mean) < 4 * spread, (hits, mean, spread)

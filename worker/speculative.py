@@ -1,0 +1,233 @@
+"""Speculative decoding for the batch engine: n-gram drafts, how they are checked, and
+when they pay.
+
+**Drafts.** Each drafting sequence keeps an index of the n-grams of its own context
+(prompt and output). Its latest ``NGRAM_MAX`` to ``NGRAM_MIN`` tokens are looked up there,
+longest first; the tokens that followed their latest earlier occurrence are the draft
+(prompt lookup: an edit, a rewrite or an answer quoting a document repeats long runs of
+its prompt). A draft that runs into the end of the context repeats the period it found,
+which is what a looping answer does next.
+
+**Checking.** The engine decodes a sequence's next token and its draft in one row of the
+step's batch, with logits at each position. Position ``i``'s logits give the target
+model's own choice there, drawn by the sequence's own sampler chain (logit bias,
+penalties, grammar, temperature, seed); the draft's token ``i`` is accepted when that
+choice equals it, and the first choice that differs ends the check and is the next token
+(``verify``). For greedy decoding the output is then the output without drafts. For
+sampling this is the speculative sampling acceptance rule for a draft that puts all its
+probability on one token ``x``: accept ``x`` with probability ``min(1, p(x) / q(x)) = p(x)``
+(``q(x) = 1``), and on rejection draw from ``max(0, p - q)`` renormalised, which is ``p``
+with ``x`` removed. Drawing ``t ~ p`` and accepting when ``t == x`` does both at once: it
+accepts with probability ``p(x)``, and a rejected draw is distributed as ``p`` given
+``t != x``. So every emitted token is distributed as the model's own ``p``, the final
+distribution of the sequence's sampler chain, and a request draws no more random numbers
+than it would without drafts.
+
+**When it pays.** Each sequence tracks how often its drafted tokens come true (a
+decaying count: ``rate``). A step's drafts are chosen by ``Drafter.plan`` against the
+engine's own step timings (``StepClock``: seconds per step by the tokens in it): a draft
+of ``k`` tokens at acceptance ``r`` is expected to add ``r + r^2 + ... + r^k`` tokens, and
+is planned only if the batch's expected tokens per second rise with it. While some
+sequences of the batch do not draft, the drafts may lengthen the step by ``SHARE_SLOWER``
+at most, so that the others' tokens per second stay what they were. A sequence whose drafts
+stopped paying stops drafting; its rate creeps back towards the prior while it does not
+draft (``rest``), so it tries again, now and then, with a short draft.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+NGRAM_MAX = 4  # the longest context suffix looked up
+NGRAM_MIN = 2  # shorter matches propose noise: the one token before is not enough
+PRIOR_RATE = 0.35  # how often a new sequence's drafted tokens are expected to come true
+DECAY = 0.8  # weight of what a sequence's earlier drafts showed, at each new check
+RECOVER = 0.02  # how far the rate moves back towards the prior each step without a draft
+SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
+MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
+_RECENT = 5  # step times kept per size
+STALE = 1024  # steps after which a size's times are forgotten
+_MAX_SIZE = 512  # step sizes timed; bigger steps read prompts
+
+
+class NgramIndex:
+    """Where each n-gram of a growing context last ended."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[int, ...], int] = {}
+        self._indexed = 0  # context positions whose ending n-grams are in ``_last``
+
+    def propose(self, context: list[int], k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the longest recent suffix of ``context`` the
+        last time it occurred; ``context`` only ever grows between calls."""
+        end = len(context) - 1  # the suffix's own occurrence is not indexed yet
+        for stop in range(self._indexed, end):
+            for n in range(NGRAM_MIN, NGRAM_MAX + 1):
+                if stop + 1 >= n:
+                    self._last[tuple(context[stop + 1 - n : stop + 1])] = stop + 1
+        self._indexed = max(self._indexed, end)
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            if end + 1 < n:
+                continue
+            at = self._last.get(tuple(context[end + 1 - n :]))
+            if at is not None:
+                period = len(context) - at
+                return [context[at + i % period] for i in range(k)]
+        return []
+
+
+@dataclass
+class Speculation:
+    """One sequence's drafting: its n-gram index and how often its drafts came true."""
+
+    ngrams: NgramIndex = field(default_factory=NgramIndex)
+    hits: float = PRIOR_RATE  # decayed counts of drafted tokens that came true ...
+    tries: float = 1.0  # ... and of drafted tokens checked
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.tries
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """A check of ``drafted`` tokens accepted the first ``accepted``."""
+        self.drafted += drafted
+        self.accepted += accepted
+        # Tokens after the first miss were not tested on their own: count the hits and
+        # the one miss, as a run of coin flips that stopped there.
+        self.hits = self.hits * DECAY + accepted
+        self.tries = self.tries * DECAY + accepted + (accepted < drafted)
+
+    def rest(self) -> None:
+        """A step without a draft: the rate creeps back towards the prior."""
+        self.hits += (PRIOR_RATE * self.tries - self.hits) * RECOVER
+
+
+def expected(rate: float, k: int) -> float:
+    """Tokens a draft of ``k`` is expected to add, each coming true with ``rate``."""
+    return sum(rate**i for i in range(1, k + 1))
+
+
+class StepClock:
+    """Seconds per decoding step, by the number of tokens in it: the median of the last
+    few, so that a step the machine slowed once does not count for long. The first step
+    of each size is not counted (llama.cpp allocates for it), and the times of a size not
+    seen for ``STALE`` steps are forgotten: the machine's load changes, and drafts that did
+    not pay then are tried again."""
+
+    def __init__(self) -> None:
+        self._steps: dict[int, deque[float]] = {}
+        self._seen: dict[int, int] = {}  # step count when each size was last recorded
+        self._count = 0
+
+    def record(self, tokens: int, seconds: float) -> None:
+        self._count += 1
+        if tokens > _MAX_SIZE:
+            return
+        if tokens not in self._seen:
+            self._steps[tokens] = deque(maxlen=_RECENT)  # the first step of this size
+        else:
+            if self._count - self._seen[tokens] > STALE:
+                self._steps[tokens].clear()
+            self._steps[tokens].append(seconds)
+        self._seen[tokens] = self._count
+
+    def known(self) -> dict[int, float]:
+        """The step time of each size measured lately."""
+        return {
+            n: statistics.median(steps)
+            for n, steps in self._steps.items()
+            if steps and self._count - self._seen[n] <= STALE
+        }
+
+    def estimate(self, tokens: int) -> float | None:
+        return interpolate(self.known(), tokens)
+
+
+def interpolate(known: dict[int, float], tokens: int) -> float | None:
+    """The step time of ``tokens`` tokens: measured, interpolated between sizes that were,
+    or extrapolated from the two largest below; None before any step."""
+    if tokens in known:
+        return known[tokens]
+    below = sorted(n for n in known if n < tokens)
+    above = [n for n in known if n > tokens]
+    if below and above:
+        lo, hi = below[-1], min(above)
+        return known[lo] + (known[hi] - known[lo]) * (tokens - lo) / (hi - lo)
+    if len(below) >= 2:
+        lo, hi = below[-2], below[-1]
+        slope = max((known[hi] - known[lo]) / (hi - lo), 0.0)
+        return known[hi] + slope * (tokens - hi)
+    if below:  # one size measured: guess a small cost per token, to go and measure
+        return known[below[-1]] * (1 + 0.02 * (tokens - below[-1]))
+    return known[min(above)] if above else None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A sequence that may draft this step: its state, its proposal, and the most tokens
+    it may still produce."""
+
+    speculation: Speculation
+    proposal: list[int]
+    room: int
+
+
+class Drafter:
+    def __init__(self, draft_tokens: int, clock: StepClock | None = None) -> None:
+        self.draft_tokens = max(draft_tokens, 0)
+        self.clock = clock or StepClock()
+
+    def plan(self, candidates: list[Candidate], rows: int, budget: int) -> list[list[int]]:
+        """Each candidate's draft for a step of ``rows`` generating sequences (the
+        candidates among them), adding ``budget`` tokens at most."""
+        drafts: list[list[int]] = [[] for _ in candidates]
+        if not any(c.proposal for c in candidates):
+            return drafts
+        known = self.clock.known()
+        base = interpolate(known, rows)
+        if base is None or not self.draft_tokens:
+            return drafts
+        gain, size, best = float(rows), rows, rows / base
+        # A step that sequences without a proposal share may grow only a little.
+        capped = rows > sum(1 for c in candidates if c.proposal)
+        order = sorted(range(len(candidates)), key=lambda i: -candidates[i].speculation.rate)
+        for i in order:
+            candidate = candidates[i]
+            most = min(len(candidate.proposal), candidate.room, self.draft_tokens, budget)
+            pick, value = 0, best * MARGIN
+            for k in range(1, most + 1):
+                seconds = interpolate(known, size + k)
+                assert seconds is not None
+                if capped and seconds > base * (1 + SHARE_SLOWER):
+                    break
+                candidate_value = (gain + expected(candidate.speculation.rate, k)) / seconds
+                if candidate_value > value:
+                    pick, value = k, candidate_value
+            if pick:
+                drafts[i] = candidate.proposal[:pick]
+                gain += expected(candidate.speculation.rate, pick)
+                size, budget, best = size + pick, budget - pick, value
+            elif candidate.proposal:
+                candidate.speculation.rest()
+        return drafts
+
+
+def verify(
+    sample: Callable[[int], int], draft: list[int], ends: Callable[[int], bool], room: int
+) -> list[int]:
+    """The target model's tokens for a checked draft: ``sample(i)`` draws its choice at
+    draft position ``i``; the draft's tokens that it chose, then the first it did not (or
+    the one after the whole draft). Stops early at a token that ends the answer, or once
+    ``room`` tokens are drawn."""
+    chosen: list[int] = []
+    for i in range(len(draft) + 1):
+        token = sample(i)
+        chosen.append(token)
+        if i == len(draft) or token != draft[i] or ends(token) or len(chosen) >= room:
+            break
+    return chosen
