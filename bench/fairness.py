@@ -13,9 +13,10 @@ counted from the usage the server reports.
   the completion tokens each was served in the window;
 - preempted (fair only): a greedy batch answer on a one-slot replica of the same model,
   preempted by B's chats, against the same request run alone on it. That replica has
-  fixed threads and no prefix cache: the thread count the engine tunes and cells reused
-  from the cache change the logits' last digits (and so, after a while, a random model's
-  greedy text), with or without preemption.
+  fixed threads, no prefix cache and no drafts: the thread count the engine tunes, cells
+  reused from the cache and the batch shapes that drafts (planned by measured step times)
+  give change the logits' last digits (and so, after a while, a random model's greedy
+  text), with or without preemption.
 
 Run: .venv/bin/python -m bench.fairness [--seconds 20] [--weight-seconds 60]
 """
@@ -115,6 +116,7 @@ async def preempted(stack: Stack, model: Path) -> tuple[bool, int]:
         n_parallel=1,
         prefix_cache_tokens=0,
         n_threads=1,
+        speculative="off",
     )
     body = {"model": "x", "messages": FLOOD, "max_tokens": 512, "temperature": 0}
     async with client(stack, "a") as a, client(stack, "b") as b:
