@@ -16,7 +16,10 @@ An interactive request that finds no free slot goes to a replica where a batch r
 runs, beyond the replica's slots: its worker preempts a batch sequence for it
 (``worker/llama_engine.py``), which resumes when a slot frees. The broker counts a
 replica's batch requests; those beyond its slots wait there preempted, so one still runs
-while ``batch > in_flight - slots``.
+while ``batch > in_flight - slots``. Likewise a request of a tenant with nothing in flight
+for the model goes beyond the slots of a replica where another tenant holds two or more
+(up to twice its slots): its engine preempts one of that tenant's sequences of no higher
+priority, so a tenant's first request waits for a step, not for another's answer to end.
 
 Bounds: at most ``max_queue`` requests wait per tenant and model (one tenant alone sees
 the bound it always had; a flooding tenant is refused for itself, not for everybody), and
@@ -165,12 +168,23 @@ def _before(queue: deque[_Waiting], turn: tuple[float, int]) -> int:
     return count
 
 
-def preemptible(replicas: list[Replica]) -> Replica | None:
-    """The replica running the most batch requests, if any runs one (those beyond its
-    slots are already preempted and wait there)."""
-    running = [(r.batch - max(r.in_flight - r.slots, 0), r) for r in replicas]
-    best = max(running, key=operator.itemgetter(0), default=(0, None))
-    return best[1] if best[0] > 0 else None
+def preemptible(model: Model, ready: list[Replica], submit: p.Submit) -> Replica | None:
+    """Where a request that finds no free slot may go beyond the slots, for its replica's
+    engine to preempt a sequence for it (``worker/llama_engine.py``): an interactive one
+    to the replica running the most batch requests (those beyond its slots are preempted
+    already); a request of a tenant with nothing in flight for the model to the replica
+    where one tenant holds the most slots, two at least, up to twice its slots. None
+    when it must wait."""
+    if submit.priority == "interactive":
+        running = [(r.batch - max(r.in_flight - r.slots, 0), r) for r in ready]
+        most = max(running, key=operator.itemgetter(0), default=(0, None))
+        if most[0] > 0:
+            return most[1]
+    if any(r.tenants.get(submit.tenant) for r in model.replicas.values()):
+        return None
+    held = [(max(r.tenants.values(), default=0), r) for r in ready if r.in_flight < 2 * r.slots]
+    most = max(held, key=operator.itemgetter(0), default=(0, None))
+    return most[1] if most[0] >= 2 else None
 
 
 def cost(submit: p.Submit) -> float:
@@ -232,8 +246,8 @@ class FairShare(Scheduler):
             if entry.avoid:
                 ready = [r for r in ready if r.replica_id != entry.avoid] or ready
             replica = self.policy.choose(ready, self.affinity.lookup(entry.submit.prefix_keys))
-            if replica is None and entry.submit.priority == "interactive":
-                replica = preemptible(ready)
+            if replica is None:
+                replica = preemptible(model, ready, entry.submit)
             if replica is None:
                 return None  # every slot is busy: nothing lower may pass
             lane.take(tenant)

@@ -161,11 +161,17 @@ class Requests:
             (client, submit, retried, _), replica = assignment
             replica.in_flight += 1
             replica.batch += submit.priority == "batch"
+            replica.tenants[submit.tenant] += 1
             self.ledger.dispatched(submit)
             flight = InFlight(client, submit, replica.replica_id, replica.worker, retried=retried)
             self.cluster.in_flight[submit.request_id] = flight
             request = p.Request(
-                submit.request_id, replica.replica_id, submit.kind, submit.params, submit.priority
+                submit.request_id,
+                replica.replica_id,
+                submit.kind,
+                submit.params,
+                submit.priority,
+                submit.tenant,
             )
             self.outbox.send(replica.worker, request, functools.partial(self._not_taken, flight))
 
@@ -196,6 +202,11 @@ class Requests:
             replica.in_flight = max(replica.in_flight - 1, 0)
             if flight.submit.priority == "batch":
                 replica.batch = max(replica.batch - 1, 0)
+            tenants, tenant = replica.tenants, flight.submit.tenant
+            if tenants[tenant] > 1:
+                tenants[tenant] -= 1
+            else:
+                tenants.pop(tenant, None)
 
     def retry(self, flight: InFlight, model: Model | None) -> bool:
         """Queue a request whose replica failed before it sent a token again, once, for

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
@@ -56,6 +56,7 @@ class Replica:
     error: str | None = None
     in_flight: int = 0  # requests the broker sent here that have not ended
     batch: int = 0  # of which ``batch`` requests (interactive ones may preempt them)
+    tenants: Counter[str] = field(default_factory=Counter)  # its requests here, by tenant
     reserved: int = 0
     progress: p.Progress | None = None
     slots: int = 1  # sequences it decodes at once, as its worker reports

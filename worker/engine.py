@@ -38,7 +38,12 @@ class Engine(ABC):
 
     @abstractmethod
     def add(
-        self, request_id: str, kind: str, params: GenerateParams, priority: Priority = "interactive"
+        self,
+        request_id: str,
+        kind: str,
+        params: GenerateParams,
+        priority: Priority = "interactive",
+        tenant: str = "",
     ) -> None:
         """Take a request; raises ``BackendError`` when it cannot run at all. An engine
         that runs one request at a time serves them in order, whatever their priority."""
@@ -77,7 +82,12 @@ class SequentialEngine(Engine):
         self._current: tuple[str, Iterator[Piece | Done]] | None = None
 
     def add(
-        self, request_id: str, kind: str, params: GenerateParams, priority: Priority = "interactive"
+        self,
+        request_id: str,
+        kind: str,
+        params: GenerateParams,
+        priority: Priority = "interactive",
+        tenant: str = "",
     ) -> None:
         self._waiting.append((request_id, kind, params))
 

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +99,12 @@ class BatchEngine(Engine):
     # ---- requests ---------------------------------------------------------------------
 
     def add(
-        self, request_id: str, kind: str, params: GenerateParams, priority: Priority = "interactive"
+        self,
+        request_id: str,
+        kind: str,
+        params: GenerateParams,
+        priority: Priority = "interactive",
+        tenant: str = "",
     ) -> None:
         if kind == "embedding":
             raise BackendError(
@@ -135,6 +140,7 @@ class BatchEngine(Engine):
             echo=echo,
             text=text,
             priority=priority,
+            tenant=tenant,
             speculation=Speculation()
             if self._drafter and params.speculative and not echo
             else None,
@@ -151,13 +157,18 @@ class BatchEngine(Engine):
 
     def _enqueue(self, sequence: Sequence, ahead: bool = False) -> None:
         """Interactive requests wait before batch ones; a preempted sequence (``ahead``)
-        waits before the other batch ones."""
-        if sequence.priority == "batch" and not ahead:
-            self._waiting.append(sequence)
-            return
+        waits before the others of its priority, behind the one that preempted it (the
+        head of the line)."""
         waiting = self._waiting
-        at = next((i for i, s in enumerate(waiting) if s.priority == "batch"), len(waiting))
-        waiting.insert(at, sequence)
+        if ahead:
+            first = ("interactive", "batch") if sequence.priority == "interactive" else ("batch",)
+        elif sequence.priority == "batch":
+            waiting.append(sequence)
+            return
+        else:
+            first = ("batch",)
+        at = next((i for i, s in enumerate(waiting) if s.priority in first), len(waiting))
+        waiting.insert(max(at, 1) if ahead else at, sequence)
 
     def cancel(self, request_id: str) -> bool:
         """End a request at once; what it read and generated stays cached, as a finished
@@ -255,20 +266,27 @@ class BatchEngine(Engine):
         sequence.cached = reuse
         return True
 
-    def _preempt(self) -> bool:
-        """An interactive request waits and every slot is busy: the running batch
-        sequence with the fewest cells leaves its slot, its cells parked; False when none
-        can, or when a slot frees after this step anyway (a closing sequence's)."""
-        if any(s.closing for s in self._running):
+    def _preempt(self, head: Sequence) -> bool:
+        """Every slot is busy and ``head`` waits: a running sequence leaves its slot for
+        it, its cells parked. A batch one when ``head`` is interactive; else, when
+        ``head``'s tenant has nothing running, one of the tenant holding the most slots (two
+        at least), of no higher priority than ``head``; the one with the fewest cells.
+        False when none may, or when a slot frees after this step anyway (a closing
+        sequence's)."""
+        running = self._running
+        if any(s.closing for s in running):
             return False
-        batch = [
-            s
-            for s in self._running
-            if s.priority == "batch" and not s.closing and s.echo is None and s.kv
-        ]
-        if not batch:
+        movable = [s for s in running if s.echo is None and s.kv]
+        batch = [s for s in movable if s.priority == "batch"]
+        victims = batch if head.priority == "interactive" else []
+        if not victims and all(s.tenant != head.tenant for s in running):
+            lower = movable if head.priority == "interactive" else batch
+            held = Counter(s.tenant for s in lower).most_common(1)
+            if held and held[0][1] >= 2:
+                victims = [s for s in lower if s.tenant == held[0][0]]
+        if not victims:
             return False
-        sequence = min(batch, key=lambda s: len(s.kv))
+        sequence = min(victims, key=lambda s: len(s.kv))
         parked = park(self._llama, self._ctx, sequence.seq_id)
         if parked is None:
             return False
@@ -305,7 +323,7 @@ class BatchEngine(Engine):
         while self._waiting:
             head = self._waiting[0]
             full = len(self._running) >= self.slots
-            if full and not (head.priority == "interactive" and self._preempt()):
+            if full and not self._preempt(head):
                 break
             if self._continues_closing(head):
                 break

@@ -190,7 +190,9 @@ class Runner:
         if isinstance(message, p.Request):
             rid = message.request_id
             try:
-                self._engine.add(rid, message.kind, message.params, message.priority)
+                self._engine.add(
+                    rid, message.kind, message.params, message.priority, message.tenant
+                )
             except BackendError as exc:
                 self._send(p.Error(rid, p.ErrorCode.INVALID_REQUEST, str(exc)))
                 return

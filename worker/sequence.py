@@ -41,6 +41,7 @@ class Sequence:
     text: str | None = None  # a chat's prompt as the template rendered it
     closing: bool = False  # answered; its last token is decoded so that its cells hold all
     priority: Priority = "interactive"
+    tenant: str = ""
     parked: CellBytes | None = None  # its cells while it is preempted
     preemptions: int = 0
     speculation: Speculation | None = None  # None: it does not draft

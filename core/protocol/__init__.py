@@ -103,6 +103,7 @@ class Request(Struct, frozen=True):
     kind: Kind
     params: GenerateParams
     priority: Priority = "interactive"
+    tenant: Tenant = ""  # a tenant with no sequence running may preempt one holding two
 
 
 class Cancel(Struct, frozen=True):

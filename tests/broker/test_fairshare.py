@@ -133,3 +133,32 @@ def test_first_come_first_served_stays_selectable(tmp_path: Path) -> None:
     ask(fifo, "b0", "bob")
     assert served(fifo, 5) == ["a0", "a1", "a2", "a3", "b0"]
     fifo.broker.close()
+
+
+def test_a_tenant_with_nothing_in_flight_goes_beyond_the_slots_of_one_holding_two(
+    rec: Recorder,
+) -> None:
+    rec.join("w")
+    rec.launch()
+    ready = p.ReplicaStatus("m-0", "m", DEMO_MODEL_NAME, p.ModelState.READY, slots=2)
+    rec.peer(W, p.ModelEvent(ready))
+    rec.take()
+    for i in range(3):
+        ask(rec, f"a{i}", "alice")
+    assert sent(rec) == [("a0", "interactive"), ("a1", "interactive")]  # a2 waits
+    ask(rec, "b0", "bob")  # bob has nothing in flight; alice holds both slots
+    (request,) = [r for _, r in rec.requests()] or [None]
+    assert request is not None and (request.request_id, request.tenant) == ("b0", "bob")
+    ask(rec, "b1", "bob")  # bob has one in flight now: his second waits its turn
+    ask(rec, "c0", "carol")  # alice holds two still (one of them preempted): carol too
+    assert [r.request_id for _, r in rec.requests()] == ["c0"]
+    ask(rec, "d0", "dave")  # four in flight on two slots: no more beyond them
+    assert sent(rec) == []
+
+
+def test_a_tenant_holding_one_slot_is_not_passed_beyond_the_slots(one_slot: Recorder) -> None:
+    ask(one_slot, "a0", "alice")
+    ask(one_slot, "b0", "bob")
+    assert sent(one_slot) == [("a0", "interactive")]
+    end(one_slot, "a0")
+    assert sent(one_slot) == [("b0", "interactive")]

@@ -177,3 +177,51 @@ def test_no_preemption_when_a_slot_frees_after_this_step(engine: BatchEngine) ->
     log.until_idle()
     assert log.done("long").preemptions == 0
     assert log.steps["chat"][0] == log.steps["closing"][-1] + 2  # after the closing step
+
+
+@pytest.mark.integration
+def test_a_tenant_with_nothing_running_preempts_one_holding_every_slot(
+    engine: BatchEngine,
+) -> None:
+    a, b = greedy("once upon a time", 120), greedy("the sea and the sky", 120)
+    want = {"a": alone(engine, a), "b": alone(engine, b)}
+    log = Log(engine)
+    engine.add("a", "completion", a, "interactive", "alice")
+    engine.add("b", "completion", b, "interactive", "alice")
+    for _ in range(30):
+        log.step()
+    engine.add("bob", "completion", greedy("hello", 20), "interactive", "bob")
+    asked = log.step_count
+    log.until_idle()
+    assert log.steps["bob"][0] == asked  # it joined at once
+    preempted = [rid for rid in "ab" if log.done(rid).preemptions]
+    assert len(preempted) == 1
+    assert {rid: log.text(rid) for rid in "ab"} == want
+
+
+@pytest.mark.integration
+def test_tenants_holding_one_slot_each_are_not_preempted(engine: BatchEngine) -> None:
+    log = Log(engine)
+    engine.add("a", "completion", greedy("once upon a time", 60), "interactive", "alice")
+    engine.add("c", "completion", greedy("the sea", 60), "interactive", "carol")
+    for _ in range(5):
+        log.step()
+    engine.add("bob", "completion", greedy("hello", 10), "interactive", "bob")
+    asked = log.step_count
+    log.until_idle()
+    assert log.steps["bob"][0] > asked + 40  # it waited for a slot to free
+    assert not any(log.done(rid).preemptions for rid in ("a", "c", "bob"))
+
+
+@pytest.mark.integration
+def test_a_batch_request_never_preempts_an_interactive_one(engine: BatchEngine) -> None:
+    log = Log(engine)
+    engine.add("a", "completion", greedy("once upon a time", 60), "interactive", "alice")
+    engine.add("b", "completion", greedy("the sea", 60), "interactive", "alice")
+    for _ in range(5):
+        log.step()
+    engine.add("eval", "completion", greedy("hello", 10), "batch", "eval")
+    asked = log.step_count
+    log.until_idle()
+    assert log.steps["eval"][0] > asked + 40
+    assert not any(log.done(rid).preemptions for rid in ("a", "b"))
