@@ -13,10 +13,12 @@ tokens per second without flash attention, 427 with it; per-slot cells: 484 to 5
 A sequence that leaves its slot keeps its cells there, whether it finished or was
 cancelled (its client went away): the prefix cache.
 
-Requests are ``interactive`` or ``batch``. Waiting interactive requests join before any
-batch one; one that finds every slot busy while a batch sequence runs preempts it: the
-batch sequence's cells are parked (``parking.py``), it waits ahead of the other batch
-requests, and resumes from those cells where it stopped when a slot frees.
+Requests are ``interactive`` or ``batch``, and each has a tenant. Waiting interactive
+requests join before any batch one; one that finds every slot busy while a batch sequence
+runs preempts it, and a request whose tenant has nothing running preempts a sequence of a
+tenant holding two slots or more (of no higher priority): the preempted sequence's cells
+are parked (``parking.py``), it waits ahead of the others of its priority, and resumes
+from those cells where it stopped when a slot frees.
 
 A generating sequence's row may carry a draft after its next token (speculative decoding,
 ``speculative.py``): the tokens the model agrees with are kept, the rest of the cells cut.
