@@ -1,5 +1,6 @@
-"""Preemption's cells: a ``batch`` sequence that leaves its slot for an ``interactive``
-request keeps its cells in the model process's memory until it resumes.
+"""Preemption's cells: a sequence that leaves its slot for another request (a batch one
+for an interactive request, or one of a tenant holding two slots or more for a tenant
+with none) keeps its cells in the model process's memory until it resumes.
 
 Preemption happens when every slot is busy, so no idle slot could keep the cells as the
 prefix cache keeps a finished sequence's: the request taking the slot would overwrite

@@ -95,8 +95,9 @@ class ModelEvent(Struct, frozen=True):
 
 
 class Request(Struct, frozen=True):
-    """A request for a replica. An ``interactive`` one that finds every slot held by
-    ``batch`` sequences preempts one of them (``worker/llama_engine.py``)."""
+    """A request for a replica. An ``interactive`` one that finds every slot busy preempts
+    a ``batch`` sequence, and one whose tenant has nothing running a sequence of a tenant
+    holding two slots or more (``worker/llama_engine.py``)."""
 
     request_id: str
     replica_id: str
