@@ -97,6 +97,8 @@ class BatchEngine(Engine):
             native
         )
         self._drafter = None if whole else drafter
+        if self._drafter is not None:
+            self._drafter.clock.calibrate(self._time_step, min(model.n_batch, n_ctx))
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -465,6 +467,22 @@ class BatchEngine(Engine):
         if self._drafter is not None and all(r.sequence.next_token is not None for r in rows):
             self._drafter.clock.record(n, seconds)  # a step of generating rows alone
         return code
+
+    def _time_step(self, n: int) -> float:
+        """Seconds to decode ``n`` tokens with every position's logits, as a draft's
+        check does, in slot 0's cells (before the first request; removed after)."""
+        token = max(self._model.bos, 0)
+        self._tokens[:n], self._pos[:n], self._logits[:n] = token, np.arange(n), 1
+        for i in range(n):
+            self._batch.seq_id[i][0] = 0
+        self._batch.n_tokens = n
+        started = time.perf_counter()
+        code = self._llama.llama_decode(self._ctx, self._batch)
+        seconds = time.perf_counter() - started
+        self._clear(0)
+        if code != 0:
+            raise BackendError(f"llama.cpp could not decode {n} tokens (code {code})")
+        return seconds
 
     def _fail_all(self, events: list[Event], reason: str) -> None:
         log.error("%s; ending %d requests", reason, len(self._running))

@@ -10,7 +10,7 @@ from xb.worker.answer import Answer
 from xb.worker.llama_echo import Echo
 from xb.worker.llama_sampling import Sampler
 from xb.worker.parking import CellBytes
-from xb.worker.speculative import Candidate, Drafter, Speculation
+from xb.worker.speculative import NGRAM_MAX, Candidate, Drafter, Speculation
 
 
 @dataclass(eq=False)
@@ -64,7 +64,8 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int) -> None:
         context = [*sequence.kv, sequence.next_token]
         proposal = sequence.speculation.ngrams.propose(context, drafter.draft_tokens)
         room = sequence.limit - sequence.produced
-        candidates.append(Candidate(sequence.speculation, proposal, room))
+        strong = sequence.speculation.ngrams.matched == NGRAM_MAX
+        candidates.append(Candidate(sequence.speculation, proposal, room, strong))
     plans = drafter.plan(candidates, len(rows), n_batch - len(rows))
     for row, drafted in zip(drafting, plans, strict=True):
         row.drafts, row.tokens = drafted, row.tokens + drafted

@@ -25,18 +25,22 @@ than it would without drafts.
 
 **When it pays.** Each sequence tracks how often its drafted tokens come true (a
 decaying count: ``rate``). A step's drafts are chosen by ``Drafter.plan`` against the
-engine's own step timings (``StepClock``: seconds per step by the tokens in it): a draft
-of ``k`` tokens at acceptance ``r`` is expected to add ``r + r^2 + ... + r^k`` tokens, and
-is planned only if the batch's expected tokens per second rise with it. While some
-sequences of the batch do not draft, the drafts may lengthen the step by ``SHARE_SLOWER``
-at most, so that the others' tokens per second stay what they were. A sequence whose drafts
-stopped paying stops drafting; its rate creeps back towards the prior while it does not
-draft (``rest``), so it tries again, now and then, with a short draft.
+engine's own step timings (``StepClock``: seconds per step by the tokens in it, measured
+once when the model loads and then on every step): a draft of ``k`` tokens at acceptance
+``r`` is expected to add ``r + r^2 + ... + r^k`` tokens, and is planned only if the batch's
+expected tokens per second rise with it. While some sequences of the batch do not draft,
+the drafts may lengthen the step by ``SHARE_SLOWER`` at most, so that the others' tokens per
+second stay what they were. A sequence whose drafts do not pay does not draft; when its
+context's longest n-gram matches (a strong proposal), it probes: a short draft of
+``PROBE_TOKENS``, whose outcome updates its rate. A probe that fails waits ``PROBE_GAP``
+steps before the next, twice as long each time it fails again, so an answer with nothing
+to guess pays for a few probes only.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,12 +49,17 @@ NGRAM_MAX = 4  # the longest context suffix looked up
 NGRAM_MIN = 2  # shorter matches propose noise: the one token before is not enough
 PRIOR_RATE = 0.35  # how often a new sequence's drafted tokens are expected to come true
 DECAY = 0.8  # weight of what a sequence's earlier drafts showed, at each new check
-RECOVER = 0.02  # how far the rate moves back towards the prior each step without a draft
 SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
 MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
+PROBE_TOKENS = 4  # a probe's draft: enough to show a run of right guesses
+PROBE_GAP = 16  # steps with a proposal that a failed probe waits; doubled at each failure ...
+MAX_PROBE_GAP = 1024  # ... up to this
 _RECENT = 5  # step times kept per size
-STALE = 1024  # steps after which a size's times are forgotten
+_LIVE = 3  # step times of a size that outweigh the load-time measurement
+STALE = 1024  # steps after which a size's live times are forgotten
 _MAX_SIZE = 512  # step sizes timed; bigger steps read prompts
+CALIBRATION = (1, 2, 4, 8, 16, 32, 64)  # step sizes timed when the model loads ...
+CALIBRATION_SECONDS = 1.0  # ... within this time (a big model's largest sizes are guessed)
 
 
 class NgramIndex:
@@ -59,6 +68,7 @@ class NgramIndex:
     def __init__(self) -> None:
         self._last: dict[tuple[int, ...], int] = {}
         self._indexed = 0  # context positions whose ending n-grams are in ``_last``
+        self.matched = 0  # the length of the n-gram the latest proposal came from
 
     def propose(self, context: list[int], k: int) -> list[int]:
         """Up to ``k`` tokens that followed the longest recent suffix of ``context`` the
@@ -69,25 +79,31 @@ class NgramIndex:
                 if stop + 1 >= n:
                     self._last[tuple(context[stop + 1 - n : stop + 1])] = stop + 1
         self._indexed = max(self._indexed, end)
+        self.matched = 0
         for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
             if end + 1 < n:
                 continue
             at = self._last.get(tuple(context[end + 1 - n :]))
             if at is not None:
                 period = len(context) - at
+                self.matched = n
                 return [context[at + i % period] for i in range(k)]
         return []
 
 
 @dataclass
 class Speculation:
-    """One sequence's drafting: its n-gram index and how often its drafts came true."""
+    """One sequence's drafting: its n-gram index, how often its drafts came true, and
+    when it may probe next."""
 
     ngrams: NgramIndex = field(default_factory=NgramIndex)
     hits: float = PRIOR_RATE  # decayed counts of drafted tokens that came true ...
     tries: float = 1.0  # ... and of drafted tokens checked
     drafted: int = 0
     accepted: int = 0
+    probing: bool = False  # its pending draft is a probe
+    wait: int = 0  # steps until it may probe again
+    gap: int = PROBE_GAP  # the wait after its next failed probe
 
     @property
     def rate(self) -> float:
@@ -101,10 +117,17 @@ class Speculation:
         # the one miss, as a run of coin flips that stopped there.
         self.hits = self.hits * DECAY + accepted
         self.tries = self.tries * DECAY + accepted + (accepted < drafted)
+        if self.probing:  # a good probe may be followed by another at once
+            self.probing = False
+            if 2 * accepted >= drafted:
+                self.gap = PROBE_GAP
+            else:
+                self.wait, self.gap = self.gap, min(self.gap * 2, MAX_PROBE_GAP)
 
-    def rest(self) -> None:
-        """A step without a draft: the rate creeps back towards the prior."""
-        self.hits += (PRIOR_RATE * self.tries - self.hits) * RECOVER
+    def rest(self) -> bool:
+        """A step it does not draft in; True when it may probe now."""
+        self.wait = max(self.wait - 1, 0)
+        return not self.wait
 
 
 def expected(rate: float, k: int) -> float:
@@ -113,16 +136,28 @@ def expected(rate: float, k: int) -> float:
 
 
 class StepClock:
-    """Seconds per decoding step, by the number of tokens in it: the median of the last
-    few, so that a step the machine slowed once does not count for long. The first step
-    of each size is not counted (llama.cpp allocates for it), and the times of a size not
-    seen for ``STALE`` steps are forgotten: the machine's load changes, and drafts that did
-    not pay then are tried again."""
+    """Seconds per decoding step, by the number of tokens in it. Sizes are timed when the
+    model loads (``calibrate``: each step's cost is known before the first request), and
+    every step of generating rows is timed too: once a size has ``_LIVE`` recent times,
+    their median is its time (a step the machine slowed once does not count for long).
+    The first step of each size is not counted (llama.cpp allocates for it), and the live
+    times of a size not seen for ``STALE`` steps are forgotten: the machine's load
+    changes."""
 
     def __init__(self) -> None:
+        self._base: dict[int, float] = {}  # measured at load
         self._steps: dict[int, deque[float]] = {}
         self._seen: dict[int, int] = {}  # step count when each size was last recorded
         self._count = 0
+
+    def calibrate(self, decode: Callable[[int], float], most: int) -> None:
+        """Time ``decode(n)`` for the sizes of ``CALIBRATION`` up to ``most``, each twice
+        (the first allocates), the faster kept, while ``CALIBRATION_SECONDS`` last."""
+        deadline = time.perf_counter() + CALIBRATION_SECONDS
+        for size in (n for n in CALIBRATION if n <= most):
+            self._base[size] = min(decode(size), decode(size))
+            if time.perf_counter() > deadline:
+                break
 
     def record(self, tokens: int, seconds: float) -> None:
         self._count += 1
@@ -137,12 +172,23 @@ class StepClock:
         self._seen[tokens] = self._count
 
     def known(self) -> dict[int, float]:
-        """The step time of each size measured lately."""
-        return {
-            n: statistics.median(steps)
-            for n, steps in self._steps.items()
-            if steps and self._count - self._seen[n] <= STALE
-        }
+        """The step time of each size measured, lately or at load. A time that the machine
+        slowed is worse than none (a size thought dear is never tried again, so never
+        measured again), so each is taken at most as dear as any bigger step's, and as ``n``
+        steps of the smallest size (a step of ``n`` tokens does no more than ``n`` steps of
+        one): a time thought too cheap is corrected as soon as that size is tried."""
+        times = dict(self._base)
+        for n, steps in self._steps.items():
+            fresh = self._count - self._seen[n] <= STALE
+            if fresh and (len(steps) >= _LIVE or (steps and n not in times)):
+                times[n] = statistics.median(steps)
+        if not times:
+            return times
+        unit = min(times)
+        ceiling = float("inf")
+        for n in sorted(times, reverse=True):
+            ceiling = times[n] = min(times[n], ceiling, times[unit] * n / unit)
+        return times
 
     def estimate(self, tokens: int) -> float | None:
         return interpolate(self.known(), tokens)
@@ -169,12 +215,13 @@ def interpolate(known: dict[int, float], tokens: int) -> float | None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A sequence that may draft this step: its state, its proposal, and the most tokens
-    it may still produce."""
+    """A sequence that may draft this step: its state, its proposal, the most tokens it
+    may still produce, and whether the proposal is strong enough to probe with."""
 
     speculation: Speculation
     proposal: list[int]
     room: int
+    strong: bool = False
 
 
 class Drafter:
@@ -195,25 +242,35 @@ class Drafter:
         gain, size, best = float(rows), rows, rows / base
         # A step that sequences without a proposal share may grow only a little.
         capped = rows > sum(1 for c in candidates if c.proposal)
+
+        def seconds(extra: int) -> float | None:
+            """The step's time with ``extra`` more tokens; None past the cap."""
+            value = interpolate(known, size + extra)
+            assert value is not None
+            return None if capped and value > base * (1 + SHARE_SLOWER) else value
+
         order = sorted(range(len(candidates)), key=lambda i: -candidates[i].speculation.rate)
         for i in order:
-            candidate = candidates[i]
+            candidate, speculation = candidates[i], candidates[i].speculation
             most = min(len(candidate.proposal), candidate.room, self.draft_tokens, budget)
             pick, value = 0, best * MARGIN
             for k in range(1, most + 1):
-                seconds = interpolate(known, size + k)
-                assert seconds is not None
-                if capped and seconds > base * (1 + SHARE_SLOWER):
+                took = seconds(k)
+                if took is None:
                     break
-                candidate_value = (gain + expected(candidate.speculation.rate, k)) / seconds
+                candidate_value = (gain + expected(speculation.rate, k)) / took
                 if candidate_value > value:
                     pick, value = k, candidate_value
+            if not pick and candidate.proposal and speculation.rest() and candidate.strong:
+                probe = min(most, PROBE_TOKENS)
+                took = seconds(probe) if probe else None
+                if took is not None:
+                    pick, value = probe, (gain + expected(speculation.rate, probe)) / took
+                    speculation.probing = True
             if pick:
                 drafts[i] = candidate.proposal[:pick]
-                gain += expected(candidate.speculation.rate, pick)
+                gain += expected(speculation.rate, pick)
                 size, budget, best = size + pick, budget - pick, value
-            elif candidate.proposal:
-                candidate.speculation.rest()
         return drafts
 
 

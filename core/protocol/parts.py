@@ -237,7 +237,7 @@ class ModelSpec(Struct, frozen=True):
     prefix_cache_tokens: int = -1  # tokens of finished sequences kept for reuse; -1: default
     engine: str = ""  # chosen at launch (xb.core.engines); "": the engine of model_format
     speculative: str = "ngram"  # drafts checked in the batch: "ngram", "draft" or "off"
-    draft_tokens: int = 8  # the longest draft; the engine drafts fewer when that pays more
+    draft_tokens: int = 16  # the longest draft; the engine drafts fewer when that pays more
     draft_model: str | None = None  # a GGUF file with the model's vocabulary ("draft")
 
 

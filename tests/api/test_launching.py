@@ -69,7 +69,7 @@ def test_slots_default_to_four_for_llama_chat_models_and_one_elsewhere(tmp_path:
 
 def test_speculative_decoding_is_on_by_default_and_a_launch_may_set_it(tmp_path: Path) -> None:
     spec = launch(tmp_path).spec
-    assert (spec.speculative, spec.draft_tokens) == ("ngram", 8)
+    assert (spec.speculative, spec.draft_tokens) == ("ngram", 16)
     spec = launch(tmp_path, speculative="off", draft_tokens=4).spec
     assert (spec.speculative, spec.draft_tokens) == ("off", 4)
     for body in ({"speculative": "draft"}, {"draft_model": "smollm2-instruct"}):

@@ -15,12 +15,14 @@ import pytest
 
 from tests.worker.test_backend import N_CTX, greedy, run, tokens
 from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
-from xb.worker import llama_engine
+from xb.worker import llama_engine, speculative
 from xb.worker.backend import Done
 from xb.worker.llama_engine import BatchEngine
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
 from xb.worker.speculative import (
+    PROBE_GAP,
+    PROBE_TOKENS,
     SHARE_SLOWER,
     STALE,
     Candidate,
@@ -89,6 +91,42 @@ def test_step_times_skip_the_first_of_a_size_and_forget_old_ones() -> None:
 
 
 @pytest.mark.unit
+def test_step_times_measured_at_load_stand_until_enough_live_ones_replace_them() -> None:
+    clock, decoded = StepClock(), []
+
+    def decode(n: int) -> float:
+        decoded.append(n)
+        return 1.0 + n / 10
+
+    clock.calibrate(decode, most=8)
+    assert decoded == [1, 1, 2, 2, 4, 4, 8, 8]  # each size twice: the first allocates
+    assert clock.estimate(6) == pytest.approx(1.6)
+    clock.record(8, 100.0)  # the first live step of a size is not counted ...
+    clock.record(8, 9.0)  # ... and one slow step does not outweigh the load's measurement
+    assert clock.estimate(8) == pytest.approx(1.8)
+    clock.record(8, 2.0)
+    clock.record(8, 2.1)
+    assert clock.estimate(8) == pytest.approx(2.1)  # the median of three live ones
+    for seconds in (100.0, 9.0, 9.0, 9.0):  # the machine was busy for a while
+        clock.record(4, seconds)
+    assert clock.estimate(4) == pytest.approx(2.1)  # no dearer than a bigger step
+    for seconds in (100.0, 0.1, 0.1, 0.1):
+        clock.record(1, seconds)
+    assert clock.estimate(2) == pytest.approx(0.2)  # nor than two steps of one
+    for _ in range(STALE + 1):
+        clock.record(16, 4.0)
+    assert clock.known() == pytest.approx({1: 1.1, 2: 1.2, 4: 1.4, 8: 1.8, 16: 4.0})
+
+
+@pytest.mark.unit
+def test_calibration_stops_when_its_time_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speculative, "CALIBRATION_SECONDS", 0.0)
+    decoded: list[int] = []
+    StepClock().calibrate(lambda n: decoded.append(n) or 1.0, most=64)
+    assert decoded == [1, 1]  # a slow model times its smallest step, and guesses the rest
+
+
+@pytest.mark.unit
 def test_drafts_are_as_long_as_they_pay_on_the_measured_step_times() -> None:
     proposal = list(range(8))
     sure, unsure = Speculation(hits=9.0, tries=10.0), Speculation(hits=1.0, tries=10.0)
@@ -114,17 +152,48 @@ def test_drafts_barely_slow_the_sequences_that_share_the_step_without_drafting()
     assert len(drafter.plan(both, 2, 100)[0]) == 8  # both propose: the batch gains
 
 
+def drafts_until(drafter: Drafter, candidate: Candidate, limit: int = 10_000) -> int:
+    """The step, counted from 1, at which ``candidate`` drafts (its draft then checked, all
+    wrong)."""
+    for steps in range(1, limit):
+        draft = drafter.plan([candidate], 1, 100)[0]
+        if draft:
+            candidate.speculation.record(len(draft), 0)
+            return steps
+    raise AssertionError(f"no draft in {limit} steps")
+
+
 @pytest.mark.unit
-def test_a_sequence_that_stopped_drafting_tries_again_later() -> None:
+def test_a_sequence_whose_drafts_do_not_pay_probes_less_and_less_often() -> None:
     wrong = Speculation()
     for _ in range(10):
         wrong.record(4, 0)
     drafter = timed(Drafter(8), {1: 1.0, 9: 1.8})
-    steps = 0
-    while not drafter.plan([Candidate(wrong, [1, 2, 3], 100)], 1, 100)[0]:
-        steps += 1
-        assert steps < 1000
-    assert steps > 10  # it rested a while
+    strong = Candidate(wrong, [1, 2, 3, 4, 5, 6], 100, strong=True)
+    first = drafter.plan([strong], 1, 100)[0]
+    assert first == [1, 2, 3, 4]  # a probe: PROBE_TOKENS, though the plan would not pay
+    wrong.record(4, 0)
+    waits = [drafts_until(drafter, strong) for _ in range(4)]
+    assert waits == [PROBE_GAP, 2 * PROBE_GAP, 4 * PROBE_GAP, 8 * PROBE_GAP]
+    # A weak proposal (a short n-gram matched) never probes.
+    weak = Candidate(Speculation(hits=0.1, tries=1.0), [1, 2, 3, 4], 100)
+    assert not any(drafter.plan([weak], 1, 100)[0] for _ in range(2000))
+
+
+@pytest.mark.unit
+def test_probes_that_come_true_lead_to_drafts_as_long_as_they_pay() -> None:
+    # Each drafted token adds 40% to a step: at the prior rate a draft does not pay.
+    drafter = timed(Drafter(16), {n: 1.0 + 0.4 * (n - 1) for n in (1, 17)})
+    new = Speculation()
+    candidate = Candidate(new, list(range(16)), 1000, strong=True)
+    lengths = []
+    for _ in range(6):
+        draft = drafter.plan([candidate], 1, 100)[0]
+        lengths.append(len(draft))
+        new.record(len(draft), len(draft))  # every guess came true
+    assert lengths[0] == PROBE_TOKENS
+    assert lengths[-1] == 16, lengths
+    assert new.gap == PROBE_GAP and new.wait == 0
 
 
 # ---- in the engine ------------------------------------------------------------------------
@@ -161,6 +230,23 @@ def engines(tiny_model: Path) -> Iterator[tuple[BatchEngine, BatchEngine]]:
 def done(items: list[object]) -> Done:
     assert isinstance(items[-1], Done), items[-1]
     return items[-1]
+
+
+@pytest.mark.integration
+def test_step_times_are_known_before_the_first_request_and_leave_no_cells(
+    tiny_model: Path,
+) -> None:
+    spec = ModelSpec("t", "t", str(tiny_model), n_ctx=N_CTX)
+    drafter = Drafter(8)
+    engine = BatchEngine(LlamaModel(tiny_model, spec, threads=1), N_CTX, 2, drafter=drafter)
+    try:
+        assert set(drafter.clock.known()) >= {1, 2, 4, 8, 16}
+        for slot in range(engine.slots):
+            assert engine._llama.llama_memory_seq_pos_max(engine._memory, slot) == -1
+        items = run(engine, {"a": ("completion", greedy("the sea", 20))})["a"]
+        assert len(tokens(items)) == 20
+    finally:
+        engine.close()
 
 
 @pytest.mark.integration
