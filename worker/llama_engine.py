@@ -11,7 +11,8 @@ makes every token attend over every cell that any sequence, running or cached, h
 the 512x8 test model eight cached 1,000-token conversations cut one stream from 576 to 70
 tokens per second without flash attention, 427 with it; per-slot cells: 484 to 576).
 A sequence that leaves its slot keeps its cells there, whether it finished or was
-cancelled (its client went away): the prefix cache.
+cancelled (its client went away): the prefix cache. ``cells.py`` moves the cells; this
+module decides who runs and what each step decodes.
 
 Requests are ``interactive`` or ``batch``, and each has a tenant. Waiting interactive
 requests join before any batch one; one that finds every slot busy while a batch sequence
@@ -33,17 +34,16 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
-import numpy as np
-
 from xb.core.protocol import GenerateParams, ModelSpec, Priority
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
+from xb.worker.cells import Cells
 from xb.worker.engine import Engine, Event, Failed, SequentialEngine
+from xb.worker.llama_batch import Batch
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, prompt_texts, scored_pieces
 from xb.worker.llama_model import LlamaModel
 from xb.worker.llama_sampling import Sampler
-from xb.worker.parking import park, restore
-from xb.worker.prefix_cache import STASH_MIN, PrefixCache, Transcript
+from xb.worker.prefix_cache import STASH_MIN
 from xb.worker.sequence import Row, Sequence, draft
 from xb.worker.speculative import Drafter, Speculation, verify
 from xb.worker.threads import ThreadTuner
@@ -76,20 +76,14 @@ class BatchEngine(Engine):
         self._n_ctx = n_ctx
         pool = n_ctx * self.slots
         self._ctx = model.new_context(pool, self.slots)
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
-        size = model.n_batch
-        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(size,))
-        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(size,))
-        self._n_seq_id = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(size,))
-        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(size,))
-        self._n_seq_id[:] = 1
-        self._cache = PrefixCache(self.slots, pool if cache_tokens < 0 else cache_tokens)
+        self._batch = Batch(model.n_batch)
+        self._cells = Cells(
+            model, self._ctx, self.slots, pool if cache_tokens < 0 else cache_tokens
+        )
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []  # in the order they joined
         self._requests: dict[str, Sequence] = {}
         self._early: list[Event] = []  # answers that need no decoding
-        self._transcripts: dict[int, Transcript] = {}  # the chats idle slots' cells hold
         self._tuner = ThreadTuner(model.threads if model.tuned else 1, self._set_threads)
         # Drafts are rolled back by cutting cells: a recurrent state cannot be cut.
         native = model.llm._model.model
@@ -120,7 +114,7 @@ class BatchEngine(Engine):
                 raise BackendError("the prompt is empty; give the model some text to go on")
             tokens = [self._model.bos]  # what llama-cpp-python's completions do
         if text is not None:
-            tokens = self._continued(tokens, text)
+            tokens = self._cells.continued(tokens, text)
         limit = token_budget(len(tokens), self._n_ctx, params.max_tokens)
         too_big = [i for i in params.logit_bias if not 0 <= i < self._model.n_vocab]
         if too_big:
@@ -194,81 +188,11 @@ class BatchEngine(Engine):
 
     @property
     def cached_tokens(self) -> int:
-        return self._cache.tokens
+        return self._cells.cache.tokens
 
     def share(self, threads: int) -> None:
         if self._model.tuned:  # threads the launch named stay as they are
             self._tuner.share(threads)
-
-    # ---- cells ------------------------------------------------------------------------
-
-    def _continued(self, tokens: list[int], text: str) -> list[int]:
-        """A chat's tokens, continuing the chat an idle slot holds that it quotes furthest,
-        if any: that chat's tokens as they were, then the rest's."""
-        kept = self._cache.kept()
-        rest_len = len(text)
-        for slot, transcript in self._transcripts.items():
-            quote = transcript.quoted(text) if slot in kept else None
-            if quote is None or len(quote[1]) >= rest_len:
-                continue
-            spliced = self._model.continued(*quote)
-            if spliced is not None:
-                tokens, rest_len = spliced, len(quote[1])
-        return tokens
-
-    def _transcript(self, sequence: Sequence) -> Transcript | None:
-        """What a chat's cells hold, for a follow-up to quote: its prompt, then every token
-        it generated, the last sampled (and sent) one among them even if not yet decoded."""
-        if sequence.text is None:
-            return None
-        answer = sequence.kv[len(sequence.prompt) :]
-        if sequence.next_token is not None and not sequence.closing:
-            answer = [*answer, sequence.next_token]
-        pieces = [self._model.piece(t) for t in answer]
-        return Transcript(sequence.text, sequence.prompt, answer, pieces)
-
-    def _clear(self, seq_id: int, start: int = 0) -> bool:
-        """Drop a slot's cells from ``start`` on; False when the model's memory cannot
-        cut there (a recurrent state, say), and then nothing was dropped."""
-        self._transcripts.pop(seq_id, None)
-        return bool(self._llama.llama_memory_seq_rm(self._memory, seq_id, start, -1))
-
-    def _place(self, sequence: Sequence) -> bool:
-        """Give a joining sequence a slot, with the longest cached prefix of its prompt,
-        or a preempted one its parked cells; False when those cannot be put back."""
-        # An echo wants every position's logits: nothing of it may come from the cache.
-        fresh = sequence.parked is None and sequence.echo is None
-        claim = self._cache.claim(sequence.prompt if fresh else [])
-        slot = claim.slot
-        if claim.stash is not None:  # what the slot kept moves aside, still cached
-            self._clear(claim.stash)
-            self._llama.llama_memory_seq_cp(self._memory, slot, claim.stash, -1, -1)
-            transcript = self._transcripts.pop(slot, None)
-            if transcript is not None:
-                self._transcripts[claim.stash] = transcript
-        if sequence.parked is not None:
-            self._clear(slot)
-            resumed = restore(self._llama, self._ctx, sequence.parked, slot)
-            sequence.seq_id, sequence.parked = slot, None
-            if not resumed:
-                log.error("request %s: its parked cells did not go back", sequence.request_id)
-                self._drop(sequence)
-            return resumed
-        if claim.source is not None:  # the longest prefix is elsewhere: copy it here
-            self._clear(slot)
-            self._llama.llama_memory_seq_cp(self._memory, claim.source, slot, -1, -1)
-        reuse = max(min(claim.shared, len(sequence.prompt) - 1), 0)  # one to decode, at least
-        # Recurrent and hybrid models keep a state that cannot be cut at a position, and a
-        # sliding window may have lost the prefix's first cells: then read it all again.
-        kept_whole = self._llama.llama_memory_seq_pos_min(self._memory, slot) <= 0
-        if reuse and not (self._clear(slot, reuse) and kept_whole):
-            reuse = 0
-        if not reuse:
-            self._clear(slot)
-        sequence.seq_id = slot
-        sequence.kv = sequence.prompt[:reuse]
-        sequence.cached = reuse
-        return True
 
     def _preempt(self, head: Sequence) -> bool:
         """Every slot is busy and ``head`` waits: a running sequence leaves its slot for
@@ -291,34 +215,20 @@ class BatchEngine(Engine):
         if not victims:
             return False
         sequence = min(victims, key=lambda s: len(s.kv))
-        parked = park(self._llama, self._ctx, sequence.seq_id)
-        if parked is None:
+        if not self._cells.park(sequence):
             return False
         self._running.remove(sequence)
-        self._clear(sequence.seq_id)
-        self._cache.release(sequence.seq_id, [])
-        sequence.parked = parked
         sequence.preemptions += 1
         self._enqueue(sequence, ahead=True)
         log.debug("request %s preempted (%d cells parked)", sequence.request_id, len(sequence.kv))
         return True
 
     def _leave(self, sequence: Sequence) -> None:
-        """A running sequence leaves its slot: finished, cancelled, or (one day) preempted.
-        Its cells, prompt and answer so far, stay in the slot if the budget allows."""
+        """A running sequence leaves its slot, finished or cancelled; its cells stay."""
         self._running.remove(sequence)
         self._requests.pop(sequence.request_id, None)
         sequence.sampler.close()
-        transcript = self._transcript(sequence)
-        if transcript is not None:
-            self._transcripts[sequence.seq_id] = transcript
-        for slot in self._cache.release(sequence.seq_id, sequence.kv):
-            self._clear(slot)
-
-    def _drop(self, sequence: Sequence) -> None:
-        """A sequence that failed leaves nothing behind: its cells may be wrong."""
-        self._clear(sequence.seq_id)
-        self._cache.release(sequence.seq_id, [])
+        self._cells.keep(sequence)
 
     # ---- steps ------------------------------------------------------------------------
 
@@ -332,7 +242,7 @@ class BatchEngine(Engine):
             if self._continues_closing(head):
                 break
             sequence = self._waiting.popleft()
-            if not self._place(sequence):
+            if not self._cells.place(sequence):
                 events.append((sequence.request_id, Failed("could not resume", invalid=False)))
                 self._requests.pop(sequence.request_id, None)
                 sequence.sampler.close()
@@ -396,18 +306,12 @@ class BatchEngine(Engine):
         )
         agreed = sum(1 for a, b in zip(chosen, draft, strict=False) if a == b)
         sequence.speculation.record(len(draft), agreed)
-        self._cut(sequence, start + 1 + agreed)
+        self._cells.cut(sequence, start + 1 + agreed)
         for i, token in enumerate(chosen):
             if not self._take(
                 sequence, token, index + i, events, start + 1 + i if i < agreed else None
             ):
                 return
-
-    def _cut(self, sequence: Sequence, cell: int | None) -> None:
-        """Roll a sequence's cells back to the first ``cell`` (None: nothing to roll back)."""
-        if cell is not None and cell < len(sequence.kv):
-            del sequence.kv[cell:]
-            self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, cell, -1)
 
     def _abandon(self, sequence: Sequence, events: list[Event], reason: str) -> None:
         """End a running sequence with an error, leaving nothing of it behind."""
@@ -417,7 +321,7 @@ class BatchEngine(Engine):
             events.append((sequence.request_id, Failed(reason, invalid=False)))
         self._running.remove(sequence)
         self._requests.pop(sequence.request_id, None)
-        self._drop(sequence)
+        self._cells.drop(sequence)
         sequence.sampler.close()
 
     def _plan(self) -> list[Row]:
@@ -446,22 +350,15 @@ class BatchEngine(Engine):
         self._llama.llama_set_n_threads(self._ctx, threads, threads)
 
     def _decode(self, rows: list[Row]) -> int:
-        n = 0
-        seq_ids = self._batch.seq_id
+        batch = self._batch
+        batch.clear()
         for row in rows:
-            count, start, seq_id = len(row.tokens), len(row.sequence.kv), row.sequence.seq_id
-            self._tokens[n : n + count] = row.tokens
-            self._pos[n : n + count] = np.arange(start, start + count)
-            self._logits[n : n + count] = 1 if row.score else 0
-            for i in range(n, n + count):
-                seq_ids[i][0] = seq_id
-            n += count
-            if row.sample:
-                self._logits[n - 1 - len(row.drafts) : n] = 1
-        self._batch.n_tokens = n
+            outputs = len(row.tokens) if row.score else (1 + len(row.drafts)) * row.sample
+            batch.add(row.tokens, row.sequence.seq_id, len(row.sequence.kv), outputs)
+        n = batch.n
         self._tuner.before(n)
         started = time.perf_counter()
-        code = int(self._llama.llama_decode(self._ctx, self._batch))
+        code = batch.decode(self._ctx)
         seconds = time.perf_counter() - started
         self._tuner.after(n, seconds)
         if self._drafter is not None and all(r.sequence.next_token is not None for r in rows):
@@ -471,15 +368,12 @@ class BatchEngine(Engine):
     def _time_step(self, n: int) -> float:
         """Seconds to decode ``n`` tokens with every position's logits, as a draft's
         check does, in slot 0's cells (before the first request; removed after)."""
-        token = max(self._model.bos, 0)
-        self._tokens[:n], self._pos[:n], self._logits[:n] = token, np.arange(n), 1
-        for i in range(n):
-            self._batch.seq_id[i][0] = 0
-        self._batch.n_tokens = n
+        self._batch.clear()
+        self._batch.add([max(self._model.bos, 0)] * n, 0, 0, n)
         started = time.perf_counter()
-        code = self._llama.llama_decode(self._ctx, self._batch)
+        code = self._batch.decode(self._ctx)
         seconds = time.perf_counter() - started
-        self._clear(0)
+        self._cells.clear(0)
         if code != 0:
             raise BackendError(f"llama.cpp could not decode {n} tokens (code {code})")
         return seconds
@@ -498,7 +392,7 @@ class BatchEngine(Engine):
         """A token sampled from batch row ``row``: sent, and decoded at the next step, or
         already in ``cell`` (a draft that came true). False when it ends the answer."""
         if self._model.ends_turn(token):
-            self._cut(sequence, cell)
+            self._cells.cut(sequence, cell)
             self._finish(sequence, "stop", events)
             return False
         sequence.produced += 1
@@ -509,7 +403,7 @@ class BatchEngine(Engine):
             logprob = sequence.sampler.logprob(logprobs, token, sequence.top_logprobs)
         events.append((sequence.request_id, Piece(text, logprob)))
         if sequence.answer.stopped:
-            self._cut(sequence, cell)
+            self._cells.cut(sequence, cell)
             self._finish(sequence, "stop", events)
         elif sequence.produced >= sequence.limit:
             self._finish(sequence, "length", events, last=token if cell is None else None)
@@ -527,7 +421,7 @@ class BatchEngine(Engine):
         if sequence.preemptions:
             done = dataclasses.replace(done, preemptions=sequence.preemptions)
         events.append((sequence.request_id, done))
-        if last is None or sequence.text is None or not self._cache.budget:
+        if last is None or sequence.text is None or not self._cells.cache.budget:
             self._leave(sequence)
             return
         self._requests.pop(sequence.request_id, None)
@@ -536,7 +430,7 @@ class BatchEngine(Engine):
     def close(self) -> None:
         for sequence in [*self._running, *self._waiting]:
             sequence.sampler.close()
-        self._llama.llama_batch_free(self._batch)
+        self._batch.free()
         self._llama.llama_free(self._ctx)
         self._model.close()
 

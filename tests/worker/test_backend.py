@@ -152,7 +152,7 @@ def test_prompt_over_the_context_is_refused(engine: BatchEngine) -> None:
 def test_a_greedy_answer_is_the_same_alone_and_batched_with_three_others(
     engine: BatchEngine,
 ) -> None:
-    engine._cache.budget = 0  # every run computes its whole prompt
+    engine._cells.cache.budget = 0  # every run computes its whole prompt
     alone = tokens(run(engine, {"a": ("completion", greedy("the sea"))})["a"])
     batched = run(
         engine,
@@ -170,7 +170,7 @@ def test_a_greedy_answer_is_the_same_alone_and_batched_with_three_others(
 
 @pytest.mark.integration
 def test_a_seeded_answer_is_the_same_alone_and_batched(engine: BatchEngine) -> None:
-    engine._cache.budget = 0
+    engine._cells.cache.budget = 0
     seeded = GenerateParams(prompt="ma ne", max_tokens=30, temperature=1.0, seed=7)
     alone = tokens(run(engine, {"s": ("completion", seeded)})["s"])
     other = GenerateParams(prompt="ma ne", max_tokens=30, temperature=1.0, seed=8)
@@ -253,7 +253,7 @@ def test_a_cancelled_answer_stays_cached_for_a_follow_up_that_quotes_it(
     slot, n_prompt = first.seq_id, len(first.prompt)
     assert len(answer) == 12
     assert engine.cancel("1") and not engine.cancel("1")
-    assert engine._cache.kept() == {slot: first.kv}  # its prompt and 11 decoded tokens
+    assert engine._cells.cache.kept() == {slot: first.kv}  # its prompt and 11 decoded tokens
     text = b"".join(engine._model.piece(t) for t in answer[:quoted]).decode()
     follow = [*history, ChatMessage("assistant", text), ChatMessage("user", "and then?")]
     params = GenerateParams(messages=follow, max_tokens=20, temperature=0)
@@ -303,7 +303,7 @@ def test_a_prompt_cancelled_while_it_is_read_keeps_what_was_read(engine: BatchEn
     assert engine.cancel("long")
     while engine.busy:
         engine.step()
-    assert read in engine._cache.kept().values()
+    assert read in engine._cells.cache.kept().values()
     again = run(engine, {"again": ("completion", greedy("word " * 110, 3))})["again"][-1]
     assert isinstance(again, Done) and again.usage.cached_tokens == len(read)
 
@@ -382,7 +382,7 @@ def test_every_sampling_feature_is_per_sequence(engine: BatchEngine) -> None:
         ),
         "stop": ("completion", GenerateParams(prompt="ka", max_tokens=50, seed=5, stop=["e"])),
     }
-    engine._cache.budget = 0
+    engine._cells.cache.budget = 0
     alone = {rid: run(engine, {rid: request})[rid] for rid, request in requests.items()}
     together = run(engine, requests)
     assert comparable(together) == comparable(alone, near=True)
@@ -408,7 +408,7 @@ def test_running_sequences_stay_in_the_lowest_slots_and_prefixes_follow(
         engine,
         {f"c{i}": ("chat", GenerateParams(messages=m, max_tokens=8)) for i, m in chats.items()},
     )
-    assert sorted(engine._cache.kept()) == [0, 1, 2, 3]  # c3 ran, and is kept, in slot 3
+    assert sorted(engine._cells.cache.kept()) == [0, 1, 2, 3]  # c3 ran, and is kept, in slot 3
     answer = "".join(tokens(first["c3"]))
     follow = [*chats[3], ChatMessage("assistant", answer), ChatMessage("user", "and?")]
     engine.add("f", "chat", GenerateParams(messages=follow, max_tokens=6))

@@ -21,7 +21,7 @@ N_CTX = 1024
 def engine(tiny_model: Path) -> Iterator[BatchEngine]:
     spec = ModelSpec("t", "t", str(tiny_model), n_ctx=N_CTX)
     engine = BatchEngine(LlamaModel(tiny_model, spec, threads=1), n_ctx=N_CTX, n_parallel=2)
-    engine._cache.budget = 0  # every answer computes its whole prompt, alone or not
+    engine._cells.cache.budget = 0  # every answer computes its whole prompt, alone or not
     yield engine
     engine.close()
 
@@ -165,7 +165,7 @@ def test_a_preempted_sequence_can_be_cancelled_while_it_waits(engine: BatchEngin
 @pytest.mark.integration
 def test_no_preemption_when_a_slot_frees_after_this_step(engine: BatchEngine) -> None:
     # A chat cut at max_tokens keeps its slot one more step to decode its last token.
-    engine._cache.budget = 10_000
+    engine._cells.cache.budget = 10_000
     chat = GenerateParams(messages=[ChatMessage("user", "hi")], max_tokens=10)
     log = Log(engine)
     engine.add("closing", "chat", chat, "batch")

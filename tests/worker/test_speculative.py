@@ -221,7 +221,7 @@ def new_engine(path: Path, drafts: bool, parallel: int = 4) -> BatchEngine:
 def engines(tiny_model: Path) -> Iterator[tuple[BatchEngine, BatchEngine]]:
     """The same model with drafts on and off, nothing cached."""
     on, off = new_engine(tiny_model, True), new_engine(tiny_model, False)
-    on._cache.budget = off._cache.budget = 0
+    on._cells.cache.budget = off._cells.cache.budget = 0
     yield on, off
     on.close()
     off.close()
@@ -242,7 +242,7 @@ def test_step_times_are_known_before_the_first_request_and_leave_no_cells(
     try:
         assert set(drafter.clock.known()) >= {1, 2, 4, 8, 16}
         for slot in range(engine.slots):
-            assert engine._llama.llama_memory_seq_pos_max(engine._memory, slot) == -1
+            assert engine._llama.llama_memory_seq_pos_max(engine._cells.memory, slot) == -1
         items = run(engine, {"a": ("completion", greedy("the sea", 20))})["a"]
         assert len(tokens(items)) == 20
     finally:
@@ -288,9 +288,9 @@ def test_a_greedy_answer_is_the_same_with_drafts_batched_with_others(
 
 def assert_no_stray_cells(engine: BatchEngine) -> None:
     """Each slot's cells end where the tokens the engine thinks they hold end."""
-    memory, pos_max = engine._memory, engine._llama.llama_memory_seq_pos_max
+    memory, pos_max = engine._cells.memory, engine._llama.llama_memory_seq_pos_max
     running = {s.seq_id: s.kv for s in engine._running}
-    kept = engine._cache.kept()
+    kept = engine._cells.cache.kept()
     for slot in range(engine.slots):
         held = running.get(slot, kept.get(slot, []))
         assert pos_max(memory, slot) == len(held) - 1, (slot, len(held))
@@ -317,7 +317,7 @@ def test_rolled_back_drafts_leave_no_cells_and_the_follow_up_reuses_the_rest(
                 if name == "on":
                     assert usage.rejected_prediction_tokens > 0  # something was rolled back
                 assert usage.cached_tokens == kept  # the whole conversation so far
-                kept = len(engine._cache.kept()[0])
+                kept = len(engine._cells.cache.kept()[0])
                 assert kept == usage.total_tokens
                 reply = "".join(tokens(items))
                 history += [ChatMessage("assistant", reply), ChatMessage("user", "and?")]
@@ -335,7 +335,7 @@ def test_a_stop_string_inside_an_accepted_draft_ends_the_answer_there(
     """The tokens of a draft after the one that completes a stop string are rolled back, and
     the finished answer's cells hold its prompt and answer, no more."""
     on, off = engines
-    on._cache.budget = off._cache.budget = 10_000
+    on._cells.cache.budget = off._cells.cache.budget = 10_000
     loop = "".join(tokens(run(off, {"a": ("completion", greedy("the sea", 300))})["a"]))
     # Longer than the loop the answer fell into: it is completed well inside the loop, where
     # drafts come true.
@@ -353,7 +353,7 @@ def test_a_stop_string_inside_an_accepted_draft_ends_the_answer_there(
         if name == "on":
             assert done(items).usage.accepted_prediction_tokens > 0
     assert answers["on"] == answers["off"] == loop[: loop.index(stop)]
-    assert on._cache.kept()[0] == off._cache.kept()[0]  # not the token that completed it
+    assert on._cells.cache.kept()[0] == off._cells.cache.kept()[0]  # not the token that completed it
 
 
 @pytest.mark.integration
