@@ -38,6 +38,7 @@ import numpy as np
 from xb.core.protocol import GenerateParams, ModelSpec, Priority
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
+from xb.worker.draft_model import DraftModel, load_draft
 from xb.worker.engine import Engine, Event, Failed, SequentialEngine
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, prompt_texts, scored_pieces
 from xb.worker.llama_model import LlamaModel
@@ -57,6 +58,14 @@ log = logging.getLogger("xb.model")
 PREFILL_CHUNK = int(os.environ.get("XB_PREFILL_CHUNK", "128"))
 
 
+def slot_count(model: LlamaModel, n_parallel: int) -> int:
+    """The sequences a replica decodes together: as many as asked, as llama.cpp allows."""
+    import llama_cpp
+
+    most = int(llama_cpp.llama_max_parallel_sequences())
+    return max(1, min(n_parallel, model.n_batch, most))
+
+
 class BatchEngine(Engine):
     def __init__(
         self,
@@ -65,14 +74,14 @@ class BatchEngine(Engine):
         n_parallel: int,
         cache_tokens: int = -1,
         drafter: Drafter | None = None,
+        draft_model: DraftModel | None = None,
     ) -> None:
         import llama_cpp
 
         self._llama = llama_cpp
         self._model = model
         self.abilities = model.abilities
-        most = int(llama_cpp.llama_max_parallel_sequences())
-        self.slots = max(1, min(n_parallel, model.n_batch, most))
+        self.slots = slot_count(model, n_parallel)
         self._n_ctx = n_ctx
         pool = n_ctx * self.slots
         self._ctx = model.new_context(pool, self.slots)
@@ -97,6 +106,7 @@ class BatchEngine(Engine):
             native
         )
         self._drafter = None if whole else drafter
+        self._draft_model = draft_model  # proposes the drafts, where n-grams do not
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -424,7 +434,7 @@ class BatchEngine(Engine):
             Row(s, [s.next_token], not s.closing) for s in self._running if s.next_token is not None
         ]
         if self._drafter is not None:
-            draft(rows, self._drafter, self._model.n_batch)
+            draft(rows, self._drafter, self._model.n_batch, self._draft_model)
         budget = self._model.n_batch - sum(len(row.tokens) for row in rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)
@@ -442,6 +452,8 @@ class BatchEngine(Engine):
 
     def _set_threads(self, threads: int) -> None:
         self._llama.llama_set_n_threads(self._ctx, threads, threads)
+        if self._draft_model is not None:
+            self._draft_model.set_threads(threads)
 
     def _decode(self, rows: list[Row]) -> int:
         n = 0
@@ -520,6 +532,8 @@ class BatchEngine(Engine):
             sequence.sampler.close()
         self._llama.llama_batch_free(self._batch)
         self._llama.llama_free(self._ctx)
+        if self._draft_model is not None:
+            self._draft_model.close()
         self._model.close()
 
 
@@ -531,5 +545,16 @@ def start(path: Path, spec: ModelSpec, threads: int) -> Engine:
 
         return SequentialEngine(LlamaEmbedder(path, spec, threads))
     model = LlamaModel(path, spec, threads)
-    drafter = Drafter(spec.draft_tokens) if spec.speculative == "ngram" else None
-    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens, drafter)
+    drafter = Drafter(spec.draft_tokens) if spec.speculative in ("ngram", "draft") else None
+    helper = None
+    try:
+        if spec.speculative == "draft":
+            helper = load_draft(model, spec, slot_count(model, spec.n_parallel), threads)
+        return BatchEngine(
+            model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens, drafter, helper
+        )
+    except BaseException:
+        if helper is not None:
+            helper.close()
+        model.close()
+        raise
