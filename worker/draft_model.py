@@ -28,11 +28,16 @@ import numpy as np
 from xb.core.protocol import ModelSpec
 from xb.worker.backend import BackendError
 from xb.worker.llama_model import LlamaModel
+from xb.worker.speculative import Speculation
 
 # A drafted token whose probability under the draft model is below this ends the draft:
 # llama.cpp's server uses 0.75 (its ``--draft-p-min``), and so does xb (see the README's
 # "Speculative decoding" for the measurement).
 P_MIN = 0.75
+# How often a new sequence's drafted tokens are expected to come true: a draft model that
+# shares the model's vocabulary agrees far more often than n-gram lookup (``PRIOR_RATE``);
+# at ``P_MIN`` 0.75 the test pairs' drafts came true 70% to 95% of the time.
+PRIOR_RATE = 0.7
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,11 @@ def difference(draft: Vocabulary, model: Vocabulary) -> str | None:
 
 class DraftModel:
     """The draft model's weights and context, and what each of its slots holds."""
+
+    @staticmethod
+    def speculation() -> Speculation:
+        """A new sequence's drafting, expected to come true at ``PRIOR_RATE`` at first."""
+        return Speculation(hits=PRIOR_RATE)
 
     def __init__(self, model: LlamaModel, target: LlamaModel, n_ctx: int, slots: int) -> None:
         import llama_cpp

@@ -142,6 +142,7 @@ class BatchEngine(Engine):
         if params.echo and params.logprobs:
             texts, start = prompt_texts(self._model, tokens, params.prompt or "")
             echo = Echo(texts, start, params.top_logprobs)
+        drafts = self._draft_model.speculation if self._draft_model else Speculation
         sequence = Sequence(  # the sampler last: nothing may raise once it exists
             request_id,
             tokens,
@@ -153,9 +154,7 @@ class BatchEngine(Engine):
             text=text,
             priority=priority,
             tenant=tenant,
-            speculation=Speculation()
-            if self._drafter and params.speculative and not echo
-            else None,
+            speculation=drafts() if self._drafter and params.speculative and not echo else None,
         )
         self._requests[request_id] = sequence
         if params.echo and echo is None:
