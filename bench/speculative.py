@@ -37,6 +37,10 @@ import httpx
 from bench.batching import medium_model, messages, smollm2_path
 from tests.stack import Stack
 from xb.core.demo_model import DemoModelConfig, write_demo_model
+from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
+from xb.worker.backend import Done
+from xb.worker.llama_engine import BatchEngine
+from xb.worker.speculative import StepClock
 
 TEXT = (
     "The harbour town wakes early. Before the sun clears the hills, the fishing boats slip "
@@ -285,6 +289,45 @@ async def draft_round(client: httpx.AsyncClient) -> dict[str, Answer]:
     return answers
 
 
+class _EveryDraft(StepClock):
+    """Steps of any size take as long: the plan takes every draft offered."""
+
+    def record(self, tokens: int, seconds: float) -> None:
+        pass
+
+    def known(self) -> dict[int, float]:
+        return dict.fromkeys(range(1, 600), 1.0)
+
+
+def forced_drafts(target: Path, draft: Path, mode: str, threads: int) -> tuple[int, int, int]:
+    """(tokens, target steps, drafted tokens accepted) of the greedy chat and edit answers
+    in-process, every draft the draft model (or n-gram lookup) offers taken: what drafts
+    could save where a step of nine tokens costs what a step of one does (a GPU), and how
+    often they come true."""
+    from xb.worker.llama_engine import start
+
+    spec = ModelSpec("b", "b", str(target), n_ctx=2048, speculative=mode, draft_model=str(draft))
+    engine = start(target, spec, threads)
+    assert isinstance(engine, BatchEngine) and engine._drafter is not None
+    engine._drafter.clock = _EveryDraft()
+    produced = steps = accepted = 0
+    for chat, tokens in ((messages(0), 256), (edit(0), EDIT_TOKENS)):
+        params = GenerateParams(
+            messages=[ChatMessage(m["role"], m["content"]) for m in chat],
+            max_tokens=tokens,
+            temperature=0,
+        )
+        engine.add("r", "chat", params)
+        while engine.busy:
+            for _, item in engine.step():
+                if isinstance(item, Done):
+                    produced += item.usage.completion_tokens
+                    accepted += item.usage.accepted_prediction_tokens
+            steps += 1
+    engine.close()
+    return produced, steps, accepted
+
+
 def draft_bench(target: Path, draft: Path, label: str, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(home=Path(tmp) / "home", model_dirs=[target.parent, draft.parent])
@@ -301,6 +344,12 @@ def draft_bench(target: Path, draft: Path, label: str, rounds: int) -> None:
         finally:
             stack.stop()
     draft_report(label, results)
+    for mode in ("ngram", "draft"):
+        produced, steps, accepted = forced_drafts(target, draft, mode, 2)
+        print(
+            f"every {mode} draft taken, in-process: {produced} tokens in {steps} target steps "
+            f"({produced / steps:.2f} a step), {accepted} of them drafted"
+        )
 
 
 async def draft_rounds(stack: Stack, rounds: int) -> list[dict[str, Answer]]:
