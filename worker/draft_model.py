@@ -20,6 +20,7 @@ on one token: greedy answers stay identical, sampled ones keep the target's dist
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,13 @@ class DraftModel:
         self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(size,))
         self._n_seq_id[:] = 1
         self._held: list[list[int]] = [[] for _ in range(slots)]
+        self._seconds = 0.0  # spent proposing since ``spent`` was last asked
+        self._caught_up = 0  # tokens the last catch-up read
+
+    def spent(self) -> float:
+        """Seconds spent proposing since the last call."""
+        seconds, self._seconds = self._seconds, 0.0
+        return seconds
 
     def held(self, slot: int) -> list[int]:
         """The tokens whose cells the draft model's slot holds."""
@@ -125,6 +133,21 @@ class DraftModel:
         after ``context`` (its last token not decoded by the target yet); [] for a
         sequence whose slot is still catching up, or where ``k`` is 0."""
         drafts: list[list[int]] = [[] for _ in wanted]
+        started = time.perf_counter()
+        rows = self._catch_up(wanted)
+        # Reading a new prompt is counted no more than the model's own prompt steps are:
+        # only the tokens a step of drafting leaves behind (the accepted ones, the next).
+        if sum(k + 1 for _, _, k in wanted if k > 0) < self._caught_up:
+            started = time.perf_counter()
+        try:
+            self._draft(wanted, rows, drafts)
+        finally:
+            self._seconds += time.perf_counter() - started
+        return drafts
+
+    def _catch_up(self, wanted: list[tuple[int, list[int], int]]) -> dict[int, int]:
+        """Bring the slots in line with the contexts, ``n_batch`` tokens at most; which
+        batch row holds the logits after each context that is read whole."""
         rows: dict[int, int] = {}  # wanted index -> batch index of its logits
         budget, n = self._n_batch, 0
         for i, (slot, context, k) in enumerate(wanted):
@@ -139,8 +162,16 @@ class DraftModel:
             if len(self._held[slot]) == len(context) and take:
                 self._logits[n - 1] = 1
                 rows[i] = n - 1
-        if not n or not self._decode(n):
-            return drafts
+        self._caught_up = n
+        return rows if n and self._decode(n) else {}
+
+    def _draft(
+        self,
+        wanted: list[tuple[int, list[int], int]],
+        rows: dict[int, int],
+        drafts: list[list[int]],
+    ) -> None:
+        """Greedy drafts from the logits in ``rows``, one decode per drafted position."""
         while rows:
             following: dict[int, int] = {}
             n = 0
@@ -158,7 +189,6 @@ class DraftModel:
             if not n or not self._decode(n):
                 break
             rows = following
-        return drafts
 
     def _sync(self, slot: int, context: list[int]) -> int:
         """Cut the slot's cells back to what it shares with ``context``, keeping its last

@@ -473,8 +473,11 @@ class BatchEngine(Engine):
         code = int(self._llama.llama_decode(self._ctx, self._batch))
         seconds = time.perf_counter() - started
         self._tuner.after(n, seconds)
+        # A draft model's time counts as part of the step its drafts lengthened: the plan
+        # then weighs what drafting costs, not only what checking drafts does.
+        drafting = self._draft_model.spent() if self._draft_model is not None else 0.0
         if self._drafter is not None and all(r.sequence.next_token is not None for r in rows):
-            self._drafter.clock.record(n, seconds)  # a step of generating rows alone
+            self._drafter.clock.record(n, seconds + drafting)  # generating rows alone
         return code
 
     def _fail_all(self, events: list[Event], reason: str) -> None:
