@@ -13,12 +13,16 @@ import pytest
 from tests.worker.test_backend import greedy, run, tokens
 from tests.worker.test_preemption import Log
 from tests.worker.test_speculative import FlatClock, done
+from xb.broker.management import Management
 from xb.core.demo_model import DemoModelConfig, write_demo_model
+from xb.core.engines import of_spec
+from xb.core.paths import MODEL_DIRS_ENV
 from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
 from xb.worker.backend import BackendError
 from xb.worker.draft_model import DraftModel, Vocabulary, difference, load_draft
 from xb.worker.llama_engine import BatchEngine
 from xb.worker.llama_model import LlamaModel
+from xb.worker.model_process import LoadError, load_engine
 from xb.worker.speculative import Drafter
 
 N_CTX = 1024
@@ -203,3 +207,21 @@ def test_a_preempted_sequence_with_a_draft_model_resumes_unchanged(
         checked.reference.close()
         on.close()
         off.close()
+
+
+@pytest.mark.integration
+def test_the_memory_checks_count_the_draft_models_weights_and_cells(
+    draft_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, draft = draft_pair
+    monkeypatch.setenv(MODEL_DIRS_ENV, str(target.parent))
+    alone = ModelSpec("t", "t", str(target), n_ctx=N_CTX, n_parallel=4)
+    drafted = msgspec.structs.replace(alone, speculative="draft", draft_model=str(draft))
+    kind = of_spec(alone)
+    need = kind.estimate(target, alone)
+    draft_need = kind.estimate(draft, alone)  # its own cells: as many as the model's
+    assert Management._estimate(drafted) == need + draft_need
+    with pytest.raises(LoadError, match="needs"):
+        load_engine(drafted, offer=need + draft_need - 1, threads=1, report=lambda _: None)
+    engine = load_engine(drafted, offer=need + draft_need, threads=1, report=lambda _: None)
+    engine.close()
