@@ -16,6 +16,10 @@ where the draft model's top probability falls below ``P_MIN``: a token it is uns
 is unlikely to come true. The draft is deterministic (the draft model's argmax), so
 checking it is the rule ``speculative.py`` documents for a draft that puts all its weight
 on one token: greedy answers stay identical, sampled ones keep the target's distribution.
+
+Whether a sequence's draft is worth the draft model's time is ``Drafter.plan``'s call
+(``sequence.draft``): the draft model runs only for sequences that could be given a draft,
+and the seconds it spends (``spent``) are counted in the step its drafts lengthened.
 """
 
 from __future__ import annotations
