@@ -21,7 +21,8 @@ are parked (``parking.py``), it waits ahead of the others of its priority, and r
 from those cells where it stopped when a slot frees.
 
 A generating sequence's row may carry a draft after its next token (speculative decoding,
-``speculative.py``): the tokens the model agrees with are kept, the rest of the cells cut.
+``speculative.py``; proposed by n-gram lookup or by a draft model, ``draft_model.py``): the
+tokens the model agrees with are kept, the rest of the cells cut.
 """
 
 from __future__ import annotations
