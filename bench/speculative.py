@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -252,9 +253,11 @@ DRAFT_MODES = ("off", "ngram", "draft")
 def medium_pair(folder: Path) -> tuple[Path, Path]:
     """The 512x8 test model whose later layers add little, and its first layer alone (the
     same seed): greedy choices agree at about 85% of positions."""
-    shape = dict(n_embd=512, n_head=8, n_ff=1408, eos_logit=-1000.0, f16=True, logit_scale=12.0)
-    target = DemoModelConfig(n_layer=8, late_layer_scale=0.1, **shape)  # type: ignore[arg-type]
-    draft = DemoModelConfig(n_layer=1, **shape)  # type: ignore[arg-type]
+    shape = DemoModelConfig(
+        n_embd=512, n_head=8, n_ff=1408, eos_logit=-1000.0, f16=True, logit_scale=12.0
+    )
+    target = dataclasses.replace(shape, n_layer=8, late_layer_scale=0.1)
+    draft = dataclasses.replace(shape, n_layer=1)
     return (
         write_demo_model(folder / "pair-target.gguf", target),
         write_demo_model(folder / "pair-draft.gguf", draft),
