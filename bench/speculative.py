@@ -12,12 +12,19 @@ Single-stream rates are decode rates: tokens after the first, over the time afte
 first (the prompt is read the same way on and off). Rates of 4 streams are aggregate:
 every token over the wall time from sending to the last end.
 Run: .venv/bin/python -m bench.speculative [--model smollm2|medium|both] [--rounds 2]
+
+With ``--draft``, drafting with a draft model instead (``draft_bench``): one greedy stream
+of the chat requests and of the edit, on a replica with no drafts, one with n-gram drafts
+and one with the draft model, for two same-vocabulary pairs: the 512x8 test model written
+with small later layers and its own first layer alone as the draft (``medium_pair``), and
+SmolLM2-135M's Q4_1 file drafting for an f16 copy of itself (``smollm2_f16``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -30,6 +37,11 @@ import httpx
 
 from bench.batching import medium_model, messages, smollm2_path
 from tests.stack import Stack
+from xb.core.demo_model import DemoModelConfig, write_demo_model
+from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
+from xb.worker.backend import Done
+from xb.worker.llama_engine import BatchEngine
+from xb.worker.speculative import StepClock
 
 TEXT = (
     "The harbour town wakes early. Before the sun clears the hills, the fishing boats slip "
@@ -233,12 +245,164 @@ def report(label: str, rounds: list[Round]) -> None:
     print(f"drafted {drafted} tokens, accepted {accepted} ({accepted / max(drafted, 1):.0%})")
 
 
+# ---- drafting with a draft model ------------------------------------------------------
+
+DRAFT_MODES = ("off", "ngram", "draft")
+
+
+def medium_pair(folder: Path) -> tuple[Path, Path]:
+    """The 512x8 test model whose later layers add little, and its first layer alone (the
+    same seed): greedy choices agree at about 85% of positions."""
+    shape = DemoModelConfig(
+        n_embd=512, n_head=8, n_ff=1408, eos_logit=-1000.0, f16=True, logit_scale=12.0
+    )
+    target = dataclasses.replace(shape, n_layer=8, late_layer_scale=0.1)
+    draft = dataclasses.replace(shape, n_layer=1)
+    return (
+        write_demo_model(folder / "pair-target.gguf", target),
+        write_demo_model(folder / "pair-draft.gguf", draft),
+    )
+
+
+def smollm2_f16(source: Path, folder: Path) -> Path:
+    """An f16 copy of SmolLM2's Q4_1 file (its weights dequantized by llama.cpp's own
+    quantizer): the model a low-bit copy of itself drafts for."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    out = folder / "smollm2-f16.gguf"
+    if llama_cpp.llama_model_quantize(
+        str(source).encode(), str(out).encode(), ctypes.byref(params)
+    ):
+        raise RuntimeError("llama.cpp could not write the f16 copy")
+    return out
+
+
+async def draft_round(client: httpx.AsyncClient) -> dict[str, Answer]:
+    """One greedy stream per workload and mode, keyed "<workload> <mode>"."""
+    answers = {}
+    for workload in ("chat", "edit"):
+        for mode in DRAFT_MODES:
+            chat, tokens = (messages(0), 256) if workload == "chat" else (edit(0), EDIT_TOKENS)
+            answers[f"{workload} {mode}"] = await answer(client, mode, chat, True, tokens)
+    return answers
+
+
+class _EveryDraft(StepClock):
+    """Steps of any size take as long: the plan takes every draft offered."""
+
+    def record(self, tokens: int, seconds: float) -> None:
+        pass
+
+    def known(self) -> dict[int, float]:
+        return dict.fromkeys(range(1, 600), 1.0)
+
+
+def forced_drafts(target: Path, draft: Path, mode: str, threads: int) -> tuple[int, int, int]:
+    """(tokens, target steps, drafted tokens accepted) of the greedy chat and edit answers
+    in-process, every draft the draft model (or n-gram lookup) offers taken: what drafts
+    could save where a step of nine tokens costs what a step of one does (a GPU), and how
+    often they come true."""
+    from xb.worker.llama_engine import start
+
+    spec = ModelSpec("b", "b", str(target), n_ctx=2048, speculative=mode, draft_model=str(draft))
+    engine = start(target, spec, threads)
+    assert isinstance(engine, BatchEngine) and engine._drafter is not None
+    engine._drafter.clock = _EveryDraft()
+    produced = steps = accepted = 0
+    for chat, tokens in ((messages(0), 256), (edit(0), EDIT_TOKENS)):
+        params = GenerateParams(
+            messages=[ChatMessage(m["role"], m["content"]) for m in chat],
+            max_tokens=tokens,
+            temperature=0,
+        )
+        engine.add("r", "chat", params)
+        while engine.busy:
+            for _, item in engine.step():
+                if isinstance(item, Done):
+                    produced += item.usage.completion_tokens
+                    accepted += item.usage.accepted_prediction_tokens
+            steps += 1
+    engine.close()
+    return produced, steps, accepted
+
+
+def draft_bench(target: Path, draft: Path, label: str, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(home=Path(tmp) / "home", model_dirs=[target.parent, draft.parent])
+        try:
+            stack.start()
+            stack.add_worker()
+            for mode in DRAFT_MODES:
+                body: dict[str, Any] = {"model_path": str(target), "n_ctx": 2048}
+                body |= {"draft_model": str(draft)} if mode == "draft" else {"speculative": mode}
+                stack.launch(
+                    model_name=mode, model_uid=mode, n_gpu_layers=0, prefix_cache_tokens=0, **body
+                )
+            results = asyncio.run(draft_rounds(stack, rounds))
+        finally:
+            stack.stop()
+    draft_report(label, results)
+    for mode in ("ngram", "draft"):
+        produced, steps, accepted = forced_drafts(target, draft, mode, 2)
+        print(
+            f"every {mode} draft taken, in-process: {produced} tokens in {steps} target steps "
+            f"({produced / steps:.2f} a step), {accepted} of them drafted"
+        )
+
+
+async def draft_rounds(stack: Stack, rounds: int) -> list[dict[str, Answer]]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=600) as client:
+        for mode in DRAFT_MODES:  # warm up
+            await answer(client, mode, messages(1), True, 32)
+        return [await draft_round(client) for _ in range(rounds)]
+
+
+def draft_report(label: str, rounds: list[dict[str, Answer]]) -> None:
+    print(f"\n== {label}: {len(rounds)} rounds, 1 greedy stream; decode tokens/s (median)")
+    for workload in ("chat", "edit"):
+        rates = {
+            m: statistics.median(r[f"{workload} {m}"].decode_rate for r in rounds)
+            for m in DRAFT_MODES
+        }
+        ratio = {
+            m: statistics.median(
+                r[f"{workload} {m}"].decode_rate / r[f"{workload} off"].decode_rate for r in rounds
+            )
+            for m in DRAFT_MODES
+        }
+        drafted = [r[f"{workload} draft"] for r in rounds]
+        accepted = sum(a.accepted for a in drafted)
+        checked = accepted + sum(a.rejected for a in drafted)
+        same = sum(r[f"{workload} draft"].text == r[f"{workload} off"].text for r in rounds)
+        print(
+            f"{workload:5}: off {rates['off']:6.1f}  ngram {rates['ngram']:6.1f} "
+            f"({ratio['ngram']:.2f}x)  draft model {rates['draft']:6.1f} ({ratio['draft']:.2f}x); "
+            f"draft model: {checked} drafted, {accepted / max(checked, 1):.0%} accepted, "
+            f"{accepted / max(sum(a.tokens for a in drafted), 1):.0%} of the answer; "
+            f"text identical to off in {same} of {len(rounds)}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("medium", "smollm2", "both"), default="both")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="llama-cpp-python's threads")
+    parser.add_argument("--draft", action="store_true", help="drafting with a draft model")
     args = parser.parse_args()
+    if args.draft:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.model in ("medium", "both"):
+                draft_bench(*medium_pair(Path(tmp)), "512x8 pair", args.rounds)
+            path = smollm2_path()
+            if args.model in ("smollm2", "both") and path is not None:
+                draft_bench(smollm2_f16(path, Path(tmp)), path, "smollm2 f16 <- Q4_1", args.rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if args.model in ("smollm2", "both"):
             path = smollm2_path()

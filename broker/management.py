@@ -229,7 +229,13 @@ class Management:
         try:
             if path is None or not path.is_file():
                 return 0  # on the worker's machine only, or not allowed: the worker checks
-            return kind.estimate(path, spec)
+            need = kind.estimate(path, spec)
+            if spec.speculative == "draft" and spec.draft_model and spec.draft_download is None:
+                draft = inside(spec.draft_model)  # its weights and cells count as well
+                if draft is None or not draft.is_file():
+                    return 0
+                need += kind.estimate(draft, spec)
+            return need
         except OSError:
             return 0  # no permission here: the worker checks
 

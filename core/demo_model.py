@@ -46,6 +46,11 @@ class DemoModelConfig:
     eos_logit: float = 2.0  # tuned: answers average ~90 tokens at these sizes
     seed: int = 0
     f16: bool = False
+    # What the layers after the first add to the residual stream, scaled: a model written
+    # with a small scale and the same seed agrees often with its own first layer alone
+    # (written with n_layer 1), which can draft for it.
+    late_layer_scale: float = 1.0
+    logit_scale: float = 3.0  # larger: the model is surer of its choices
 
 
 def _word_pieces(count: int) -> list[str]:
@@ -115,7 +120,7 @@ def write_demo_model(path: Path, config: DemoModelConfig = DemoModelConfig()) ->
     embeddings[:, 0] = 4.0
     writer.add_tensor("token_embd.weight", embeddings.astype(big))
     writer.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
-    output = matrix(n_vocab, d) * 3.0
+    output = matrix(n_vocab, d) * np.float32(config.logit_scale)
     output[:, 0] = 0.0
     output[: 4 + 256, 0] = -1000.0  # specials and bytes: never sampled
     output[_EOS, :] = 0.0
@@ -125,6 +130,9 @@ def write_demo_model(path: Path, config: DemoModelConfig = DemoModelConfig()) ->
         attn_out, ffn_down = matrix(d, d), matrix(d, ff)
         attn_out[0, :] = 0.0  # nothing writes to the constant dimension
         ffn_down[0, :] = 0.0
+        if layer:
+            attn_out *= np.float32(config.late_layer_scale)
+            ffn_down *= np.float32(config.late_layer_scale)
         blk = f"blk.{layer}."
         writer.add_tensor(blk + "attn_norm.weight", np.ones(d, dtype=np.float32))
         writer.add_tensor(blk + "attn_q.weight", matrix(d, d).astype(big))

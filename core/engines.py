@@ -50,6 +50,7 @@ class EngineKind:
     tools: bool  # calls tools and follows JSON schemas (through a grammar)
     estimate: Callable[[Path, ModelSpec], int]  # bytes one replica needs, from its file
     start: str  # "module:function" the worker calls to load a replica
+    drafts_with_model: bool = False  # takes a draft model (``draft_model``) beside the model
 
     def names(self) -> frozenset[str]:
         return self.aliases | {self.name.lower()}
@@ -91,6 +92,7 @@ register(
         tools=True,
         estimate=_gguf_need,
         start="xb.worker.llama_engine:start",
+        drafts_with_model=True,
     )
 )
 register(

@@ -23,6 +23,23 @@ def tiny_model(models_dir: Path) -> Path:
     return write_demo_model(models_dir / "tiny.gguf", DemoModelConfig(eos_logit=-1000.0))
 
 
+# A pair with one vocabulary: the draft is the model's first layer alone (the same seed
+# writes the same embeddings, output and first layer), and the model's later layers add
+# little, so that the draft's greedy choice is the model's about 80% of the time.
+SURE = 12.0
+DRAFT_PAIR_TARGET = DemoModelConfig(
+    n_layer=3, late_layer_scale=0.2, eos_logit=-1000.0, logit_scale=SURE
+)
+DRAFT_PAIR_DRAFT = DemoModelConfig(n_layer=1, eos_logit=-1000.0, logit_scale=SURE)
+
+
+@pytest.fixture(scope="session")
+def draft_pair(models_dir: Path) -> tuple[Path, Path]:
+    """A model and a draft model for it (``DRAFT_PAIR_*``); neither ends an answer."""
+    target = write_demo_model(models_dir / "pair-target.gguf", DRAFT_PAIR_TARGET)
+    return target, write_demo_model(models_dir / "pair-draft.gguf", DRAFT_PAIR_DRAFT)
+
+
 @pytest.fixture(scope="session")
 def chatglm_model(models_dir: Path) -> Path:
     """A tiny random ChatGLM2 file in chatglm.cpp's own format."""

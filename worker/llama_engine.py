@@ -22,7 +22,8 @@ are parked (``parking.py``), it waits ahead of the others of its priority, and r
 from those cells where it stopped when a slot frees.
 
 A generating sequence's row may carry a draft after its next token (speculative decoding,
-``speculative.py``): the tokens the model agrees with are kept, the rest of the cells cut.
+``speculative.py``; proposed by n-gram lookup or by a draft model, ``draft_model.py``): the
+tokens the model agrees with are kept, the rest of the cells cut.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from xb.core.protocol import GenerateParams, ModelSpec, Priority
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.cells import Cells
+from xb.worker.draft_model import DraftModel, load_draft
 from xb.worker.engine import Engine, Event, Failed, SequentialEngine
 from xb.worker.llama_batch import Batch
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, prompt_texts, scored_pieces
@@ -57,6 +59,14 @@ log = logging.getLogger("xb.model")
 PREFILL_CHUNK = int(os.environ.get("XB_PREFILL_CHUNK", "128"))
 
 
+def slot_count(model: LlamaModel, n_parallel: int) -> int:
+    """The sequences a replica decodes together: as many as asked, as llama.cpp allows."""
+    import llama_cpp
+
+    most = int(llama_cpp.llama_max_parallel_sequences())
+    return max(1, min(n_parallel, model.n_batch, most))
+
+
 class BatchEngine(Engine):
     def __init__(
         self,
@@ -65,14 +75,14 @@ class BatchEngine(Engine):
         n_parallel: int,
         cache_tokens: int = -1,
         drafter: Drafter | None = None,
+        draft_model: DraftModel | None = None,
     ) -> None:
         import llama_cpp
 
         self._llama = llama_cpp
         self._model = model
         self.abilities = model.abilities
-        most = int(llama_cpp.llama_max_parallel_sequences())
-        self.slots = max(1, min(n_parallel, model.n_batch, most))
+        self.slots = slot_count(model, n_parallel)
         self._n_ctx = n_ctx
         pool = n_ctx * self.slots
         self._ctx = model.new_context(pool, self.slots)
@@ -91,6 +101,7 @@ class BatchEngine(Engine):
             native
         )
         self._drafter = None if whole else drafter
+        self._draft_model = draft_model  # proposes the drafts, where n-grams do not
         if self._drafter is not None:
             self._drafter.clock.calibrate(self._time_step, min(model.n_batch, n_ctx))
 
@@ -128,6 +139,7 @@ class BatchEngine(Engine):
         if params.echo and params.logprobs:
             texts, start = prompt_texts(self._model, tokens, params.prompt or "")
             echo = Echo(texts, start, params.top_logprobs)
+        drafts = self._draft_model.speculation if self._draft_model else Speculation
         sequence = Sequence(  # the sampler last: nothing may raise once it exists
             request_id,
             tokens,
@@ -139,9 +151,7 @@ class BatchEngine(Engine):
             text=text,
             priority=priority,
             tenant=tenant,
-            speculation=Speculation()
-            if self._drafter and params.speculative and not echo
-            else None,
+            speculation=drafts() if self._drafter and params.speculative and not echo else None,
         )
         self._requests[request_id] = sequence
         if params.echo and echo is None:
@@ -330,7 +340,7 @@ class BatchEngine(Engine):
             Row(s, [s.next_token], not s.closing) for s in self._running if s.next_token is not None
         ]
         if self._drafter is not None:
-            draft(rows, self._drafter, self._model.n_batch)
+            draft(rows, self._drafter, self._model.n_batch, self._draft_model)
         budget = self._model.n_batch - sum(len(row.tokens) for row in rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)
@@ -348,6 +358,8 @@ class BatchEngine(Engine):
 
     def _set_threads(self, threads: int) -> None:
         self._llama.llama_set_n_threads(self._ctx, threads, threads)
+        if self._draft_model is not None:
+            self._draft_model.set_threads(threads)
 
     def _decode(self, rows: list[Row]) -> int:
         batch = self._batch
@@ -361,8 +373,11 @@ class BatchEngine(Engine):
         code = batch.decode(self._ctx)
         seconds = time.perf_counter() - started
         self._tuner.after(n, seconds)
+        # A draft model's time counts as part of the step its drafts lengthened: the plan
+        # then weighs what drafting costs, not only what checking drafts does.
+        drafting = self._draft_model.spent() if self._draft_model is not None else 0.0
         if self._drafter is not None and all(r.sequence.next_token is not None for r in rows):
-            self._drafter.clock.record(n, seconds)  # a step of generating rows alone
+            self._drafter.clock.record(n, seconds + drafting)  # generating rows alone
         return code
 
     def _time_step(self, n: int) -> float:
@@ -432,6 +447,8 @@ class BatchEngine(Engine):
             sequence.sampler.close()
         self._batch.free()
         self._llama.llama_free(self._ctx)
+        if self._draft_model is not None:
+            self._draft_model.close()
         self._model.close()
 
 
@@ -443,5 +460,16 @@ def start(path: Path, spec: ModelSpec, threads: int) -> Engine:
 
         return SequentialEngine(LlamaEmbedder(path, spec, threads))
     model = LlamaModel(path, spec, threads)
-    drafter = Drafter(spec.draft_tokens) if spec.speculative == "ngram" else None
-    return BatchEngine(model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens, drafter)
+    drafter = Drafter(spec.draft_tokens) if spec.speculative in ("ngram", "draft") else None
+    helper = None
+    try:
+        if spec.speculative == "draft":
+            helper = load_draft(model, spec, slot_count(model, spec.n_parallel), threads)
+        return BatchEngine(
+            model, spec.n_ctx, spec.n_parallel, spec.prefix_cache_tokens, drafter, helper
+        )
+    except BaseException:
+        if helper is not None:
+            helper.close()
+        model.close()
+        raise

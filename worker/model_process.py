@@ -69,6 +69,24 @@ def resolve_path(spec: p.ModelSpec, report: Report) -> Path:
     raise LoadError(f"model {spec.model_name!r} names no file; give model_path")
 
 
+def draft_path(spec: p.ModelSpec, report: Report) -> Path | None:
+    """The draft model's file on this machine (``speculative: "draft"``): fetched for a
+    registry family, else a path that must lie inside the model folders, as the model's."""
+    if spec.speculative != "draft":
+        return None
+    if spec.draft_download is not None:
+        try:
+            return fetch(spec.draft_download, xb_home(), report)
+        except DownloadError as exc:
+            raise LoadError(f"the draft model: {exc}") from exc
+    if not spec.draft_model:
+        raise LoadError("speculative 'draft' needs draft_model, a GGUF file")
+    try:
+        return allowed_file(spec.draft_model)
+    except PathRefused as exc:
+        raise LoadError(f"the draft model: {exc}") from exc
+
+
 def _need(kind: EngineKind, spec: p.ModelSpec, path: Path) -> int:
     if not path.is_file():
         raise LoadError(f"model file {str(path)!r} does not exist on this worker")
@@ -85,8 +103,12 @@ def load_engine(spec: p.ModelSpec, offer: int, threads: int, report: Report) -> 
     except EngineError as exc:
         raise LoadError(str(exc)) from exc
     path = resolve_path(spec, report)
+    draft = draft_path(spec, report)
     report(p.Progress("loading"))
     need = _need(kind, spec, path)
+    if draft is not None:  # its weights and its own cells, as many as the model's
+        need += _need(kind, spec, draft)
+        spec = msgspec.structs.replace(spec, draft_model=str(draft))
     # The worker's offer already weighs its memory limit, or the GPU the model offloads to.
     free = offer or int(psutil.virtual_memory().available)
     if need > free:

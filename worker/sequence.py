@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from xb.core.protocol import Priority, Usage
 from xb.worker.answer import Answer
+from xb.worker.draft_model import DraftModel
 from xb.worker.llama_echo import Echo
 from xb.worker.llama_sampling import Sampler
 from xb.worker.parking import CellBytes
@@ -54,18 +55,34 @@ class Sequence:
         return Usage(n, self.produced, n + self.produced, self.cached, accepted, rejected)
 
 
-def draft(rows: list[Row], drafter: Drafter, n_batch: int) -> None:
-    """Lengthen a step's generating rows by the drafts that pay (``Drafter.plan``)."""
+def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | None = None) -> None:
+    """Lengthen a step's generating rows by the drafts that pay (``Drafter.plan``): n-gram
+    proposals, or the draft model's (``model``). The draft model's cost is in the step
+    times the plan reads, so it is run only for the sequences the plan gives a draft, as
+    long as the plan allows (it stops earlier where it is unsure)."""
     drafting = [r for r in rows if r.sample and r.sequence.speculation is not None]
-    candidates = []
+    if not drafting:
+        return
+    candidates, contexts = [], []
     for row in drafting:
         sequence = row.sequence
-        assert sequence.speculation is not None and sequence.next_token is not None
+        speculation = sequence.speculation
+        assert speculation is not None and sequence.next_token is not None
         context = [*sequence.kv, sequence.next_token]
-        proposal = sequence.speculation.ngrams.propose(context, drafter.draft_tokens)
         room = sequence.limit - sequence.produced
-        strong = sequence.speculation.ngrams.matched == NGRAM_MAX
-        candidates.append(Candidate(sequence.speculation, proposal, room, strong))
+        if model is None:
+            proposal = speculation.ngrams.propose(context, drafter.draft_tokens)
+            strong = speculation.ngrams.matched == NGRAM_MAX
+        else:  # what the draft model would say is not known before it runs
+            proposal, strong = [0] * drafter.draft_tokens, True
+        candidates.append(Candidate(speculation, proposal, room, strong))
+        contexts.append(context)
     plans = drafter.plan(candidates, len(rows), n_batch - len(rows))
-    for row, drafted in zip(drafting, plans, strict=True):
+    if model is not None:
+        slots = [row.sequence.seq_id for row in drafting]
+        lengths = [len(plan) for plan in plans]
+        plans = model.propose(list(zip(slots, contexts, lengths, strict=True)))
+    for row, drafted, candidate in zip(drafting, plans, candidates, strict=True):
         row.drafts, row.tokens = drafted, row.tokens + drafted
+        if not drafted:  # a probe the draft model had nothing for is no probe
+            candidate.speculation.probing = False

@@ -239,6 +239,7 @@ class ModelSpec(Struct, frozen=True):
     speculative: str = "ngram"  # drafts checked in the batch: "ngram", "draft" or "off"
     draft_tokens: int = 16  # the longest draft; the engine drafts fewer when that pays more
     draft_model: str | None = None  # a GGUF file with the model's vocabulary ("draft")
+    draft_download: Download | None = None  # where to fetch it, for a registry family's
 
 
 class ReplicaStatus(Struct, frozen=True):

