@@ -367,17 +367,20 @@ class BatchEngine(Engine):
         for row in rows:
             outputs = len(row.tokens) if row.score else (1 + len(row.drafts)) * row.sample
             batch.add(row.tokens, row.sequence.seq_id, len(row.sequence.kv), outputs)
-        n = batch.n
-        self._tuner.before(n)
+        n, alike = batch.n, not any(row.drafts for row in rows)
+        self._tuner.before(n, alike)
         started = time.perf_counter()
         code = batch.decode(self._ctx)
         seconds = time.perf_counter() - started
-        self._tuner.after(n, seconds)
+        self._tuner.after(n, seconds, alike)
         # A draft model's time counts as part of the step its drafts lengthened: the plan
         # then weighs what drafting costs, not only what checking drafts does.
         drafting = self._draft_model.spent() if self._draft_model is not None else 0.0
-        if self._drafter is not None and all(r.sequence.next_token is not None for r in rows):
-            self._drafter.clock.record(n, seconds + drafting)  # generating rows alone
+        # The clock times steps of one part: generating rows alone, all of one length.
+        one_part = len({len(row.tokens) for row in rows}) == 1
+        generating = all(row.sequence.next_token is not None for row in rows)
+        if self._drafter is not None and one_part and generating:
+            self._drafter.clock.record(n, seconds + drafting)
         return code
 
     def _time_step(self, n: int) -> float:

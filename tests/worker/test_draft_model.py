@@ -12,7 +12,7 @@ import pytest
 
 from tests.worker.test_backend import greedy, run, tokens
 from tests.worker.test_preemption import Log
-from tests.worker.test_speculative import FlatClock, done
+from tests.worker.test_speculative import Eager, done
 from xb.broker.management import Management
 from xb.core.demo_model import DemoModelConfig, write_demo_model
 from xb.core.engines import of_spec
@@ -23,7 +23,6 @@ from xb.worker.draft_model import DraftModel, Vocabulary, difference, load_draft
 from xb.worker.llama_engine import BatchEngine
 from xb.worker.llama_model import LlamaModel
 from xb.worker.model_process import LoadError, load_engine
-from xb.worker.speculative import Drafter
 
 N_CTX = 1024
 
@@ -94,7 +93,7 @@ def new_engine(
         return BatchEngine(model, n_ctx=N_CTX, n_parallel=parallel), None
     live = load_draft(model, spec, parallel, threads=1)
     checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
-    engine = BatchEngine(model, N_CTX, parallel, -1, Drafter(8, FlatClock()), live)
+    engine = BatchEngine(model, N_CTX, parallel, -1, Eager(8), live)
     return engine, checked
 
 

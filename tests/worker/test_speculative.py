@@ -23,13 +23,13 @@ from xb.worker.llama_sampling import Sampler
 from xb.worker.speculative import (
     PROBE_GAP,
     PROBE_TOKENS,
-    SHARE_SLOWER,
     STALE,
     Candidate,
     Drafter,
     NgramIndex,
     Speculation,
     StepClock,
+    step_time,
     verify,
 )
 
@@ -142,14 +142,26 @@ def test_drafts_are_as_long_as_they_pay_on_the_measured_step_times() -> None:
 
 
 @pytest.mark.unit
-def test_drafts_barely_slow_the_sequences_that_share_the_step_without_drafting() -> None:
-    sure = Speculation(hits=9.0, tries=10.0)
-    drafter = timed(Drafter(8), {n: 1.0 + 0.01 * (n - 2) for n in (2, 10)})
-    # Two rows, one of them with nothing to propose: the step may grow by SHARE_SLOWER.
-    plan = drafter.plan([Candidate(sure, list(range(8)), 100)], 2, 100)
-    assert 1 <= len(plan[0]) <= round(SHARE_SLOWER / 0.01)
-    both = [Candidate(sure, list(range(8)), 100), Candidate(Speculation(), [1, 2], 100)]
-    assert len(drafter.plan(both, 2, 100)[0]) == 8  # both propose: the batch gains
+def test_a_step_costs_a_part_for_each_row_length() -> None:
+    known = {1: 1.0, 4: 2.0, 16: 5.0, 20: 6.0}
+    assert step_time(known, [5, 5, 5, 5]) == 6.0  # one part of 20 tokens
+    assert step_time(known, [17, 1, 1, 1]) == 7.0  # 4 tokens, then 16 of one row
+    assert step_time(known, [1]) == 1.0
+
+
+@pytest.mark.unit
+def test_drafts_do_not_slow_the_sequences_that_share_the_step_without_drafting() -> None:
+    sure, fair = Speculation(hits=9.0, tries=10.0), Speculation(hits=5.0, tries=10.0)
+    drafter = timed(Drafter(8), {n: 1.0 + 0.01 * (n - 2) for n in (1, 2, 18)})
+    # Two rows, one with nothing to propose: a draft would be a second part of the step
+    # (each sequence has cells of its own), nearly doubling it for the other: none.
+    assert drafter.plan([Candidate(sure, list(range(8)), 100)], 2, 100) == [[]]
+    # Both propose: both draft, as far as each may, in one part.
+    both = [Candidate(sure, list(range(8)), 100), Candidate(fair, list(range(8)), 100)]
+    assert [len(d) for d in drafter.plan(both, 2, 100)] == [8, 8]
+    # One may draft 2 only: 8 for the other would take a second part, dearer than it pays.
+    short = [Candidate(sure, list(range(8)), 100), Candidate(fair, [1, 2], 100)]
+    assert [len(d) for d in drafter.plan(short, 2, 100)] == [2, 2]
 
 
 def drafts_until(drafter: Drafter, candidate: Candidate, limit: int = 10_000) -> int:
@@ -199,20 +211,22 @@ def test_probes_that_come_true_lead_to_drafts_as_long_as_they_pay() -> None:
 # ---- in the engine ------------------------------------------------------------------------
 
 
-class FlatClock(StepClock):
-    """Steps of any size take as long: every proposal is drafted, whatever its odds (the
-    test model's steps are so short that their timings are mostly noise)."""
+class Eager(Drafter):
+    """Every proposal is drafted in full, whatever its odds (the test model's steps are so
+    short that their timings are mostly noise), as far as room and the batch allow."""
 
-    def record(self, tokens: int, seconds: float) -> None:
-        pass
-
-    def known(self) -> dict[int, float]:
-        return dict.fromkeys(range(1, 600), 1.0)
+    def plan(self, candidates: list[Candidate], rows: int, budget: int) -> list[list[int]]:
+        drafts = []
+        for candidate in candidates:
+            take = min(len(candidate.proposal), candidate.room, self.draft_tokens, budget)
+            drafts.append(candidate.proposal[:take])
+            budget -= take
+        return drafts
 
 
 def new_engine(path: Path, drafts: bool, parallel: int = 4) -> BatchEngine:
     spec = ModelSpec("t", "t", str(path), n_ctx=N_CTX)
-    drafter = Drafter(8, FlatClock()) if drafts else None
+    drafter = Eager(8) if drafts else None
     model = LlamaModel(path, spec, threads=1)
     return BatchEngine(model, n_ctx=N_CTX, n_parallel=parallel, drafter=drafter)
 
@@ -353,7 +367,9 @@ def test_a_stop_string_inside_an_accepted_draft_ends_the_answer_there(
         if name == "on":
             assert done(items).usage.accepted_prediction_tokens > 0
     assert answers["on"] == answers["off"] == loop[: loop.index(stop)]
-    assert on._cells.cache.kept()[0] == off._cells.cache.kept()[0]  # not the token that completed it
+    assert (
+        on._cells.cache.kept()[0] == off._cells.cache.kept()[0]
+    )  # not the token that completed it
 
 
 @pytest.mark.integration
