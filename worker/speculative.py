@@ -51,8 +51,8 @@ PRIOR_RATE = 0.35  # how often a new sequence's drafted tokens are expected to c
 DECAY = 0.8  # weight of what a sequence's earlier drafts showed, at each new check
 SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
 MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
-PROBE_TOKENS = 4  # a probe's draft: enough to show a run of right guesses
-PROBE_GAP = 16  # steps with a proposal that a failed probe waits; doubled at each failure ...
+PROBE_TOKENS = 1  # a probe's draft: a failed one costs most of a step more
+PROBE_GAP = 32  # steps with a proposal that a failed probe waits; doubled at each failure ...
 MAX_PROBE_GAP = 1024  # ... up to this
 _RECENT = 5  # step times kept per size
 _LIVE = 3  # step times of a size that outweigh the load-time measurement
@@ -117,9 +117,9 @@ class Speculation:
         # the one miss, as a run of coin flips that stopped there.
         self.hits = self.hits * DECAY + accepted
         self.tries = self.tries * DECAY + accepted + (accepted < drafted)
-        if self.probing:  # a good probe may be followed by another at once
+        if self.probing:  # a probe that came true may be followed by another at once
             self.probing = False
-            if 2 * accepted >= drafted:
+            if accepted == drafted:
                 self.gap = PROBE_GAP
             else:
                 self.wait, self.gap = self.gap, min(self.gap * 2, MAX_PROBE_GAP)
