@@ -102,7 +102,9 @@ class BatchEngine(Engine):
         )
         self._drafter = None if whole else drafter
         self._draft_model = draft_model  # proposes the drafts, where n-grams do not
-        if self._drafter is not None:
+        # Step times at load are the target's alone: where a draft model drafts, what a
+        # draft costs is its own decoding too, and is learnt from the steps themselves.
+        if self._drafter is not None and draft_model is None:
             self._drafter.clock.calibrate(self._time_step, min(model.n_batch, n_ctx))
 
     # ---- requests ---------------------------------------------------------------------
