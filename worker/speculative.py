@@ -44,6 +44,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
+
+import numpy as np
 
 NGRAM_MAX = 4  # the longest context suffix looked up
 NGRAM_MIN = 2  # shorter matches propose noise: the one token before is not enough
@@ -51,6 +54,7 @@ PRIOR_RATE = 0.35  # how often a new sequence's drafted tokens are expected to c
 DECAY = 0.8  # weight of what a sequence's earlier drafts showed, at each new check
 SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
 MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
+LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # draft lengths weighed (and a proposal's whole)
 PROBE_TOKENS = 1  # a probe's draft: a failed one costs most of a step more
 PROBE_GAP = 32  # steps with a proposal that a failed probe waits; doubled at each failure ...
 MAX_PROBE_GAP = 1024  # ... up to this
@@ -191,26 +195,8 @@ class StepClock:
         return times
 
     def estimate(self, tokens: int) -> float | None:
-        return interpolate(self.known(), tokens)
-
-
-def interpolate(known: dict[int, float], tokens: int) -> float | None:
-    """The step time of ``tokens`` tokens: measured, interpolated between sizes that were,
-    or extrapolated from the two largest below; None before any step."""
-    if tokens in known:
-        return known[tokens]
-    below = sorted(n for n in known if n < tokens)
-    above = [n for n in known if n > tokens]
-    if below and above:
-        lo, hi = below[-1], min(above)
-        return known[lo] + (known[hi] - known[lo]) * (tokens - lo) / (hi - lo)
-    if len(below) >= 2:
-        lo, hi = below[-2], below[-1]
-        slope = max((known[hi] - known[lo]) / (hi - lo), 0.0)
-        return known[hi] + slope * (tokens - hi)
-    if below:  # one size measured: guess a small cost per token, to go and measure
-        return known[below[-1]] * (1 + 0.02 * (tokens - below[-1]))
-    return known[min(above)] if above else None
+        known = self.known()
+        return step_times(known, tokens)[tokens] if known else None
 
 
 @dataclass(frozen=True)
@@ -234,79 +220,101 @@ class Drafter:
         candidates among them), adding ``budget`` tokens at most.
 
         The plans weighed: the ``m`` candidates likeliest to be right draft ``k`` tokens each
-        (fewer where their proposal or room is shorter), for ``m`` of 1, 2, 4, ... and every
-        ``k``; the one whose expected tokens per second are highest is taken, if it beats
-        no drafts by ``MARGIN``. Equal drafts are what pays: see ``step_time``. Then
+        (fewer where their proposal or room is shorter), for ``m`` of 1, 2, 4, ... and ``k``
+        of ``LENGTHS``; the one whose expected tokens per second are highest is taken, if it
+        beats no drafts by ``MARGIN``. Equal drafts are what pays: see ``step_time``. Then
         sequences with a strong guess but no draft may probe, if a probe that came true
-        would pay."""
+        would pay. Planning runs at every step: it takes tens of microseconds."""
         drafts: list[list[int]] = [[] for _ in candidates]
-        if not any(c.proposal for c in candidates):
+        most = [min(len(c.proposal), c.room, self.draft_tokens, budget) for c in candidates]
+        if not any(most):
             return drafts
         known = self.clock.known()
-        base = interpolate(known, rows)
-        if base is None or not self.draft_tokens:
+        if not known:
             return drafts
+        times = step_times(known, rows + sum(most))
+        base = times[rows]
         # A step that sequences without a proposal share may grow only a little.
         capped = rows > sum(1 for c in candidates if c.proposal)
-        most = [min(len(c.proposal), c.room, self.draft_tokens) for c in candidates]
+        idle = [1] * (rows - len(candidates))  # rows without a candidate: a token each
         rates = [c.speculation.rate for c in candidates]
+        gains = [
+            list(accumulate((r**i for i in range(1, k + 1)), initial=0.0))
+            for r, k in zip(rates, most, strict=True)
+        ]
         order = sorted((i for i in range(len(candidates)) if most[i]), key=lambda i: -rates[i])
 
-        def worth(lengths: list[int], rates: list[float]) -> float | None:
-            """Expected tokens per second of a plan; None when it adds too many tokens or
-            slows a shared step too much."""
+        def worth(lengths: list[int], bonus: float = 0.0) -> float | None:
+            """Expected tokens per second of a plan (``bonus`` tokens more); None when it
+            adds too many tokens or slows a shared step too much."""
             if sum(lengths) > budget:
                 return None
-            gain = rows + sum(expected(rates[i], k) for i, k in enumerate(lengths) if k)
-            drafted = [1 + k for k in lengths]
-            took = step_time(known, [*drafted, *[1] * (rows - len(candidates))])
+            took = step_time(times, [*(1 + k for k in lengths), *idle])
             if capped and took > base * (1 + SHARE_SLOWER):
                 return None
+            gain = rows + bonus + sum(gains[i][k] for i, k in enumerate(lengths))
             return gain / took
 
         best, value = [0] * len(candidates), rows / base * MARGIN
         counts = sorted({*(2**j for j in range(len(order).bit_length())), len(order)} - {0})
         for m in counts:
-            for k in range(1, max((most[i] for i in order[:m]), default=0) + 1):
+            longest = max(most[i] for i in order[:m])
+            for k in sorted({n for n in LENGTHS if n < longest} | {longest}):
                 lengths = [0] * len(candidates)
                 for i in order[:m]:
                     lengths[i] = min(k, most[i])
-                weighed = worth(lengths, rates)
+                weighed = worth(lengths)
                 if weighed is not None and weighed > value:
                     best, value = lengths, weighed
         for i, candidate in enumerate(candidates):
             speculation = candidate.speculation
-            if best[i] or not candidate.proposal or not speculation.rest():
-                continue
-            if not candidate.strong:
+            if best[i] or not most[i] or not speculation.rest() or not candidate.strong:
                 continue
             probe = [*best]
             probe[i] = min(most[i], PROBE_TOKENS)
-            sure = [*rates]
-            sure[i] = 1.0  # a probe is worth it if its guesses, once right, would pay
-            if probe[i] and (worth(probe, sure) or 0.0) > value:
+            # A probe is worth it if its guesses, once right, would pay.
+            sure = (worth(probe, probe[i] - gains[i][probe[i]]) or 0.0) > value
+            if sure:
                 best, speculation.probing = probe, True
-                value = worth(best, rates) or value
+                value = worth(best) or value
         for i, candidate in enumerate(candidates):
             drafts[i] = candidate.proposal[: best[i]]
         return drafts
 
 
-def step_time(known: dict[int, float], lengths: list[int]) -> float:
-    """The time of a step whose rows (one per sequence) hold ``lengths`` tokens. Each
-    sequence has cells of its own, and llama.cpp then splits a batch into equal parts:
-    each takes as many tokens from every sequence that has some left as the shortest of
-    them has, and each part reads the weights again. So rows of 9, 9, 1 and 1 tokens cost
-    a part of 4 tokens and one of 16, where four rows of 5 cost one part of 20 (SmolLM2:
-    rows of 17, 1, 1 and 1 tokens took 104 ms, of 5, 5, 5 and 5 95 ms, and rows of 12, 10,
-    6 and 4 185 ms where 32 tokens in one part took 147)."""
+def step_times(known: dict[int, float], top: int) -> list[float]:
+    """The time of a step of each size from 0 to ``top`` tokens: as measured, interpolated
+    between sizes that were, or extrapolated from the two largest (one measured size: a
+    small cost per token is guessed, to go and measure)."""
+    keys = sorted(known)
+    values = [known[n] for n in keys]
+    sizes = np.arange(top + 1)
+    times = np.interp(sizes, keys, values)
+    last = keys[-1]
+    if top > last:
+        beyond = sizes[last + 1 :] - last
+        if len(keys) >= 2:
+            slope = max((values[-1] - values[-2]) / (keys[-1] - keys[-2]), 0.0)
+            times[last + 1 :] = values[-1] + slope * beyond
+        else:
+            times[last + 1 :] = values[-1] * (1 + 0.02 * beyond)
+    return [float(t) for t in times]
+
+
+def step_time(times: list[float], lengths: list[int]) -> float:
+    """The time of a step whose rows (one per sequence) hold ``lengths`` tokens, given
+    ``times`` by size (``step_times``). Each sequence has cells of its own, and llama.cpp
+    then splits a batch into equal parts: each takes as many tokens from every sequence
+    that has some left as the shortest of them has, and each part reads the weights
+    again. So rows of 9, 9, 1 and 1 tokens cost a part of 4 tokens and one of 16, where
+    four rows of 5 cost one part of 20 (SmolLM2: rows of 17, 1, 1 and 1 tokens took 104 ms,
+    of 5, 5, 5 and 5 95 ms, and rows of 12, 10, 6 and 4 185 ms where 32 tokens in one part
+    took 147)."""
     total, done = 0.0, 0
     ordered = sorted(lengths)
     for j, length in enumerate(ordered):
         if length > done:
-            part = interpolate(known, (len(ordered) - j) * (length - done))
-            assert part is not None
-            total, done = total + part, length
+            total, done = total + times[(len(ordered) - j) * (length - done)], length
     return total
 
 

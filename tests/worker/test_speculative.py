@@ -30,6 +30,7 @@ from xb.worker.speculative import (
     Speculation,
     StepClock,
     step_time,
+    step_times,
     verify,
 )
 
@@ -143,10 +144,11 @@ def test_drafts_are_as_long_as_they_pay_on_the_measured_step_times() -> None:
 
 @pytest.mark.unit
 def test_a_step_costs_a_part_for_each_row_length() -> None:
-    known = {1: 1.0, 4: 2.0, 16: 5.0, 20: 6.0}
-    assert step_time(known, [5, 5, 5, 5]) == 6.0  # one part of 20 tokens
-    assert step_time(known, [17, 1, 1, 1]) == 7.0  # 4 tokens, then 16 of one row
-    assert step_time(known, [1]) == 1.0
+    times = step_times({1: 1.0, 4: 2.0, 16: 5.0, 20: 6.0}, 20)
+    assert times[:5] == pytest.approx([1.0, 1.0, 4 / 3, 5 / 3, 2.0])
+    assert step_time(times, [5, 5, 5, 5]) == 6.0  # one part of 20 tokens
+    assert step_time(times, [17, 1, 1, 1]) == 7.0  # 4 tokens, then 16 of one row
+    assert step_time(times, [1]) == 1.0
 
 
 @pytest.mark.unit
