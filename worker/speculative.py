@@ -54,7 +54,7 @@ PRIOR_RATE = 0.35  # how often a new sequence's drafted tokens are expected to c
 DECAY = 0.8  # weight of what a sequence's earlier drafts showed, at each new check
 SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
 MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
-LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # draft lengths weighed (and a proposal's whole)
+LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # draft lengths weighed for some sequences
 PROBE_TOKENS = 1  # a probe's draft: a failed one costs most of a step more
 PROBE_GAP = 32  # steps with a proposal that a failed probe waits; doubled at each failure ...
 MAX_PROBE_GAP = 1024  # ... up to this
@@ -220,11 +220,12 @@ class Drafter:
         candidates among them), adding ``budget`` tokens at most.
 
         The plans weighed: the ``m`` candidates likeliest to be right draft ``k`` tokens each
-        (fewer where their proposal or room is shorter), for ``m`` of 1, 2, 4, ... and ``k``
-        of ``LENGTHS``; the one whose expected tokens per second are highest is taken, if it
-        beats no drafts by ``MARGIN``. Equal drafts are what pays: see ``step_time``. Then
-        sequences with a strong guess but no draft may probe, if a probe that came true
-        would pay. Planning runs at every step: it takes tens of microseconds."""
+        (fewer where their proposal or room is shorter), for ``m`` of 1, 2, 4, ... and every
+        ``k`` (of ``LENGTHS`` for the ``m`` between one and all); the one whose expected
+        tokens per second are highest is taken, if it beats no drafts by ``MARGIN``. Equal
+        drafts are what pays: see ``step_time``. Then sequences with a strong guess but no
+        draft may probe, if a probe that came true would pay. Planning runs at every step:
+        30 microseconds for one sequence, 65 for four (on this machine)."""
         drafts: list[list[int]] = [[] for _ in candidates]
         most = [min(len(c.proposal), c.room, self.draft_tokens, budget) for c in candidates]
         if not any(most):
@@ -258,14 +259,26 @@ class Drafter:
         best, value = [0] * len(candidates), rows / base * MARGIN
         counts = sorted({*(2**j for j in range(len(order).bit_length())), len(order)} - {0})
         for m in counts:
-            longest = max(most[i] for i in order[:m])
-            for k in sorted({n for n in LENGTHS if n < longest} | {longest}):
-                lengths = [0] * len(candidates)
-                for i in order[:m]:
-                    lengths[i] = min(k, most[i])
-                weighed = worth(lengths)
+            top = order[:m]
+            longest, shortest = max(most[i] for i in top), min(most[i] for i in top)
+            every = m in (1, len(order))  # one sequence alone, or all: every length
+            for k in (
+                range(1, longest + 1) if every else (*(n for n in LENGTHS if n < longest), longest)
+            ):
+                if k <= shortest and m * k <= budget:  # equal drafts: one part or two
+                    took = times[rows * (1 + k)] if m == rows else times[rows] + times[m * k]
+                    shared = capped and took > base * (1 + SHARE_SLOWER)
+                    gain = rows + sum(gains[i][k] for i in top)
+                    weighed = None if shared else gain / took
+                else:
+                    plan = [0] * len(candidates)
+                    for i in top:
+                        plan[i] = min(k, most[i])
+                    weighed = worth(plan)
                 if weighed is not None and weighed > value:
-                    best, value = lengths, weighed
+                    best, value = [0] * len(candidates), weighed
+                    for i in top:
+                        best[i] = min(k, most[i])
         for i, candidate in enumerate(candidates):
             speculation = candidate.speculation
             if best[i] or not most[i] or not speculation.rest() or not candidate.strong:
