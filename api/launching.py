@@ -146,16 +146,21 @@ def _draft_file(
     path = local_path(chosen, quantization)
     if path is not None:
         return msgspec.structs.replace(spec, draft_model=path), None
+    download = _download(chosen, quantization)
+    resolved = msgspec.structs.replace(spec, draft_model=name, draft_download=download)
+    return resolved, (chosen, quantization)
+
+
+def _download(chosen: Spec, quantization: str) -> p.Download:
+    """What the worker fetches for a registry spec that is not on the facade's disk."""
     assert chosen.model_id is not None  # the registry checks: a hub id or a model_uri
-    download = p.Download(
+    return p.Download(
         repo_id=chosen.model_id,
         files=file_names(chosen, quantization),
         revision=chosen.model_revision,
         sha256=chosen.checksums.get(quantization),
         package=chosen.python_package,
     )
-    resolved = msgspec.structs.replace(spec, draft_model=name, draft_download=download)
-    return resolved, (chosen, quantization)
 
 
 def _from_registry(
@@ -180,14 +185,7 @@ def _from_registry(
     path = local_path(chosen, quantization)
     download = None
     if path is None:
-        assert chosen.model_id is not None  # the registry checks: a hub id or a model_uri
-        download = p.Download(
-            repo_id=chosen.model_id,
-            files=file_names(chosen, quantization),
-            revision=chosen.model_revision,
-            sha256=chosen.checksums.get(quantization),
-            package=chosen.python_package,
-        )
+        download = _download(chosen, quantization)
     resolved = msgspec.structs.replace(
         spec,
         model_path=path,

@@ -36,9 +36,10 @@ def test_a_batch_answer_preempted_by_a_chat_resumes_with_the_same_text(
     make_stack: Callable[..., Stack], endless_model: Path
 ) -> None:
     stack = make_stack(1)
-    # Cells reused from the prefix cache, and the thread count the engine tunes, change the
-    # logits' last digits (a greedy answer of this random model drifts after ~150 tokens
-    # when either differs); preemption does not: parked cells come back bit for bit.
+    # Cells reused from the prefix cache, the thread count the engine tunes, and drafts
+    # (a token decoded alone or in a step of several) change the logits' last digits (a
+    # greedy answer of this random model drifts after ~150 tokens when either differs);
+    # preemption does not: parked cells come back bit for bit.
     stack.launch(
         model_name="e",
         model_path=str(endless_model),
@@ -46,6 +47,7 @@ def test_a_batch_answer_preempted_by_a_chat_resumes_with_the_same_text(
         n_parallel=1,
         prefix_cache_tokens=0,
         n_threads=1,  # two threads fixed would spin at llama.cpp's barriers under load
+        speculative="off",
     )
     client = stack.openai_client()
     alone = client.completions.create(**batch_body(stream=False))
