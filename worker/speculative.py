@@ -13,7 +13,8 @@ step's batch, with logits at each position. Position ``i``'s logits give the tar
 model's own choice there, drawn by the sequence's own sampler chain (logit bias,
 penalties, grammar, temperature, seed); the draft's token ``i`` is accepted when that
 choice equals it, and the first choice that differs ends the check and is the next token
-(``verify``). For greedy decoding the output is then the output without drafts. For
+(``verify``). For greedy decoding the output is then the output without drafts (as far
+as llama.cpp computes a token's logits to the last digit alike in steps of any size). For
 sampling this is the speculative sampling acceptance rule for a draft that puts all its
 probability on one token ``x``: accept ``x`` with probability ``min(1, p(x) / q(x)) = p(x)``
 (``q(x) = 1``), and on rejection draw from ``max(0, p - q)`` renormalised, which is ``p``
@@ -27,8 +28,9 @@ than it would without drafts.
 decaying count: ``rate``). A step's drafts are chosen by ``Drafter.plan`` against the
 engine's own step timings (``StepClock``: seconds per step by the tokens in it, measured
 once when the model loads and then on every step): a draft of ``k`` tokens at acceptance
-``r`` is expected to add ``r + r^2 + ... + r^k`` tokens, and is planned only if the batch's
-expected tokens per second rise with it. While some sequences of the batch do not draft,
+``r`` is expected to add ``r + r^2 + ... + r^k`` tokens, a step costs a part for each
+length of its rows (``step_time``), and drafts are planned only if the batch's expected
+tokens per second rise with them. While some sequences of the batch do not draft,
 the drafts may lengthen the step by ``SHARE_SLOWER`` at most, so that the others' tokens per
 second stay what they were. A sequence whose drafts do not pay does not draft; when its
 context's longest n-gram matches (a strong proposal), it probes: a short draft of
