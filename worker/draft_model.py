@@ -32,6 +32,7 @@ import numpy as np
 
 from xb.core.protocol import ModelSpec
 from xb.worker.backend import BackendError
+from xb.worker.llama_batch import Batch
 from xb.worker.llama_model import LlamaModel
 from xb.worker.speculative import Speculation
 
@@ -112,13 +113,7 @@ class DraftModel:
         self._n_batch = model.n_batch
         self._ctx = model.new_context(n_ctx * slots, slots)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
-        size = model.n_batch
-        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(size,))
-        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(size,))
-        self._n_seq_id = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(size,))
-        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(size,))
-        self._n_seq_id[:] = 1
+        self._batch = Batch(model.n_batch)
         self._held: list[list[int]] = [[] for _ in range(slots)]
         self._seconds = 0.0  # spent proposing since ``spent`` was last asked
         self._caught_up = 0  # tokens the last catch-up read
@@ -153,21 +148,22 @@ class DraftModel:
         """Bring the slots in line with the contexts, ``n_batch`` tokens at most; which
         batch row holds the logits after each context that is read whole."""
         rows: dict[int, int] = {}  # wanted index -> batch index of its logits
-        budget, n = self._n_batch, 0
+        budget, batch = self._n_batch, self._batch
+        batch.clear()
         for i, (slot, context, k) in enumerate(wanted):
             if k <= 0 or not context:
                 continue
             start = self._sync(slot, context)
-            take = context[start : start + budget - n] if budget > n else []
-            for j, token in enumerate(take):
-                self._put(n + j, token, start + j, slot, False)
-            n += len(take)
+            take = context[start : start + budget - batch.n]
+            if not take:
+                continue
+            whole = start + len(take) == len(context)
+            batch.add(take, slot, start, 1 if whole else 0)
             self._held[slot] += take
-            if len(self._held[slot]) == len(context) and take:
-                self._logits[n - 1] = 1
-                rows[i] = n - 1
-        self._caught_up = n
-        return rows if n and self._decode(n) else {}
+            if whole:
+                rows[i] = batch.n - 1
+        self._caught_up = batch.n
+        return rows if batch.n and self._decode() else {}
 
     def _draft(
         self,
@@ -178,7 +174,7 @@ class DraftModel:
         """Greedy drafts from the logits in ``rows``, one decode per drafted position."""
         while rows:
             following: dict[int, int] = {}
-            n = 0
+            self._batch.clear()
             for i, row in rows.items():
                 slot, _, k = wanted[i]
                 token, p = self._top(row)
@@ -186,11 +182,10 @@ class DraftModel:
                     continue
                 drafts[i].append(token)
                 if len(drafts[i]) < k:
-                    self._put(n, token, len(self._held[slot]), slot, True)
+                    following[i] = self._batch.n
+                    self._batch.add([token], slot, len(self._held[slot]), 1)
                     self._held[slot].append(token)
-                    following[i] = n
-                    n += 1
-            if not n or not self._decode(n):
+            if not following or not self._decode():
                 break
             rows = following
 
@@ -210,17 +205,10 @@ class DraftModel:
             del held[keep:]
         return keep
 
-    def _put(self, at: int, token: int, pos: int, slot: int, logits: bool) -> None:
-        self._tokens[at] = token
-        self._pos[at] = pos
-        self._batch.seq_id[at][0] = slot
-        self._logits[at] = 1 if logits else 0
-
-    def _decode(self, n: int) -> bool:
-        """Decode the batch's first ``n`` tokens; on failure every slot is cleared, so that
-        no slot's cells differ from what ``_held`` says."""
-        self._batch.n_tokens = n
-        if int(self._llama.llama_decode(self._ctx, self._batch)) == 0:
+    def _decode(self) -> bool:
+        """Decode the batch; on failure every slot is cleared, so that no slot's cells
+        differ from what ``_held`` says."""
+        if self._batch.decode(self._ctx) == 0:
             return True
         self._llama.llama_memory_clear(self._memory, True)
         for held in self._held:
@@ -239,7 +227,7 @@ class DraftModel:
         self._llama.llama_set_n_threads(self._ctx, threads, threads)
 
     def close(self) -> None:
-        self._llama.llama_batch_free(self._batch)
+        self._batch.free()
         self._llama.llama_free(self._ctx)
         self._model.close()
 
