@@ -128,21 +128,43 @@ def _with_drafts(
     if spec.model_type != "LLM":
         why = "an embedding model generates no tokens to draft"
         raise APIError(400, f"draft_model cannot be used here: {why}", param="draft_model")
-    return _draft_file(body.draft_model, registry, spec)
+    return _draft_file(body, registry, spec)
 
 
 def _draft_file(
-    name: str, registry: Registry, spec: p.ModelSpec
+    body: LaunchRequest, registry: Registry, spec: p.ModelSpec
 ) -> tuple[p.ModelSpec, tuple[Spec, str] | None]:
-    """``name`` as a path (it has a slash or ends with .gguf; the worker checks it lies in
-    its model folders, as it checks model_path) or as a registry family, whose first GGUF
-    spec and quantization are taken."""
+    """``draft_model`` as a path (it has a slash or ends with .gguf; the worker checks it
+    lies in its model folders, as it checks model_path) or as a registry family: its GGUF
+    spec of ``draft_model_size_in_billions`` (by default its smallest: a draft is there to
+    be cheap) in ``draft_quantization`` (by default the spec's first)."""
+    name = body.draft_model
+    assert name is not None
+    size, quantization = body.draft_model_size_in_billions, body.draft_quantization
     if "/" in name or "\\" in name or name.lower().endswith(".gguf"):
+        chosen_by = (("draft_model_size_in_billions", size), ("draft_quantization", quantization))
+        for field, value in chosen_by:
+            if value is not None:
+                why = f"draft_model {name!r} is a file; {field} picks from a registry family"
+                raise APIError(400, why, param=field)
         return msgspec.structs.replace(spec, draft_model=name), None
     try:
-        chosen, quantization = pick_spec(registry.get(name), "gguf", None, None)
+        family = registry.get(name)
     except RegistryError as exc:
         raise APIError(400, f"draft_model {name!r}: {exc}", param="draft_model") from exc
+    asked = "draft_model_size_in_billions" if size is not None else "draft_model"
+    gguf = [s for s in family.model_specs if s.model_format == "gguf"]
+    if size is None and gguf:
+        size = min(gguf, key=Spec.size).model_size_in_billions
+    wanted = None if size is None else str(size)
+    try:  # the size alone first, so that each refusal names the field that asked for it
+        chosen, first = pick_spec(family, "gguf", wanted, None)
+        asked = "draft_quantization"
+        if quantization is not None:
+            chosen, first = pick_spec(family, "gguf", wanted, quantization)
+    except RegistryError as exc:
+        raise APIError(400, f"draft_model {name!r}: {exc}", param=asked) from exc
+    quantization = first
     path = local_path(chosen, quantization)
     if path is not None:
         return msgspec.structs.replace(spec, draft_model=path), None

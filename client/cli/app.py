@@ -46,6 +46,14 @@ class Priority(enum.StrEnum):
     batch = "batch"
 
 
+class Speculative(enum.StrEnum):
+    """How a replica drafts tokens for its answers (speculative decoding)."""
+
+    ngram = "ngram"
+    draft = "draft"
+    off = "off"
+
+
 @app.command()
 def launch(
     model_name: str = typer.Argument(
@@ -84,6 +92,21 @@ def launch(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU threads per replica (default: the worker's share)."
     ),
+    speculative: Speculative | None = typer.Option(
+        None, "--speculative", help="Drafts: ngram (the default), draft (a draft model) or off."
+    ),
+    draft_tokens: int | None = typer.Option(
+        None, "--draft-tokens", min=1, help="The longest draft (default 16)."
+    ),
+    draft_model: str | None = typer.Option(
+        None, "--draft-model", help="A GGUF path on the worker or a registry family to draft."
+    ),
+    draft_size: str | None = typer.Option(
+        None, "--draft-size", help="The draft family's size (default: its smallest)."
+    ),
+    draft_quantization: str | None = typer.Option(
+        None, "--draft-quantization", help="The draft family's quantization (default: its first)."
+    ),
     endpoint: str = ENDPOINT,
     api_key: str | None = API_KEY,
     as_json: bool = AS_JSON,
@@ -102,6 +125,11 @@ def launch(
         "worker": worker,
         "n_parallel": parallel,
         "n_threads": threads,
+        "speculative": speculative,
+        "draft_tokens": draft_tokens,
+        "draft_model": draft_model,
+        "draft_model_size_in_billions": draft_size,
+        "draft_quantization": draft_quantization,
         "wait_ready": False,
     }
     model_uid = None

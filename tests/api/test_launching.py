@@ -90,9 +90,44 @@ def test_a_draft_model_implies_draft_mode_and_is_a_path_or_a_registry_family(
     assert drafted.need == 2 * message.need > 0
 
 
+def test_a_registry_draft_model_is_its_familys_smallest_size_unless_the_launch_picks(
+    tmp_path: Path,
+) -> None:
+    def fetched(**body: Any) -> tuple[str, list[str]]:
+        download = launch(tmp_path, draft_model="qwen2.5-instruct", **body).spec.draft_download
+        assert download is not None
+        return download.repo_id, download.files
+
+    smallest = ("Qwen/Qwen2.5-0.5B-Instruct-GGUF", ["qwen2.5-0.5b-instruct-q4_k_m.gguf"])
+    assert fetched() == smallest  # the family's first quantization, as for a model
+    assert fetched(draft_quantization="Q2_K")[1] == ["qwen2.5-0.5b-instruct-q2_k.gguf"]
+    bigger = fetched(draft_model_size_in_billions=1.5, draft_quantization="q8_0")
+    assert bigger == ("Qwen/Qwen2.5-1.5B-Instruct-GGUF", ["qwen2.5-1.5b-instruct-q8_0.gguf"])
+
+
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
+        (
+            {"draft_model": "qwen2.5-instruct", "draft_quantization": "Q9"},
+            "draft_quantization",
+            "has no quantization 'Q9'; it has .*q4_k_m",
+        ),
+        (
+            {"draft_model": "qwen2.5-instruct", "draft_model_size_in_billions": 70},
+            "draft_model_size_in_billions",
+            "has no gguf 70B spec; it has gguf 0_5B",
+        ),
+        (
+            {"draft_model": "/d.gguf", "draft_quantization": "Q4_1"},
+            "draft_quantization",
+            "is a file; draft_quantization picks from a registry family",
+        ),
+        (
+            {"draft_model": "/d.gguf", "draft_model_size_in_billions": 1},
+            "draft_model_size_in_billions",
+            "is a file",
+        ),
         ({"speculative": "draft"}, "draft_model", "needs draft_model"),
         ({"draft_model": "/d.gguf", "speculative": "off"}, "speculative", "not 'off'"),
         ({"draft_model": "no-such-family"}, "draft_model", "no model family"),

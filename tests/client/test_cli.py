@@ -195,6 +195,12 @@ def test_generate_scale_and_a_failed_launch(module_stack: Stack, tiny_model: Pat
     assert failed.returncode == 1
     assert "failed to load" in failed.stderr and "does not exist" in failed.stderr
     assert "broken" not in json.loads(xb(module_stack, "list", "--json").stdout)
+    # The draft options reach the launch: a file's quantization is not for choosing.
+    drafted = ["--model-path", str(tiny_model), "--speculative", "draft", "--draft-tokens", "4"]
+    picked = ["--draft-model", str(tiny_model), "--draft-quantization", "Q4_1"]
+    refused = xb(module_stack, "launch", "d", *drafted, *picked)
+    assert refused.returncode == 1, refused.stderr
+    assert "draft_quantization picks from a registry family" in refused.stderr, refused.stderr
     assert xb(module_stack, "terminate", "g").returncode == 0
 
 
