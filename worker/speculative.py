@@ -34,7 +34,9 @@ tokens per second rise with them. While some sequences of the batch do not draft
 the drafts may lengthen the step by ``SHARE_SLOWER`` at most, so that the others' tokens per
 second stay what they were. A sequence whose drafts do not pay does not draft; when its
 context's longest n-gram matches (a strong proposal), it probes: a short draft of
-``PROBE_TOKENS``, whose outcome updates its rate. A probe that fails waits ``PROBE_GAP``
+``PROBE_TOKENS``, whose outcome updates its rate. The sequences that may probe at a step
+probe together where one alone would not pay (a longer row alone costs a second part of
+the step, ``step_time``). A probe that fails waits ``PROBE_GAP``
 steps before the next, twice as long each time it fails again, so an answer with nothing
 to guess pays for a few probes only.
 """
@@ -281,16 +283,27 @@ class Drafter:
                     best, value = [0] * len(candidates), weighed
                     for i in top:
                         best[i] = min(k, most[i])
-        for i, candidate in enumerate(candidates):
-            speculation = candidate.speculation
-            if best[i] or not most[i] or not speculation.rest() or not candidate.strong:
+        ready = [
+            i
+            for i, c in enumerate(candidates)
+            if not best[i] and most[i] and c.speculation.rest() and c.strong
+        ]
+        # A probe is worth it if its guesses, once right, would pay. Together first: a
+        # probe alone lengthens one row, so the step needs a second part, which may cost
+        # more than one token brings (with four rows of a token each, a fifth token in a
+        # part of its own cost SmolLM2 28% more time for 25% more tokens), where every
+        # ready sequence's probe rides in the step's one part.
+        for group in ([ready] if len(ready) > 1 else []) + [[i] for i in ready]:
+            if any(best[i] for i in group):
                 continue
             probe = [*best]
-            probe[i] = min(most[i], PROBE_TOKENS)
-            # A probe is worth it if its guesses, once right, would pay.
-            sure = (worth(probe, probe[i] - gains[i][probe[i]]) or 0.0) > value
-            if sure:
-                best, speculation.probing = probe, True
+            for i in group:
+                probe[i] = min(most[i], PROBE_TOKENS)
+            bonus = sum(probe[i] - gains[i][probe[i]] for i in group)
+            if (worth(probe, bonus) or 0.0) > value:
+                best = probe
+                for i in group:
+                    candidates[i].speculation.probing = True
                 value = worth(best) or value
         for i, candidate in enumerate(candidates):
             drafts[i] = candidate.proposal[: best[i]]

@@ -210,6 +210,21 @@ def test_probes_that_come_true_lead_to_drafts_as_long_as_they_pay() -> None:
     assert new.gap == PROBE_GAP and new.wait == 0
 
 
+@pytest.mark.unit
+def test_sequences_that_share_a_step_probe_together_where_one_alone_would_not_pay() -> None:
+    # Four rows of a token each take 1.0; one row a token longer needs a second part of
+    # the step (0.5 more for 25% more tokens); all four a token longer, one part of 1.6.
+    # At the prior rate no draft pays (4 + 4 x 0.35 tokens in 1.6 against 4 in 1.0).
+    drafter = timed(Drafter(8), {1: 0.5, 4: 1.0, 8: 1.6})
+    four = [Candidate(Speculation(), list(range(8)), 100, strong=True) for _ in range(4)]
+    assert drafter.plan(four, 4, 100) == [[0]] * 4  # probes, all four in the one part
+    assert all(c.speculation.probing for c in four)
+    # One strong guess among weak ones: its probe alone would not pay, so none.
+    mixed = [Candidate(Speculation(), list(range(8)), 100, strong=i == 0) for i in range(4)]
+    assert drafter.plan(mixed, 4, 100) == [[]] * 4
+    assert not any(c.speculation.probing for c in mixed)
+
+
 # ---- in the engine ------------------------------------------------------------------------
 
 
