@@ -10,7 +10,10 @@ machine's speed drifts from minute to minute) and the median over rounds is repo
 
 Single-stream rates are decode rates: tokens after the first, over the time after the
 first (the prompt is read the same way on and off). Rates of 4 streams are aggregate:
-every token over the wall time from sending to the last end.
+every token over the wall time from sending to the last end, and, as the single stream's
+leave its prompt out, the tokens that came once every stream had its first, over the time
+from then to the last end (``decoding``). ``ceiling`` runs the 4 edit streams in-process
+with drafts that are always right too: what any drafter could gain on this machine.
 Run: .venv/bin/python -m bench.speculative [--model smollm2|medium|both] [--rounds 2]
 
 With ``--draft``, drafting with a draft model instead (``draft_bench``): one greedy stream
@@ -77,10 +80,17 @@ class Answer:
     end: float
     accepted: int = 0
     rejected: int = 0
+    arrived: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (when, chars)
 
     @property
     def decode_rate(self) -> float:
         return (self.tokens - 1) / (self.end - self.first)
+
+    def tokens_after(self, moment: float) -> float:
+        """The tokens that arrived after ``moment``, counted by their share of the text
+        (chunks carry text, not token counts; texts on and off are the same)."""
+        later = sum(chars for when, chars in self.arrived if when > moment)
+        return self.tokens * later / max(len(self.text), 1)
 
 
 async def answer(
@@ -110,6 +120,7 @@ async def answer(
                 if content := choice["delta"].get("content"):
                     result.text += content
                     result.first = result.first or time.perf_counter()
+                    result.arrived.append((time.perf_counter(), len(content)))
     result.end = time.perf_counter()
     return result
 
@@ -118,7 +129,8 @@ async def streams(
     client: httpx.AsyncClient, model: str, n: int, workload: str
 ) -> tuple[float, list[Answer]]:
     """(tokens per second, the answers) of ``n`` streams sent at once: one stream's decode
-    rate, or several's aggregate rate."""
+    rate, or several's aggregate rate over the whole run (``decoding`` gives the rate
+    once all of them decode)."""
     if workload == "edit":
         chats, greedy, tokens = [edit(i) for i in range(n)], True, EDIT_TOKENS
     else:
@@ -128,6 +140,13 @@ async def streams(
     if n == 1:
         return answers[0].decode_rate, answers
     return sum(a.tokens for a in answers) / (max(a.end for a in answers) - start), answers
+
+
+def decoding(answers: list[Answer]) -> float:
+    """Several streams' aggregate tokens per second from the moment the last of them had
+    its first token (every prompt read) to the last end: what drafts can change."""
+    moment = max(a.first for a in answers)
+    return sum(a.tokens_after(moment) for a in answers) / (max(a.end for a in answers) - moment)
 
 
 def in_process(path: Path, prompt_lookup: bool, threads: int) -> float:
@@ -172,6 +191,8 @@ async def one_round(client: httpx.AsyncClient, path: Path, smollm2: bool, thread
             for mode in ("off", "on"):
                 rate, answers = await streams(client, mode, n, workload)
                 rates[f"{workload} {n} {mode}"] = rate
+                if n > 1:
+                    rates[f"{workload} {n} {mode} decoding"] = decoding(answers)
                 if workload == "edit":
                     texts[f"{n} {mode}"] = [a.text for a in answers]
                 if mode == "on":
@@ -228,6 +249,12 @@ def report(label: str, rounds: list[Round]) -> None:
                 f"{workload:5} {n} stream{'s' if n > 1 else ' '}: off {median(off):7.1f}  "
                 f"on {median(on):7.1f}  on/off {ratio(on, off):.2f}x"
             )
+            if n > 1:
+                on, off = f"{on} decoding", f"{off} decoding"
+                print(
+                    f"      once all decode: off {median(off):7.1f}  on {median(on):7.1f}  "
+                    f"on/off {ratio(on, off):.2f}x"
+                )
     if "lcp on" in rounds[0].rates:
         print(
             f"llama-cpp-python in-process, edit, 1 stream: off {median('lcp off'):.1f}  "
