@@ -44,7 +44,7 @@ from xb.core.demo_model import DemoModelConfig, write_demo_model
 from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
 from xb.worker.backend import Done, Piece
 from xb.worker.llama_engine import BatchEngine
-from xb.worker.speculative import NGRAM_MAX, StepClock
+from xb.worker.speculative import NGRAM_MAX, NgramIndex, StepClock
 
 TEXT = (
     "The harbour town wakes early. Before the sun clears the hills, the fishing boats slip "
@@ -277,11 +277,12 @@ def report(label: str, rounds: list[Round]) -> None:
 CEILING_MODES = ("off", "ngram", "perfect", "perfect, every draft")
 
 
-class _Perfect:
+class _Perfect(NgramIndex):
     """Drafts that are always right: the answer's own next tokens (from a run without
     drafts), in place of a sequence's n-gram index."""
 
     def __init__(self, answer: list[int]) -> None:
+        super().__init__()
         self.answer, self.matched = answer, NGRAM_MAX
 
     def propose(self, context: list[int], k: int) -> list[int]:

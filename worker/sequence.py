@@ -68,7 +68,7 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | N
         sequence = row.sequence
         speculation = sequence.speculation
         assert speculation is not None and sequence.next_token is not None
-        context = [*sequence.kv, sequence.next_token]
+        context = speculation.ngrams.follow(sequence.kv, sequence.next_token)
         room = sequence.limit - sequence.produced
         if model is None:
             proposal = speculation.ngrams.propose(context, drafter.draft_tokens)

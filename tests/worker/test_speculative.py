@@ -54,6 +54,19 @@ def test_a_draft_that_reaches_the_end_repeats_the_loop_it_found() -> None:
 
 
 @pytest.mark.unit
+def test_the_context_is_extended_step_by_step_and_taken_whole_when_it_does_not_continue() -> None:
+    index = NgramIndex()
+    context = index.follow([1, 2, 3, 1], 2)
+    assert context == [1, 2, 3, 1, 2] and index.propose(context, 2) == [3, 1]
+    # The step decoded 2 and the draft's 3; the model's next token is 1: the same list.
+    assert index.follow([1, 2, 3, 1, 2, 3], 1) is context
+    assert context == [1, 2, 3, 1, 2, 3, 1] and index.propose(context, 2) == [2, 3]
+    # Cells that do not continue the context (a slot reused): started over, indexed afresh.
+    assert index.follow([7, 8], 9) == [7, 8, 9] and index.propose(context, 2) == []
+    assert index.follow([7, 8, 9, 7], 8) == [7, 8, 9, 7, 8] and index.propose(context, 1) == [9]
+
+
+@pytest.mark.unit
 def test_a_check_keeps_the_agreeing_prefix_and_the_models_own_next_token() -> None:
     said = iter([10, 11, 7, 99])
     assert verify(lambda i: next(said), [10, 11, 12], lambda t: False, 10) == [10, 11, 7]
@@ -140,6 +153,17 @@ def test_drafts_are_as_long_as_they_pay_on_the_measured_step_times() -> None:
     free = timed(Drafter(8), {1: 1.0, 9: 1.0})
     assert len(free.plan([Candidate(unsure, proposal, 100)], 1, 100)[0]) == 8
     assert len(free.plan([Candidate(sure, proposal, 3)], 1, 100)[0]) == 3
+
+
+@pytest.mark.unit
+def test_the_plan_reads_step_times_worked_out_again_every_few_steps() -> None:
+    sure = Speculation(hits=9.0, tries=10.0)
+    drafter = timed(Drafter(8), {1: 1.0, 9: 1.8})
+    candidate = Candidate(sure, list(range(8)), 100)
+    assert len(drafter.plan([candidate], 1, 100)[0]) >= 5
+    for _ in range(speculative.REFRESH):  # steps of 9 got dear: drafts no longer pay
+        drafter.clock.record(9, 20.0)
+    assert drafter.plan([candidate], 1, 100) == [[]]
 
 
 @pytest.mark.unit
