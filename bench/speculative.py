@@ -44,7 +44,8 @@ from xb.core.demo_model import DemoModelConfig, write_demo_model
 from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
 from xb.worker.backend import Done, Piece
 from xb.worker.llama_engine import BatchEngine
-from xb.worker.speculative import NGRAM_MAX, NgramIndex, StepClock
+from xb.worker.speculative import NGRAM_MAX, NgramIndex
+from xb.worker.step_clock import StepClock
 
 TEXT = (
     "The harbour town wakes early. Before the sun clears the hills, the fishing boats slip "

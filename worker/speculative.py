@@ -26,7 +26,7 @@ than it would without drafts.
 
 **When it pays.** Each sequence tracks how often its drafted tokens come true (a
 decaying count: ``rate``). A step's drafts are chosen by ``Drafter.plan`` against the
-engine's own step timings (``StepClock``: seconds per step by the tokens in it, measured
+engine's own step timings (``step_clock.StepClock``: seconds per step by the tokens in it, measured
 once when the model loads and then on every step): a draft of ``k`` tokens at acceptance
 ``r`` is expected to add ``r + r^2 + ... + r^k`` tokens, a step costs a part for each
 length of its rows (``step_time``), and drafts are planned only if the batch's expected
@@ -43,14 +43,11 @@ to guess pays for a few probes only.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-import numpy as np
+from xb.worker.step_clock import StepClock, step_time, step_times
 
 NGRAM_MAX = 4  # the longest context suffix looked up
 NGRAM_MIN = 2  # shorter matches propose noise: the one token before is not enough
@@ -62,12 +59,6 @@ LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # draft lengths weighed for some seque
 PROBE_TOKENS = 1  # a probe's draft: a failed one costs most of a step more
 PROBE_GAP = 32  # steps with a proposal that a failed probe waits; doubled at each failure ...
 MAX_PROBE_GAP = 1024  # ... up to this
-_RECENT = 5  # step times kept per size
-_LIVE = 3  # step times of a size that outweigh the load-time measurement
-STALE = 1024  # steps after which a size's live times are forgotten
-_MAX_SIZE = 512  # step sizes timed; bigger steps read prompts
-CALIBRATION = (1, 2, 4, 8, 16, 32, 64)  # step sizes timed when the model loads ...
-CALIBRATION_SECONDS = 1.0  # ... within this time (a big model's largest sizes are guessed)
 REFRESH = 8  # steps timed before the plan works out its table of step times again
 
 
@@ -152,76 +143,6 @@ class Speculation:
         """A step it does not draft in; True when it may probe now."""
         self.wait = max(self.wait - 1, 0)
         return not self.wait
-
-
-def expected(rate: float, k: int) -> float:
-    """Tokens a draft of ``k`` is expected to add, each coming true with ``rate``."""
-    return sum(rate**i for i in range(1, k + 1))
-
-
-class StepClock:
-    """Seconds per decoding step, by the number of tokens in it. Sizes are timed when the
-    model loads (``calibrate``: each step's cost is known before the first request), and
-    every step of generating rows is timed too: once a size has ``_LIVE`` recent times,
-    their median is its time (a step the machine slowed once does not count for long).
-    The first step of each size is not counted (llama.cpp allocates for it), and the live
-    times of a size not seen for ``STALE`` steps are forgotten: the machine's load
-    changes."""
-
-    def __init__(self) -> None:
-        self._base: dict[int, float] = {}  # measured at load
-        self._steps: dict[int, deque[float]] = {}
-        self._seen: dict[int, int] = {}  # step count when each size was last recorded
-        self._count = 0
-
-    def calibrate(self, decode: Callable[[int], float], most: int) -> None:
-        """Time ``decode(n)`` for the sizes of ``CALIBRATION`` up to ``most``, each twice
-        (the first allocates), the faster kept, while ``CALIBRATION_SECONDS`` last."""
-        deadline = time.perf_counter() + CALIBRATION_SECONDS
-        for size in (n for n in CALIBRATION if n <= most):
-            self._base[size] = min(decode(size), decode(size))
-            if time.perf_counter() > deadline:
-                break
-
-    def record(self, tokens: int, seconds: float) -> None:
-        self._count += 1
-        if tokens > _MAX_SIZE:
-            return
-        if tokens not in self._seen:
-            self._steps[tokens] = deque(maxlen=_RECENT)  # the first step of this size
-        else:
-            if self._count - self._seen[tokens] > STALE:
-                self._steps[tokens].clear()
-            self._steps[tokens].append(seconds)
-        self._seen[tokens] = self._count
-
-    @property
-    def count(self) -> int:
-        """Steps recorded so far."""
-        return self._count
-
-    def known(self) -> dict[int, float]:
-        """The step time of each size measured, lately or at load. A time that the machine
-        slowed is worse than none (a size thought dear is never tried again, so never
-        measured again), so each is taken at most as dear as any bigger step's, and as ``n``
-        steps of the smallest size (a step of ``n`` tokens does no more than ``n`` steps of
-        one): a time thought too cheap is corrected as soon as that size is tried."""
-        times = dict(self._base)
-        for n, steps in self._steps.items():
-            fresh = self._count - self._seen[n] <= STALE
-            if fresh and (len(steps) >= _LIVE or (steps and n not in times)):
-                times[n] = statistics.median(steps)
-        if not times:
-            return times
-        unit = min(times)
-        ceiling = float("inf")
-        for n in sorted(times, reverse=True):
-            ceiling = times[n] = min(times[n], ceiling, times[unit] * n / unit)
-        return times
-
-    def estimate(self, tokens: int) -> float | None:
-        known = self.known()
-        return step_times(known, tokens)[tokens] if known else None
 
 
 @dataclass(frozen=True)
@@ -343,42 +264,6 @@ class Drafter:
         for i, candidate in enumerate(candidates):
             drafts[i] = candidate.proposal[: best[i]]
         return drafts
-
-
-def step_times(known: dict[int, float], top: int) -> list[float]:
-    """The time of a step of each size from 0 to ``top`` tokens: as measured, interpolated
-    between sizes that were, or extrapolated from the two largest (one measured size: a
-    small cost per token is guessed, to go and measure)."""
-    keys = sorted(known)
-    values = [known[n] for n in keys]
-    sizes = np.arange(top + 1)
-    times = np.interp(sizes, keys, values)
-    last = keys[-1]
-    if top > last:
-        beyond = sizes[last + 1 :] - last
-        if len(keys) >= 2:
-            slope = max((values[-1] - values[-2]) / (keys[-1] - keys[-2]), 0.0)
-            times[last + 1 :] = values[-1] + slope * beyond
-        else:
-            times[last + 1 :] = values[-1] * (1 + 0.02 * beyond)
-    return [float(t) for t in times]
-
-
-def step_time(times: list[float], lengths: list[int]) -> float:
-    """The time of a step whose rows (one per sequence) hold ``lengths`` tokens, given
-    ``times`` by size (``step_times``). Each sequence has cells of its own, and llama.cpp
-    then splits a batch into equal parts: each takes as many tokens from every sequence
-    that has some left as the shortest of them has, and each part reads the weights
-    again. So rows of 9, 9, 1 and 1 tokens cost a part of 4 tokens and one of 16, where
-    four rows of 5 cost one part of 20 (SmolLM2: rows of 17, 1, 1 and 1 tokens took 104 ms,
-    of 5, 5, 5 and 5 95 ms, and rows of 12, 10, 6 and 4 185 ms where 32 tokens in one part
-    took 147)."""
-    total, done = 0.0, 0
-    ordered = sorted(lengths)
-    for j, length in enumerate(ordered):
-        if length > done:
-            total, done = total + times[(len(ordered) - j) * (length - done)], length
-    return total
 
 
 def verify(

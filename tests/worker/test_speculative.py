@@ -15,7 +15,7 @@ import pytest
 
 from tests.worker.test_backend import N_CTX, greedy, run, tokens
 from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
-from xb.worker import llama_engine, speculative
+from xb.worker import llama_engine, speculative, step_clock
 from xb.worker.backend import Done
 from xb.worker.llama_engine import BatchEngine
 from xb.worker.llama_model import LlamaModel
@@ -23,16 +23,13 @@ from xb.worker.llama_sampling import Sampler
 from xb.worker.speculative import (
     PROBE_GAP,
     PROBE_TOKENS,
-    STALE,
     Candidate,
     Drafter,
     NgramIndex,
     Speculation,
-    StepClock,
-    step_time,
-    step_times,
     verify,
 )
+from xb.worker.step_clock import STALE, StepClock, step_time, step_times
 
 # ---- the parts ----------------------------------------------------------------------------
 
@@ -134,7 +131,7 @@ def test_step_times_measured_at_load_stand_until_enough_live_ones_replace_them()
 
 @pytest.mark.unit
 def test_calibration_stops_when_its_time_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(speculative, "CALIBRATION_SECONDS", 0.0)
+    monkeypatch.setattr(step_clock, "CALIBRATION_SECONDS", 0.0)
     decoded: list[int] = []
     StepClock().calibrate(lambda n: decoded.append(n) or 1.0, most=64)
     assert decoded == [1, 1]  # a slow model times its smallest step, and guesses the rest
