@@ -14,12 +14,9 @@ A sequence that leaves its slot keeps its cells there, whether it finished or wa
 cancelled (its client went away): the prefix cache. ``cells.py`` moves the cells; this
 module decides who runs and what each step decodes.
 
-Requests are ``interactive`` or ``batch``, and each has a tenant. Waiting interactive
-requests join before any batch one; one that finds every slot busy while a batch sequence
-runs preempts it, and a request whose tenant has nothing running preempts a sequence of a
-tenant holding two slots or more (of no higher priority): the preempted sequence's cells
-are parked (``parking.py``), it waits ahead of the others of its priority, and resumes
-from those cells where it stopped when a slot frees.
+Requests are ``interactive`` or ``batch``, and each has a tenant; ``admission.py`` decides
+the order they wait in and whom a waiting one preempts. A preempted sequence's cells are
+parked (``parking.py``) and it resumes from them where it stopped when a slot frees.
 
 A generating sequence's row may carry a draft after its next token (speculative decoding,
 ``speculative.py``; proposed by n-gram lookup or by a draft model, ``draft_model.py``): the
@@ -32,10 +29,11 @@ import dataclasses
 import logging
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from pathlib import Path
 
 from xb.core.protocol import GenerateParams, ModelSpec, Priority
+from xb.worker.admission import enqueue, victim
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.cells import Cells
@@ -163,22 +161,7 @@ class BatchEngine(Engine):
             self._requests.pop(request_id)
             sequence.sampler.close()
             return
-        self._enqueue(sequence)
-
-    def _enqueue(self, sequence: Sequence, ahead: bool = False) -> None:
-        """Interactive requests wait before batch ones; a preempted sequence (``ahead``)
-        waits before the others of its priority, behind the one that preempted it (the
-        head of the line)."""
-        waiting = self._waiting
-        if ahead:
-            first = ("interactive", "batch") if sequence.priority == "interactive" else ("batch",)
-        elif sequence.priority == "batch":
-            waiting.append(sequence)
-            return
-        else:
-            first = ("batch",)
-        at = next((i for i, s in enumerate(waiting) if s.priority in first), len(waiting))
-        waiting.insert(max(at, 1) if ahead else at, sequence)
+        enqueue(self._waiting, sequence)
 
     def cancel(self, request_id: str) -> bool:
         """End a request at once; what it read and generated stays cached, as a finished
@@ -207,31 +190,17 @@ class BatchEngine(Engine):
             self._tuner.share(threads)
 
     def _preempt(self, head: Sequence) -> bool:
-        """Every slot is busy and ``head`` waits: a running sequence leaves its slot for
-        it, its cells parked. A batch one when ``head`` is interactive; else, when
-        ``head``'s tenant has nothing running, one of the tenant holding the most slots (two
-        at least), of no higher priority than ``head``; the one with the fewest cells.
-        False when none may, or when a slot frees after this step anyway (a closing
-        sequence's)."""
-        running = self._running
-        if any(s.closing for s in running):
+        """Every slot is busy and ``head`` waits: a running sequence (``admission.victim``)
+        leaves its slot for it, its cells parked. False when none may, or when a slot frees
+        after this step anyway (a closing sequence's)."""
+        if any(s.closing for s in self._running):
             return False
-        movable = [s for s in running if s.echo is None and s.kv]
-        batch = [s for s in movable if s.priority == "batch"]
-        victims = batch if head.priority == "interactive" else []
-        if not victims and all(s.tenant != head.tenant for s in running):
-            lower = movable if head.priority == "interactive" else batch
-            held = Counter(s.tenant for s in lower).most_common(1)
-            if held and held[0][1] >= 2:
-                victims = [s for s in lower if s.tenant == held[0][0]]
-        if not victims:
-            return False
-        sequence = min(victims, key=lambda s: len(s.kv))
-        if not self._cells.park(sequence):
+        sequence = victim(head, self._running)
+        if sequence is None or not self._cells.park(sequence):
             return False
         self._running.remove(sequence)
         sequence.preemptions += 1
-        self._enqueue(sequence, ahead=True)
+        enqueue(self._waiting, sequence, ahead=True)
         log.debug("request %s preempted (%d cells parked)", sequence.request_id, len(sequence.kv))
         return True
 
