@@ -106,6 +106,10 @@ def _with_drafts(
     speculative = body.speculative or ("draft" if body.draft_model else spec.speculative)
     draft_tokens = body.draft_tokens or spec.draft_tokens
     spec = msgspec.structs.replace(spec, speculative=speculative, draft_tokens=draft_tokens)
+    for field in ("draft_model_size_in_billions", "draft_quantization"):
+        if body.draft_model is None and getattr(body, field) is not None:
+            why = f"{field} picks from draft_model's registry family; give draft_model"
+            raise APIError(400, why, param=field)
     if speculative != "draft":
         if body.draft_model is not None:
             raise APIError(

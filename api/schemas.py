@@ -198,7 +198,8 @@ class LaunchRequest(_Body):
     speculative: Literal["ngram", "draft", "off"] | None = None
     draft_tokens: int | None = Field(None, ge=1, le=MAX_DRAFT_TOKENS)
     draft_model: str | None = Field(None, min_length=1, max_length=4096)
-    draft_model_size_in_billions: int | float | str | None = None  # a registry draft model's
+    # A registry draft model's size (its family's smallest by default) and quantization.
+    draft_model_size_in_billions: int | float | str | None = None
     draft_quantization: str | None = Field(None, min_length=1, max_length=200)
 
 

@@ -119,9 +119,10 @@ async def answer(
                 result.rejected = details["rejected_prediction_tokens"]
             for choice in chunk.get("choices", []):
                 if content := choice["delta"].get("content"):
+                    now = time.perf_counter()
                     result.text += content
-                    result.first = result.first or time.perf_counter()
-                    result.arrived.append((time.perf_counter(), len(content)))
+                    result.first = result.first or now
+                    result.arrived.append((now, len(content)))
     result.end = time.perf_counter()
     return result
 

@@ -160,20 +160,25 @@ class Drafter:
     def __init__(self, draft_tokens: int, clock: StepClock | None = None) -> None:
         self.draft_tokens = max(draft_tokens, 0)
         self.clock = clock or StepClock()
-        self._table: tuple[StepClock, int, list[float]] | None = None
+        self._table: tuple[tuple[StepClock, int], int, list[float]] | None = None
 
     def _times(self, top: int) -> list[float] | None:
         """Step times by size, up to ``top`` tokens at least: the clock's, worked out
-        again once it has timed ``REFRESH`` more steps (working them out takes 30-70 µs,
-        where a step of the 512x8 test model takes 2-3 ms)."""
+        again once it has timed ``REFRESH`` more steps or measured them afresh at load
+        (working them out takes 30-70 µs, where a step of the 512x8 test model takes 2-3
+        ms)."""
         clock, table = self.clock, self._table
-        if table is None or table[0] is not clock or clock.count - table[1] >= REFRESH:
-            table = None
+        version = (clock, clock.calibrations)
+        size = max(top, 64)
+        if table is not None:
+            size = max(size, len(table[2]) - 1)  # a table never shrinks: steps grow again
+            if table[0] != version or clock.count - table[1] >= REFRESH:
+                table = None
         if table is None or len(table[2]) <= top:
             known = clock.known()
             if not known:
                 return None
-            table = self._table = (clock, clock.count, step_times(known, max(top, 64)))
+            table = self._table = (version, clock.count, step_times(known, size))
         return table[2]
 
     def plan(self, candidates: list[Candidate], rows: int, budget: int) -> list[list[int]]:

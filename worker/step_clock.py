@@ -34,10 +34,12 @@ class StepClock:
         self._steps: dict[int, deque[float]] = {}
         self._seen: dict[int, int] = {}  # step count when each size was last recorded
         self._count = 0
+        self.calibrations = 0  # times ``calibrate`` ran
 
     def calibrate(self, decode: Callable[[int], float], most: int) -> None:
         """Time ``decode(n)`` for the sizes of ``CALIBRATION`` up to ``most``, each twice
         (the first allocates), the faster kept, while ``CALIBRATION_SECONDS`` last."""
+        self.calibrations += 1
         deadline = time.perf_counter() + CALIBRATION_SECONDS
         for size in (n for n in CALIBRATION if n <= most):
             self._base[size] = min(decode(size), decode(size))

@@ -128,6 +128,8 @@ def test_a_registry_draft_model_is_its_familys_smallest_size_unless_the_launch_p
             "draft_model_size_in_billions",
             "is a file",
         ),
+        ({"draft_quantization": "Q4_1"}, "draft_quantization", "give draft_model"),
+        ({"draft_model_size_in_billions": 1}, "draft_model_size_in_billions", "give draft_model"),
         ({"speculative": "draft"}, "draft_model", "needs draft_model"),
         ({"draft_model": "/d.gguf", "speculative": "off"}, "speculative", "not 'off'"),
         ({"draft_model": "no-such-family"}, "draft_model", "no model family"),

@@ -201,6 +201,9 @@ def test_generate_scale_and_a_failed_launch(module_stack: Stack, tiny_model: Pat
     refused = xb(module_stack, "launch", "d", *drafted, *picked)
     assert refused.returncode == 1, refused.stderr
     assert "draft_quantization picks from a registry family" in refused.stderr, refused.stderr
+    by_size = ["--draft-model", "x.gguf", "--draft-size", "1"]
+    sized = xb(module_stack, "launch", "d", *drafted, *by_size)
+    assert sized.returncode == 1 and "draft_model_size_in_billions" in sized.stderr, sized.stderr
     assert xb(module_stack, "terminate", "g").returncode == 0
 
 

@@ -161,6 +161,18 @@ def test_the_plan_reads_step_times_worked_out_again_every_few_steps() -> None:
     for _ in range(speculative.REFRESH):  # steps of 9 got dear: drafts no longer pay
         drafter.clock.record(9, 20.0)
     assert drafter.plan([candidate], 1, 100) == [[]]
+    # Timed afresh at load (steps of up to 8 cheap again), or another clock: read at once.
+    drafter.clock.calibrate(lambda n: 1.0 + 0.1 * (n - 1), most=8)
+    assert 5 <= len(drafter.plan([candidate], 1, 100)[0]) <= 7  # not the dear step of 9
+    drafter.clock = timed(Drafter(8), {1: 1.0, 9: 20.0}).clock
+    assert drafter.plan([candidate], 1, 100) == [[]]
+    # A step bigger than the table: worked out for it, and kept as big after a refresh.
+    many = [Candidate(sure, list(range(8)), 100) for _ in range(9)]
+    drafter.plan(many, 9, 100)
+    for _ in range(speculative.REFRESH):
+        drafter.clock.record(9, 20.0)
+    drafter.plan([candidate], 1, 100)
+    assert drafter._table is not None and len(drafter._table[2]) > 9 + 9 * 8
 
 
 @pytest.mark.unit
