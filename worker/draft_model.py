@@ -93,7 +93,7 @@ class DraftModel:
     @staticmethod
     def speculation() -> Speculation:
         """A new sequence's drafting, expected to come true at ``PRIOR_RATE`` at first."""
-        return Speculation(hits=PRIOR_RATE)
+        return Speculation.expecting(PRIOR_RATE)
 
     def __init__(self, model: LlamaModel, target: LlamaModel, n_ctx: int, slots: int) -> None:
         import llama_cpp

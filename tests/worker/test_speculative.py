@@ -76,6 +76,11 @@ def test_a_check_keeps_the_agreeing_prefix_and_the_models_own_next_token() -> No
     assert verify(lambda i: next(said), [10, 11, 12], lambda t: False, 2) == [10, 11]
 
 
+def at(rate: float) -> Speculation:
+    """A sequence whose ten latest checks came true at ``rate``, first tokens and later."""
+    return Speculation(first_hits=10 * rate, firsts=10.0, hits=10 * rate, tries=10.0)
+
+
 def timed(drafter: Drafter, seconds: dict[int, float]) -> Drafter:
     for size, value in seconds.items():
         drafter.clock.record(size, 100.0)  # the first step of a size allocates: not counted
@@ -130,6 +135,20 @@ def test_step_times_measured_at_load_stand_until_enough_live_ones_replace_them()
 
 
 @pytest.mark.unit
+def test_step_times_measured_at_load_are_scaled_to_the_live_ones_nearest_them() -> None:
+    clock = StepClock()
+    clock.calibrate(lambda n: 1.0 + n / 10, most=16)  # 1.1, 1.2, 1.4, 1.8 and 2.6
+    for seconds in (100.0, 1.65, 1.65, 1.65):  # one-token steps take 1.5 times as long live
+        clock.record(1, seconds)
+    # A two-token step is weighed against them at the same scale, not at load's.
+    assert clock.known() == pytest.approx({1: 1.65, 2: 1.8, 4: 2.1, 8: 2.7, 16: 3.9})
+    for seconds in (100.0, 2.6, 2.6, 2.6):  # 3 tokens, 1.3 between sizes 2 and 4 at load
+        clock.record(3, seconds)
+    # Sizes 2 and up now go by size 3's ratio, 2: it is nearer them than size 1 is.
+    assert clock.known() == pytest.approx({1: 1.65, 2: 2.4, 3: 2.6, 4: 2.8, 8: 3.6, 16: 5.2})
+
+
+@pytest.mark.unit
 def test_calibration_stops_when_its_time_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(step_clock, "CALIBRATION_SECONDS", 0.0)
     decoded: list[int] = []
@@ -140,7 +159,7 @@ def test_calibration_stops_when_its_time_is_up(monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.unit
 def test_drafts_are_as_long_as_they_pay_on_the_measured_step_times() -> None:
     proposal = list(range(8))
-    sure, unsure = Speculation(hits=9.0, tries=10.0), Speculation(hits=1.0, tries=10.0)
+    sure, unsure = at(0.9), at(0.1)
     # Each drafted token adds 10% to a step: a 90% guess pays for a long draft, a 10%
     # one for none.
     drafter = timed(Drafter(8), {n: 1.0 + 0.1 * (n - 1) for n in (1, 9)})
@@ -154,7 +173,7 @@ def test_drafts_are_as_long_as_they_pay_on_the_measured_step_times() -> None:
 
 @pytest.mark.unit
 def test_the_plan_reads_step_times_worked_out_again_every_few_steps() -> None:
-    sure = Speculation(hits=9.0, tries=10.0)
+    sure = at(0.9)
     drafter = timed(Drafter(8), {1: 1.0, 9: 1.8})
     candidate = Candidate(sure, list(range(8)), 100)
     assert len(drafter.plan([candidate], 1, 100)[0]) >= 5
@@ -186,7 +205,7 @@ def test_a_step_costs_a_part_for_each_row_length() -> None:
 
 @pytest.mark.unit
 def test_drafts_do_not_slow_the_sequences_that_share_the_step_without_drafting() -> None:
-    sure, fair = Speculation(hits=9.0, tries=10.0), Speculation(hits=5.0, tries=10.0)
+    sure, fair = at(0.9), at(0.5)
     drafter = timed(Drafter(8), {n: 1.0 + 0.01 * (n - 2) for n in (1, 2, 18)})
     # Two rows, one with nothing to propose: a draft would be a second part of the step
     # (each sequence has cells of its own), nearly doubling it for the other: none.
@@ -223,7 +242,7 @@ def test_a_sequence_whose_drafts_do_not_pay_probes_less_and_less_often() -> None
     waits = [drafts_until(drafter, strong) for _ in range(4)]
     assert waits == [PROBE_GAP, 2 * PROBE_GAP, 4 * PROBE_GAP, 8 * PROBE_GAP]
     # A weak proposal (a short n-gram matched) never probes.
-    weak = Candidate(Speculation(hits=0.1, tries=1.0), [1, 2, 3, 4], 100)
+    weak = Candidate(at(0.1), [1, 2, 3, 4], 100)
     assert not any(drafter.plan([weak], 1, 100)[0] for _ in range(2000))
 
 
