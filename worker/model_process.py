@@ -34,7 +34,7 @@ from xb.core.settings import xb_home
 from xb.core.units import size_text
 from xb.worker.backend import BackendError, Done, Piece
 from xb.worker.download import DownloadError, Report, fetch
-from xb.worker.engine import Engine, Failed
+from xb.worker.engine import Engine, Event, Failed
 
 log = logging.getLogger("xb.model")
 
@@ -179,8 +179,7 @@ class Runner:
                     for request_id in list(self._outgoing):
                         self._emit(request_id, Failed(f"the model failed: {exc}", invalid=False))
                     raise
-                for request_id, item in events:
-                    self._emit(request_id, item)
+                self._deliver(events)
             self._housekeeping()
 
     def _drain(self, timeout_ms: int) -> None:
@@ -229,23 +228,39 @@ class Runner:
             self._outgoing.pop(message.request_id, None)
             self._send(p.Error(message.request_id, p.ErrorCode.CANCELLED, "cancelled"))
 
-    def _emit(self, rid: str, item: Piece | Done | Failed) -> None:
-        out = self._outgoing.get(rid)
-        if out is None:
-            return
-        if isinstance(item, Piece):
+    def _deliver(self, events: list[Event]) -> None:
+        """Send what a step gave: each request's pieces of the step go in one frame, once
+        its wait is over (a step that checks drafts gives a sequence many tokens at once;
+        sent as they came, all but the first would wait a step for the next frame)."""
+        produced: dict[str, _Outgoing] = {}
+        for rid, item in events:
+            out = self._outgoing.get(rid)
+            if out is None:
+                continue
+            if not isinstance(item, Piece):
+                produced.pop(rid, None)
+                self._emit(rid, item)
+                continue
             out.text.append(item.text)
             if item.logprob is not None:
                 out.logprobs.append(item.logprob)
             out.tokens += 1
-            now = time.monotonic()
-            wait = min(COALESCE_SECONDS * len(self._outgoing), MAX_COALESCE_SECONDS)
-            if (not out.sent_first and item.text) or now - out.last_sent >= wait:
+            produced[rid] = out
+        now = time.monotonic()
+        wait = min(COALESCE_SECONDS * len(self._outgoing), MAX_COALESCE_SECONDS)
+        for rid, out in produced.items():
+            first = not out.sent_first and any(out.text)
+            if first or now - out.last_sent >= wait:
                 partial = p.Partial(rid, "".join(out.text), out.tokens, out.logprobs, out.partials)
                 self._send(partial)
                 out.text, out.logprobs, out.tokens = [], [], 0
                 out.partials += 1
                 out.sent_first, out.last_sent = True, now
+
+    def _emit(self, rid: str, item: Done | Failed) -> None:
+        """End a request: its last frame, with what it produced since the one before."""
+        out = self._outgoing.get(rid)
+        if out is None:
             return
         del self._outgoing[rid]
         if isinstance(item, Done):

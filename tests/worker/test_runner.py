@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from xb.core import protocol as p
-from xb.worker.model_process import Runner
+from xb.worker import model_process
+from xb.worker.backend import Done, Piece
+from xb.worker.model_process import Runner, _Outgoing
 
 pytestmark = pytest.mark.unit
 
@@ -56,3 +59,29 @@ def test_a_share_from_the_worker_reaches_the_engine() -> None:
     runner = Runner(Socket(), engine, lambda: None)  # type: ignore[arg-type]
     runner._handle(p.encode(p.Share(3)))
     assert engine.shares == [3]
+
+
+def test_the_pieces_of_a_step_go_together_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that checks drafts gives a sequence several tokens at once: one frame carries
+    them all, not the first alone with the rest a step late."""
+    monkeypatch.setattr(model_process, "COALESCE_SECONDS", 60.0)  # a long wait for frames
+    monkeypatch.setattr(model_process, "MAX_COALESCE_SECONDS", 60.0)
+    sock = Socket()
+    runner = Runner(sock, Engine(), lambda: None)  # type: ignore[arg-type]
+    runner._outgoing["a"] = _Outgoing(last_sent=time.monotonic())
+    runner._outgoing["b"] = _Outgoing(last_sent=time.monotonic())
+    runner._deliver([("a", Piece("x")), ("a", Piece("y")), ("b", Piece(""))])
+    # The first text goes at once; "b" has produced none yet (a stop word may be starting).
+    assert [(m.request_id, m.text, m.tokens) for m in sock.sent] == [("a", "xy", 2)]
+    runner._deliver([("a", Piece("z")), ("b", Piece("q"))])
+    assert [(m.request_id, m.text, m.tokens) for m in sock.sent[1:]] == [("b", "q", 2)]
+    # "a" waits for its next frame; once the wait is over ...
+    monkeypatch.setattr(model_process, "COALESCE_SECONDS", 0.0)
+    done = Done("stop", p.Usage(1, 3, 4))
+    runner._deliver([("a", Piece(t)) for t in "1234"] + [("b", Piece("r")), ("b", done)])
+    b, a = sock.sent[2:]
+    assert isinstance(a, p.Partial)
+    assert (a.request_id, a.text, a.tokens, a.index) == ("a", "z1234", 5, 1)
+    # ... and an answer that ends sends the rest in its last frame.
+    assert isinstance(b, p.Final) and b.request_id == "b" and b.text == "r"
+    assert set(runner._outgoing) == {"a"}
