@@ -52,8 +52,8 @@ from xb.worker.step_clock import StepClock, step_time, step_times
 
 NGRAM_MAX = 4  # the longest context suffix looked up
 NGRAM_MIN = 2  # shorter matches propose noise: the one token before is not enough
-PRIOR_RATE = 0.35  # how often a new sequence's drafted tokens are expected to come true
-DECAY = 0.8  # weight of what a sequence's earlier drafts showed, at each new check
+PRIOR_RATE = 0.35  # how often a new sequence's drafts' first tokens are expected to come true
+DECAY = 0.8  # weight of what earlier checks showed, at each check that shows a rate anew
 SHARE_SLOWER = 0.03  # how much longer drafts may make a step that others share
 MARGIN = 1.02  # a draft must raise expected tokens per second by 2%: timings are noisy
 LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # draft lengths weighed for some sequences
@@ -236,8 +236,8 @@ class Drafter:
         capped = rows > sum(1 for c in candidates if c.proposal)
         idle = [1] * (rows - len(candidates))  # rows without a candidate: a token each
         gains = [c.speculation.gains(k) for c, k in zip(candidates, most, strict=True)]
-        likely = [(-c.speculation.first, -c.speculation.rate) for c in candidates]
-        order = sorted((i for i in range(len(candidates)) if most[i]), key=lambda i: likely[i])
+        # Likeliest first: the most tokens expected from the longest draft each may make.
+        order = sorted((i for i in range(len(candidates)) if most[i]), key=lambda i: -gains[i][-1])
 
         def worth(lengths: list[int], bonus: float = 0.0) -> float | None:
             """Expected tokens per second of a plan (``bonus`` tokens more); None when it

@@ -72,9 +72,10 @@ class StepClock:
         streaming and the server's other processes (SmolLM2: one token 9.1 ms at load and
         13.3 live, 64 tokens 354 and 499; the 512x8 test model: 2.6 and 3.8 for one, 3.9
         and 5.6 for two). A size timed only at load is scaled by the live-to-load ratio of
-        the nearest size timed live, so that the plan never weighs a live step against a
-        load-time one (it took a two-token step of the 512x8 model for 1.01 times a
-        one-token step, where it costs 1.47, and drafted at any rate).
+        the nearest size between the load's smallest and largest that has ``_LIVE`` live
+        times (one slow step scales no other size), so that the plan never weighs a live
+        step against a load-time one (it took a two-token step of the 512x8 model for 1.01
+        times a one-token step, where it costs 1.47, and drafted at any rate).
 
         A time that the machine slowed is worse than none (a size thought dear is never
         tried again, so never measured again), so each is taken at most as dear as any
@@ -82,11 +83,14 @@ class StepClock:
         no more than ``n`` steps of one): a time thought too cheap is corrected as soon as
         that size is tried."""
         live: dict[int, float] = {}
+        steady: dict[int, float] = {}  # live times that may scale others: ``_LIVE`` steps
         for n, steps in self._steps.items():
             fresh = self._count - self._seen[n] <= STALE
             if fresh and (len(steps) >= _LIVE or (steps and n not in self._base)):
                 live[n] = statistics.median(steps)
-        times = {**self._base, **self._scaled(live), **live}
+                if len(steps) >= _LIVE:
+                    steady[n] = live[n]
+        times = {**self._base, **self._scaled(steady), **live}
         if not times:
             return times
         unit = min(times)
@@ -97,7 +101,7 @@ class StepClock:
 
     def _scaled(self, live: dict[int, float]) -> dict[int, float]:
         """The load-time times, each by the live-to-load ratio of the nearest size (in
-        doublings) that has a live time within the sizes timed at load."""
+        doublings) of ``live`` between the smallest and the largest size timed at load."""
         sizes = sorted(self._base)
         if not sizes:
             return {}

@@ -64,6 +64,20 @@ def test_the_context_is_extended_step_by_step_and_taken_whole_when_it_does_not_c
 
 
 @pytest.mark.unit
+def test_a_draft_is_worth_its_first_tokens_rate_then_the_later_ones() -> None:
+    new = Speculation.expecting(0.5)
+    assert new.gains(3) == pytest.approx([0.0, 0.5, 0.75, 0.875])  # later: as the first
+    new.record(1, 1)  # a one-token draft says nothing of later tokens
+    new.record(4, 0)  # nor one wrong at the first
+    assert (new.hits, new.tries) == (0.0, 0.0)
+    assert new.first == pytest.approx((0.5 * 0.8 + 1) * 0.8 / ((0.8 + 1) * 0.8 + 1))
+    new.record(5, 3)  # two later tokens right, then one wrong
+    assert (new.hits, new.tries) == (2.0, 3.0)
+    assert new.rate == pytest.approx((2 + new.first) / 4)
+    assert (new.drafted, new.accepted) == (10, 4)
+
+
+@pytest.mark.unit
 def test_a_check_keeps_the_agreeing_prefix_and_the_models_own_next_token() -> None:
     said = iter([10, 11, 7, 99])
     assert verify(lambda i: next(said), [10, 11, 12], lambda t: False, 10) == [10, 11, 7]
@@ -142,9 +156,12 @@ def test_step_times_measured_at_load_are_scaled_to_the_live_ones_nearest_them() 
         clock.record(1, seconds)
     # A two-token step is weighed against them at the same scale, not at load's.
     assert clock.known() == pytest.approx({1: 1.65, 2: 1.8, 4: 2.1, 8: 2.7, 16: 3.9})
-    for seconds in (100.0, 2.6, 2.6, 2.6):  # 3 tokens, 1.3 between sizes 2 and 4 at load
+    clock.record(3, 100.0)
+    clock.record(3, 9.0)  # one slow step of a size not timed at load stands for itself ...
+    assert clock.known() == pytest.approx({1: 1.65, 2: 1.8, 3: 2.1, 4: 2.1, 8: 2.7, 16: 3.9})
+    for seconds in (2.6, 2.6, 2.6):  # ... where three (1.3 between sizes 2 and 4 at load)
         clock.record(3, seconds)
-    # Sizes 2 and up now go by size 3's ratio, 2: it is nearer them than size 1 is.
+    # ... scale others: sizes 2 and up go by size 3's ratio, 2, nearer them than size 1's.
     assert clock.known() == pytest.approx({1: 1.65, 2: 2.4, 3: 2.6, 4: 2.8, 8: 3.6, 16: 5.2})
 
 
