@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from xb.core import protocol as p
 from xb.worker import model_process
 from xb.worker.backend import Done, Piece
-from xb.worker.model_process import Runner, _Outgoing
+from xb.worker.model_process import Runner
 
 pytestmark = pytest.mark.unit
 
@@ -37,6 +36,9 @@ class Engine:
     def cancel(self, request_id: str) -> bool:
         self.cancelled.append(request_id)
         return True
+
+    def add(self, request_id: str, *rest: object) -> None:
+        pass
 
 
 def test_a_result_too_big_for_one_frame_ends_its_request_with_the_reason() -> None:
@@ -68,8 +70,9 @@ def test_the_pieces_of_a_step_go_together_at_its_end(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(model_process, "MAX_COALESCE_SECONDS", 60.0)
     sock = Socket()
     runner = Runner(sock, Engine(), lambda: None)  # type: ignore[arg-type]
-    runner._outgoing["a"] = _Outgoing(last_sent=time.monotonic())
-    runner._outgoing["b"] = _Outgoing(last_sent=time.monotonic())
+    for rid in "ab":
+        params = p.GenerateParams(prompt="hi", max_tokens=8)
+        runner._handle(p.encode(p.Request(rid, "r", "completion", params)))
     runner._deliver([("a", Piece("x")), ("a", Piece("y")), ("b", Piece(""))])
     # The first text goes at once; "b" has produced none yet (a stop word may be starting).
     assert [(m.request_id, m.text, m.tokens) for m in sock.sent] == [("a", "xy", 2)]
