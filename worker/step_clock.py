@@ -99,16 +99,16 @@ class StepClock:
             ceiling = times[n] = min(times[n], ceiling, times[unit] * n / unit)
         return times
 
-    def _scaled(self, live: dict[int, float]) -> dict[int, float]:
+    def _scaled(self, steady: dict[int, float]) -> dict[int, float]:
         """The load-time times, each by the live-to-load ratio of the nearest size (in
-        doublings) of ``live`` between the smallest and the largest size timed at load."""
+        doublings) of ``steady`` between the smallest and the largest size timed at load."""
         sizes = sorted(self._base)
         if not sizes:
             return {}
         at_load = [self._base[n] for n in sizes]
         ratios = {
             m: t / float(np.interp(m, sizes, at_load))
-            for m, t in live.items()
+            for m, t in steady.items()
             if sizes[0] <= m <= sizes[-1]
         }
         if not ratios:
