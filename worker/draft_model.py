@@ -18,8 +18,10 @@ checking it is the rule ``speculative.py`` documents for a draft that puts all i
 on one token: greedy answers stay identical, sampled ones keep the target's distribution.
 
 Whether a sequence's draft is worth the draft model's time is ``Drafter.plan``'s call
-(``sequence.draft``): the draft model runs only for sequences that could be given a draft,
-and the seconds it spends (``spent``) are counted in the step its drafts lengthened.
+(``sequence.draft``), on the draft model's cost per drafted token (``cost``: timed at
+load, then a decaying average of what its drafts took), and the draft model runs only for
+the sequences given a draft of its own: beside it, each sequence also looks up n-grams,
+and drafts from whichever source it expects more of (``Drafter.prefer``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ P_MIN = 0.75
 # shares the model's vocabulary agrees far more often than n-gram lookup (``PRIOR_RATE``);
 # at ``P_MIN`` 0.75 the test pairs' drafts came true 70% to 95% of the time.
 PRIOR_RATE = 0.7
+COST_DECAY = 0.8  # weight of the earlier drafts' cost at each draft that shows it anew
 
 
 @dataclass(frozen=True)
@@ -115,13 +118,34 @@ class DraftModel:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = Batch(model.n_batch)
         self._held: list[list[int]] = [[] for _ in range(slots)]
-        self._seconds = 0.0  # spent proposing since ``spent`` was last asked
         self._caught_up = 0  # tokens the last catch-up read
+        # Decayed seconds spent drafting and tokens drafted: one token's decode at first.
+        try:
+            self._seconds, self._drafted = self._time_token(), 1.0
+        except BaseException:
+            self._batch.free()
+            llama_cpp.llama_free(self._ctx)
+            raise
 
-    def spent(self) -> float:
-        """Seconds spent proposing since the last call."""
-        seconds, self._seconds = self._seconds, 0.0
-        return seconds
+    @property
+    def cost(self) -> float:
+        """Seconds a drafted token is expected to cost."""
+        return self._seconds / self._drafted
+
+    def _time_token(self) -> float:
+        """Seconds to decode one token, in slot 0 (before the first request; removed
+        after): the faster of two, as the first allocates."""
+        times = []
+        for _ in range(2):
+            self._batch.clear()
+            self._batch.add([max(self._model.bos, 0)], 0, 0, 1)
+            started = time.perf_counter()
+            code = self._batch.decode(self._ctx)
+            times.append(time.perf_counter() - started)
+            self._llama.llama_memory_seq_rm(self._memory, 0, 0, -1)
+            if code != 0:
+                raise BackendError(f"the draft model could not decode a token (code {code})")
+        return min(times)
 
     def held(self, slot: int) -> list[int]:
         """The tokens whose cells the draft model's slot holds."""
@@ -141,7 +165,12 @@ class DraftModel:
         try:
             self._draft(wanted, rows, drafts)
         finally:
-            self._seconds += time.perf_counter() - started
+            # Per drafted token (a draft of none counts one): a draft that stops short of
+            # what was asked makes fewer tokens, and costs fewer decodes, alike.
+            drafted = sum(max(len(drafts[i]), 1) for i in rows)
+            if drafted:
+                self._seconds = self._seconds * COST_DECAY + time.perf_counter() - started
+                self._drafted = self._drafted * COST_DECAY + drafted
         return drafts
 
     def _catch_up(self, wanted: list[tuple[int, list[int], int]]) -> dict[int, int]:

@@ -99,10 +99,9 @@ class BatchEngine(Engine):
             native
         )
         self._drafter = None if whole else drafter
-        self._draft_model = draft_model  # proposes the drafts, where n-grams do not
-        # Step times at load are the target's alone: where a draft model drafts, what a
-        # draft costs is its own decoding too, and is learnt from the steps themselves.
-        if self._drafter is not None and draft_model is None:
+        self._draft_model = draft_model  # proposes drafts beside n-gram lookup
+        # Step times are the model's alone; a draft model's time is its own ``cost``.
+        if self._drafter is not None:
             self._drafter.clock.calibrate(self._time_step, min(model.n_batch, n_ctx))
 
     # ---- requests ---------------------------------------------------------------------
@@ -140,6 +139,7 @@ class BatchEngine(Engine):
             texts, start = prompt_texts(self._model, tokens, params.prompt or "")
             echo = Echo(texts, start, params.top_logprobs)
         drafts = self._draft_model.speculation if self._draft_model else Speculation
+        drafting = self._drafter is not None and params.speculative and not echo
         sequence = Sequence(  # the sampler last: nothing may raise once it exists
             request_id,
             tokens,
@@ -151,7 +151,8 @@ class BatchEngine(Engine):
             text=text,
             priority=priority,
             tenant=tenant,
-            speculation=drafts() if self._drafter and params.speculative and not echo else None,
+            speculation=drafts() if drafting else None,
+            lookup=Speculation() if drafting and self._draft_model else None,
         )
         self._requests[request_id] = sequence
         if params.echo and echo is None:
@@ -279,14 +280,14 @@ class BatchEngine(Engine):
     def _verify(self, row: Row, start: int, index: int, events: list[Event]) -> None:
         """A drafted row: the model's own token at each position, the draft's cells kept
         as far as it agreed with them, and the rest rolled back."""
-        sequence, draft = row.sequence, row.drafts
-        assert sequence.speculation is not None
+        sequence, draft, source = row.sequence, row.drafts, row.source
+        assert source is not None
         sampler, room = sequence.sampler, sequence.limit - sequence.produced
         chosen = verify(
             lambda i: sampler.sample(self._ctx, index + i), draft, self._model.ends_turn, room
         )
         agreed = sum(1 for a, b in zip(chosen, draft, strict=False) if a == b)
-        sequence.speculation.record(len(draft), agreed)
+        source.record(len(draft), agreed)
         self._cells.cut(sequence, start + 1 + agreed)
         for i, token in enumerate(chosen):
             if not self._take(
@@ -344,14 +345,11 @@ class BatchEngine(Engine):
         code = batch.decode(self._ctx)
         seconds = time.perf_counter() - started
         self._tuner.after(n, seconds, alike)
-        # A draft model's time counts as part of the step its drafts lengthened: the plan
-        # then weighs what drafting costs, not only what checking drafts does.
-        drafting = self._draft_model.spent() if self._draft_model is not None else 0.0
         # The clock times steps of one part: generating rows alone, all of one length.
         one_part = len({len(row.tokens) for row in rows}) == 1
         generating = all(row.sequence.next_token is not None for row in rows)
         if self._drafter is not None and one_part and generating:
-            self._drafter.clock.record(n, seconds + drafting)
+            self._drafter.clock.record(n, seconds)
         return code
 
     def _time_step(self, n: int) -> float:

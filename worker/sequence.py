@@ -23,6 +23,7 @@ class Row:
     sample: bool  # the last token's logits give the next token
     score: bool = False  # every token's logits score the prompt
     drafts: list[int] = field(default_factory=list)  # guessed tokens after the first, checked
+    source: Speculation | None = None  # the drafting state its drafts came from
 
 
 @dataclass(eq=False)
@@ -46,20 +47,23 @@ class Sequence:
     parked: CellBytes | None = None  # its cells while it is preempted
     preemptions: int = 0
     speculation: Speculation | None = None  # None: it does not draft
+    lookup: Speculation | None = None  # n-gram drafting beside a draft model's
 
     @property
     def usage(self) -> Usage:
-        n, drafts = len(self.prompt), self.speculation
-        accepted = drafts.accepted if drafts else 0
-        rejected = drafts.drafted - accepted if drafts else 0
+        n = len(self.prompt)
+        sources = [s for s in (self.speculation, self.lookup) if s is not None]
+        accepted = sum(s.accepted for s in sources)
+        rejected = sum(s.drafted for s in sources) - accepted
         return Usage(n, self.produced, n + self.produced, self.cached, accepted, rejected)
 
 
 def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | None = None) -> None:
     """Lengthen a step's generating rows by the drafts that pay (``Drafter.plan``): n-gram
-    proposals, or the draft model's (``model``). The draft model's cost is in the step
-    times the plan reads, so it is run only for the sequences the plan gives a draft, as
-    long as the plan allows (it stops earlier where it is unsure)."""
+    proposals, and beside a draft ``model`` its proposals too, each sequence drafting
+    from the source ``Drafter.prefer`` expects more of. A draft model's cost per drafted
+    token is in the plan, and it runs only for the sequences the plan gives a draft from
+    it, as long as the plan allows (it stops earlier where it is unsure)."""
     drafting = [r for r in rows if r.sample and r.sequence.speculation is not None]
     if not drafting:
         return
@@ -68,21 +72,41 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | N
         sequence = row.sequence
         speculation = sequence.speculation
         assert speculation is not None and sequence.next_token is not None
-        context = speculation.ngrams.follow(sequence.kv, sequence.next_token)
+        ngrams = (sequence.lookup or speculation).ngrams
+        context = ngrams.follow(sequence.kv, sequence.next_token)
         room = sequence.limit - sequence.produced
         if model is None:
-            proposal = speculation.ngrams.propose(context, drafter.draft_tokens)
-            strong = speculation.ngrams.matched == NGRAM_MAX
+            proposal = ngrams.propose(context, drafter.draft_tokens)
+            candidate = Candidate(speculation, proposal, room, ngrams.matched == NGRAM_MAX)
         else:  # what the draft model would say is not known before it runs
-            proposal, strong = [0] * drafter.draft_tokens, True
-        candidates.append(Candidate(speculation, proposal, room, strong))
+            guess = [0] * drafter.draft_tokens
+            candidate = Candidate(speculation, guess, room, True, model.cost)
+            proposal = ngrams.propose(context, drafter.draft_tokens) if sequence.lookup else []
+            if proposal:
+                assert sequence.lookup is not None
+                strong = ngrams.matched == NGRAM_MAX
+                lookup = Candidate(sequence.lookup, proposal, room, strong)
+                candidate = drafter.prefer(lookup, candidate, len(rows))
+        candidates.append(candidate)
         contexts.append(context)
     plans = drafter.plan(candidates, len(rows), n_batch - len(rows))
     if model is not None:
-        slots = [row.sequence.seq_id for row in drafting]
-        lengths = [len(plan) for plan in plans]
-        plans = model.propose(list(zip(slots, contexts, lengths, strict=True)))
+        # The draft model drafts where its own proposal was the one planned.
+        asked = [
+            c.speculation is r.sequence.speculation
+            for c, r in zip(candidates, drafting, strict=True)
+        ]
+        wanted = [
+            (row.sequence.seq_id, context, len(plan) if ask else 0)
+            for row, context, plan, ask in zip(drafting, contexts, plans, asked, strict=True)
+        ]
+        if any(k for _, _, k in wanted):
+            proposed = model.propose(wanted)
+            plans = [
+                new if ask else old for new, old, ask in zip(proposed, plans, asked, strict=True)
+            ]
     for row, drafted, candidate in zip(drafting, plans, candidates, strict=True):
         row.drafts, row.tokens = drafted, row.tokens + drafted
+        row.source = candidate.speculation
         if not drafted:  # a probe the draft model had nothing for is no probe
             candidate.speculation.probing = False

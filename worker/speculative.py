@@ -61,6 +61,7 @@ PROBE_TOKENS = 1  # a probe's draft: a failed one costs most of a step more
 PROBE_GAP = 32  # steps with a proposal that a failed probe waits; doubled at each failure ...
 MAX_PROBE_GAP = 1024  # ... up to this
 REFRESH = 8  # steps timed before the plan works out its table of step times again
+TRIALS = 4  # checks of n-gram lookup beside a draft model before their rates decide
 
 
 class NgramIndex:
@@ -127,6 +128,7 @@ class Speculation:
     tries: float = 0.0  # ... and of later tokens checked after one that came true
     drafted: int = 0
     accepted: int = 0
+    checks: int = 0
     probing: bool = False  # its pending draft is a probe
     wait: int = 0  # steps until it may probe again
     gap: int = PROBE_GAP  # the wait after its next failed probe
@@ -156,6 +158,7 @@ class Speculation:
         """A check of ``drafted`` tokens accepted the first ``accepted``."""
         self.drafted += drafted
         self.accepted += accepted
+        self.checks += 1
         self.first_hits = self.first_hits * DECAY + (accepted > 0)
         self.firsts = self.firsts * DECAY + 1
         if accepted and drafted > 1:
@@ -179,13 +182,16 @@ class Speculation:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A sequence that may draft this step: its state, its proposal, the most tokens it
-    may still produce, and whether the proposal is strong enough to probe with."""
+    """A sequence that may draft this step: its state (of the source it drafts from), its
+    proposal, the most tokens it may still produce, whether the proposal is strong enough
+    to probe with, and the seconds each drafted token costs before the step (a draft
+    model's decoding; n-gram lookup costs nothing)."""
 
     speculation: Speculation
     proposal: list[int]
     room: int
     strong: bool = False
+    cost: float = 0.0
 
 
 class Drafter:
@@ -244,7 +250,9 @@ class Drafter:
             adds too many tokens or slows a shared step too much."""
             if sum(lengths) > budget:
                 return None
-            took = step_time(times, [*(1 + k for k in lengths), *idle])
+            took = step_time(times, [*(1 + k for k in lengths), *idle]) + sum(
+                candidates[i].cost * k for i, k in enumerate(lengths)
+            )
             if capped and took > base * (1 + SHARE_SLOWER):
                 return None
             gain = rows + bonus + sum(gains[i][k] for i, k in enumerate(lengths))
@@ -261,6 +269,7 @@ class Drafter:
             ):
                 if k <= shortest and m * k <= budget:  # equal drafts: one part or two
                     took = times[rows * (1 + k)] if m == rows else times[rows] + times[m * k]
+                    took += k * sum(candidates[i].cost for i in top)
                     shared = capped and took > base * (1 + SHARE_SLOWER)
                     gain = rows + sum(gains[i][k] for i in top)
                     weighed = None if shared else gain / took
@@ -298,6 +307,35 @@ class Drafter:
         for i, candidate in enumerate(candidates):
             drafts[i] = candidate.proposal[: best[i]]
         return drafts
+
+    def prefer(self, lookup: Candidate, model: Candidate, rows: int) -> Candidate:
+        """Which of a sequence's two proposals, an n-gram ``lookup`` and a draft ``model``'s,
+        it drafts from this step: the one whose draft alone, as long as pays best, gives a
+        step of ``rows`` generating sequences the more tokens per second, each by its own
+        source's rates and cost (the lookup on a tie: it costs no decoding). A lookup whose
+        guess is strong is tried until it has been checked ``TRIALS`` times: its rates start
+        from a prior, and a source not tried would never show that it pays (one check that
+        came true leaves its rate at 0.71, where a draft model's drafts may all have)."""
+        if lookup.strong and lookup.speculation.checks < TRIALS:
+            return lookup
+        longest = max(min(len(c.proposal), c.room, self.draft_tokens) for c in (lookup, model))
+        times = self._times(rows + longest)
+        if times is None:
+            return lookup
+        others = [1] * (rows - 1)
+
+        def value(candidate: Candidate) -> float:
+            most = min(len(candidate.proposal), candidate.room, self.draft_tokens)
+            gains = candidate.speculation.gains(most)
+            return max(
+                (
+                    (rows + gains[k]) / (step_time(times, [1 + k, *others]) + candidate.cost * k)
+                    for k in (*(n for n in LENGTHS if n < most), most)
+                ),
+                default=0.0,
+            )
+
+        return lookup if value(lookup) >= value(model) else model
 
 
 def verify(

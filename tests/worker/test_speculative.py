@@ -92,7 +92,7 @@ def test_a_check_keeps_the_agreeing_prefix_and_the_models_own_next_token() -> No
 
 def at(rate: float) -> Speculation:
     """A sequence whose ten latest checks came true at ``rate``, first tokens and later."""
-    return Speculation(first_hits=10 * rate, firsts=10.0, hits=10 * rate, tries=10.0)
+    return Speculation(first_hits=10 * rate, firsts=10.0, hits=10 * rate, tries=10.0, checks=10)
 
 
 def timed(drafter: Drafter, seconds: dict[int, float]) -> Drafter:
@@ -233,6 +233,51 @@ def test_drafts_do_not_slow_the_sequences_that_share_the_step_without_drafting()
     # One may draft 2 only: 8 for the other would take a second part, dearer than it pays.
     short = [Candidate(sure, list(range(8)), 100), Candidate(fair, [1, 2], 100)]
     assert [len(d) for d in drafter.plan(short, 2, 100)] == [2, 2]
+
+
+@pytest.mark.unit
+def test_a_draft_models_time_for_each_drafted_token_counts_in_the_plan() -> None:
+    # Each checked token adds 10% to a step. A 90% guess free to make drafts long; one that
+    # costs as much again for each token to guess (a draft model as slow as the model's
+    # extra tokens) drafts shorter; one that costs a whole step a token, not at all.
+    drafter = timed(Drafter(8), {n: 1.0 + 0.1 * (n - 1) for n in (1, 9)})
+    sure = at(0.9)
+    free = len(drafter.plan([Candidate(sure, list(range(8)), 100)], 1, 100)[0])
+    cheap = len(drafter.plan([Candidate(sure, list(range(8)), 100, cost=0.1)], 1, 100)[0])
+    assert free == 8 and 0 < cheap < free
+    assert drafter.plan([Candidate(sure, list(range(8)), 100, cost=1.0)], 1, 100) == [[]]
+    # Four sequences drafting together: the cost is each one's.
+    four = [Candidate(at(0.9), list(range(8)), 100, cost=0.5) for _ in range(4)]
+    assert drafter.plan(four, 4, 100) == [[]] * 4
+
+
+@pytest.mark.unit
+def test_each_sequence_drafts_from_the_source_it_expects_more_of() -> None:
+    drafter = timed(Drafter(8), {n: 1.0 + 0.1 * (n - 1) for n in (1, 9)})
+
+    def lookup(speculation: Speculation, strong: bool = True) -> Candidate:
+        return Candidate(speculation, list(range(8)), 100, strong)
+
+    def model(speculation: Speculation, cost: float) -> Candidate:
+        return Candidate(speculation, [0] * 8, 100, True, cost)
+
+    good, poor = lookup(at(0.9)), lookup(at(0.2))
+    # Alike rates: the lookup, which costs nothing to guess; a model cheap and right more
+    # often than the lookup: the model.
+    assert drafter.prefer(good, model(at(0.9), 0.01), 1) is good
+    sure_model = model(at(1.0), 0.01)
+    assert drafter.prefer(poor, sure_model, 1) is sure_model
+    # A model right every time but as slow as a step for each token: the lookup.
+    assert drafter.prefer(lookup(at(0.7)), model(at(1.0), 1.0), 1).cost == 0.0
+    # A strong lookup is tried until it has been checked a few times, however the model
+    # does; a weak one is not.
+    new = Speculation()
+    untried = lookup(new)
+    for _ in range(speculative.TRIALS):
+        assert drafter.prefer(untried, sure_model, 1) is untried
+        new.record(1, 0)
+    assert drafter.prefer(untried, sure_model, 1) is sure_model
+    assert drafter.prefer(lookup(Speculation(), strong=False), sure_model, 1) is sure_model
 
 
 def drafts_until(drafter: Drafter, candidate: Candidate, limit: int = 10_000) -> int:
