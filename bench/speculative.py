@@ -18,9 +18,12 @@ Run: .venv/bin/python -m bench.speculative [--model smollm2|medium|both] [--roun
 
 With ``--draft``, drafting with a draft model instead (``draft_bench``): one greedy stream
 of the chat requests and of the edit, on a replica with no drafts, one with n-gram drafts
-and one with the draft model, for two same-vocabulary pairs: the 512x8 test model written
-with small later layers and its own first layer alone as the draft (``medium_pair``), and
-SmolLM2-135M's Q4_1 file drafting for an f16 copy of itself (``smollm2_f16``).
+and one with the draft model (and n-gram lookup beside it, as such a replica drafts), for
+two same-vocabulary pairs: the 512x8 test model written with small later layers and its
+own first layer alone as the draft (``medium_pair``), and SmolLM2-135M's Q4_1 file
+drafting for an f16 copy of itself (``smollm2_f16``). Then the same stream in-process
+(``sources_bench``) with drafts from each source: none, n-gram lookup, the draft model
+alone, and both.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ from tests.stack import Stack
 from xb.core.demo_model import DemoModelConfig, write_demo_model
 from xb.core.protocol import ChatMessage, GenerateParams, ModelSpec
 from xb.worker.backend import Done, Piece
+from xb.worker.draft_model import load_draft
 from xb.worker.llama_engine import BatchEngine
-from xb.worker.speculative import NGRAM_MAX, NgramIndex
+from xb.worker.llama_model import LlamaModel
+from xb.worker.speculative import NGRAM_MAX, Candidate, Drafter, NgramIndex
 from xb.worker.step_clock import StepClock
 
 TEXT = (
@@ -422,33 +427,107 @@ class _EveryDraft(StepClock):
         return dict.fromkeys(range(1, 600), 1.0)
 
 
+class _ModelOnly(Drafter):
+    """Drafts from the draft model only, never from n-gram lookup beside it."""
+
+    def prefer(self, lookup: Candidate, model: Candidate, rows: int) -> Candidate:
+        return model
+
+
+def engine_of(target: Path, draft: Path, mode: str, threads: int, drafter: Drafter) -> BatchEngine:
+    """A replica's engine in-process, drafting as ``mode`` says ("alone": the draft model
+    without n-gram lookup beside it), its plan ``drafter``'s, nothing cached."""
+    speculative = "draft" if mode == "alone" else mode
+    with_draft = str(draft) if speculative == "draft" else None
+    spec = ModelSpec(
+        "b", "b", str(target), n_ctx=2048, speculative=speculative, draft_model=with_draft
+    )
+    model = LlamaModel(target, spec, threads)
+    helper = load_draft(model, spec, 4, threads) if with_draft else None
+    plan = drafter if speculative != "off" else None
+    return BatchEngine(model, spec.n_ctx, 4, 0, plan, helper)
+
+
+def greedy_answer(
+    engine: BatchEngine, chat: list[dict[str, str]], tokens: int
+) -> tuple[Answer, int]:
+    """One greedy answer in-process, timed as a stream's (``Answer.decode_rate``), and
+    the steps it took."""
+    params = GenerateParams(
+        messages=[ChatMessage(m["role"], m["content"]) for m in chat],
+        max_tokens=tokens,
+        temperature=0,
+    )
+    result = Answer("", 0, time.perf_counter(), 0.0, 0.0)
+    engine.add("r", "chat", params)
+    steps = 0
+    while engine.busy:
+        steps += 1
+        for _, item in engine.step():
+            if isinstance(item, Piece):
+                result.first = result.first or time.perf_counter()
+                result.text += item.text
+            elif isinstance(item, Done):
+                result.tokens = item.usage.completion_tokens
+                result.accepted = item.usage.accepted_prediction_tokens
+                result.rejected = item.usage.rejected_prediction_tokens
+    result.end = time.perf_counter()
+    return result, steps
+
+
 def forced_drafts(target: Path, draft: Path, mode: str, threads: int) -> tuple[int, int, int]:
     """(tokens, target steps, drafted tokens accepted) of the greedy chat and edit answers
     in-process, every draft the draft model (or n-gram lookup) offers taken: what drafts
     could save where a step of nine tokens costs what a step of one does (a GPU), and how
     often they come true."""
-    from xb.worker.llama_engine import start
-
-    spec = ModelSpec("b", "b", str(target), n_ctx=2048, speculative=mode, draft_model=str(draft))
-    engine = start(target, spec, threads)
-    assert isinstance(engine, BatchEngine) and engine._drafter is not None
-    engine._drafter.clock = _EveryDraft()
+    drafter = _ModelOnly(16, _EveryDraft()) if mode == "alone" else Drafter(16, _EveryDraft())
+    engine = engine_of(target, draft, mode, threads, drafter)
     produced = steps = accepted = 0
     for chat, tokens in ((messages(0), 256), (edit(0), EDIT_TOKENS)):
-        params = GenerateParams(
-            messages=[ChatMessage(m["role"], m["content"]) for m in chat],
-            max_tokens=tokens,
-            temperature=0,
+        answer, took = greedy_answer(engine, chat, tokens)
+        produced, accepted, steps = (
+            produced + answer.tokens,
+            accepted + answer.accepted,
+            steps + took,
         )
-        engine.add("r", "chat", params)
-        while engine.busy:
-            for _, item in engine.step():
-                if isinstance(item, Done):
-                    produced += item.usage.completion_tokens
-                    accepted += item.usage.accepted_prediction_tokens
-            steps += 1
     engine.close()
     return produced, steps, accepted
+
+
+SOURCES = ("off", "ngram", "alone", "draft")
+
+
+def sources_bench(target: Path, draft: Path, rounds: int, threads: int) -> None:
+    """One greedy stream in-process, drafts from each source: none, n-gram lookup, the
+    draft model alone, and both (as a draft-model replica drafts); the order of the four
+    reversed every other round, ratios within a round."""
+    engines = {
+        mode: engine_of(
+            target, draft, mode, threads, _ModelOnly(16) if mode == "alone" else Drafter(16)
+        )
+        for mode in SOURCES
+    }
+    try:
+        print(f"in-process, 1 greedy stream, decode tok/s (median of {rounds} rounds):")
+        for workload, chat, tokens in (("chat", messages(0), 256), ("edit", edit(0), EDIT_TOKENS)):
+            for engine in engines.values():  # warm up
+                greedy_answer(engine, chat, 16)
+            runs: list[dict[str, Answer]] = []
+            for i in range(rounds):
+                order = SOURCES if i % 2 == 0 else SOURCES[::-1]
+                runs.append({mode: greedy_answer(engines[mode], chat, tokens)[0] for mode in order})
+            line = []
+            for mode in SOURCES:
+                rate = statistics.median(r[mode].decode_rate for r in runs)
+                ratio = statistics.median(r[mode].decode_rate / r["off"].decode_rate for r in runs)
+                drafted = sum(r[mode].accepted + r[mode].rejected for r in runs)
+                accepted = sum(r[mode].accepted for r in runs)
+                line.append(f"{mode} {rate:.1f} ({ratio:.2f}x, {accepted}/{drafted} drafted right)")
+            same = sum(all(r[m].text == r["off"].text for m in SOURCES) for r in runs)
+            print(f"  {workload:5}: " + "  ".join(line) + f"; texts alike in {same}/{rounds}")
+    finally:
+        for engine in engines.values():
+            engine.close()
 
 
 def draft_bench(target: Path, draft: Path, label: str, rounds: int) -> None:
@@ -467,7 +546,8 @@ def draft_bench(target: Path, draft: Path, label: str, rounds: int) -> None:
         finally:
             stack.stop()
     draft_report(label, results)
-    for mode in ("ngram", "draft"):
+    sources_bench(target, draft, rounds, 2)
+    for mode in ("ngram", "alone", "draft"):
         produced, steps, accepted = forced_drafts(target, draft, mode, 2)
         print(
             f"every {mode} draft taken, in-process: {produced} tokens in {steps} target steps "

@@ -40,6 +40,12 @@ probe together where one alone would not pay (a longer row alone costs a second 
 the step, ``step_time``). A probe that fails waits ``PROBE_GAP``
 steps before the next, twice as long each time it fails again, so an answer with nothing
 to guess pays for a few probes only.
+
+**Two sources.** Beside a draft model (``draft_model``), a sequence keeps one
+``Speculation`` for the draft model's drafts and one for n-gram lookup's, and each step
+``Drafter.prefer`` picks the source whose draft is expected to pay more, on each one's
+rates; a draft model's decoding is a cost per drafted token (``Candidate.cost``) that the
+plan adds to the step's time.
 """
 
 from __future__ import annotations
@@ -128,7 +134,7 @@ class Speculation:
     tries: float = 0.0  # ... and of later tokens checked after one that came true
     drafted: int = 0
     accepted: int = 0
-    checks: int = 0
+    checks: int = 0  # drafts checked
     probing: bool = False  # its pending draft is a probe
     wait: int = 0  # steps until it may probe again
     gap: int = PROBE_GAP  # the wait after its next failed probe
