@@ -38,9 +38,13 @@ class Batch:
         self.n = n + count
 
     def decode(self, ctx: Any) -> int:
-        """llama.cpp's return code: 0 when every token was decoded."""
+        """llama.cpp's return code: 0 when every token was decoded. Returns once the work
+        is done: on a GPU ``llama_decode`` may return before, and steps are timed (their
+        logits are read right after anyway)."""
         self._raw.n_tokens = self.n
-        return int(self._llama.llama_decode(ctx, self._raw))
+        code = int(self._llama.llama_decode(ctx, self._raw))
+        self._llama.llama_synchronize(ctx)
+        return code
 
     def free(self) -> None:
         self._llama.llama_batch_free(self._raw)

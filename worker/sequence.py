@@ -72,7 +72,7 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | N
         sequence = row.sequence
         speculation = sequence.speculation
         assert speculation is not None and sequence.next_token is not None
-        ngrams = (sequence.lookup or speculation).ngrams
+        ngrams = (speculation if sequence.lookup is None else sequence.lookup).ngrams
         context = ngrams.follow(sequence.kv, sequence.next_token)
         room = sequence.limit - sequence.produced
         if model is None:
@@ -81,12 +81,12 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | N
         else:  # what the draft model would say is not known before it runs
             guess = [0] * drafter.draft_tokens
             candidate = Candidate(speculation, guess, room, True, model.cost)
-            proposal = ngrams.propose(context, drafter.draft_tokens) if sequence.lookup else []
-            if proposal:
-                assert sequence.lookup is not None
+            lookup = sequence.lookup
+            proposal = [] if lookup is None else ngrams.propose(context, drafter.draft_tokens)
+            if lookup is not None and proposal:
                 strong = ngrams.matched == NGRAM_MAX
-                lookup = Candidate(sequence.lookup, proposal, room, strong)
-                candidate = drafter.prefer(lookup, candidate, len(rows))
+                found = Candidate(lookup, proposal, room, strong)
+                candidate = drafter.prefer(found, candidate, len(rows))
         candidates.append(candidate)
         contexts.append(context)
     plans = drafter.plan(candidates, len(rows), n_batch - len(rows))

@@ -67,7 +67,7 @@ PROBE_TOKENS = 1  # a probe's draft: a failed one costs most of a step more
 PROBE_GAP = 32  # steps with a proposal that a failed probe waits; doubled at each failure ...
 MAX_PROBE_GAP = 1024  # ... up to this
 REFRESH = 8  # steps timed before the plan works out its table of step times again
-TRIALS = 4  # checks of n-gram lookup beside a draft model before their rates decide
+TRIALS = 4  # strong guesses of n-gram lookup beside a draft model taken before rates decide
 
 
 class NgramIndex:
@@ -134,7 +134,7 @@ class Speculation:
     tries: float = 0.0  # ... and of later tokens checked after one that came true
     drafted: int = 0
     accepted: int = 0
-    checks: int = 0  # drafts checked
+    trials: int = 0  # steps ``Drafter.prefer`` took this source to try it
     probing: bool = False  # its pending draft is a probe
     wait: int = 0  # steps until it may probe again
     gap: int = PROBE_GAP  # the wait after its next failed probe
@@ -164,7 +164,6 @@ class Speculation:
         """A check of ``drafted`` tokens accepted the first ``accepted``."""
         self.drafted += drafted
         self.accepted += accepted
-        self.checks += 1
         self.first_hits = self.first_hits * DECAY + (accepted > 0)
         self.firsts = self.firsts * DECAY + 1
         if accepted and drafted > 1:
@@ -248,8 +247,12 @@ class Drafter:
         capped = rows > sum(1 for c in candidates if c.proposal)
         idle = [1] * (rows - len(candidates))  # rows without a candidate: a token each
         gains = [c.speculation.gains(k) for c, k in zip(candidates, most, strict=True)]
-        # Likeliest first: the most tokens expected from the longest draft each may make.
-        order = sorted((i for i in range(len(candidates)) if most[i]), key=lambda i: -gains[i][-1])
+        # Likeliest first: the most tokens expected from the longest draft each may make,
+        # for the time it adds to the step (a draft model's decoding; checking alike).
+        order = sorted(
+            (i for i in range(len(candidates)) if most[i]),
+            key=lambda i: -gains[i][-1] / (base + candidates[i].cost * most[i]),
+        )
 
         def worth(lengths: list[int], bonus: float = 0.0) -> float | None:
             """Expected tokens per second of a plan (``bonus`` tokens more); None when it
@@ -318,11 +321,13 @@ class Drafter:
         """Which of a sequence's two proposals, an n-gram ``lookup`` and a draft ``model``'s,
         it drafts from this step: the one whose draft alone, as long as pays best, gives a
         step of ``rows`` generating sequences the more tokens per second, each by its own
-        source's rates and cost (the lookup on a tie: it costs no decoding). A lookup whose
-        guess is strong is tried until it has been checked ``TRIALS`` times: its rates start
-        from a prior, and a source not tried would never show that it pays (one check that
-        came true leaves its rate at 0.71, where a draft model's drafts may all have)."""
-        if lookup.strong and lookup.speculation.checks < TRIALS:
+        source's rates and cost (the lookup on a tie: it costs no decoding). A lookup's
+        first ``TRIALS`` strong guesses are taken whatever the model's rates (the plan may
+        still not draft them): its rates start from a prior, and a source not tried would
+        never show that it pays (one check that came true leaves its rate at 0.71, where a
+        draft model's drafts may all have)."""
+        if lookup.strong and lookup.speculation.trials < TRIALS:
+            lookup.speculation.trials += 1
             return lookup
         longest = max(min(len(c.proposal), c.room, self.draft_tokens) for c in (lookup, model))
         times = self._times(rows + longest)
@@ -331,14 +336,12 @@ class Drafter:
         others = [1] * (rows - 1)
 
         def value(candidate: Candidate) -> float:
+            """The step's expected tokens per second with the candidate's best draft."""
             most = min(len(candidate.proposal), candidate.room, self.draft_tokens)
             gains = candidate.speculation.gains(most)
             return max(
-                (
-                    (rows + gains[k]) / (step_time(times, [1 + k, *others]) + candidate.cost * k)
-                    for k in (*(n for n in LENGTHS if n < most), most)
-                ),
-                default=0.0,
+                (rows + gains[k]) / (step_time(times, [1 + k, *others]) + candidate.cost * k)
+                for k in (*(n for n in LENGTHS if n < most), most)
             )
 
         return lookup if value(lookup) >= value(model) else model

@@ -92,7 +92,7 @@ def test_a_check_keeps_the_agreeing_prefix_and_the_models_own_next_token() -> No
 
 def at(rate: float) -> Speculation:
     """A sequence whose ten latest checks came true at ``rate``, first tokens and later."""
-    return Speculation(first_hits=10 * rate, firsts=10.0, hits=10 * rate, tries=10.0, checks=10)
+    return Speculation(first_hits=10 * rate, firsts=10.0, hits=10 * rate, tries=10.0)
 
 
 def timed(drafter: Drafter, seconds: dict[int, float]) -> Drafter:
@@ -249,6 +249,12 @@ def test_a_draft_models_time_for_each_drafted_token_counts_in_the_plan() -> None
     # Four sequences drafting together: the cost is each one's.
     four = [Candidate(at(0.9), list(range(8)), 100, cost=0.5) for _ in range(4)]
     assert drafter.plan(four, 4, 100) == [[]] * 4
+    # Two rows, steps of any size taking as long: a dear guess likelier to come true than
+    # a free one is weighed after it, so the free one drafts alone (weighed first, the dear
+    # one would not pay alone nor with the other, and neither would draft).
+    flat = timed(Drafter(8), {1: 1.0, 2: 1.0, 18: 1.0})
+    dear, free_guess = Candidate(at(0.9), [1] * 8, 100, cost=1.0), Candidate(at(0.8), [2] * 8, 100)
+    assert flat.plan([dear, free_guess], 2, 100) == [[], [2] * 8]
 
 
 @pytest.mark.unit
@@ -256,6 +262,7 @@ def test_each_sequence_drafts_from_the_source_it_expects_more_of() -> None:
     drafter = timed(Drafter(8), {n: 1.0 + 0.1 * (n - 1) for n in (1, 9)})
 
     def lookup(speculation: Speculation, strong: bool = True) -> Candidate:
+        speculation.trials = speculative.TRIALS  # tried already: its rates decide
         return Candidate(speculation, list(range(8)), 100, strong)
 
     def model(speculation: Speculation, cost: float) -> Candidate:
@@ -269,15 +276,14 @@ def test_each_sequence_drafts_from_the_source_it_expects_more_of() -> None:
     assert drafter.prefer(poor, sure_model, 1) is sure_model
     # A model right every time but as slow as a step for each token: the lookup.
     assert drafter.prefer(lookup(at(0.7)), model(at(1.0), 1.0), 1).cost == 0.0
-    # A strong lookup is tried until it has been checked a few times, however the model
-    # does; a weak one is not.
-    new = Speculation()
-    untried = lookup(new)
+    # A lookup's first few strong guesses are taken, however the model does; then its
+    # rates decide. A weak guess is not taken to try it.
+    untried = Candidate(Speculation(), list(range(8)), 100, strong=True)
     for _ in range(speculative.TRIALS):
         assert drafter.prefer(untried, sure_model, 1) is untried
-        new.record(1, 0)
     assert drafter.prefer(untried, sure_model, 1) is sure_model
-    assert drafter.prefer(lookup(Speculation(), strong=False), sure_model, 1) is sure_model
+    weak = Candidate(Speculation(), list(range(8)), 100, strong=False)
+    assert drafter.prefer(weak, sure_model, 1) is sure_model
 
 
 def drafts_until(drafter: Drafter, candidate: Candidate, limit: int = 10_000) -> int:
