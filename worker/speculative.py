@@ -321,7 +321,8 @@ class Drafter:
         """Which of a sequence's two proposals, an n-gram ``lookup`` and a draft ``model``'s,
         it drafts from this step: the one whose draft alone, as long as pays best, gives a
         step of ``rows`` generating sequences the more tokens per second, each by its own
-        source's rates and cost (the lookup on a tie: it costs no decoding). A lookup's
+        source's rates and cost; the lookup on a tie, or where the model's draft would not
+        pay at all (it costs no decoding, and its probes may show that it pays). A lookup's
         first ``TRIALS`` strong guesses are taken whatever the model's rates (the plan may
         still not draft them): its rates start from a prior, and a source not tried would
         never show that it pays (one check that came true leaves its rate at 0.71, where a
@@ -344,7 +345,10 @@ class Drafter:
                 for k in (*(n for n in LENGTHS if n < most), most)
             )
 
-        return lookup if value(lookup) >= value(model) else model
+        # A model whose draft would not pay is not taken over the lookup, which may then
+        # still probe and show that it pays.
+        enough = max(value(lookup), rows / times[rows] * MARGIN)
+        return model if value(model) > enough else lookup
 
 
 def verify(

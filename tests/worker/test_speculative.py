@@ -276,6 +276,10 @@ def test_each_sequence_drafts_from_the_source_it_expects_more_of() -> None:
     assert drafter.prefer(poor, sure_model, 1) is sure_model
     # A model right every time but as slow as a step for each token: the lookup.
     assert drafter.prefer(lookup(at(0.7)), model(at(1.0), 1.0), 1).cost == 0.0
+    # A model whose draft would just not pay (a token for each 0.9 of a step it costs) is
+    # not taken over even a lookup that is never right: that one may still probe.
+    never = lookup(at(0.0))
+    assert drafter.prefer(never, model(at(1.0), 0.9), 1) is never
     # A lookup's first few strong guesses are taken, however the model does; then its
     # rates decide. A weak guess is not taken to try it.
     untried = Candidate(Speculation(), list(range(8)), 100, strong=True)
