@@ -262,6 +262,29 @@ def test_a_draft_model_too_slow_to_pay_is_not_run(
 
 
 @pytest.mark.integration
+def test_a_draft_that_first_read_a_prompt_is_no_sample_of_the_draft_cost(
+    draft_pair: tuple[Path, Path],
+) -> None:
+    target, draft = draft_pair
+    spec = spec_of(target, draft)
+    model = LlamaModel(target, spec, threads=1)
+    helper = load_draft(model, spec, 1, threads=1)
+    try:
+        context = [(7 * i) % 600 + 3 for i in range(200)]
+        at_load = helper.cost
+        # Reading 199 tokens to draft one: timing the draft alone would make it look free.
+        helper.propose([(0, context, 1)])
+        assert helper.held(0) == context  # it read them all
+        assert helper.cost == at_load
+        # The next draft reads what a step leaves behind (two tokens), and is a sample.
+        helper.propose([(0, [*context, 5, 9], 4)])
+        assert helper.cost != at_load
+    finally:
+        helper.close()
+        model.close()
+
+
+@pytest.mark.integration
 def test_a_follow_up_reusing_a_drafted_conversation_is_the_same_as_without_drafts(
     draft_pair: tuple[Path, Path],
 ) -> None:
