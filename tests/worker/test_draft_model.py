@@ -198,16 +198,16 @@ def test_beside_a_draft_model_a_sequence_drafts_from_ngram_lookup_too(
     try:
         for words in ("the sea", "once upon a time"):
             on.add("a", "completion", greedy(words, 200))
-            sequence = on._requests["a"]
-            items = _until_done(on)
+            sequence, log = on._requests["a"], Log(on)
+            log.until_idle()
             plain = run(off, {"a": ("completion", greedy(words, 200))})["a"]
-            assert tokens(items) == tokens(plain)
+            assert log.text("a") == tokens(plain)
             model, lookup = sequence.speculation, sequence.lookup
             assert model is not None and lookup is not None
             # Its answer loops, so a matching 4-gram guesses it as the draft model does:
             # both sources drafted, each check counted to its own, and usage counts both.
             assert lookup.accepted > 0 and model.accepted > 0
-            usage = done(items).usage
+            usage = log.done("a").usage
             assert usage.accepted_prediction_tokens == lookup.accepted + model.accepted
             assert usage.rejected_prediction_tokens == (
                 lookup.drafted + model.drafted - usage.accepted_prediction_tokens
@@ -218,13 +218,6 @@ def test_beside_a_draft_model_a_sequence_drafts_from_ngram_lookup_too(
         checked.reference.close()
         on.close()
         off.close()
-
-
-def _until_done(engine: BatchEngine) -> list[object]:
-    items: list[object] = []
-    while engine.busy:
-        items += [item for _, item in engine.step()]
-    return items
 
 
 class Flat(StepClock):
