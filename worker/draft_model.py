@@ -47,6 +47,12 @@ P_MIN = 0.75
 # at ``P_MIN`` 0.75 the test pairs' drafts came true 70% to 95% of the time.
 PRIOR_RATE = 0.7
 COST_DECAY = 0.8  # weight of the earlier drafts' cost at each draft that shows it anew
+# A draft model whose token costs at most this share of the model's reads each prompt in
+# the steps the model reads it (``read``); a dearer one reads it at the sequence's first
+# draft. The 512x8 test pair: 0.12, and reading along added 5-8% to the first token's
+# time; SmolLM2's Q4_1 file for its f16 copy: 0.70, and it would add 130% (842 to 1,950
+# ms for an edit's prompt: the Q4_1 file reads prompts slower than the f16 copy here).
+READ_ALONG = 0.25
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,23 @@ class DraftModel:
                 self._drafted = self._drafted * COST_DECAY + drafted
         return drafts
 
+    def read(self, chunks: list[tuple[int, list[int]]]) -> None:
+        """Read prompt chunks in the step the model reads them: each ``(slot, context)`` is
+        what a sequence's cells hold once its chunk is read, and its slot then holds it too
+        (``n_batch`` tokens a step at most, what is left read at its first draft). So a
+        sequence's first draft reads a token or two, not its whole prompt in the middle of
+        its answer, with every sequence of that step waiting."""
+        batch = self._batch
+        batch.clear()
+        for slot, context in chunks:
+            start = self._sync(slot, context, last=False)
+            take = context[start : start + self._n_batch - batch.n]
+            if take:
+                batch.add(take, slot, start, 0)
+                self._held[slot] += take
+        if batch.n:
+            self._decode()
+
     def _catch_up(self, wanted: list[tuple[int, list[int], int]]) -> dict[int, int]:
         """Bring the slots in line with the contexts, ``n_batch`` tokens at most; which
         batch row holds the logits after each context that is read whole."""
@@ -220,12 +243,13 @@ class DraftModel:
                 break
             rows = following
 
-    def _sync(self, slot: int, context: list[int]) -> int:
-        """Cut the slot's cells back to what it shares with ``context``, keeping its last
-        token to decode (its logits give the first draft); the cells it keeps."""
+    def _sync(self, slot: int, context: list[int], last: bool = True) -> int:
+        """Cut the slot's cells back to what it shares with ``context``, but for its last
+        token where ``last`` (decoded again, its logits give the first draft); the cells
+        it keeps."""
         held = self._held[slot]
         keep = 0
-        for there, here in zip(held, context[:-1], strict=False):
+        for there, here in zip(held, context[:-1] if last else context, strict=False):
             if there != here:
                 break
             keep += 1

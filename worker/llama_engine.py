@@ -37,7 +37,7 @@ from xb.worker.admission import enqueue, victim
 from xb.worker.answer import Answer
 from xb.worker.backend import BackendError, Piece, token_budget
 from xb.worker.cells import Cells
-from xb.worker.draft_model import DraftModel, load_draft
+from xb.worker.draft_model import READ_ALONG, DraftModel, load_draft
 from xb.worker.engine import Engine, Event, Failed, SequentialEngine
 from xb.worker.llama_batch import Batch
 from xb.worker.llama_echo import SCORE_CHUNK, Echo, prompt_texts, scored_pieces
@@ -103,6 +103,11 @@ class BatchEngine(Engine):
         # Step times are the model's alone; a draft model's time is its own ``cost``.
         if self._drafter is not None:
             self._drafter.clock.calibrate(self._time_step, min(model.n_batch, n_ctx))
+        # A cheap draft model reads prompts along with the model (``READ_ALONG``).
+        self._read_along = False
+        if draft_model is not None and self._drafter is not None:
+            step = self._drafter.clock.known().get(1)
+            self._read_along = step is not None and draft_model.cost <= READ_ALONG * step
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -233,6 +238,14 @@ class BatchEngine(Engine):
         if not self._running:
             return events
         rows = self._plan()
+        if self._draft_model is not None and self._read_along:
+            self._draft_model.read(
+                [
+                    (row.sequence.seq_id, row.sequence.kv + row.tokens)
+                    for row in rows
+                    if row.sequence.next_token is None and row.sequence.speculation is not None
+                ]
+            )
         code = self._decode(rows)
         if code != 0:  # every slot has room for a whole context: not for want of cells
             self._fail_all(events, f"llama.cpp could not decode (code {code})")
@@ -344,11 +357,15 @@ class BatchEngine(Engine):
         started = time.perf_counter()
         code = batch.decode(self._ctx)
         seconds = time.perf_counter() - started
+        trying = self._tuner.trying
         self._tuner.after(n, seconds, alike)
-        # The clock times steps of one part: generating rows alone, all of one length.
+        # The clock times steps of one part: generating rows alone, all of one length, on
+        # the threads steps of their size use (a step that tries the other count is no
+        # sample: SmolLM2 took 28 ms for a token on one thread, 17 on two, and three such
+        # steps among the five a size keeps made every step look 1.6 times dearer).
         one_part = len({len(row.tokens) for row in rows}) == 1
         generating = all(row.sequence.next_token is not None for row in rows)
-        if self._drafter is not None and one_part and generating:
+        if self._drafter is not None and one_part and generating and not trying:
             self._drafter.clock.record(n, seconds)
         return code
 

@@ -84,6 +84,9 @@ class ThreadTuner:
         self._left: dict[int, float] = {}  # when each ceiling was last given up
         self._sizes = self._learnt.setdefault(self.ceiling, {})
         self._verdict = self.ceiling  # what prompt chunks use: the latest comparison's word
+        # The step being taken tries the other setting: its time says how fast that one is,
+        # not how fast steps of its size are (speculative decoding's step clock skips it).
+        self.trying = False
 
     def share(self, ceiling: int) -> None:
         """Tune under another ceiling from the next step on: the replica's share of the
@@ -116,6 +119,7 @@ class ThreadTuner:
     def before(self, tokens: int, alike: bool = True) -> None:
         """Pick the thread count for a step of ``tokens`` tokens; ``alike`` False for a
         step that is no yardstick for others of its size (it checks drafts)."""
+        self.trying = False
         if self.ceiling == 1:
             return
         if tokens >= PROMPT_TOKENS or not alike:
@@ -125,7 +129,8 @@ class ThreadTuner:
         ready = len(size.recent) == PROBE_STEPS and self._clock() >= size.next_probe
         if size.probe is None and ready:
             size.probe = []
-        self._use(size.threads if size.probe is None else self._other(size.threads))
+        self.trying = size.probe is not None
+        self._use(self._other(size.threads) if self.trying else size.threads)
 
     def after(self, tokens: int, seconds: float, alike: bool = True) -> None:
         """Record how long the step took."""

@@ -74,12 +74,14 @@ class Checked:
 
     def __init__(self, live: DraftModel, reference: DraftModel) -> None:
         self.live, self.reference, self.proposals, self.asked = live, reference, 0, 0
+        self.caught_up: list[int] = []  # tokens each proposal read before it drafted
         self.propose_live = live.propose
         live.propose = self.propose  # type: ignore[method-assign]
 
     def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:
         drafts = self.propose_live(wanted)
         self.asked += sum(1 for _, _, k in wanted if k > 0)
+        self.caught_up.append(self.live._caught_up)
         for (_, context, k), drafted in zip(wanted, drafts, strict=True):
             if drafted:
                 # The same tokens; where a draft stops (its next token below ``P_MIN``)
@@ -184,6 +186,46 @@ def test_a_greedy_answer_is_the_same_with_a_draft_model_alone_and_batched(
     z = done(drafted["z"]).usage
     assert z.accepted_prediction_tokens == z.rejected_prediction_tokens == 0
     assert checked.proposals > 50
+
+
+@pytest.mark.parametrize("cheap", [True, False])
+@pytest.mark.integration
+def test_a_cheap_draft_model_reads_a_prompt_in_the_steps_the_model_does(
+    draft_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, cheap: bool
+) -> None:
+    # Whether it reads along is decided at load, on its cost against a step's: a draft
+    # model as dear as the model reads a prompt at its first draft instead.
+    with monkeypatch.context() as patch:
+        patch.setattr(DraftModel, "cost", property(lambda self: 0.0 if cheap else 1.0))
+        (on, checked), (off, _) = new_engine(draft_pair, True), new_engine(draft_pair, False)
+    assert checked is not None
+    try:
+        prompts = {"a": "tell me about " + "the sea " * 40, "b": "once upon a time " * 30}
+        for rid, words in prompts.items():
+            on.add(rid, "completion", greedy(words, 60))
+        log = Log(on)
+        reading = [on._requests[rid] for rid in prompts]
+        while reading:
+            log.step()
+            # A prompt the model has read, a cheap draft model has read in the same steps.
+            for sequence in [s for s in reading if s.next_token is not None]:
+                assert len(sequence.prompt) > 80
+                held = checked.live.held(sequence.seq_id)
+                assert held == (sequence.prompt if cheap else [])
+                reading.remove(sequence)
+        log.until_idle()
+        assert checked.proposals > 5
+        # So none of its drafts read more than the step before left behind: for each of
+        # the two sequences, its accepted tokens and the next one (8 drafted at most, and
+        # 1); a dear one's first draft read the prompt.
+        assert (max(checked.caught_up) <= 2 * 9) == cheap
+        plain = run(off, {rid: ("completion", greedy(w, 60)) for rid, w in prompts.items()})
+        for rid in prompts:
+            assert log.text(rid) == tokens(plain[rid])
+    finally:
+        checked.reference.close()
+        on.close()
+        off.close()
 
 
 @pytest.mark.integration

@@ -405,6 +405,25 @@ def test_step_times_are_known_before_the_first_request_and_leave_no_cells(
 
 
 @pytest.mark.integration
+def test_a_step_that_tries_the_other_thread_count_is_no_sample_of_step_times(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = ModelSpec("t", "t", str(tiny_model), n_ctx=N_CTX)
+    drafter = Drafter(8)
+    engine = BatchEngine(LlamaModel(tiny_model, spec, threads=1), N_CTX, 2, drafter=drafter)
+    tuner = engine._tuner
+    try:
+        with monkeypatch.context() as patch:  # every step tries the other count
+            patch.setattr(tuner, "before", lambda *_: setattr(tuner, "trying", True))
+            run(engine, {"a": ("completion", greedy("the sea", 20))})
+        assert drafter.clock.count == 0
+        run(engine, {"a": ("completion", greedy("the sea", 20))})
+        assert drafter.clock.count > 0  # its steps, but any that checked drafts in two parts
+    finally:
+        engine.close()
+
+
+@pytest.mark.integration
 def test_a_greedy_answer_is_the_same_with_drafts_and_without(
     engines: tuple[BatchEngine, BatchEngine],
 ) -> None:

@@ -20,6 +20,7 @@ class Machine:
         self.busy = False
         self.steps = 0
         self.applied: list[int] = []
+        self.tried: list[bool] = []  # whether each step tried the other setting
 
     def step_time(self, threads: int) -> float:
         growth = 1 + self.steps / 2000
@@ -32,6 +33,7 @@ class Machine:
         for _ in range(steps):
             tuner.before(tokens)
             used.append(tuner.threads)
+            self.tried.append(tuner.trying)
             took = self.step_time(tuner.threads)
             self.now += took
             self.steps += 1
@@ -75,6 +77,20 @@ def test_a_busy_machine_moves_to_one_thread_and_back() -> None:
     machine.busy = False
     later = machine.run(tuner, 20_000)
     assert later[-1000:].count(2) > 950  # back to two threads once probed again
+
+
+def test_a_step_that_tries_the_other_setting_says_so() -> None:
+    machine = Machine()
+    tuner = make(machine)
+    steady = machine.run(tuner, 3000)
+    # Steps on one thread were the tries; two threads won them all.
+    assert machine.tried == [threads == 1 for threads in steady]
+    assert any(machine.tried)
+    machine.busy, machine.tried = True, []
+    busy = machine.run(tuner, 3000)
+    # Once one thread wins, two are what the tries use.
+    assert sum(machine.tried) > 0
+    assert all(busy[i] == 2 for i in range(100, len(busy)) if machine.tried[i])
 
 
 def test_a_setting_that_keeps_losing_is_probed_less_and_less() -> None:
