@@ -8,7 +8,9 @@ without telling. So before each draft, a slot is brought in line with the contex
 sequence that now runs in it, lazily: the cells of the longest common prefix stay, the
 rest are removed, and the missing tokens are decoded, batched across sequences,
 ``n_batch`` tokens a step at most (a sequence still catching up drafts at a later step).
-Whatever happened to the target's cells, the draft's are then right.
+Whatever happened to the target's cells, the draft's are then right. A cheap draft model
+(``READ_ALONG``) also reads each prompt in the steps the target reads it (``read``), so
+that a sequence's first draft does not read its whole prompt in the middle of its answer.
 
 Then up to ``k`` tokens are drafted greedily for all synced sequences together: one
 ``llama_decode`` per drafted position, every sequence in it. A sequence's draft stops
