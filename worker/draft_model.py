@@ -55,6 +55,7 @@ COST_DECAY = 0.8  # weight of the earlier drafts' cost at each draft that shows 
 # time; SmolLM2's Q4_1 file for its f16 copy: 0.70, and it would add 130% (842 to 1,950
 # ms for an edit's prompt: the Q4_1 file reads prompts slower than the f16 copy here).
 READ_ALONG = 0.25
+READ_TIMED = 32  # tokens read at load to time the draft model's reading of a prompt
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,18 @@ def difference(draft: Vocabulary, model: Vocabulary) -> str | None:
     return None
 
 
+def shared(held: list[int], context: list[int]) -> int:
+    """How many tokens ``held`` and ``context`` share from the start."""
+    if len(held) <= len(context) and held == context[: len(held)]:  # the usual case, fast
+        return len(held)
+    keep = 0
+    for there, here in zip(held, context, strict=False):
+        if there != here:
+            break
+        keep += 1
+    return keep
+
+
 class DraftModel:
     """The draft model's weights and context, and what each of its slots holds."""
 
@@ -130,6 +143,7 @@ class DraftModel:
         # Decayed seconds spent drafting and tokens drafted: one token's decode at first.
         try:
             self._seconds, self._drafted = self._time_token(), 1.0
+            self.read_cost = self._time_read()
         except BaseException:
             self._batch.free()
             llama_cpp.llama_free(self._ctx)
@@ -154,6 +168,25 @@ class DraftModel:
             if code != 0:
                 raise BackendError(f"the draft model could not decode a token (code {code})")
         return min(times)
+
+    def _time_read(self) -> float:
+        """Seconds to read a token of a prompt, in a chunk of ``READ_TIMED`` (in slot 0,
+        before the first request; removed after): the faster of two."""
+        times = []
+        for _ in range(2):
+            self._batch.clear()
+            self._batch.add([max(self._model.bos, 0)] * READ_TIMED, 0, 0, 0)
+            started = time.perf_counter()
+            code = self._batch.decode(self._ctx)
+            times.append(time.perf_counter() - started)
+            self._llama.llama_memory_seq_rm(self._memory, 0, 0, -1)
+            if code != 0:
+                raise BackendError(f"the draft model could not read a prompt (code {code})")
+        return min(times) / READ_TIMED
+
+    def lag(self, slot: int, context: list[int]) -> int:
+        """The tokens a draft after ``context`` in ``slot`` would read before drafting."""
+        return len(context) - shared(self._held[slot], context[:-1])
 
     def held(self, slot: int) -> list[int]:
         """The tokens whose cells the draft model's slot holds."""
@@ -250,11 +283,7 @@ class DraftModel:
         token where ``last`` (decoded again, its logits give the first draft); the cells
         it keeps."""
         held = self._held[slot]
-        keep = 0
-        for there, here in zip(held, context[:-1] if last else context, strict=False):
-            if there != here:
-                break
-            keep += 1
+        keep = shared(held, context[:-1] if last else context)
         if keep < len(held):
             if not self._llama.llama_memory_seq_rm(self._memory, slot, keep, -1):
                 self._llama.llama_memory_seq_rm(self._memory, slot, 0, -1)

@@ -80,7 +80,11 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | N
             candidate = Candidate(speculation, proposal, room, ngrams.matched == NGRAM_MAX)
         else:  # what the draft model would say is not known before it runs
             guess = [0] * drafter.draft_tokens
-            candidate = Candidate(speculation, guess, room, True, model.cost)
+            # Reading what it has not read yet (a prompt a dear draft model did not read
+            # along, what lookup's drafts gave) is paid once; spread over the tokens the
+            # answer may still take, as a draft model that drafts on from there drafts them.
+            behind = model.read_cost * model.lag(sequence.seq_id, context) / max(room, 1)
+            candidate = Candidate(speculation, guess, room, True, model.cost + behind)
             lookup = sequence.lookup
             proposal = [] if lookup is None else ngrams.propose(context, drafter.draft_tokens)
             if lookup is not None and proposal:

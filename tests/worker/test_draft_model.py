@@ -296,6 +296,39 @@ def test_a_draft_model_too_slow_to_pay_is_not_run(
         engine.close()
 
 
+class ModelFirst(Drafter):
+    """The plan's own drafts, each from the draft model."""
+
+    def prefer(self, lookup: Candidate, model: Candidate, rows: int) -> Candidate:
+        return model
+
+
+@pytest.mark.parametrize("along", [True, False])
+@pytest.mark.integration
+def test_a_draft_model_far_behind_a_sequence_drafts_only_where_reading_up_pays(
+    draft_pair: tuple[Path, Path], along: bool
+) -> None:
+    # Steps take a second whatever their size, and the draft model reads a token in a
+    # second. One that read the prompt along is a token or nine behind at each draft,
+    # spread over the 60 the answer may take: its drafts pay. One that did not would first
+    # read the whole prompt, over 80 seconds: it is never asked, not even to probe.
+    target, draft = draft_pair
+    spec = spec_of(target, draft)
+    model = LlamaModel(target, spec, threads=1)
+    live = load_draft(model, spec, 4, threads=1)
+    live.read_cost = 1.0
+    checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
+    engine = BatchEngine(model, N_CTX, 4, -1, ModelFirst(8, Flat()), live)
+    engine._read_along = along
+    try:
+        prompt = "tell me about " + "the sea " * 40
+        done(run(engine, {"a": ("completion", greedy(prompt, 60))})["a"])
+        assert (checked.asked > 0) == along
+    finally:
+        checked.reference.close()
+        engine.close()
+
+
 @pytest.mark.integration
 def test_a_draft_that_first_read_a_prompt_is_no_sample_of_the_draft_cost(
     draft_pair: tuple[Path, Path],
