@@ -22,9 +22,9 @@ on one token: greedy answers stay identical, sampled ones keep the target's dist
 Whether a sequence's draft is worth the draft model's time is ``Drafter.plan``'s call
 (``sequence.draft``), on the draft model's cost per drafted token (``cost``: timed at
 load, then a decaying average of what its drafts took) and on what it would first read
-(``lag`` tokens at ``read_cost`` each, spread over the answer), and the draft model runs only for
-the sequences given a draft of its own: beside it, each sequence also looks up n-grams,
-and drafts from whichever source it expects more of (``Drafter.prefer``).
+(``lag`` tokens at ``read_cost`` each, spread over the answer), and the draft model runs
+only for the sequences given a draft of its own: beside it, each sequence also looks up
+n-grams, and drafts from whichever source it expects more of (``Drafter.prefer``).
 """
 
 from __future__ import annotations
