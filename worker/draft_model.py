@@ -57,6 +57,10 @@ COST_DECAY = 0.8  # weight of the earlier drafts' cost at each draft that shows 
 # ms for an edit's prompt: the Q4_1 file reads prompts slower than the f16 copy here).
 READ_ALONG = 0.25
 READ_TIMED = 32  # tokens read at load to time the draft model's reading of a prompt
+# The most answer tokens a catch-up's reading is spread over, where the plan weighs it: an
+# answer without ``max_tokens`` may take the rest of its context, over which any read
+# would look free.
+CATCH_UP_SPREAD = 256
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,18 @@ def difference(draft: Vocabulary, model: Vocabulary) -> str | None:
     return None
 
 
-def shared(held: list[int], context: list[int]) -> int:
-    """How many tokens ``held`` and ``context`` share from the start."""
-    if len(held) <= len(context) and held == context[: len(held)]:  # the usual case, fast
-        return len(held)
-    keep = 0
-    for there, here in zip(held, context, strict=False):
-        if there != here:
-            break
+def shared(held: list[int], context: list[int], most: int) -> int:
+    """How many of their first ``most`` tokens ``held`` and ``context`` share. Compared a
+    slice at a time, at every step: where they part is near the end as a rule (a draft's
+    rejected tokens), and a loop over a few thousand tokens would cost a 512x8 step's 10%."""
+    n = max(min(len(held), len(context), most), 0)
+    if held[:n] == context[:n]:
+        return n
+    stride = 16  # back from the end, doubling, to a prefix they share
+    while stride < n and held[: n - stride] != context[: n - stride]:
+        stride *= 2
+    keep = max(n - stride, 0)
+    while held[keep] == context[keep]:  # they part before ``n``
         keep += 1
     return keep
 
@@ -173,39 +181,42 @@ class DraftModel:
     def _time_read(self) -> float:
         """Seconds to read a token of a prompt, in a chunk of ``READ_TIMED`` (in slot 0,
         before the first request; removed after): the faster of two."""
-        times = []
+        times, n = [], min(READ_TIMED, self._n_batch)
         for _ in range(2):
             self._batch.clear()
-            self._batch.add([max(self._model.bos, 0)] * READ_TIMED, 0, 0, 0)
+            self._batch.add([max(self._model.bos, 0)] * n, 0, 0, 0)
             started = time.perf_counter()
             code = self._batch.decode(self._ctx)
             times.append(time.perf_counter() - started)
             self._llama.llama_memory_seq_rm(self._memory, 0, 0, -1)
             if code != 0:
                 raise BackendError(f"the draft model could not read a prompt (code {code})")
-        return min(times) / READ_TIMED
+        return min(times) / n
 
     def lag(self, slot: int, context: list[int]) -> int:
         """The tokens a draft after ``context`` in ``slot`` would read before drafting."""
-        return len(context) - shared(self._held[slot], context[:-1])
+        return len(context) - shared(self._held[slot], context, len(context) - 1)
 
     def held(self, slot: int) -> list[int]:
         """The tokens whose cells the draft model's slot holds."""
         return list(self._held[slot])
 
-    def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:
+    def propose(
+        self, wanted: list[tuple[int, list[int], int]], timed: bool = True
+    ) -> list[list[int]]:
         """For each ``(slot, context, k)``: up to ``k`` tokens the draft model expects
         after ``context`` (its last token not decoded by the target yet); [] for a
-        sequence whose slot is still catching up, or where ``k`` is 0."""
+        sequence whose slot is still catching up, or where ``k`` is 0. Its time is a
+        sample of ``cost`` where ``timed`` (and it read little first, below)."""
         drafts: list[list[int]] = [[] for _ in wanted]
         started = time.perf_counter()
         rows = self._catch_up(wanted)
-        # Reading a new prompt (or what n-gram drafts gave meanwhile) is no cost of drafting,
-        # as the model's own prompt steps are none: a call that read more than a step of
-        # drafting leaves behind (the accepted tokens, the next) is not a sample of the
-        # cost. Timing only its drafting would count the tokens that reading gave logits
-        # for as free (one SmolLM2 probe took the cost from 9.5 to 4.5 ms a token).
-        sample = sum(k + 1 for _, _, k in wanted if k > 0) >= self._caught_up
+        # Reading a new prompt (or what n-gram drafts gave meanwhile) is no cost of drafting:
+        # the plan weighs it apart (``lag`` at ``read_cost``). A call that read more than a
+        # step of drafting leaves behind (the accepted tokens, the next) is not a sample of
+        # the cost. Timing only its drafting would count the tokens that reading gave
+        # logits for as free (one SmolLM2 probe took the cost from 9.5 to 4.5 ms a token).
+        sample = timed and sum(k + 1 for _, _, k in wanted if k > 0) >= self._caught_up
         try:
             self._draft(wanted, rows, drafts)
         finally:
@@ -217,17 +228,19 @@ class DraftModel:
                 self._drafted = self._drafted * COST_DECAY + drafted
         return drafts
 
-    def read(self, chunks: list[tuple[int, list[int]]]) -> None:
+    def read(self, chunks: list[tuple[int, list[int]]], most: int) -> None:
         """Read prompt chunks in the step the model reads them: each ``(slot, context)`` is
         what a sequence's cells hold once its chunk is read, and its slot then holds it too
-        (``n_batch`` tokens a step at most, what is left read at its first draft). So a
-        sequence's first draft reads a token or two, not its whole prompt in the middle of
-        its answer, with every sequence of that step waiting."""
+        (``most`` tokens in all at most, as the model's chunks: a slot that is further
+        behind, whose sequence's cells the model found cached, catches up at its first
+        draft). So a sequence's first draft reads a token or two, not its whole prompt in
+        the middle of its answer, with every sequence of that step waiting."""
         batch = self._batch
         batch.clear()
+        most = min(most, self._n_batch)
         for slot, context in chunks:
             start = self._sync(slot, context, last=False)
-            take = context[start : start + self._n_batch - batch.n]
+            take = context[start : start + most - batch.n]
             if take:
                 batch.add(take, slot, start, 0)
                 self._held[slot] += take
@@ -284,7 +297,7 @@ class DraftModel:
         token where ``last`` (decoded again, its logits give the first draft); the cells
         it keeps."""
         held = self._held[slot]
-        keep = shared(held, context[:-1] if last else context)
+        keep = shared(held, context, len(context) - 1 if last else len(context))
         if keep < len(held):
             if not self._llama.llama_memory_seq_rm(self._memory, slot, keep, -1):
                 self._llama.llama_memory_seq_rm(self._memory, slot, 0, -1)

@@ -238,14 +238,8 @@ class BatchEngine(Engine):
         if not self._running:
             return events
         rows = self._plan()
-        if self._draft_model is not None and self._read_along:
-            self._draft_model.read(
-                [
-                    (row.sequence.seq_id, row.sequence.kv + row.tokens)
-                    for row in rows
-                    if row.sequence.next_token is None and row.sequence.speculation is not None
-                ]
-            )
+        if self._read_along:
+            self._read_prompts(rows)
         code = self._decode(rows)
         if code != 0:  # every slot has room for a whole context: not for want of cells
             self._fail_all(events, f"llama.cpp could not decode (code {code})")
@@ -260,6 +254,21 @@ class BatchEngine(Engine):
                 self._abandon(row.sequence, events, f"generation failed: {exc}")
             index += len(row.tokens)
         return events
+
+    def _read_prompts(self, rows: list[Row]) -> None:
+        """A cheap draft model reads the prompt chunks of the step's sequences that draft:
+        as many tokens as the model reads, or a whole batch where none is waiting on it."""
+        assert self._draft_model is not None
+        reading = [row for row in rows if row.sequence.next_token is None]
+        alone = len(reading) == len(rows)
+        self._draft_model.read(
+            [
+                (row.sequence.seq_id, row.sequence.kv + row.tokens)
+                for row in reading
+                if row.sequence.speculation is not None
+            ],
+            self._model.n_batch if alone else sum(len(row.tokens) for row in reading),
+        )
 
     def _continues_closing(self, sequence: Sequence) -> bool:
         """A follow-up that came while the answer it continues is in its closing step waits
@@ -325,7 +334,10 @@ class BatchEngine(Engine):
             Row(s, [s.next_token], not s.closing) for s in self._running if s.next_token is not None
         ]
         if self._drafter is not None:
-            draft(rows, self._drafter, self._model.n_batch, self._draft_model)
+            # A draft model run on the thread count the last step tried is no sample of its
+            # cost, as that step was none of the step clock's.
+            timed = not self._tuner.trying
+            draft(rows, self._drafter, self._model.n_batch, self._draft_model, timed)
         budget = self._model.n_batch - sum(len(row.tokens) for row in rows)
         if rows:
             budget = min(budget, PREFILL_CHUNK)

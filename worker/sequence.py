@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from xb.core.protocol import Priority, Usage
 from xb.worker.answer import Answer
-from xb.worker.draft_model import DraftModel
+from xb.worker.draft_model import CATCH_UP_SPREAD, DraftModel
 from xb.worker.llama_echo import Echo
 from xb.worker.llama_sampling import Sampler
 from xb.worker.parking import CellBytes
@@ -58,12 +58,19 @@ class Sequence:
         return Usage(n, self.produced, n + self.produced, self.cached, accepted, rejected)
 
 
-def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | None = None) -> None:
+def draft(
+    rows: list[Row],
+    drafter: Drafter,
+    n_batch: int,
+    model: DraftModel | None = None,
+    timed: bool = True,
+) -> None:
     """Lengthen a step's generating rows by the drafts that pay (``Drafter.plan``): n-gram
     proposals, and beside a draft ``model`` its proposals too, each sequence drafting
     from the source ``Drafter.prefer`` expects more of. A draft model's cost per drafted
     token is in the plan, and it runs only for the sequences the plan gives a draft from
-    it, as long as the plan allows (it stops earlier where it is unsure)."""
+    it, as long as the plan allows (it stops earlier where it is unsure); ``timed`` False
+    where its time is no sample of that cost."""
     drafting = [r for r in rows if r.sample and r.sequence.speculation is not None]
     if not drafting:
         return
@@ -80,11 +87,13 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | N
             candidate = Candidate(speculation, proposal, room, ngrams.matched == NGRAM_MAX)
         else:  # what the draft model would say is not known before it runs
             guess = [0] * drafter.draft_tokens
-            # Reading what it has not read yet (a prompt a dear draft model did not read
-            # along, what lookup's drafts gave) is paid once; spread over the tokens the
-            # answer may still take, as a draft model that drafts on from there drafts them.
-            behind = model.read_cost * model.lag(sequence.seq_id, context) / max(room, 1)
-            candidate = Candidate(speculation, guess, room, True, model.cost + behind)
+            # Reading what it has not read (a prompt a dear draft model did not read along,
+            # what lookup's drafts gave) is paid once, spread over the tokens the answer
+            # may still take; what a step of its own leaves behind is in ``cost`` already.
+            behind = model.lag(sequence.seq_id, context) - (drafter.draft_tokens + 1)
+            spread = max(min(room, CATCH_UP_SPREAD), 1)
+            cost = model.cost + model.read_cost * max(behind, 0) / spread
+            candidate = Candidate(speculation, guess, room, True, cost)
             lookup = sequence.lookup
             proposal = [] if lookup is None else ngrams.propose(context, drafter.draft_tokens)
             if lookup is not None and proposal:
@@ -105,7 +114,7 @@ def draft(rows: list[Row], drafter: Drafter, n_batch: int, model: DraftModel | N
             for row, context, plan, ask in zip(drafting, contexts, plans, asked, strict=True)
         ]
         if any(k for _, _, k in wanted):
-            proposed = model.propose(wanted)
+            proposed = model.propose(wanted, timed)
             plans = [
                 new if ask else old for new, old, ask in zip(proposed, plans, asked, strict=True)
             ]

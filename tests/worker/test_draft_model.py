@@ -78,8 +78,10 @@ class Checked:
         self.propose_live = live.propose
         live.propose = self.propose  # type: ignore[method-assign]
 
-    def propose(self, wanted: list[tuple[int, list[int], int]]) -> list[list[int]]:
-        drafts = self.propose_live(wanted)
+    def propose(
+        self, wanted: list[tuple[int, list[int], int]], timed: bool = True
+    ) -> list[list[int]]:
+        drafts = self.propose_live(wanted, timed)
         self.asked += sum(1 for _, _, k in wanted if k > 0)
         self.caught_up.append(self.live._caught_up)
         for (_, context, k), drafted in zip(wanted, drafts, strict=True):
@@ -121,8 +123,14 @@ class Alternating(Eager):
 
 
 def new_engine(
-    pair: tuple[Path, Path], drafts: bool, parallel: int = 4, drafter: Drafter | None = None
+    pair: tuple[Path, Path],
+    drafts: bool,
+    parallel: int = 4,
+    drafter: Drafter | None = None,
+    along: bool | None = None,
 ) -> tuple[BatchEngine, Checked | None]:
+    """The pair's engine, with a checked draft model where ``drafts``, reading prompts
+    along with the model where ``along`` (None: as its costs at load decide)."""
     target, draft = pair
     spec = spec_of(target, draft if drafts else None)
     model = LlamaModel(target, spec, threads=1)
@@ -131,13 +139,23 @@ def new_engine(
     live = load_draft(model, spec, parallel, threads=1)
     checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
     engine = BatchEngine(model, N_CTX, parallel, -1, drafter or ModelOnly(8), live)
+    if along is not None:
+        engine._read_along = along
     return engine, checked
 
 
-@pytest.fixture
-def engines(draft_pair: tuple[Path, Path]) -> Iterator[tuple[BatchEngine, BatchEngine, Checked]]:
-    """The pair with the draft model on, and the model alone, nothing cached."""
-    (on, checked), (off, _) = new_engine(draft_pair, True), new_engine(draft_pair, False)
+# A draft model reads prompts along with the model, or at each sequence's first draft.
+READING = pytest.mark.parametrize("along", [True, False], ids=["along", "first-draft"])
+
+
+@pytest.fixture(params=[True, False], ids=["along", "first-draft"])
+def engines(
+    draft_pair: tuple[Path, Path], request: pytest.FixtureRequest
+) -> Iterator[tuple[BatchEngine, BatchEngine, Checked]]:
+    """The pair with the draft model on, and the model alone, nothing cached; the draft
+    model reads prompts along with the model, and then at each sequence's first draft."""
+    on, checked = new_engine(draft_pair, True, along=request.param)
+    off, _ = new_engine(draft_pair, False)
     assert checked is not None
     on._cells.cache.budget = off._cells.cache.budget = 0
     yield on, off, checked
@@ -330,6 +348,28 @@ def test_a_draft_model_far_behind_a_sequence_drafts_only_where_reading_up_pays(
 
 
 @pytest.mark.integration
+def test_reading_along_reads_no_more_than_it_is_given(draft_pair: tuple[Path, Path]) -> None:
+    target, draft = draft_pair
+    spec = spec_of(target, draft)
+    model = LlamaModel(target, spec, threads=1)
+    helper = load_draft(model, spec, 2, threads=1)
+    try:
+        context = [(7 * i) % 600 + 3 for i in range(200)]
+        helper.read([(0, context[:150]), (1, context)], 120)
+        assert helper.held(0) == context[:120] and helper.held(1) == []
+        helper.read([(0, context)], 120)  # it keeps what it shares and reads on
+        assert helper.held(0) == context
+        assert helper.lag(0, [*context, 5]) == 1
+        assert helper.lag(1, [*context, 5]) == 201
+        helper.read([(0, [*context[:40], 1, 2])], 120)  # a context it parts from at 40
+        assert helper.held(0) == [*context[:40], 1, 2]
+        assert helper.lag(0, [*context, 5]) == 161
+    finally:
+        helper.close()
+        model.close()
+
+
+@pytest.mark.integration
 def test_a_draft_that_first_read_a_prompt_is_no_sample_of_the_draft_cost(
     draft_pair: tuple[Path, Path],
 ) -> None:
@@ -352,11 +392,13 @@ def test_a_draft_that_first_read_a_prompt_is_no_sample_of_the_draft_cost(
         model.close()
 
 
+@READING
 @pytest.mark.integration
 def test_a_follow_up_reusing_a_drafted_conversation_is_the_same_as_without_drafts(
-    draft_pair: tuple[Path, Path],
+    draft_pair: tuple[Path, Path], along: bool
 ) -> None:
-    (on, checked), (off, _) = new_engine(draft_pair, True), new_engine(draft_pair, False)
+    on, checked = new_engine(draft_pair, True, along=along)
+    off, _ = new_engine(draft_pair, False)
     assert checked is not None
     try:
         answers = {}
@@ -382,11 +424,13 @@ def test_a_follow_up_reusing_a_drafted_conversation_is_the_same_as_without_draft
         off.close()
 
 
+@READING
 @pytest.mark.integration
 def test_a_preempted_sequence_with_a_draft_model_resumes_unchanged(
-    draft_pair: tuple[Path, Path],
+    draft_pair: tuple[Path, Path], along: bool
 ) -> None:
-    (on, checked), (off, _) = new_engine(draft_pair, True, 2), new_engine(draft_pair, False, 2)
+    on, checked = new_engine(draft_pair, True, 2, along=along)
+    off, _ = new_engine(draft_pair, False, 2)
     assert checked is not None
     try:
         texts = {}
