@@ -164,34 +164,29 @@ class DraftModel:
         return self._seconds / self._drafted
 
     def _time_token(self) -> float:
-        """Seconds to decode one token, in slot 0 (before the first request; removed
-        after): the faster of two, as the first allocates."""
+        """Seconds to decode one token (its logits wanted)."""
+        return self._time(1, 1)
+
+    def _time_read(self) -> float:
+        """Seconds to read a token of a prompt, in a chunk of ``READ_TIMED``."""
+        n = min(READ_TIMED, self._n_batch)
+        return self._time(n, 0) / n
+
+    def _time(self, n: int, outputs: int) -> float:
+        """Seconds to decode ``n`` tokens, the last ``outputs`` with logits, in slot 0
+        (before the first request; removed after): the faster of two, as the first
+        allocates."""
         times = []
         for _ in range(2):
             self._batch.clear()
-            self._batch.add([max(self._model.bos, 0)], 0, 0, 1)
+            self._batch.add([max(self._model.bos, 0)] * n, 0, 0, outputs)
             started = time.perf_counter()
             code = self._batch.decode(self._ctx)
             times.append(time.perf_counter() - started)
             self._llama.llama_memory_seq_rm(self._memory, 0, 0, -1)
             if code != 0:
-                raise BackendError(f"the draft model could not decode a token (code {code})")
+                raise BackendError(f"the draft model could not decode {n} tokens (code {code})")
         return min(times)
-
-    def _time_read(self) -> float:
-        """Seconds to read a token of a prompt, in a chunk of ``READ_TIMED`` (in slot 0,
-        before the first request; removed after): the faster of two."""
-        times, n = [], min(READ_TIMED, self._n_batch)
-        for _ in range(2):
-            self._batch.clear()
-            self._batch.add([max(self._model.bos, 0)] * n, 0, 0, 0)
-            started = time.perf_counter()
-            code = self._batch.decode(self._ctx)
-            times.append(time.perf_counter() - started)
-            self._llama.llama_memory_seq_rm(self._memory, 0, 0, -1)
-            if code != 0:
-                raise BackendError(f"the draft model could not read a prompt (code {code})")
-        return min(times) / n
 
     def lag(self, slot: int, context: list[int]) -> int:
         """The tokens a draft after ``context`` in ``slot`` would read before drafting."""

@@ -347,49 +347,46 @@ def test_a_draft_model_far_behind_a_sequence_drafts_only_where_reading_up_pays(
         engine.close()
 
 
-@pytest.mark.integration
-def test_reading_along_reads_no_more_than_it_is_given(draft_pair: tuple[Path, Path]) -> None:
+@pytest.fixture
+def lone(draft_pair: tuple[Path, Path]) -> Iterator[DraftModel]:
+    """The pair's draft model with two slots, outside any engine."""
     target, draft = draft_pair
     spec = spec_of(target, draft)
     model = LlamaModel(target, spec, threads=1)
     helper = load_draft(model, spec, 2, threads=1)
-    try:
-        context = [(7 * i) % 600 + 3 for i in range(200)]
-        helper.read([(0, context[:150]), (1, context)], 120)
-        assert helper.held(0) == context[:120] and helper.held(1) == []
-        helper.read([(0, context)], 120)  # it keeps what it shares and reads on
-        assert helper.held(0) == context
-        assert helper.lag(0, [*context, 5]) == 1
-        assert helper.lag(1, [*context, 5]) == 201
-        helper.read([(0, [*context[:40], 1, 2])], 120)  # a context it parts from at 40
-        assert helper.held(0) == [*context[:40], 1, 2]
-        assert helper.lag(0, [*context, 5]) == 161
-    finally:
-        helper.close()
-        model.close()
+    yield helper
+    helper.close()
+    model.close()
+
+
+CONTEXT = [(7 * i) % 600 + 3 for i in range(200)]
+
+
+@pytest.mark.integration
+def test_reading_along_reads_no_more_than_it_is_given(lone: DraftModel) -> None:
+    lone.read([(0, CONTEXT[:150]), (1, CONTEXT)], 120)
+    assert lone.held(0) == CONTEXT[:120] and lone.held(1) == []
+    lone.read([(0, CONTEXT)], 120)  # it keeps what it shares and reads on
+    assert lone.held(0) == CONTEXT
+    assert lone.lag(0, [*CONTEXT, 5]) == 1
+    assert lone.lag(1, [*CONTEXT, 5]) == 201
+    lone.read([(0, [*CONTEXT[:40], 1, 2])], 120)  # a context it parts from at 40
+    assert lone.held(0) == [*CONTEXT[:40], 1, 2]
+    assert lone.lag(0, [*CONTEXT, 5]) == 161
 
 
 @pytest.mark.integration
 def test_a_draft_that_first_read_a_prompt_is_no_sample_of_the_draft_cost(
-    draft_pair: tuple[Path, Path],
+    lone: DraftModel,
 ) -> None:
-    target, draft = draft_pair
-    spec = spec_of(target, draft)
-    model = LlamaModel(target, spec, threads=1)
-    helper = load_draft(model, spec, 1, threads=1)
-    try:
-        context = [(7 * i) % 600 + 3 for i in range(200)]
-        at_load = helper.cost
-        # Reading 199 tokens to draft one: timing the draft alone would make it look free.
-        helper.propose([(0, context, 1)])
-        assert helper.held(0) == context  # it read them all
-        assert helper.cost == at_load
-        # The next draft reads what a step leaves behind (two tokens), and is a sample.
-        helper.propose([(0, [*context, 5, 9], 4)])
-        assert helper.cost != at_load
-    finally:
-        helper.close()
-        model.close()
+    at_load = lone.cost
+    # Reading 199 tokens to draft one: timing the draft alone would make it look free.
+    lone.propose([(0, CONTEXT, 1)])
+    assert lone.held(0) == CONTEXT  # it read them all
+    assert lone.cost == at_load
+    # The next draft reads what a step leaves behind (two tokens), and is a sample.
+    lone.propose([(0, [*CONTEXT, 5, 9], 4)])
+    assert lone.cost != at_load
 
 
 @READING
