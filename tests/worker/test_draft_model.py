@@ -327,9 +327,10 @@ def test_a_draft_model_far_behind_a_sequence_drafts_only_where_reading_up_pays(
     draft_pair: tuple[Path, Path], along: bool
 ) -> None:
     # Steps take a second whatever their size, and the draft model reads a token in a
-    # second. One that read the prompt along is a token or nine behind at each draft,
-    # spread over the 60 the answer may take: its drafts pay. One that did not would first
-    # read the whole prompt, over 80 seconds: it is never asked, not even to probe.
+    # second. One that read the prompt along is behind by what a step leaves (up to nine
+    # tokens, in its cost already) at each draft: its drafts pay. One that did not would
+    # first read the whole prompt, over 80 seconds spread over the 60 tokens the answer
+    # may take: it is never asked, not even to probe.
     target, draft = draft_pair
     spec = spec_of(target, draft)
     model = LlamaModel(target, spec, threads=1)
