@@ -230,38 +230,35 @@ class DraftModel:
         behind, whose sequence's cells the model found cached, catches up at its first
         draft). So a sequence's first draft reads a token or two, not its whole prompt in
         the middle of its answer, with every sequence of that step waiting."""
-        batch = self._batch
-        batch.clear()
-        most = min(most, self._n_batch)
+        self._batch.clear()
         for slot, context in chunks:
-            start = self._sync(slot, context, last=False)
-            take = context[start : start + most - batch.n]
-            if take:
-                batch.add(take, slot, start, 0)
-                self._held[slot] += take
-        if batch.n:
+            self._queue(slot, context, min(most, self._n_batch), last=False)
+        if self._batch.n:
             self._decode()
 
     def _catch_up(self, wanted: list[tuple[int, list[int], int]]) -> dict[int, int]:
         """Bring the slots in line with the contexts, ``n_batch`` tokens at most; which
         batch row holds the logits after each context that is read whole."""
         rows: dict[int, int] = {}  # wanted index -> batch index of its logits
-        budget, batch = self._n_batch, self._batch
-        batch.clear()
+        self._batch.clear()
         for i, (slot, context, k) in enumerate(wanted):
-            if k <= 0 or not context:
-                continue
-            start = self._sync(slot, context)
-            take = context[start : start + budget - batch.n]
-            if not take:
-                continue
-            whole = start + len(take) == len(context)
-            batch.add(take, slot, start, 1 if whole else 0)
-            self._held[slot] += take
-            if whole:
-                rows[i] = batch.n - 1
-        self._caught_up = batch.n
-        return rows if batch.n and self._decode() else {}
+            if k > 0 and context and self._queue(slot, context, self._n_batch):
+                rows[i] = self._batch.n - 1
+        self._caught_up = self._batch.n
+        return rows if self._batch.n and self._decode() else {}
+
+    def _queue(self, slot: int, context: list[int], most: int, last: bool = True) -> bool:
+        """Bring the slot in line with ``context`` (``_sync``) and add what it lacks to the
+        batch, until the batch holds ``most`` tokens; True when that reads the rest of
+        ``context``, its last token with logits where ``last``."""
+        start = self._sync(slot, context, last)
+        take = context[start : start + most - self._batch.n]
+        if not take:
+            return False
+        whole = start + len(take) == len(context)
+        self._batch.add(take, slot, start, 1 if whole and last else 0)
+        self._held[slot] += take
+        return whole
 
     def _draft(
         self,

@@ -369,7 +369,6 @@ class BatchEngine(Engine):
         started = time.perf_counter()
         code = batch.decode(self._ctx)
         seconds = time.perf_counter() - started
-        trying = self._tuner.trying
         self._tuner.after(n, seconds, alike)
         # The clock times steps of one part: generating rows alone, all of one length, on
         # the threads steps of their size use (a step that tries the other count is no
@@ -377,7 +376,7 @@ class BatchEngine(Engine):
         # steps among the five a size keeps made every step look 1.6 times dearer).
         one_part = len({len(row.tokens) for row in rows}) == 1
         generating = all(row.sequence.next_token is not None for row in rows)
-        if self._drafter is not None and one_part and generating and not trying:
+        if self._drafter is not None and one_part and generating and not self._tuner.trying:
             self._drafter.clock.record(n, seconds)
         return code
 
