@@ -82,14 +82,8 @@ class StepClock:
         bigger step's, and as ``n`` steps of the smallest size (a step of ``n`` tokens does
         no more than ``n`` steps of one): a time thought too cheap is corrected as soon as
         that size is tried."""
-        live: dict[int, float] = {}
-        steady: dict[int, float] = {}  # live times that may scale others: ``_LIVE`` steps
-        for n, steps in self._steps.items():
-            fresh = self._count - self._seen[n] <= STALE
-            if fresh and (len(steps) >= _LIVE or (steps and n not in self._base)):
-                live[n] = statistics.median(steps)
-                if len(steps) >= _LIVE:
-                    steady[n] = live[n]
+        live = self._live()
+        steady = {n: t for n, t in live.items() if len(self._steps[n]) >= _LIVE}
         times = {**self._base, **self._scaled(steady), **live}
         if not times:
             return times
@@ -98,6 +92,21 @@ class StepClock:
         for n in sorted(times, reverse=True):
             ceiling = times[n] = min(times[n], ceiling, times[unit] * n / unit)
         return times
+
+    def _live(self) -> dict[int, float]:
+        """The sizes whose time is measured live: the median of their recent steps, where
+        there are ``_LIVE`` of them, or any for a size not timed at load."""
+        live: dict[int, float] = {}
+        for n, steps in self._steps.items():
+            fresh = self._count - self._seen[n] <= STALE
+            if fresh and (len(steps) >= _LIVE or (steps and n not in self._base)):
+                live[n] = statistics.median(steps)
+        return live
+
+    def measured(self) -> set[int]:
+        """The sizes whose time ``known`` takes from live steps: the others' times are the
+        load's, scaled, or worked out from other sizes' (``step_times``)."""
+        return set(self._live())
 
     def _scaled(self, steady: dict[int, float]) -> dict[int, float]:
         """The load-time times, each by the live-to-load ratio of the nearest size (in

@@ -208,7 +208,7 @@ def test_the_plan_reads_step_times_worked_out_again_every_few_steps() -> None:
     for _ in range(speculative.REFRESH):
         drafter.clock.record(9, 20.0)
     drafter.plan([candidate], 1, 100)
-    assert drafter._table is not None and len(drafter._table[2]) > 9 + 9 * 8
+    assert drafter._table is not None and len(drafter._table.times) > 9 + 9 * 8
 
 
 @pytest.mark.unit
@@ -349,6 +349,31 @@ def test_sequences_that_share_a_step_probe_together_where_one_alone_would_not_pa
     assert not any(c.speculation.probing for c in mixed)
 
 
+@pytest.mark.unit
+def test_a_probe_goes_and_measures_a_step_size_known_only_from_the_load() -> None:
+    # At load the machine was busy for steps of two tokens and more: each looks at least
+    # twice as dear as a step of one, and a probe that came true would not pay there.
+    clock = StepClock()
+    clock.calibrate(lambda n: 1.0 if n == 1 else 3.0 * n, most=8)
+    for _ in range(4):
+        clock.record(1, 1.0)
+    drafter = Drafter(8, clock)
+
+    def probes() -> bool:
+        candidate = Candidate(Speculation(), list(range(8)), 100, strong=True)
+        return drafter.plan([candidate], 1, 100) == [[0] * PROBE_TOKENS]
+
+    assert probes()  # to go and measure a step of two tokens
+    for seconds in (100.0, 2.0, 2.0, 2.0):  # the first of a size is not counted
+        clock.record(2, seconds)
+    drafter._table = None  # the plan works out its table of step times again
+    assert not probes()  # measured: two tokens in twice the time do not pay
+    for seconds in (1.2, 1.2, 1.2):
+        clock.record(2, seconds)
+    drafter._table = None
+    assert probes()  # they do at 1.2
+
+
 # ---- in the engine ------------------------------------------------------------------------
 
 
@@ -400,6 +425,35 @@ def test_step_times_are_known_before_the_first_request_and_leave_no_cells(
             assert engine._llama.llama_memory_seq_pos_max(engine._cells.memory, slot) == -1
         items = run(engine, {"a": ("completion", greedy("the sea", 20))})["a"]
         assert len(tokens(items)) == 20
+    finally:
+        engine.close()
+
+
+@pytest.mark.integration
+def test_a_replica_timed_too_dear_at_load_still_drafts(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Steps of two tokens and more timed as dear as that many steps of one at load (the
+    # machine was busy: another replica starting on the same cores). At those times no
+    # draft pays, and the replica once never drafted again.
+    timing = BatchEngine._time_step
+
+    def busy(engine: BatchEngine, n: int) -> float:
+        timing(engine, n)
+        return 1e-3 * n
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchEngine, "_time_step", busy)
+        spec = ModelSpec("t", "t", str(tiny_model), n_ctx=N_CTX)
+        drafter = Drafter(8)
+        engine = BatchEngine(LlamaModel(tiny_model, spec, threads=1), N_CTX, 2, drafter=drafter)
+    try:
+        drafted = 0
+        for words in ("the sea", "once upon a time", "ba ce di"):
+            usage = done(run(engine, {"a": ("completion", greedy(words, 300))})["a"]).usage
+            drafted += usage.accepted_prediction_tokens + usage.rejected_prediction_tokens
+        assert drafted > 0
+        assert 2 in drafter.clock.measured()  # from here on, its live times decide
     finally:
         engine.close()
 
