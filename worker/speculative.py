@@ -35,8 +35,8 @@ tokens per second rise with them. While some sequences of the batch do not draft
 the drafts may lengthen the step by ``SHARE_SLOWER`` at most, so that the others' tokens per
 second stay what they were. A sequence whose drafts do not pay does not draft; when its
 context's longest n-gram matches (a strong proposal), it probes: a short draft of
-``PROBE_TOKENS``, whose outcome updates its rates (and whose step, where its size has
-no live time yet, goes and measures it). The sequences that may probe at a step
+``PROBE_TOKENS``, whose outcome updates its rates (and which goes and measures its step
+where the clock has no live time of its size). The sequences that may probe at a step
 probe together where one alone would not pay (a longer row alone costs a second part of
 the step, ``step_time``). A probe that fails waits ``PROBE_GAP``
 steps before the next, twice as long each time it fails again, so an answer with nothing
@@ -54,7 +54,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import NamedTuple
 
 from xb.worker.step_clock import StepClock, step_time, step_times
 
@@ -201,41 +200,30 @@ class Candidate:
     cost: float = 0.0
 
 
-class _Table(NamedTuple):
-    """The step times a plan reads (``Drafter._times``): by size, from the clock as it was
-    at a calibration and a step count, and the sizes it had measured live."""
-
-    version: tuple[StepClock, int]
-    steps: int  # the clock's step count then
-    times: list[float]
-    measured: set[int]
-
-
 class Drafter:
     def __init__(self, draft_tokens: int, clock: StepClock | None = None) -> None:
         self.draft_tokens = max(draft_tokens, 0)
         self.clock = clock or StepClock()
-        self._table: _Table | None = None
+        self._table: tuple[tuple[StepClock, int], int, list[float]] | None = None
 
-    def _times(self, top: int) -> _Table | None:
-        """Step times by size, up to ``top`` tokens at least, and the sizes measured
-        live: the clock's, worked out again once it has timed ``REFRESH`` more steps or
-        measured them afresh at load (working them out takes 30-70 µs, where a step of the
-        512x8 test model takes 2-3 ms)."""
+    def _times(self, top: int) -> list[float] | None:
+        """Step times by size, up to ``top`` tokens at least: the clock's, worked out
+        again once it has timed ``REFRESH`` more steps or measured them afresh at load
+        (working them out takes 30-70 µs, where a step of the 512x8 test model takes 2-3
+        ms)."""
         clock, table = self.clock, self._table
         version = (clock, clock.calibrations)
         size = max(top, 64)
         if table is not None:
-            size = max(size, len(table.times) - 1)  # a table never shrinks: steps grow again
-            if table.version != version or clock.count - table.steps >= REFRESH:
+            size = max(size, len(table[2]) - 1)  # a table never shrinks: steps grow again
+            if table[0] != version or clock.count - table[1] >= REFRESH:
                 table = None
-        if table is None or len(table.times) <= top:
+        if table is None or len(table[2]) <= top:
             known = clock.known()
             if not known:
                 return None
-            times = step_times(known, size)
-            table = self._table = _Table(version, clock.count, times, clock.measured())
-        return table
+            table = self._table = (version, clock.count, step_times(known, size))
+        return table[2]
 
     def plan(self, candidates: list[Candidate], rows: int, budget: int) -> list[list[int]]:
         """Each candidate's draft for a step of ``rows`` generating sequences (the
@@ -252,10 +240,9 @@ class Drafter:
         most = [min(len(c.proposal), c.room, self.draft_tokens, budget) for c in candidates]
         if not any(most):
             return drafts
-        table = self._times(rows + sum(most))
-        if table is None:
+        times = self._times(rows + sum(most))
+        if times is None:
             return drafts
-        times = table.times
         base = times[rows]
         # A step that sequences without a proposal share may grow only a little.
         capped = rows > sum(1 for c in candidates if c.proposal)
@@ -268,17 +255,20 @@ class Drafter:
             key=lambda i: -gains[i][-1] / (base + candidates[i].cost * most[i]),
         )
 
-        def worth(lengths: list[int], bonus: float = 0.0, probing: bool = False) -> float | None:
+        def worth(
+            lengths: list[int], bonus: float = 0.0, unmeasured: float | None = None
+        ) -> float | None:
             """Expected tokens per second of a plan (``bonus`` tokens more); None when it
-            adds too many tokens or slows a shared step too much. A probe's step of one part
-            whose size the clock has not measured live is taken to cost no more than the
-            step without it (``Drafter.plan``)."""
+            adds too many tokens or slows a shared step too much. A step of one part whose
+            size the clock has not measured live is taken to last ``unmeasured`` seconds,
+            where that is given (a probe that goes and measures it)."""
             if sum(lengths) > budget:
                 return None
             row_lengths = [*(1 + k for k in lengths), *idle]
             step = step_time(times, row_lengths)
-            if probing and len(set(row_lengths)) == 1 and sum(row_lengths) not in table.measured:
-                step = base
+            if unmeasured is not None and len(set(row_lengths)) == 1:
+                measured = sum(row_lengths) in self.clock.measured()
+                step = step if measured else unmeasured
             took = step + sum(candidates[i].cost * k for i, k in enumerate(lengths))
             if capped and took > base * (1 + SHARE_SLOWER):
                 return None
@@ -318,14 +308,19 @@ class Drafter:
         # probe alone lengthens one row, so the step needs a second part, which may cost
         # more than one token brings (with four rows of a token each, a fifth token in a
         # part of its own cost SmolLM2 28% more time for 25% more tokens), where every
-        # ready sequence's probe rides in the step's one part. A probe whose step is one
-        # part of a size the clock has not measured live goes and measures it: it is
-        # weighed as if it cost no more than the step without it. A time from the load
-        # (or worked out from other sizes) may be too dear, and a size thought too dear is
-        # never tried, so never measured (a replica whose steps of two tokens and more
-        # took 1.5 times too long at load, the machine busy, never drafted: no drafted
-        # token in three looping answers, against 427 when timed right). Once measured,
-        # the size's live times decide, and probes that fail wait as any others.
+        # ready sequence's probe rides in the step's one part.
+        #
+        # A probe of n-gram lookup whose step is one part of a size the clock has not
+        # measured live (``StepClock.measured``) goes and measures it: it is weighed as if
+        # it cost no more than the step without it. A time from the load (or worked out
+        # from other sizes) may be too dear, and a size thought too dear is never tried,
+        # so never measured: a replica whose steps of two tokens and more took 1.5 times
+        # too long at load, the machine busy, never drafted again (no drafted token in
+        # three looping answers, against 427 when timed right). Once measured, the size's
+        # live times decide until it goes unused for ``STALE`` steps and is forgotten;
+        # probes that fail wait as any others. (A step that also reads a prompt is not
+        # timed, so a probe in it measures nothing; prompts end.) A draft model's probe
+        # costs its decoding and may come back empty: it is always weighed as it is.
         for group in ([ready] if len(ready) > 1 else []) + [[i] for i in ready]:
             if any(best[i] for i in group):
                 continue
@@ -333,7 +328,9 @@ class Drafter:
             for i in group:
                 probe[i] = min(most[i], PROBE_TOKENS)
             bonus = sum(probe[i] - gains[i][probe[i]] for i in group)
-            if (worth(probe, bonus, probing=True) or 0.0) > value:
+            lookup = all(not candidates[i].cost for i in group)
+            without = step_time(times, [*(1 + k for k in best), *idle]) if lookup else None
+            if (worth(probe, bonus, without) or 0.0) > value:
                 best = probe
                 for i in group:
                     candidates[i].speculation.probing = True
@@ -356,10 +353,9 @@ class Drafter:
             lookup.speculation.trials += 1
             return lookup
         longest = max(min(len(c.proposal), c.room, self.draft_tokens) for c in (lookup, model))
-        table = self._times(rows + longest)
-        if table is None:
+        times = self._times(rows + longest)
+        if times is None:
             return lookup
-        times = table.times
         others = [1] * (rows - 1)
 
         def value(candidate: Candidate) -> float:

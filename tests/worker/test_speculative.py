@@ -208,7 +208,7 @@ def test_the_plan_reads_step_times_worked_out_again_every_few_steps() -> None:
     for _ in range(speculative.REFRESH):
         drafter.clock.record(9, 20.0)
     drafter.plan([candidate], 1, 100)
-    assert drafter._table is not None and len(drafter._table.times) > 9 + 9 * 8
+    assert drafter._table is not None and len(drafter._table[2]) > 9 + 9 * 8
 
 
 @pytest.mark.unit
@@ -351,27 +351,33 @@ def test_sequences_that_share_a_step_probe_together_where_one_alone_would_not_pa
 
 @pytest.mark.unit
 def test_a_probe_goes_and_measures_a_step_size_known_only_from_the_load() -> None:
-    # At load the machine was busy for steps of two tokens and more: each looks at least
-    # twice as dear as a step of one, and a probe that came true would not pay there.
+    # At load the machine was busy for steps of two tokens and more: each is taken as dear
+    # as that many steps of one (the most ``known`` allows), where a probe that came true
+    # would not pay.
     clock = StepClock()
     clock.calibrate(lambda n: 1.0 if n == 1 else 3.0 * n, most=8)
     for _ in range(4):
         clock.record(1, 1.0)
-    drafter = Drafter(8, clock)
+    assert clock.known()[2] == 2.0 and 2 not in clock.measured()
 
-    def probes() -> bool:
-        candidate = Candidate(Speculation(), list(range(8)), 100, strong=True)
-        return drafter.plan([candidate], 1, 100) == [[0] * PROBE_TOKENS]
+    def probes(cost: float = 0.0, rows: int = 1) -> bool:
+        candidate = Candidate(Speculation(), list(range(8)), 100, strong=True, cost=cost)
+        return Drafter(8, clock).plan([candidate], rows, 100)[0] == [0] * PROBE_TOKENS
 
     assert probes()  # to go and measure a step of two tokens
+    assert not probes(rows=2)  # a step of two parts, which the clock does not time
+    assert not probes(cost=0.5)  # a draft model's probe costs its decoding: weighed as is
     for seconds in (100.0, 2.0, 2.0, 2.0):  # the first of a size is not counted
         clock.record(2, seconds)
-    drafter._table = None  # the plan works out its table of step times again
+    assert 2 in clock.measured()
     assert not probes()  # measured: two tokens in twice the time do not pay
     for seconds in (1.2, 1.2, 1.2):
         clock.record(2, seconds)
-    drafter._table = None
     assert probes()  # they do at 1.2
+    for _ in range(STALE + 1):
+        clock.record(1, 1.0)
+    assert 2 not in clock.measured()  # forgotten, and measured again
+    assert probes()
 
 
 # ---- in the engine ------------------------------------------------------------------------
