@@ -15,8 +15,8 @@ leave its prompt out, the tokens that came once every stream had its first, over
 from then to the last end (``decoding``). ``ceiling`` runs the 4 edit streams in-process
 with drafts that are always right too: what any drafter could gain on this machine.
 Run: .venv/bin/python -m bench.speculative [--model smollm2|medium|both] [--rounds 2]
-(``--model smollm2-f16``: the same on an f16 copy of SmolLM2's Q4_1 file, whose batched
-steps llama.cpp runs with matrix kernels that its Q4_1 type lacks on this CPU.)
+(``--model smollm2-f16``: the same on an f16 copy of SmolLM2's Q4_1 file, whose steps of
+many tokens llama.cpp reads for much less a token than the Q4_1 file's on this CPU.)
 
 With ``--draft``, drafting with a draft model instead (``draft_bench``): one greedy stream
 of the chat requests and of the edit, on a replica with no drafts, one with n-gram drafts

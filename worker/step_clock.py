@@ -81,7 +81,8 @@ class StepClock:
         tried again, so never measured again), so each is taken at most as dear as any
         bigger step's, and as ``n`` steps of the smallest size (a step of ``n`` tokens does
         no more than ``n`` steps of one): a time thought too cheap is corrected as soon as
-        that size is tried."""
+        that size is tried. Even so capped, a size may look too dear to try, so a probe
+        goes and measures a size that is not ``measured`` (``speculative.Drafter.plan``)."""
         live = self._live()
         steady = {n: t for n, t in live.items() if len(self._steps[n]) >= _LIVE}
         times = {**self._base, **self._scaled(steady), **live}
