@@ -54,6 +54,14 @@ def long_chat(model: str, max_tokens: int = 4000, stream: bool = True) -> dict[s
     }
 
 
+KEEPALIVE = ": keep-alive"
+
+
+def next_line(lines: Iterator[str]) -> str:
+    """The next line of an SSE stream that says something (no blank line, no keep-alive)."""
+    return next(line for line in lines if line and line != KEEPALIVE)
+
+
 def kill_tree(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     try:
         children = psutil.Process(process.pid).children(recursive=True)

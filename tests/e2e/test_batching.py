@@ -3,9 +3,8 @@ cached, and the prefix cache counted in the metrics."""
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, long_chat, next_line, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,35 +21,23 @@ def test_streams_of_one_replica_are_decoded_together(
     make_stack: Callable[..., Stack], endless_model: Path
 ) -> None:
     stack = make_stack(1)
-    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=1024, n_parallel=4)
-    client = stack.openai_client()
-    started = time.monotonic()
-
-    def run(i: int) -> tuple[float, float]:
-        stream = client.chat.completions.create(
-            model="e",
-            messages=[{"role": "user", "content": f"story {i}"}],
-            max_tokens=300,
-            stream=True,
-        )
-        first = 0.0
-        for chunk in stream:
-            if not first and chunk.choices and chunk.choices[0].delta.content:
-                first = time.monotonic() - started
-        return first, time.monotonic() - started
-
-    with ThreadPoolExecutor(4) as pool:
-        running = [pool.submit(run, i) for i in range(4)]
-        replica = wait_until(
-            lambda: next(
-                (r for w in stack.cluster() for r in w["replicas"] if r["in_flight"] == 4), None
-            ),
-            timeout=10,
-        )
-        times = [f.result(timeout=60) for f in running]
-    assert replica["slots"] == 4
-    # Every stream had its first token before any stream ended: none waited for another.
-    assert max(first for first, _ in times) < min(end for _, end in times)
+    stack.launch(model_name="e", model_path=str(endless_model), n_ctx=4096, n_parallel=4)
+    # Four streams of 4,000 tokens each, seconds long, held open until the checks are done
+    # (closing one cancels it): none can end before the others start.
+    with contextlib.ExitStack() as streams:
+        http = streams.enter_context(httpx.Client(base_url=stack.url, timeout=30))
+        lines = []
+        for _ in range(4):
+            stream = streams.enter_context(
+                http.stream("POST", "/v1/chat/completions", json=long_chat("e"))
+            )
+            lines.append(stream.iter_lines())  # kept: a collected iterator closes the stream
+        # Each stream's first word is a token, not its place in line: none waited for
+        # another, and all four are decoded at once, one on each of the replica's slots.
+        for stream_lines in lines:
+            assert next_line(stream_lines).startswith("data: {")
+        (replica,) = (r for w in stack.cluster() for r in w["replicas"])
+        assert replica["slots"] == 4 and replica["in_flight"] == 4
 
 
 def chat(client: openai.OpenAI, history: list[dict[str, str]], tokens: int) -> Any:

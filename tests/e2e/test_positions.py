@@ -13,12 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import Stack, long_chat, wait_until
+from tests.stack import KEEPALIVE, Stack, long_chat, next_line, wait_until
 from xb.client import Client
 
 pytestmark = pytest.mark.e2e
 UID = "one-slot"
-KEEPALIVE = ": keep-alive"
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +35,6 @@ def stack(module_stack: Stack, endless_model: Path) -> Stack:
 
 def queued(stack: Stack) -> int:
     return int(httpx.get(f"{stack.url}/v1/models/{UID}", timeout=5).json()["queued"])
-
-
-def next_line(lines: Iterator[str]) -> str:
-    """The next line that says something (no blank line, no keep-alive)."""
-    return next(line for line in lines if line and line != KEEPALIVE)
 
 
 @contextlib.contextmanager

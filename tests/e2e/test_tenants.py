@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.stack import Stack, long_chat, wait_until
+from tests.stack import Stack, long_chat, next_line, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,8 +22,9 @@ def queued(stack: Stack) -> int:
 
 
 def finishing_order(stack: Stack, alice: dict[str, Any], bob: dict[str, Any]) -> list[str]:
-    """Alice sends a long request (4,000 tokens: a second or more on the one slot), then
-    three short ones, and Bob one short one once hers wait; who finished when."""
+    """Alice holds the one slot with a long stream (4,000 tokens, held open until everyone
+    waits: closing it cancels it) and sends three short requests; Bob sends one short one
+    once hers wait. Who finished when, the long one ("alice-0") when it was closed."""
     done: list[str] = []
 
     def send(name: str, body: dict[str, Any], headers: dict[str, str]) -> None:
@@ -33,14 +34,23 @@ def finishing_order(stack: Stack, alice: dict[str, Any], bob: dict[str, Any]) ->
         assert reply.status_code == 200, reply.text
         done.append(name)
 
-    with ThreadPoolExecutor(5) as pool:
-        pool.submit(send, "alice-0", {**alice["body"], "max_tokens": 4000}, alice["headers"])
-        wait_until(lambda: stack.in_flight() == 1)
+    holder = {**alice["body"], "max_tokens": 4000, "stream": True}
+    with (
+        ThreadPoolExecutor(4) as pool,
+        httpx.Client(base_url=stack.url, headers=alice["headers"], timeout=30) as http,
+        http.stream("POST", "/v1/chat/completions", json=holder) as stream,
+    ):
+        lines = stream.iter_lines()  # kept: a collected iterator closes the stream
+        assert next_line(lines).startswith("data: ")  # it runs on the slot
         for i in range(1, 4):
             pool.submit(send, f"alice-{i}", *alice.values())
             wait_until(lambda i=i: queued(stack) == i)  # arrival order is hers to keep
-        assert not done  # alice-0 still runs: Bob arrives behind three waiting requests
+        assert not done
         pool.submit(send, "bob", *bob.values())
+        # Bob waits too, or takes the slot from a batch request and is done.
+        wait_until(lambda: queued(stack) == 4 or "bob" in done)
+        done.append("alice-0")
+        stream.close()  # the slot goes to the waiting requests, in the scheduler's order
     return done
 
 
