@@ -50,6 +50,7 @@ P_MIN = 0.75
 # at ``P_MIN`` 0.75 the test pairs' drafts came true 70% to 95% of the time.
 PRIOR_RATE = 0.7
 COST_DECAY = 0.8  # weight of the earlier drafts' cost at each draft that shows it anew
+RETIMES = 8  # requests at whose start a cost drafting has not measured yet is timed again
 # A draft model whose token costs at most this share of the model's reads each prompt in
 # the steps the model reads it (``read``); a dearer one reads it at the sequence's first
 # draft. The 512x8 test pair: 0.12, and reading along added 5-8% to the first token's
@@ -149,6 +150,7 @@ class DraftModel:
         self._batch = Batch(model.n_batch)
         self._held: list[list[int]] = [[] for _ in range(slots)]
         self._caught_up = 0  # tokens the last catch-up read
+        self._retimes = RETIMES  # left, while drafting has not measured the cost (``retime``)
         # Decayed seconds spent drafting and tokens drafted: one token's decode at first.
         try:
             self._seconds, self._drafted = self._time_token(), 1.0
@@ -172,18 +174,30 @@ class DraftModel:
         n = min(READ_TIMED, self._n_batch)
         return self._time(n, 0) / n
 
-    def _time(self, n: int, outputs: int) -> float:
-        """Seconds to decode ``n`` tokens, the last ``outputs`` with logits, in slot 0
-        (before the first request; removed after): the faster of two, as the first
+    def retime(self) -> None:
+        """Time a token again, in a slot that holds nothing, and keep the faster time, as
+        long as drafting has not measured the cost (``RETIMES`` times at most). A load on
+        a busy machine may time it too dear, and the plan never asks a draft model whose
+        cost it thinks too dear, so drafting would never measure it (the step clock's
+        sizes had the same trap: ``speculative.Drafter.plan``)."""
+        free = next((slot for slot, held in enumerate(self._held) if not held), None)
+        if not self._retimes or free is None:
+            return
+        self._retimes -= 1
+        self._seconds, self._drafted = min(self.cost, self._time(1, 1, free)), 1.0
+
+    def _time(self, n: int, outputs: int, slot: int = 0) -> float:
+        """Seconds to decode ``n`` tokens, the last ``outputs`` with logits, in ``slot``
+        (which holds nothing; removed after): the faster of two, as the first
         allocates."""
         times = []
         for _ in range(2):
             self._batch.clear()
-            self._batch.add([max(self._model.bos, 0)] * n, 0, 0, outputs)
+            self._batch.add([max(self._model.bos, 0)] * n, slot, 0, outputs)
             started = time.perf_counter()
             code = self._batch.decode(self._ctx)
             times.append(time.perf_counter() - started)
-            self._llama.llama_memory_seq_rm(self._memory, 0, 0, -1)
+            self._llama.llama_memory_seq_rm(self._memory, slot, 0, -1)
             if code != 0:
                 raise BackendError(f"the draft model could not decode {n} tokens (code {code})")
         return min(times)
@@ -221,6 +235,7 @@ class DraftModel:
             if drafted and sample:
                 self._seconds = self._seconds * COST_DECAY + time.perf_counter() - started
                 self._drafted = self._drafted * COST_DECAY + drafted
+                self._retimes = 0
         return drafts
 
     def read(self, chunks: list[tuple[int, list[int]]], most: int) -> None:

@@ -167,6 +167,8 @@ class BatchEngine(Engine):
             self._requests.pop(request_id)
             sequence.sampler.close()
             return
+        if sequence.lookup is not None and self._draft_model is not None:
+            self._draft_model.retime()
         enqueue(self._waiting, sequence)
 
     def cancel(self, request_id: str) -> bool:

@@ -314,6 +314,31 @@ def test_a_draft_model_too_slow_to_pay_is_not_run(
         engine.close()
 
 
+@pytest.mark.integration
+def test_a_draft_model_timed_too_dear_at_load_is_timed_again_and_asked(
+    draft_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its load timed a token at a second (the machine busy): at that cost, as much as a
+    # step here, the plan would never ask it, so drafting would never measure it.
+    target, draft = draft_pair
+    spec = spec_of(target, draft)
+    model = LlamaModel(target, spec, threads=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(DraftModel, "_time_token", lambda self: 1.0)
+        live = load_draft(model, spec, 4, threads=1)
+    assert live.cost == 1.0
+    checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
+    engine = BatchEngine(model, N_CTX, 4, -1, Drafter(8, Flat()), live)
+    try:
+        done(run(engine, {"a": ("completion", greedy("the sea", 100))})["a"])
+        assert live.cost < 0.1  # timed again as the request came
+        assert checked.asked > 0
+        assert live._retimes == 0  # drafting measured it: no more timing apart
+    finally:
+        checked.reference.close()
+        engine.close()
+
+
 class ModelFirst(Drafter):
     """The plan's own drafts, each from the draft model."""
 
