@@ -184,7 +184,12 @@ class DraftModel:
         if not self._retimes or free is None:
             return
         self._retimes -= 1
-        self._seconds, self._drafted = min(self.cost, self._time(1, 1, free)), 1.0
+        try:
+            seconds = self._time(1, 1, free)
+        except BackendError:  # no cells for it: a request must not fail for a timing
+            self._retimes = 0
+            return
+        self._seconds, self._drafted = min(self.cost, seconds), 1.0
 
     def _time(self, n: int, outputs: int, slot: int = 0) -> float:
         """Seconds to decode ``n`` tokens, the last ``outputs`` with logits, in ``slot``

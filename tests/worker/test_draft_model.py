@@ -339,6 +339,28 @@ def test_a_draft_model_timed_too_dear_at_load_is_timed_again_and_asked(
         engine.close()
 
 
+@pytest.mark.integration
+def test_a_draft_model_that_cannot_be_timed_again_fails_no_request(
+    draft_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, draft = draft_pair
+    spec = spec_of(target, draft)
+    model = LlamaModel(target, spec, threads=1)
+    live = load_draft(model, spec, 4, threads=1)
+
+    def full(self: DraftModel, n: int, outputs: int, slot: int = 0) -> float:
+        raise BackendError("the draft model could not decode 1 tokens (code 1)")
+
+    monkeypatch.setattr(DraftModel, "_time", full)
+    engine = BatchEngine(model, N_CTX, 4, -1, Drafter(8, Flat()), live)
+    try:
+        items = run(engine, {"a": ("completion", greedy("the sea", 20))})["a"]
+        assert len(tokens(items)) == 20
+        assert live._retimes == 0  # not tried again
+    finally:
+        engine.close()
+
+
 class ModelFirst(Drafter):
     """The plan's own drafts, each from the draft model."""
 
