@@ -4,6 +4,7 @@ it thinks they are (every proposal is the one a fresh draft model makes)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -290,6 +291,23 @@ class Flat(StepClock):
         return {1: 1.0, 512: 1.0}
 
 
+@contextlib.contextmanager
+def on_flat_steps(draft_pair: tuple[Path, Path]) -> Iterator[tuple[BatchEngine, Checked]]:
+    """The pair in an engine whose steps of any size take a second (``Flat``), with its
+    draft model for 4 slots, checked against a fresh one (``Checked``)."""
+    target, draft = draft_pair
+    spec = spec_of(target, draft)
+    model = LlamaModel(target, spec, threads=1)
+    live = load_draft(model, spec, 4, threads=1)
+    checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
+    engine = BatchEngine(model, N_CTX, 4, -1, Drafter(8, Flat()), live)
+    try:
+        yield engine, checked
+    finally:
+        checked.reference.close()
+        engine.close()
+
+
 @pytest.mark.integration
 def test_a_draft_model_too_slow_to_pay_is_not_run(
     draft_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
@@ -298,20 +316,11 @@ def test_a_draft_model_too_slow_to_pay_is_not_run(
     # which counts that, never asks it, and n-gram lookup still drafts (steps of any size
     # take as long here, so its drafts always pay).
     monkeypatch.setattr(DraftModel, "cost", property(lambda self: 1.0))
-    target, draft = draft_pair
-    spec = spec_of(target, draft)
-    model = LlamaModel(target, spec, threads=1)
-    live = load_draft(model, spec, 4, threads=1)
-    checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
-    engine = BatchEngine(model, N_CTX, 4, -1, Drafter(8, Flat()), live)
-    try:
+    with on_flat_steps(draft_pair) as (engine, checked):
         for words in ("the sea", "once upon a time"):
             usage = done(run(engine, {"a": ("completion", greedy(words, 200))})["a"]).usage
             assert usage.accepted_prediction_tokens > 0
         assert checked.asked == 0
-    finally:
-        checked.reference.close()
-        engine.close()
 
 
 @pytest.mark.integration
@@ -320,45 +329,28 @@ def test_a_draft_model_timed_too_dear_at_load_is_timed_again_and_asked(
 ) -> None:
     # Its load timed a token at a second (the machine busy): at that cost, as much as a
     # step here, the plan would never ask it, so drafting would never measure it.
-    target, draft = draft_pair
-    spec = spec_of(target, draft)
-    model = LlamaModel(target, spec, threads=1)
-    with monkeypatch.context() as patch:
-        patch.setattr(DraftModel, "_time_token", lambda self: 1.0)
-        live = load_draft(model, spec, 4, threads=1)
-    assert live.cost == 1.0
-    checked = Checked(live, load_draft(model, msgspec.structs.replace(spec, n_ctx=N_CTX), 1, 1))
-    engine = BatchEngine(model, N_CTX, 4, -1, Drafter(8, Flat()), live)
-    try:
+    timing, busy = DraftModel._time_token, iter([1.0])
+    monkeypatch.setattr(DraftModel, "_time_token", lambda self: next(busy, 0) or timing(self))
+    with on_flat_steps(draft_pair) as (engine, checked):
+        assert checked.live.cost == 1.0
         done(run(engine, {"a": ("completion", greedy("the sea", 100))})["a"])
-        assert live.cost < 0.1  # timed again as the request came
+        assert checked.live.cost < 0.1  # timed again as the request came
         assert checked.asked > 0
-        assert live._retimes == 0  # drafting measured it: no more timing apart
-    finally:
-        checked.reference.close()
-        engine.close()
+        assert checked.live._retimes == 0  # drafting measured it: no more timing apart
 
 
 @pytest.mark.integration
 def test_a_draft_model_that_cannot_be_timed_again_fails_no_request(
     draft_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target, draft = draft_pair
-    spec = spec_of(target, draft)
-    model = LlamaModel(target, spec, threads=1)
-    live = load_draft(model, spec, 4, threads=1)
-
     def full(self: DraftModel, n: int, outputs: int, slot: int = 0) -> float:
         raise BackendError("the draft model could not decode 1 tokens (code 1)")
 
-    monkeypatch.setattr(DraftModel, "_time", full)
-    engine = BatchEngine(model, N_CTX, 4, -1, Drafter(8, Flat()), live)
-    try:
+    with on_flat_steps(draft_pair) as (engine, checked):
+        monkeypatch.setattr(DraftModel, "_time", full)
         items = run(engine, {"a": ("completion", greedy("the sea", 20))})["a"]
         assert len(tokens(items)) == 20
-        assert live._retimes == 0  # not tried again
-    finally:
-        engine.close()
+        assert checked.live._retimes == 0  # not tried again
 
 
 class ModelFirst(Drafter):
