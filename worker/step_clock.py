@@ -95,19 +95,19 @@ class StepClock:
         return times
 
     def _live(self) -> dict[int, float]:
-        """The sizes whose time is measured live: the median of their recent steps, where
-        there are ``_LIVE`` of them, or any for a size not timed at load."""
-        live: dict[int, float] = {}
-        for n, steps in self._steps.items():
-            fresh = self._count - self._seen[n] <= STALE
-            if fresh and (len(steps) >= _LIVE or (steps and n not in self._base)):
-                live[n] = statistics.median(steps)
-        return live
+        """The median of the recent steps of each size ``measured``."""
+        return {n: statistics.median(self._steps[n]) for n in self.measured()}
 
     def measured(self) -> set[int]:
-        """The sizes whose time ``known`` takes from live steps: the others' times are the
-        load's, scaled, or worked out from other sizes' (``step_times``)."""
-        return set(self._live())
+        """The sizes whose time ``known`` takes from live steps: ``_LIVE`` recent ones, or
+        any for a size not timed at load. The others' times are the load's, scaled, or
+        worked out from other sizes' (``step_times``)."""
+        return {
+            n
+            for n, steps in self._steps.items()
+            if self._count - self._seen[n] <= STALE
+            and (len(steps) >= _LIVE or (steps and n not in self._base))
+        }
 
     def _scaled(self, steady: dict[int, float]) -> dict[int, float]:
         """The load-time times, each by the live-to-load ratio of the nearest size (in
